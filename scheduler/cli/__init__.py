@@ -1,0 +1,1 @@
+"""The ``attnsched`` command line (typer + rich)."""

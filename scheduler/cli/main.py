@@ -1,0 +1,88 @@
+"""Entry point: the typer app and the error contract every command shares.
+
+Exit codes: 0 ok, 1 runtime failure, 2 bad input. Bad input is reported as one
+line naming file, line and field, never a traceback (``ATTNSCHED_DEBUG=1``
+shows one for internal errors).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import typer
+
+from scheduler import __version__
+from scheduler.cli import cluster_cmd, trace_cmd
+from scheduler.errors import InputError
+
+app = typer.Typer(
+    name="attnsched",
+    help="Schedule attention jobs on Ray: replay traces in a simulator or live.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(trace_cmd.app, name="trace")
+app.add_typer(cluster_cmd.app, name="cluster")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"attnsched {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.",
+                                 callback=_version, is_eager=True),
+    log_level: str = typer.Option("WARNING", "--log-level", help="Python logging level."),
+) -> None:
+    """Schedule attention jobs on Ray: replay traces in a simulator or live."""
+    level = logging.getLevelName(log_level.upper())
+    if not isinstance(level, int):
+        raise InputError(f"expected DEBUG, INFO, WARNING or ERROR, got {log_level!r}",
+                         field="--log-level")
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"attnsched: error: {' '.join(message.split())}\n")
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code instead of raising (tests call it)."""
+    command = typer.main.get_command(app)
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        command.main(args=args, prog_name="attnsched", standalone_mode=False)
+    except InputError as e:
+        return _fail(e.one_line(), 2)
+    except typer.Exit as e:
+        return int(e.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        return _fail("interrupted", 130)
+    except typer.TyperException as e:  # typer's bundled click: usage and parameter errors
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            typer.echo(ctx.get_help())
+            return 0
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        return _fail(f"{message}{hint}", int(getattr(e, "exit_code", 1)))
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # the last line of defence: one line, exit 1
+        if os.environ.get("ATTNSCHED_DEBUG"):
+            raise
+        return _fail(f"internal error: {type(e).__name__}: {e} (set ATTNSCHED_DEBUG=1 for a "
+                     "traceback)", 1)
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())

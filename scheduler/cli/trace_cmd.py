@@ -1,0 +1,154 @@
+"""``attnsched trace``: inspect, convert and generate traces."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from scheduler.errors import InputError
+from scheduler.presets import PRESETS, get_preset
+from scheduler.traces import FORMATS, open_trace, write_trace
+from scheduler.traces.stats import trace_stats
+from scheduler.traces.synth import SynthSpec, generate, parse_mix
+
+app = typer.Typer(help="Inspect, convert and generate job traces.", no_args_is_help=True)
+console = Console()
+
+FORMAT_HELP = f"Input format: {', '.join(FORMATS)} (auto: from the extension and header)."
+MODEL_HELP = f"Model preset that shapes token traces: {', '.join(PRESETS)}."
+
+
+@app.command()
+def stats(
+    trace: Path = typer.Argument(..., help="Trace file (.csv, .jsonl or .parquet)."),
+    fmt: str = typer.Option("auto", "--format", help=FORMAT_HELP),
+    model: str = typer.Option("llama3-8b", "--model", help=MODEL_HELP),
+    token_scale: float = typer.Option(1.0, "--token-scale", help="Multiply token counts."),
+    as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON."),
+) -> None:
+    """Jobs, time span, arrival rate, shape percentiles, total FLOPs, tenants.
+
+    Example: attnsched trace stats ../shared/traces/azure_llm_2023_conv.csv --model llama3-8b
+    """
+    opened = open_trace(trace, fmt, model, token_scale)
+    result = trace_stats(opened.jobs())
+    result = {"trace": str(trace), "format": opened.format, "model": opened.preset.name,
+              **result}
+    if as_json:
+        typer.echo(json.dumps(result, indent=1, sort_keys=True))
+        return
+    _print_stats(result)
+
+
+def _fmt(x: float | None, digits: int = 0) -> str:
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def _print_stats(s: dict[str, Any]) -> None:
+    head = Table(title=f"{s['trace']}  ({s['format']}, model {s['model']})", show_header=False)
+    head.add_column(style="bold")
+    head.add_column(justify="right")
+    span = s["span_s"]
+    kinds = ", ".join(f"{k} {v:,}" for k, v in s["kinds"].items())
+    head.add_row("jobs", f"{s['jobs']:,}  ({kinds})")
+    head.add_row("requests (jobs depending on none)", f"{s['requests']:,}")
+    head.add_row("time span", f"{span:,.1f} s ({span / 60:,.1f} min)")
+    head.add_row("arrival rate", f"{_fmt(s['arrival_rate_per_s'], 2)} requests/s")
+    head.add_row("total work", f"{s['total_flops'] / 1e15:,.3f} PFLOP")
+    console.print(head)
+    dist = Table(title="distributions")
+    for col in ("", "p50", "p90", "p99", "mean", "max"):
+        dist.add_column(col, justify="right" if col else "left")
+    labels = {"prompt_tokens": "prompt tokens (prefill q_len)",
+              "decode_steps": "generated tokens (decode steps)",
+              "train_seq": "train/model sequence (q_len)", "train_batch": "train/model batch",
+              "duration": "duration s (cluster)",
+              "gpus": "GPUs per job (cluster)"}
+    for name, d in s["distributions"].items():
+        dist.add_row(labels.get(name, name), *(_fmt(d[k], 0 if d["max"] >= 100 else 2)
+                                               for k in ("p50", "p90", "p99", "mean", "max")))
+    console.print(dist)
+    tenants = Table(title="tenants")
+    tenants.add_column("tenant")
+    tenants.add_column("jobs", justify="right")
+    for name, count in list(s["tenants"].items())[:20]:
+        tenants.add_row(name, f"{count:,}")
+    if len(s["tenants"]) > 20:
+        tenants.add_row(f"... {len(s['tenants']) - 20} more", "")
+    console.print(tenants)
+
+
+def _atomic_write(jobs: Any, out: Path) -> int:
+    """Write to a temporary sibling and rename: a failed run leaves no half file."""
+    tmp = out.with_name(f".{out.name}.partial{out.suffix}")
+    try:
+        n = write_trace(jobs, tmp)
+        os.replace(tmp, out)
+        return n
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _check_output(out: Path, *inputs: Path) -> None:
+    if any(out.resolve() == i.resolve() for i in inputs):
+        raise InputError("output would overwrite the input", path=out, field="--output")
+    if not out.parent.exists():
+        raise InputError("directory does not exist", path=out.parent, field="--output")
+
+
+@app.command()
+def convert(
+    trace: Path = typer.Argument(..., help="Trace to read."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output: .jsonl, .csv or .parquet."),
+    fmt: str = typer.Option("auto", "--format", help=FORMAT_HELP),
+    model: str = typer.Option("llama3-8b", "--model", help=MODEL_HELP),
+    token_scale: float = typer.Option(1.0, "--token-scale", help="Multiply token counts."),
+    sort: bool = typer.Option(False, "--sort", help="Sort by submit time (loads the trace)."),
+    limit: int = typer.Option(0, "--limit", min=0, help="Keep only the first N jobs."),
+) -> None:
+    """Convert any supported trace to the canonical format.
+
+    Example: attnsched trace convert azure.csv --model tiny -o azure-tiny.parquet
+    """
+    _check_output(output, trace)
+    opened = open_trace(trace, fmt, model, token_scale)
+    jobs: Any = (job for _, job in opened.rows(ordered=not sort))
+    if sort:
+        jobs = sorted(jobs, key=lambda j: j.submit_time)  # stable: ties keep file order
+    if limit:
+        jobs = (job for i, job in enumerate(jobs) if i < limit)
+    n = _atomic_write(jobs, output)
+    console.print(f"wrote {n:,} jobs to {output}")
+
+
+@app.command("generate")
+def generate_cmd(
+    output: Path = typer.Option(..., "-o", "--output", help="Output: .jsonl, .csv or .parquet."),
+    jobs: int = typer.Option(..., "--jobs", help="Number of jobs."),
+    seed: int = typer.Option(0, "--seed", help="RNG seed: same seed, same bytes."),
+    rate: float = typer.Option(5.0, "--rate", help="Mean arrivals per second."),
+    model: str = typer.Option("tiny", "--model", help=MODEL_HELP),
+    token_scale: float = typer.Option(1.0, "--token-scale", help="Multiply token counts."),
+    arrivals: str = typer.Option("poisson", "--arrivals", help="poisson or bursty."),
+    mix: str = typer.Option("prefill=0.45,decode=0.45,train=0.1", "--mix",
+                            help="Job kinds and their weights."),
+    tenants: int = typer.Option(4, "--tenants", help="Number of tenants (Zipf-weighted)."),
+    deadline_fraction: float = typer.Option(0.3, "--deadline-fraction",
+                                            help="Share of jobs with a deadline."),
+) -> None:
+    """Generate a seeded synthetic trace in the canonical format.
+
+    Example: attnsched trace generate -o demo.jsonl --jobs 2000 --seed 1 --rate 20 --model tiny
+    """
+    _check_output(output)
+    spec = SynthSpec(jobs=jobs, seed=seed, rate=rate, arrivals=arrivals, mix=parse_mix(mix),
+                     tenants=tenants, deadline_fraction=deadline_fraction)
+    preset = get_preset(model, token_scale)
+    n = _atomic_write(generate(spec, preset), output)
+    console.print(f"wrote {n:,} jobs to {output} (seed {seed}, model {preset.name})")

@@ -1,0 +1,235 @@
+"""The cost model: FLOPs, bytes, memory and durations of jobs on devices.
+
+This is the one place these numbers are computed; policies, the simulator and
+reports all call it, so they never disagree about what a job costs.
+
+Conventions (DESIGN.md): forward FLOPs of one attention call are
+``4·batch·heads·q_len·kv_len·head_dim``; a causal mask keeps the fraction
+``1 − min(q,kv) / (2·max(q,kv))`` of the scores (exactly half when
+``q_len == kv_len``, everything for a single decode query); backward costs
+``backward_factor`` × forward. A job runs one call per layer per step.
+
+Durations come from a :class:`~scheduler.profiles.DeviceProfile`: a call
+takes ``max(host time, device time)``, where device time is the larger of
+compute at the measured SDPA rate and memory traffic at the device bandwidth.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from scheduler.jobs import AttentionJob, ClusterJob, DType, Job, JobKind
+from scheduler.profiles import DeviceProfile
+
+MEMORY_BACKENDS = ("math", "flash", "cudnn", "efficient")
+
+# The seed's seq2seq model (workers/ builds the same network): vocabulary,
+# embedding width and LSTM units; batch and sequence come from the job shape.
+SEQ2SEQ_VOCAB = 10_000
+SEQ2SEQ_EMBED = 256
+
+
+def causal_fraction(q_len: int, kv_len: int) -> float:
+    """Share of the score matrix a causal mask keeps."""
+    return 1.0 - min(q_len, kv_len) / (2.0 * max(q_len, kv_len))
+
+
+def call_flops(job: AttentionJob, kv_len: int | None = None) -> float:
+    """Forward FLOPs of one call (one layer, one step) at KV length ``kv_len``."""
+    kv = job.kv_len if kv_len is None else kv_len
+    flops = 4.0 * job.batch * job.heads * job.q_len * kv * job.head_dim
+    return flops * causal_fraction(job.q_len, kv) if job.causal else flops
+
+
+def _mean_kv(job: AttentionJob) -> float:
+    """Mean KV length over the job's steps: decode grows it one per step."""
+    return job.kv_len + (job.steps - 1) / 2 if job.kind is JobKind.DECODE else float(job.kv_len)
+
+
+def seq2seq_step_flops(batch: int, seq: int, units: int) -> float:
+    """Forward FLOPs of one seq2seq step: LSTM, dot attention, vocabulary softmax."""
+    lstm = 2.0 * 4 * units * (SEQ2SEQ_EMBED + units) * batch * seq
+    attention = 4.0 * batch * seq * seq * units
+    combine = 2.0 * batch * seq * (2 * units) * units
+    vocab = 2.0 * batch * seq * units * SEQ2SEQ_VOCAB
+    return lstm + attention + combine + vocab
+
+
+def forward_flops(job: Job) -> float:
+    """Forward FLOPs of the whole job (all layers, all steps)."""
+    if isinstance(job, ClusterJob):
+        return 0.0
+    if job.kind is JobKind.MODEL:
+        return seq2seq_step_flops(job.batch, job.q_len, job.head_dim) * job.steps
+    if job.kind is JobKind.DECODE:
+        # Σ_i 4·b·h·q·(kv+i)·d for i < steps, in closed form (q·kv ≥ kv, so the
+        # causal fraction only matters for q > 1 and is taken at the mean KV).
+        mean = _mean_kv(job)
+        per = 4.0 * job.batch * job.heads * job.q_len * job.head_dim * job.layers
+        frac = causal_fraction(job.q_len, round(mean)) if job.causal else 1.0
+        return per * mean * job.steps * frac
+    return call_flops(job) * job.layers * job.steps
+
+
+def total_flops(job: Job, backward_factor: float = 2.5) -> float:
+    """Forward plus backward FLOPs: training kinds pay the backward pass."""
+    f = forward_flops(job)
+    if isinstance(job, AttentionJob) and job.kind in (JobKind.TRAIN, JobKind.MODEL):
+        return f * (1.0 + backward_factor)
+    return f
+
+
+def call_bytes(job: AttentionJob, kv_len: float) -> float:
+    """HBM traffic of one call: read Q, K, V, write O (K/V are the KV cache in decode)."""
+    s = job.dtype.itemsize
+    q_o = 2.0 * job.batch * job.heads * job.q_len * job.head_dim
+    k_v = 2.0 * job.batch * job.kv_heads * kv_len * job.head_dim
+    return (q_o + k_v) * s
+
+
+def bytes_moved(job: Job) -> float:
+    """Bytes read and written over the whole job (forward)."""
+    if isinstance(job, ClusterJob):
+        return 0.0
+    return call_bytes(job, _mean_kv(job)) * job.layers * job.steps
+
+
+def peak_memory_bytes(job: Job, backend: str = "flash") -> int:
+    """Device memory the job needs at its peak on ``backend``.
+
+    The math backend materializes the score and probability matrices
+    (``2·batch·heads·q_len·kv_len``); fused backends do not. Serving jobs
+    (prefill, decode) keep the KV cache of every layer resident; training
+    keeps every layer's activations for the backward pass.
+    """
+    if isinstance(job, ClusterJob):
+        return job.memory_bytes
+    if backend not in MEMORY_BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}")
+    s = job.dtype.itemsize
+    b, h, kvh, q, d = job.batch, job.heads, job.kv_heads, job.q_len, job.head_dim
+    kv = job.final_kv_len
+    if job.kind is JobKind.MODEL:
+        return _seq2seq_memory(b, q, d)
+    qo_layer = 2 * b * h * q * d * s
+    kv_layer = 2 * b * kvh * kv * d * s
+    scores = 2 * b * h * q * kv * s if backend == "math" else 0
+    if job.kind is JobKind.TRAIN:
+        lse = b * h * q * 4
+        saved = (qo_layer + kv_layer + lse + scores // 2) * job.layers
+        grads = qo_layer + kv_layer  # dQ, dK, dV of the layer being differentiated
+        return saved + grads + scores
+    return kv_layer * job.layers + qo_layer + scores
+
+
+def _seq2seq_memory(batch: int, seq: int, units: int) -> int:
+    params = SEQ2SEQ_VOCAB * SEQ2SEQ_EMBED + 4 * units * (SEQ2SEQ_EMBED + units + 1) \
+        + 2 * units * units + units * SEQ2SEQ_VOCAB + SEQ2SEQ_VOCAB
+    weights = 4 * params * 4  # fp32 weights, grads, two Adam moments
+    acts = 4 * batch * seq * (SEQ2SEQ_EMBED + 6 * units + seq + 2 * SEQ2SEQ_VOCAB)
+    return weights + acts
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """Predicted run of a job or packed batch on one device."""
+
+    seconds: float
+    backend: str
+    flops: float
+    calls: int
+
+
+def _call_seconds(profile: DeviceProfile, rate_tflops: float, flops: float, nbytes: float,
+                  host_s: float) -> float:
+    device_s = max(flops / (rate_tflops * 1e12), nbytes / profile.bandwidth_bytes_s)
+    return max(host_s, device_s)
+
+
+def batch_estimate(jobs: Sequence[AttentionJob], profile: DeviceProfile,
+                   backend: str | None = None, *, packed: bool = True) -> Estimate:
+    """Time to run ``jobs`` on ``profile``'s device, packed into shared calls.
+
+    Packed jobs share every call (one per layer and step, up to the longest
+    job's count), so the host cost is paid once per call, not once per job;
+    ``packed=False`` prices the naive loop that launches each job on its own.
+    Jobs must share head_dim, dtype and causality (the packing rule).
+    """
+    if not jobs:
+        raise ValueError("empty batch")
+    head = jobs[0]
+    if any((j.head_dim, j.dtype, j.causal) != (head.head_dim, head.dtype, head.causal)
+           for j in jobs):
+        raise ValueError("packed jobs must share head_dim, dtype and causal")
+    if any(j.kind is JobKind.MODEL for j in jobs):
+        if len(jobs) > 1:
+            raise ValueError("model jobs are not packed")
+        return _model_estimate(head, profile)
+    if not packed:
+        seconds, backend_used, flops, calls = 0.0, "", 0.0, 0
+        for j in jobs:
+            e = _single(j, profile, backend, profile.unpacked_host_s(_seq(j)))
+            seconds += e.seconds
+            flops += e.flops
+            calls += e.calls
+            backend_used = e.backend
+        return Estimate(seconds, backend_used, flops, calls)
+    if len(jobs) == 1:
+        return _single(head, profile, backend, profile.call_host_s)
+    # Rate of the pack: the FLOP-weighted harmonic mean of each job's own rate.
+    flops_call, time_call, bytes_call, flops_total = 0.0, 0.0, 0.0, 0.0
+    calls, name = 0, ""
+    for j in jobs:
+        rate, name = profile.sdpa_tflops(j.q_len, round(_mean_kv(j)), j.head_dim, j.dtype,
+                                         j.causal, backend)
+        f = call_flops(j, round(_mean_kv(j)))
+        mult = _passes(j, profile)
+        flops_call += f * mult
+        time_call += f * mult / rate
+        bytes_call += call_bytes(j, _mean_kv(j))
+        flops_total += total_flops(j, profile.backward_factor)
+        calls = max(calls, j.layers * j.steps)
+    rate = flops_call / time_call
+    per_call = _call_seconds(profile, rate, flops_call, bytes_call, profile.call_host_s)
+    return Estimate(per_call * calls, name, flops_total, calls)
+
+
+def _passes(job: AttentionJob, profile: DeviceProfile) -> float:
+    return 1.0 + profile.backward_factor if job.kind is JobKind.TRAIN else 1.0
+
+
+def _seq(job: AttentionJob) -> float:
+    return math.sqrt(job.q_len * _mean_kv(job))
+
+
+def _single(job: AttentionJob, profile: DeviceProfile, backend: str | None,
+            host_s: float) -> Estimate:
+    kv = _mean_kv(job)
+    rate, name = profile.sdpa_tflops(job.q_len, round(kv), job.head_dim, job.dtype, job.causal,
+                                     backend)
+    f = call_flops(job, round(kv))
+    nbytes = call_bytes(job, kv)
+    per_call = _call_seconds(profile, rate, f, nbytes, host_s)
+    if job.kind is JobKind.TRAIN:  # backward is one more launch of 2.5x the work
+        per_call += _call_seconds(profile, rate, f * profile.backward_factor, 2 * nbytes, host_s)
+    calls = job.layers * job.steps
+    return Estimate(per_call * calls, name, total_flops(job, profile.backward_factor), calls)
+
+
+def _model_estimate(job: AttentionJob, profile: DeviceProfile) -> Estimate:
+    rate = profile.matmul_tflops.get(job.dtype) or profile.matmul_tflops.get(DType.FP32)
+    if not rate:
+        rate = max(profile.matmul_tflops.values(), default=0.0)
+    if not rate:
+        raise ValueError(f"profile {profile.name!r} has no matmul rate for model jobs")
+    flops = total_flops(job, profile.backward_factor)
+    return Estimate(max(profile.call_host_s, flops / (rate * 1e12)), "matmul", flops, job.steps)
+
+
+def estimate(job: Job, profile: DeviceProfile, backend: str | None = None) -> Estimate:
+    """Predicted run of one job alone on ``profile``'s device."""
+    if isinstance(job, ClusterJob):
+        return Estimate(job.duration, "n/a", 0.0, 0)
+    return batch_estimate([job], profile, backend)

@@ -1,0 +1,282 @@
+"""Device profiles: what a device measurably does, as data the cost model reads.
+
+A profile is a JSON file (format ``attnsched-profile/1``, documented in
+``docs/profiles.md``) holding measured SDPA throughput per backend over
+shapes, the host time of one call, and Ray's dispatch costs. The cost model
+interpolates between measured points and never invents a rate: shapes outside
+the measured range are clamped to the nearest measured point.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from scheduler.errors import InputError
+from scheduler.jobs import DType
+
+FORMAT = "attnsched-profile/1"
+BACKENDS = ("cudnn", "flash", "efficient", "math")
+
+
+@dataclass(frozen=True, slots=True)
+class SdpaPoint:
+    """One measured SDPA forward call: its shape and the rate it ran at."""
+
+    backend: str
+    dtype: DType
+    head_dim: int
+    causal: bool
+    batch: int
+    heads: int
+    q_len: int
+    kv_len: int
+    tflops: float
+
+    @property
+    def seq(self) -> float:
+        """The length the rate is interpolated over (geometric mean of q and kv)."""
+        return math.sqrt(self.q_len * self.kv_len)
+
+
+def _loglog(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
+    """Piecewise-linear interpolation in log-log space, clamped at both ends."""
+    if x <= xs[0]:
+        return ys[0]
+    if x >= xs[-1]:
+        return ys[-1]
+    i = bisect.bisect_right(xs, x)
+    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+    t = (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
+    return math.exp(math.log(y0) + t * (math.log(y1) - math.log(y0)))
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """Measured behaviour of one device model; immutable, cheap to query.
+
+    Attributes:
+        name: short name used by cluster specs (``h100``, ``cpu``).
+        kind: ``gpu`` or ``cpu``.
+        matches: device model names this profile describes (``H100``).
+        memory_bytes: device memory a scheduler may plan with.
+        bandwidth_bytes_s: memory bandwidth, for the memory-bound floor.
+        matmul_tflops: dense matmul rate per dtype (whole-model jobs).
+        sdpa: measured points.
+        dtype_aliases: dtypes without points that run at another's rate.
+        call_host_s: host time of one SDPA call; a call never takes less.
+        unpacked_job_host_s: ``(seq, seconds)`` host time per job when jobs run
+            one call each from a Python loop (the naive path).
+        actor_call_s / task_s: one Ray actor call / one Ray task round trip.
+        sharing: ``(workers, efficiency)``: total throughput when that many
+            workers share the device, relative to one.
+        backward_factor: backward FLOPs per forward FLOP.
+    """
+
+    name: str
+    kind: str
+    device: str
+    matches: tuple[str, ...]
+    memory_bytes: int
+    bandwidth_bytes_s: float
+    matmul_tflops: Mapping[DType, float]
+    sdpa: tuple[SdpaPoint, ...]
+    dtype_aliases: Mapping[DType, DType] = field(default_factory=lambda: MappingProxyType({}))
+    call_host_s: float = 0.0
+    unpacked_job_host_s: tuple[tuple[float, float], ...] = ()
+    actor_call_s: float = 0.0
+    task_s: float = 0.0
+    sharing: tuple[tuple[float, float], ...] = ((1.0, 1.0),)
+    backward_factor: float = 2.5
+    source: str = ""
+
+    @cached_property
+    def _curves(self) -> dict[tuple[str, DType, int, bool], tuple[list[float], list[float]]]:
+        groups: dict[tuple[str, DType, int, bool], list[SdpaPoint]] = {}
+        for p in self.sdpa:
+            groups.setdefault((p.backend, p.dtype, p.head_dim, p.causal), []).append(p)
+        curves = {}
+        for key, pts in groups.items():
+            pts.sort(key=lambda p: p.seq)
+            curves[key] = ([p.seq for p in pts], [p.tflops for p in pts])
+        return curves
+
+    def dtype_for(self, dtype: DType) -> DType | None:
+        """The dtype whose measurements stand for ``dtype`` here, or None."""
+        if any(p.dtype is dtype for p in self.sdpa):
+            return dtype
+        return self.dtype_aliases.get(dtype)
+
+    def backends(self, dtype: DType, causal: bool) -> tuple[str, ...]:
+        d = self.dtype_for(dtype)
+        return tuple(sorted({k[0] for k in self._curves if k[1] is d and k[3] == causal}))
+
+    def sdpa_tflops(self, q_len: int, kv_len: int, head_dim: int, dtype: DType, causal: bool,
+                    backend: str | None = None) -> tuple[float, str]:
+        """Rate (TFLOP/s) and backend for a saturating call of this shape.
+
+        With ``backend=None`` the fastest measured backend wins, as a worker
+        that benchmarks its backends would pick. Raises InputError when the
+        profile has no measurement that can stand for the request.
+        """
+        d = self.dtype_for(dtype)
+        if d is None:
+            raise InputError(f"profile {self.name!r} has no measurements for dtype "
+                             f"{dtype.value}; calibrate it on the device", field="dtype")
+        seq = math.sqrt(q_len * kv_len)
+        candidates = [backend] if backend else self.backends(dtype, causal)
+        best: tuple[float, str] | None = None
+        for b in candidates:
+            dims = sorted(k[2] for k in self._curves if k[:2] == (b, d) and k[3] == causal)
+            if not dims:
+                continue
+            rate = _interp_dims(dims, head_dim,
+                                lambda hd, b=b: _loglog(*self._curves[(b, d, hd, causal)], seq))
+            if best is None or rate > best[0]:
+                best = (rate, b)
+        if best is None:
+            raise InputError(f"profile {self.name!r} has no {backend or 'SDPA'} measurements "
+                             f"for {dtype.value} causal={causal}", field="backend")
+        return best
+
+    def unpacked_host_s(self, seq: float) -> float:
+        if not self.unpacked_job_host_s:
+            return self.call_host_s
+        xs, ys = zip(*self.unpacked_job_host_s, strict=True)
+        return _loglog(xs, ys, seq)
+
+    def sharing_efficiency(self, workers: float) -> float:
+        xs, ys = zip(*self.sharing, strict=True)
+        return _loglog(xs, ys, max(1.0, workers))
+
+
+def _interp_dims(dims: list[int], head_dim: int, rate_at: Any) -> float:
+    """Interpolate a rate across measured head sizes, log-linearly, clamped."""
+    if head_dim <= dims[0]:
+        return float(rate_at(dims[0]))
+    if head_dim >= dims[-1]:
+        return float(rate_at(dims[-1]))
+    i = bisect.bisect_right(dims, head_dim)
+    return _loglog([dims[i - 1], dims[i]], [rate_at(dims[i - 1]), rate_at(dims[i])], head_dim)
+
+
+_POS = {"type": "number", "exclusiveMinimum": 0, "maximum": 1e18}
+_NONNEG = {"type": "number", "minimum": 0, "maximum": 1e6}
+_DTYPE = {"enum": [d.value for d in DType]}
+_INT = {"type": "integer", "minimum": 1, "maximum": 1 << 24}
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["format", "name", "kind", "device", "memory_bytes", "bandwidth_gb_s", "sdpa"],
+    "additionalProperties": False,
+    "properties": {
+        "format": {"const": FORMAT},
+        "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]*$"},
+        "kind": {"enum": ["gpu", "cpu"]},
+        "device": {"type": "string"},
+        "matches": {"type": "array", "items": {"type": "string"}},
+        "source": {"type": "string"},
+        "memory_bytes": {"type": "integer", "minimum": 1},
+        "bandwidth_gb_s": _POS,
+        "matmul_tflops": {"type": "object", "propertyNames": _DTYPE,
+                          "additionalProperties": _POS},
+        "dtype_aliases": {"type": "object", "propertyNames": _DTYPE,
+                          "additionalProperties": _DTYPE},
+        "call_host_us": _NONNEG,
+        "unpacked_job_host_us": {"type": "array", "items": {
+            "type": "array", "prefixItems": [_POS, _NONNEG], "minItems": 2, "maxItems": 2}},
+        "actor_call_us": _NONNEG,
+        "task_us": {"type": "number", "minimum": 0, "maximum": 1e9},
+        "sharing": {"type": "array", "minItems": 1, "items": {
+            "type": "array", "prefixItems": [{"type": "number", "minimum": 1, "maximum": 1e4},
+                                             {"type": "number", "exclusiveMinimum": 0,
+                                              "maximum": 1}],
+            "minItems": 2, "maxItems": 2}},
+        "backward_factor": {"type": "number", "minimum": 0, "maximum": 100},
+        "sdpa": {"type": "array", "minItems": 1, "items": {
+            "type": "object",
+            "required": ["backend", "dtype", "head_dim", "causal", "batch", "heads", "q_len",
+                         "kv_len", "tflops"],
+            "additionalProperties": False,
+            "properties": {
+                "backend": {"enum": list(BACKENDS)}, "dtype": _DTYPE, "causal": {"type": "boolean"},
+                "head_dim": _INT, "batch": _INT, "heads": _INT, "q_len": _INT, "kv_len": _INT,
+                "tflops": {"type": "number", "exclusiveMinimum": 0, "maximum": 1e5},
+            }}},
+        "reference": {"type": "object"},
+    },
+}
+
+
+def profile_from_dict(data: Any, path: str | Path | None = None) -> DeviceProfile:
+    """Validate a parsed profile and build it; errors name the key path at fault."""
+    import jsonschema  # deferred: only profile loading needs it
+
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    if error is not None:
+        key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise InputError(error.message, path=path, field=key)
+    pts = tuple(
+        SdpaPoint(p["backend"], DType(p["dtype"]), p["head_dim"], p["causal"], p["batch"],
+                  p["heads"], p["q_len"], p["kv_len"], float(p["tflops"]))
+        for p in data["sdpa"]
+    )
+    aliases = {DType(k): DType(v) for k, v in data.get("dtype_aliases", {}).items()}
+    for alias, target in aliases.items():
+        if not any(p.dtype is target for p in pts):
+            raise InputError(f"{alias.value} is aliased to {target.value}, which has no points",
+                             path=path, field=f"dtype_aliases.{alias.value}")
+    return DeviceProfile(
+        name=data["name"], kind=data["kind"], device=data["device"],
+        matches=tuple(data.get("matches", ())),
+        memory_bytes=data["memory_bytes"],
+        bandwidth_bytes_s=float(data["bandwidth_gb_s"]) * 1e9,
+        matmul_tflops=MappingProxyType(
+            {DType(k): float(v) for k, v in data.get("matmul_tflops", {}).items()}),
+        sdpa=pts,
+        dtype_aliases=MappingProxyType(aliases),
+        call_host_s=float(data.get("call_host_us", 0.0)) * 1e-6,
+        unpacked_job_host_s=tuple(sorted((float(s), float(us) * 1e-6)
+                                         for s, us in data.get("unpacked_job_host_us", ()))),
+        actor_call_s=float(data.get("actor_call_us", 0.0)) * 1e-6,
+        task_s=float(data.get("task_us", 0.0)) * 1e-6,
+        sharing=tuple(sorted((float(k), float(e)) for k, e in data.get("sharing", [[1, 1]]))),
+        backward_factor=float(data.get("backward_factor", 2.5)),
+        source=data.get("source", ""),
+    )
+
+
+def load_profile(name_or_path: str | Path) -> DeviceProfile:
+    """A shipped profile by name (``h100``, ``cpu``) or any profile file by path."""
+    text: str
+    p = Path(name_or_path)
+    if p.suffix == ".json" or p.exists():
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"cannot read profile: {e}", path=p) from None
+    else:
+        if str(name_or_path) not in shipped_profiles():
+            raise InputError(f"no profile {str(name_or_path)!r}; shipped: "
+                             f"{', '.join(shipped_profiles())}, or give a .json path",
+                             field="profile")
+        p = Path(f"{name_or_path}.json")
+        text = resources.files("scheduler.profile_data").joinpath(p.name).read_text("utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"invalid JSON: {e.msg}", path=p, line=e.lineno) from None
+    return profile_from_dict(data, path=p)
+
+
+def shipped_profiles() -> tuple[str, ...]:
+    folder = resources.files("scheduler.profile_data")
+    return tuple(sorted(f.name[:-5] for f in folder.iterdir() if f.name.endswith(".json")))

@@ -1,0 +1,196 @@
+"""Importers for the real public traces (see ``docs/traces.md``).
+
+Token traces (Azure LLM 2023, Mooncake) become attention jobs through a model
+preset: each request is a prefill job and a decode job that depends on it.
+The Alibaba GPU v2023 pod list becomes duration-only cluster jobs. Every
+importer streams: one row in memory at a time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+
+from scheduler.errors import InputError
+from scheduler.jobs import AttentionJob, ClusterJob, Job, JobKind
+from scheduler.presets import ModelPreset
+from scheduler.traces.textio import iter_lines
+
+MIB = 1 << 20
+AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
+ALIBABA_COLUMNS = ("name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli", "gpu_spec", "qos",
+                   "pod_phase", "creation_time", "deletion_time", "scheduled_time")
+# Alibaba QoS classes, most protected first: they become tenants and priorities.
+QOS_PRIORITY = {"Guaranteed": 3, "LS": 2, "Burstable": 1, "BE": 0}
+MIN_POD_SECONDS = 1.0
+
+
+def request_jobs(rid: str, submit: float, prompt: int, output: int, preset: ModelPreset,
+                 tenant: str) -> tuple[AttentionJob, AttentionJob]:
+    """A served request: a causal prefill over the prompt, then ``output`` decode steps.
+
+    The decode is non-causal: its single query attends to the whole cache.
+    """
+    prompt_t, output_t = preset.tokens(prompt), preset.tokens(output)
+    common = {"submit_time": submit, "batch": 1, "heads": preset.heads,
+              "kv_heads": preset.kv_heads, "head_dim": preset.head_dim, "layers": preset.layers,
+              "dtype": preset.dtype, "tenant": tenant}
+    prefill = AttentionJob(id=f"{rid}-prefill", kind=JobKind.PREFILL, q_len=prompt_t,
+                           kv_len=prompt_t, causal=True, steps=1, **common)  # type: ignore[arg-type]
+    decode = AttentionJob(id=f"{rid}-decode", kind=JobKind.DECODE, q_len=1, kv_len=prompt_t,
+                          causal=False, steps=output_t, depends_on=prefill.id,
+                          **common)  # type: ignore[arg-type]
+    return prefill, decode
+
+
+def _int_cell(text: str, field: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise InputError(f"expected an integer, got {text!r}", field=field) from None
+    if value < 1:
+        raise InputError(f"expected a positive token count, got {value}", field=field)
+    return value
+
+
+def _count_cell(text: str, field: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise InputError(f"expected a whole number, got {text!r}", field=field) from None
+    if value < 0:
+        raise InputError(f"expected a count of at least 0, got {value}", field=field)
+    return value
+
+
+def _float_cell(text: str, field: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(f"expected a number, got {text!r}", field=field) from None
+
+
+def _split_header(path: Path, lines: Iterator[tuple[int, str]], expected: Sequence[str]
+                  ) -> list[str]:
+    _, text = next(lines)
+    header = [h.strip() for h in text.rstrip("\r\n").split(",")]
+    missing = [c for c in expected if c not in header]
+    if missing:
+        raise InputError(f"missing column; expected {', '.join(expected)}", path=path, line=1,
+                         field=missing[0])
+    return header
+
+
+def _cells(path: Path, line: int, text: str, width: int) -> list[str]:
+    cells = text.rstrip("\r\n").split(",")
+    if len(cells) != width:
+        hint = " (truncated line?)" if len(cells) < width else ""
+        raise InputError(f"expected {width} fields, got {len(cells)}{hint}", path=path, line=line)
+    return cells
+
+
+def _azure_time(text: str) -> datetime:
+    """Parse ``2023-11-16 18:15:46.6805900``: 7 fractional digits, %f takes 6."""
+    head, _, frac = text.strip().partition(".")
+    try:
+        return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}")
+    except ValueError:
+        raise InputError(f"expected a time like 2023-11-16 18:15:46.6805900, got {text!r}",
+                         field="TIMESTAMP") from None
+
+
+def read_azure(path: Path, preset: ModelPreset) -> Iterator[tuple[int, Job]]:
+    lines = iter_lines(path)
+    header = _split_header(path, lines, AZURE_COLUMNS)
+    col = {name: header.index(name) for name in AZURE_COLUMNS}
+    start: datetime | None = None
+    for index, (line, text) in enumerate(lines):
+        try:
+            cells = _cells(path, line, text, len(header))
+            when = _azure_time(cells[col["TIMESTAMP"]])
+            start = start or when
+            submit = (when - start).total_seconds()
+            if submit < 0:
+                raise InputError(f"time goes backwards ({submit:.3f} s before the first row); "
+                                 "sort the file by TIMESTAMP", field="TIMESTAMP")
+            prompt = _int_cell(cells[col["ContextTokens"]], "ContextTokens")
+            output = _int_cell(cells[col["GeneratedTokens"]], "GeneratedTokens")
+            jobs = request_jobs(f"r{index}", submit, prompt, output, preset, "conv")
+        except InputError as e:
+            raise e.located(path=path, line=line) from None
+        for job in jobs:
+            yield line, job
+
+
+def read_mooncake(path: Path, preset: ModelPreset) -> Iterator[tuple[int, Job]]:
+    for index, (line, text) in enumerate(iter_lines(path)):
+        try:
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as e:
+                hint = " (truncated last line?)" if not text.endswith("\n") else ""
+                raise InputError(f"invalid JSON: {e.msg}{hint}") from None
+            if not isinstance(row, dict):
+                raise InputError("expected a JSON object per line")
+            for key in ("timestamp", "input_length", "output_length"):
+                value = row.get(key)
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise InputError(f"expected an integer, got {value!r}", field=key)
+            if not isinstance(row.get("hash_ids", []), list):
+                raise InputError("expected a list of block ids", field="hash_ids")
+            if row["input_length"] < 1 or row["output_length"] < 1:
+                field = "input_length" if row["input_length"] < 1 else "output_length"
+                raise InputError(f"expected a positive token count, got {row[field]}",
+                                 field=field)
+            jobs = request_jobs(f"r{index}", row["timestamp"] / 1000.0, row["input_length"],
+                                row["output_length"], preset, "mooncake")
+        except InputError as e:
+            raise e.located(path=path, line=line) from None
+        for job in jobs:
+            yield line, job
+
+
+def read_alibaba_pods(path: Path) -> Iterator[tuple[int, Job]]:
+    """Pods become cluster jobs holding their request for their lifetime.
+
+    Lifetime runs from scheduling to deletion; pods never scheduled (Pending)
+    are replayed from creation, since the trace only says they were wanted for
+    that long. A pod deleted the moment it started is replayed for one second
+    rather than dropped.
+    """
+    lines = iter_lines(path)
+    header = _split_header(path, lines, ALIBABA_COLUMNS)
+    col = {name: header.index(name) for name in ALIBABA_COLUMNS}
+    for line, text in lines:
+        try:
+            cells = _cells(path, line, text, len(header))
+            row = {name: cells[i].strip() for name, i in col.items()}
+            get = row.__getitem__
+            created = _float_cell(get("creation_time"), "creation_time")
+            deleted = _float_cell(get("deletion_time"), "deletion_time")
+            scheduled = get("scheduled_time")
+            start = _float_cell(scheduled, "scheduled_time") if scheduled else created
+            if deleted < start:
+                raise InputError(f"deleted at {deleted:g} before it started at {start:g}",
+                                 field="deletion_time")
+            gpus = _count_cell(get("num_gpu"), "num_gpu")
+            milli = _float_cell(get("gpu_milli") or "0", "gpu_milli")
+            fraction = milli / 1000 if gpus == 1 and 0 < milli < 1000 else 1.0
+            qos = get("qos")
+            if qos not in QOS_PRIORITY:
+                raise InputError(f"expected one of {', '.join(QOS_PRIORITY)}, got {qos!r}",
+                                 field="qos")
+            memory_mib = _float_cell(get("memory_mib"), "memory_mib")
+            if not 0 <= memory_mib < 2**40:
+                raise InputError(f"expected MiB in [0, 2^40), got {memory_mib:g}",
+                                 field="memory_mib")
+            yield line, ClusterJob(
+                id=get("name"), submit_time=created,
+                duration=max(deleted - start, MIN_POD_SECONDS), gpus=gpus,
+                gpu_fraction=fraction, cpus=_float_cell(get("cpu_milli"), "cpu_milli") / 1000,
+                memory_bytes=round(memory_mib * MIB), tenant=qos,
+                priority=QOS_PRIORITY[qos])
+        except InputError as e:
+            raise e.located(path=path, line=line) from None

@@ -1,0 +1,76 @@
+"""Canonical traces as Parquet: typed, compressed, read in record batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from scheduler.errors import InputError
+from scheduler.jobs import Job
+from scheduler.traces.canonical import (
+    FIELDS,
+    FLOAT_FIELDS,
+    INT_FIELDS,
+    job_from_record,
+    record_from_job,
+)
+
+BATCH_ROWS = 65_536
+
+
+def _type(name: str) -> pa.DataType:
+    if name in INT_FIELDS:
+        return pa.int64()
+    if name in FLOAT_FIELDS:
+        return pa.float64()
+    return pa.bool_() if name == "causal" else pa.string()
+
+
+SCHEMA = pa.schema([pa.field(name, _type(name), nullable=True) for name in FIELDS])
+
+
+def read_parquet(path: Path) -> Iterator[tuple[int, Job]]:
+    """Yield ``(row_number, job)``; row numbers are 1-based, like lines."""
+    try:
+        handle = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as e:
+        raise InputError(f"not a readable Parquet file: {e}", path=path) from None
+    unknown = [n for n in handle.schema_arrow.names if n not in FIELDS]
+    if unknown:
+        raise InputError(f"unknown column; expected some of {', '.join(FIELDS)}", path=path,
+                         field=unknown[0])
+    if handle.metadata.num_rows == 0:
+        raise InputError("file has no rows", path=path)
+    row = 0
+    try:
+        for batch in handle.iter_batches(batch_size=BATCH_ROWS):
+            for record in batch.to_pylist():
+                row += 1
+                clean = {k: v for k, v in record.items() if v is not None}
+                try:
+                    yield row, job_from_record(clean)
+                except InputError as e:
+                    raise e.located(path=path, line=row) from None
+    except (OSError, pa.ArrowException) as e:
+        raise InputError(f"corrupt Parquet data: {e}", path=path, line=row + 1) from None
+
+
+def write_parquet(jobs: Iterable[Job], path: Path) -> int:
+    n = 0
+    columns: dict[str, list[Any]] = {k: [] for k in FIELDS}
+    with pq.ParquetWriter(path, SCHEMA, compression="zstd") as writer:
+        for job in jobs:
+            row = record_from_job(job)
+            for k in FIELDS:
+                columns[k].append(row.get(k))
+            n += 1
+            if len(columns["id"]) >= BATCH_ROWS:
+                writer.write_table(pa.table(columns, schema=SCHEMA))
+                columns = {k: [] for k in FIELDS}
+        if columns["id"] or n == 0:
+            writer.write_table(pa.table(columns, schema=SCHEMA))
+    return n

@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from scheduler import costmodel as cm
+from scheduler.errors import InputError
+from scheduler.profiles import load_profile, profile_from_dict
+from tests.builders import attention_job, cluster_job
+
+
+@pytest.fixture(scope="module")
+def h100():
+    return load_profile("h100")
+
+
+def test_forward_flops_hand_computed() -> None:
+    # 4 · batch 2 · heads 8 · q 128 · kv 256 · d 64 · layers 3
+    job = attention_job(batch=2, heads=8, kv_heads=2, q_len=128, kv_len=256, head_dim=64,
+                        layers=3)
+    assert cm.forward_flops(job) == 4 * 2 * 8 * 128 * 256 * 64 * 3
+
+
+def test_causal_halves_square_attention() -> None:
+    full = attention_job(q_len=512, kv_len=512, causal=False)
+    masked = attention_job(q_len=512, kv_len=512, causal=True)
+    assert cm.forward_flops(masked) == cm.forward_flops(full) / 2
+
+
+def test_decode_sums_the_growing_kv() -> None:
+    job = attention_job(kind="decode", batch=1, heads=4, kv_heads=1, q_len=1, kv_len=100,
+                        head_dim=32, layers=2, steps=5, causal=False)
+    expected = sum(4 * 1 * 4 * 1 * (100 + i) * 32 * 2 for i in range(5))
+    assert cm.forward_flops(job) == pytest.approx(expected, rel=1e-12)
+
+
+def test_train_pays_backward() -> None:
+    job = attention_job(kind="train", steps=3)
+    assert cm.total_flops(job) == pytest.approx(cm.forward_flops(job) * 3.5)
+    assert cm.total_flops(attention_job()) == cm.forward_flops(attention_job())
+
+
+def test_cluster_jobs_cost_their_duration(h100) -> None:
+    job = cluster_job(duration=42.0, memory_bytes=1 << 30)
+    assert cm.estimate(job, h100).seconds == 42.0
+    assert cm.peak_memory_bytes(job) == 1 << 30
+    assert cm.forward_flops(job) == 0
+
+
+def test_bytes_moved_counts_q_k_v_o() -> None:
+    job = attention_job(batch=1, heads=8, kv_heads=2, q_len=10, kv_len=20, head_dim=4,
+                        dtype="fp32")
+    # Q and O: 8·10·4 each; K and V: 2·20·4 each; 4 bytes an element.
+    assert cm.bytes_moved(job) == (2 * 8 * 10 * 4 + 2 * 2 * 20 * 4) * 4
+
+
+def test_math_backend_materializes_scores() -> None:
+    job = attention_job(batch=2, heads=8, q_len=1024, kv_len=1024)
+    extra = cm.peak_memory_bytes(job, "math") - cm.peak_memory_bytes(job, "flash")
+    assert extra == 2 * 2 * 8 * 1024 * 1024 * 2  # scores + probabilities, bf16
+
+
+def test_decode_memory_holds_the_kv_cache_of_every_layer() -> None:
+    job = attention_job(kind="decode", q_len=1, kv_len=1000, steps=24, layers=32, kv_heads=8,
+                        head_dim=128)
+    kv_cache = 2 * 1 * 8 * (1000 + 23) * 128 * 2 * 32
+    assert cm.peak_memory_bytes(job) >= kv_cache
+    assert cm.peak_memory_bytes(job) < kv_cache * 1.1
+
+
+def _h100_reference() -> dict:
+    from tests.conftest import SHARED
+
+    path = SHARED / "profiles" / "h100-2026-11-24.json"
+    if not path.exists():
+        pytest.skip("shared H100 profile absent")
+    return json.loads(path.read_text())
+
+
+def test_h100_profile_reproduces_every_sdpa_point(h100) -> None:
+    raw = _h100_reference()
+    for p in raw["sdpa_forward_tflops"]:
+        job = attention_job(batch=p["batch"], heads=p["heads"], kv_heads=p["heads"],
+                            q_len=p["q_len"], kv_len=p["kv_len"], head_dim=p["head_dim"],
+                            causal=p["causal"])
+        e = cm.estimate(job, h100, p["backend"])
+        assert e.flops / e.seconds / 1e12 == pytest.approx(p["tflops"], rel=0.05), p
+
+
+def test_h100_profile_reproduces_packing_and_ray_figures(h100) -> None:
+    raw = _h100_reference()
+    for p in raw["packing_64_jobs_batch1_heads8_headdim64"]:
+        jobs = [attention_job(id=f"j{i}", q_len=p["seq_len"], kv_len=p["seq_len"])
+                for i in range(64)]
+        packed = cm.batch_estimate(jobs, h100)
+        alone = cm.batch_estimate(jobs, h100, packed=False)
+        assert packed.flops / packed.seconds / 1e12 == pytest.approx(
+            p["one_packed_call_tflops"], rel=0.05)
+        assert alone.flops / alone.seconds / 1e12 == pytest.approx(
+            p["one_by_one_tflops"], rel=0.05)
+    ray = raw["ray_2_60_on_this_gpu"]
+    assert 1 / h100.actor_call_s == pytest.approx(ray["actor_calls_per_s"], rel=0.05)
+    assert 1 / h100.task_s == pytest.approx(ray["gpu_tasks_per_s_num_gpus_0_25"], rel=0.05)
+    assert h100.sharing_efficiency(4) * ray["one_actor_sdpa_tflops"] == pytest.approx(
+        ray["four_actors_sharing_gpu_total_tflops"], rel=0.05)
+    assert h100.memory_bytes == raw["memory_bytes"]
+
+
+def test_best_backend_is_picked(h100) -> None:
+    job = attention_job(batch=8, heads=16, kv_heads=16, q_len=2048, kv_len=2048, head_dim=128)
+    assert cm.estimate(job, h100).backend == "cudnn"
+
+
+def test_unmeasured_dtype_is_a_clear_error(h100) -> None:
+    with pytest.raises(InputError, match="no measurements for dtype fp32"):
+        cm.estimate(attention_job(dtype="fp32"), h100)
+
+
+def test_decode_is_memory_or_host_bound(h100) -> None:
+    job = attention_job(kind="decode", q_len=1, kv_len=4096, heads=32, kv_heads=8,
+                        head_dim=128, steps=10, layers=32)
+    e = cm.estimate(job, h100)
+    per_call = e.seconds / e.calls
+    assert per_call >= h100.call_host_s
+    compute_only = cm.forward_flops(job) / e.calls / (h100.sdpa_tflops(1, 4096, 128, job.dtype,
+                                                                     False)[0] * 1e12)
+    assert per_call > compute_only  # a single query cannot run at prefill rates
+
+
+sizes = st.integers(min_value=1, max_value=64)
+lengths = st.integers(min_value=1, max_value=1 << 16)
+
+
+@given(batch=sizes, heads=st.sampled_from([1, 8, 32]), q=lengths, kv=lengths,
+       d=st.sampled_from([32, 64, 96, 128, 256]), causal=st.booleans(),
+       kind=st.sampled_from(["prefill", "decode", "train"]), which=st.sampled_from(
+           ["batch", "q_len", "kv_len", "steps", "layers"]))
+def test_durations_are_monotone_in_size(batch: int, heads: int, q: int, kv: int, d: int,
+                                        causal: bool, kind: str, which: str) -> None:
+    profile = load_profile("h100")
+    base = attention_job(kind=kind, batch=batch, heads=heads, kv_heads=heads, q_len=q,
+                         kv_len=kv, head_dim=d, causal=causal)
+    fields = {"batch": batch, "heads": heads, "kv_heads": heads, "q_len": q, "kv_len": kv,
+              "head_dim": d, "causal": causal, "kind": kind, "steps": 1, "layers": 1}
+    fields[which] = fields[which] * 2
+    bigger = attention_job(**fields)
+    assert cm.estimate(bigger, profile).seconds >= cm.estimate(base, profile).seconds * 0.999
+    assert cm.peak_memory_bytes(bigger) >= cm.peak_memory_bytes(base)
+
+
+def test_profile_validation_names_the_key() -> None:
+    data = json.loads(load_profile.__globals__["resources"].files("scheduler.profile_data")
+                      .joinpath("h100.json").read_text())
+    data["sdpa"][3]["tflops"] = "fast"
+    with pytest.raises(InputError) as err:
+        profile_from_dict(data, "bad.json")
+    assert err.value.field == "sdpa.3.tflops"
+    assert "bad.json" in str(err.value)
+
+
+def test_profile_file_errors(tmp_path) -> None:
+    bad = tmp_path / "p.json"
+    bad.write_text('{"format": "attnsched-profile/1",\n "name": }')
+    with pytest.raises(InputError, match=r"p.json:2: invalid JSON"):
+        load_profile(bad)
+    with pytest.raises(InputError, match="no profile 'a100'"):
+        load_profile("a100")
