@@ -25,6 +25,7 @@ demo: $(STAMP)
 	$(BIN)/attnsched trace generate -o demo/trace.jsonl --jobs 2000 --seed 1 --rate 20 --model tiny
 	$(BIN)/attnsched trace stats demo/trace.jsonl
 	$(BIN)/attnsched cluster show cluster.yaml
+	$(BIN)/attnsched profile show cpu
 
 test: $(STAMP)
 	$(BIN)/pytest -q

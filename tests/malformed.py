@@ -17,9 +17,12 @@ NUMERIC = ["submit_time", "batch", "heads", "kv_heads", "q_len", "kv_len", "head
            "steps", "priority"]
 BAD_NUMBERS = ["abc", -1, -0.5, float("nan"), float("inf"), 1e30, 2**70, "", None, [], {}, True,
                "1;2", 0.5]
-BAD_VALUES = {"kind": ["", "inference", 3, "cluster"], "dtype": ["fp8", "", 16],
-              "causal": ["maybe", 2, None], "id": ["", None, 5, "x" * 300, "a\tb"],
-              "tenant": ["", "a\nb", 7]}
+# Empty cells of fields with defaults (dtype, causal, tenant, ...) are legal, so
+# none of these is empty unless the field is required.
+BAD_VALUES = {"kind": ["", "inference", 3, "cluster"], "dtype": ["fp8", "float", 16],
+              "causal": ["maybe", 2], "id": ["", None, 5, "x" * 300, "a\tb"],
+              "tenant": ["a\nb", 7, "x" * 300]}
+HAS_DEFAULT = {"kv_heads", "layers", "steps", "priority"}
 
 
 def _rows(n: int) -> list[dict]:
@@ -53,8 +56,9 @@ def bad_canonical(draw: st.DrawFn) -> tuple[str, bytes, bool]:
     if fault == "number":
         field = draw(st.sampled_from(NUMERIC))
         bad = draw(st.sampled_from(BAD_NUMBERS))
-        if field == "priority" and bad in (-1, -0.5, ""):
-            bad = "abc"  # negative priorities are legal; an empty one defaults to 0
+        if (field == "priority" and bad in (-1, -0.5)) or (field in HAS_DEFAULT
+                                                            and bad in ("", None)):
+            bad = "abc"  # negative priorities are legal; empty cells take the default
         if field == "submit_time" and bad == 0.5:
             bad = -3.0
         victim[field] = bad
@@ -63,10 +67,10 @@ def bad_canonical(draw: st.DrawFn) -> tuple[str, bytes, bool]:
     elif fault == "value":
         field = draw(st.sampled_from(sorted(BAD_VALUES)))
         victim[field] = draw(st.sampled_from(BAD_VALUES[field]))
-        if suffix == ".csv" and field == "tenant" and victim[field] in ("", "a\nb"):
-            victim[field] = 7 if victim[field] == "" else "a\x01b"
-        if suffix == ".csv" and field == "tenant" and victim[field] == 7:
-            suffix = ".jsonl"  # a number is a fine tenant name in CSV
+        if suffix == ".csv" and field == "tenant" and victim[field] == "a\nb":
+            victim[field] = "a\x01b"  # a raw newline would split the CSV row
+        if suffix == ".csv" and victim[field] in (7, 5, 16, 3, 2):
+            suffix = ".jsonl"  # a number is a fine name in CSV; only JSON keeps its type
     elif fault == "unsorted":
         rows[-1]["submit_time"] = -0.0 if len(rows) > 1 else 0.0
         rows[-1]["submit_time"] = rows[-2]["submit_time"] - 0.25
@@ -86,6 +90,8 @@ def bad_canonical(draw: st.DrawFn) -> tuple[str, bytes, bool]:
             return "t.csv", _csv(rows, [*GOOD_ROW, "colour"]), True
     elif fault == "extra_field":
         victim.update(duration=5.0)  # a cluster-job field on an attention job
+        if suffix == ".csv":
+            return "t.csv", _csv(rows, [*GOOD_ROW, "duration"]), True
     elif fault == "truncated":
         data = _jsonl(rows) if suffix == ".jsonl" else _csv(rows)
         last = data.rstrip(b"\n").rfind(b"\n") + 1
@@ -139,3 +145,69 @@ def bad_mooncake(draw: st.DrawFn) -> tuple[str, bytes, bool]:
     rows[draw(st.integers(0, 2))][key] = draw(st.sampled_from(
         options.get(key, ["x", -5, 1.5, None, 0])))
     return "mc.jsonl", _jsonl(rows), True
+
+
+BAD_SCALARS = ["eight", -3, 0.5, None, [1], {"a": 1}, "1e400", True]
+
+
+@st.composite
+def bad_cluster_yaml(draw: st.DrawFn, good: str) -> tuple[str, bytes, bool]:
+    """cluster.yaml with one fault: a bad value, a missing key, or broken syntax."""
+    import yaml
+
+    config = yaml.safe_load(good)
+    fault = draw(st.sampled_from(["resource", "workers", "head", "drop", "syntax", "binary",
+                                  "empty", "top"]))
+    gpu = config["available_node_types"]["gpu_h100"]
+    if fault == "resource":
+        key = draw(st.sampled_from(["GPU", "CPU", "memory"]))
+        value = draw(st.sampled_from(BAD_SCALARS))
+        if key != "GPU" and value == 0.5:
+            value = -1
+        gpu["resources"][key] = value
+    elif fault == "workers":
+        gpu[draw(st.sampled_from(["min_workers", "max_workers"]))] = draw(st.sampled_from(
+            ["two", -1, 1.5, None]))
+    elif fault == "head":
+        config["head_node_type"] = draw(st.sampled_from(["nope", 3, None, ""]))
+    elif fault == "drop":
+        key = draw(st.sampled_from(["available_node_types", "head_node_type", "provider"]))
+        del config[key]
+    elif fault == "syntax":
+        text = yaml.safe_dump(config)
+        lines = text.splitlines()
+        at = draw(st.integers(1, len(lines) - 1))
+        lines.insert(at, draw(st.sampled_from(["  - ]broken", "key: [unclosed", "\tx: 1",
+                                               "a: b: c"])))
+        return "cluster.yaml", "\n".join(lines).encode(), True
+    elif fault == "binary":
+        return "cluster.yaml", draw(st.binary(min_size=1, max_size=40)) + b"\xff\x00", False
+    elif fault == "empty":
+        return "cluster.yaml", b"", False
+    else:
+        return "cluster.yaml", draw(st.sampled_from([b"- a\n- b\n", b"42\n", b"just text\n"])), \
+            False
+    return "cluster.yaml", yaml.safe_dump(config).encode(), fault != "drop"
+
+
+@st.composite
+def bad_profile(draw: st.DrawFn, good: dict) -> tuple[str, bytes, bool]:
+    """A profile JSON with one bad value or key; errors must name the key path."""
+    data = json.loads(json.dumps(good))
+    fault = draw(st.sampled_from(["point", "top", "missing", "extra", "json"]))
+    if fault == "point":
+        i = draw(st.integers(0, len(data["sdpa"]) - 1))
+        key = draw(st.sampled_from(["tflops", "q_len", "backend", "dtype", "causal"]))
+        data["sdpa"][i][key] = draw(st.sampled_from(["x", -1, 0, None, 1e30, [2]]))
+    elif fault == "top":
+        key = draw(st.sampled_from(["memory_bytes", "bandwidth_gb_s", "call_host_us", "kind",
+                                    "format", "name"]))
+        data[key] = draw(st.sampled_from(["x", -5, None, [1], "Bad Name!"]))
+    elif fault == "missing":
+        del data[draw(st.sampled_from(["sdpa", "kind", "memory_bytes"]))]
+    elif fault == "extra":
+        data["speed"] = "fast"
+    else:
+        text = json.dumps(data, indent=1)
+        return "p.json", text[: draw(st.integers(1, len(text) - 2))].encode(), True
+    return "p.json", json.dumps(data, indent=1).encode(), False

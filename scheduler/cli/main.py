@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import typer
 
 from scheduler import __version__
-from scheduler.cli import cluster_cmd, trace_cmd
+from scheduler.cli import cluster_cmd, profile_cmd, trace_cmd
 from scheduler.errors import InputError
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app = typer.Typer(
 )
 app.add_typer(trace_cmd.app, name="trace")
 app.add_typer(cluster_cmd.app, name="cluster")
+app.add_typer(profile_cmd.app, name="profile")
 
 
 def _version(value: bool) -> None:
