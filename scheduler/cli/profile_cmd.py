@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -52,7 +53,7 @@ def show(
         console.print(f"source: {p.source}")
 
 
-def _summary(p: DeviceProfile) -> dict[str, object]:
+def _summary(p: DeviceProfile) -> dict[str, Any]:
     best: dict[tuple[str, int, bool, int], tuple[float, str]] = {}
     for pt in p.sdpa:
         key = (pt.dtype.value, pt.head_dim, pt.causal, round(pt.seq))
