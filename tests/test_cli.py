@@ -41,7 +41,8 @@ def test_convert_round_trip_keeps_stats_identical(cli, shared_trace, tmp_path) -
     for path in (src, pq, jl):
         code, out, err = cli("trace", "stats", path, "--json")
         assert code == 0, err
-        stats.append({k: v for k, v in json.loads(out).items() if k not in ("trace", "format")})
+        stats.append({k: v for k, v in json.loads(out).items()
+                      if k not in ("trace", "format", "model")})
     assert stats[0] == stats[1] == stats[2]
     assert stats[0]["requests"] == 19_366
 

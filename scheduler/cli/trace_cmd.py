@@ -38,8 +38,9 @@ def stats(
     """
     opened = open_trace(trace, fmt, model, token_scale)
     result = trace_stats(opened.jobs())
-    result = {"trace": str(trace), "format": opened.format, "model": opened.preset.name,
-              **result}
+    token_trace = opened.format in ("azure", "mooncake")  # only these are shaped by a preset
+    result = {"trace": str(trace), "format": opened.format,
+              "model": opened.preset.name if token_trace else None, **result}
     if as_json:
         typer.echo(json.dumps(result, indent=1, sort_keys=True))
         return
@@ -50,17 +51,37 @@ def _fmt(x: float | None, digits: int = 0) -> str:
     return "-" if x is None else f"{x:,.{digits}f}"
 
 
+def _duration(seconds: float) -> str:
+    for limit, scale, unit in ((120, 1, "s"), (7200, 60, "min"), (172800, 3600, "h")):
+        if seconds < limit:
+            return f"{seconds / scale:,.1f} {unit}"
+    return f"{seconds / 86400:,.1f} days"
+
+
+def _flops(x: float) -> str:
+    for scale, unit in ((1e18, "EFLOP"), (1e15, "PFLOP"), (1e12, "TFLOP"), (1e9, "GFLOP")):
+        if x >= scale:
+            return f"{x / scale:,.2f} {unit}"
+    return f"{x:,.0f} FLOP"
+
+
 def _print_stats(s: dict[str, Any]) -> None:
-    head = Table(title=f"{s['trace']}  ({s['format']}, model {s['model']})", show_header=False)
+    shaped = f", model {s['model']}" if s["model"] else ""
+    head = Table(title=f"{s['trace']}  ({s['format']}{shaped})", show_header=False)
     head.add_column(style="bold")
     head.add_column(justify="right")
     span = s["span_s"]
     kinds = ", ".join(f"{k} {v:,}" for k, v in s["kinds"].items())
     head.add_row("jobs", f"{s['jobs']:,}  ({kinds})")
     head.add_row("requests (jobs depending on none)", f"{s['requests']:,}")
-    head.add_row("time span", f"{span:,.1f} s ({span / 60:,.1f} min)")
-    head.add_row("arrival rate", f"{_fmt(s['arrival_rate_per_s'], 2)} requests/s")
-    head.add_row("total work", f"{s['total_flops'] / 1e15:,.3f} PFLOP")
+    head.add_row("time span", f"{span:,.1f} s ({_duration(span)})")
+    rate = s["arrival_rate_per_s"]
+    head.add_row("arrival rate", "-" if rate is None else f"{rate:,.2f} requests/s"
+                 if rate >= 0.1 else f"{rate * 3600:,.2f} requests/hour")
+    if s["total_flops"]:
+        head.add_row("total work", _flops(s["total_flops"]))
+    if s["cluster_gpu_hours"]:
+        head.add_row("GPU time held (cluster jobs)", f"{s['cluster_gpu_hours']:,.0f} GPU-hours")
     console.print(head)
     dist = Table(title="distributions")
     for col in ("", "p50", "p90", "p99", "mean", "max"):

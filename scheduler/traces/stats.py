@@ -35,6 +35,7 @@ def trace_stats(jobs: Iterable[Job]) -> dict[str, Any]:
     first = last = None
     requests = 0
     flops = 0.0
+    gpu_seconds = 0.0
     series: dict[str, array[Any]] = {name: array("d") for name in (
         "prompt_tokens", "decode_steps", "train_seq", "train_batch", "duration", "gpus")}
     for job in jobs:
@@ -46,6 +47,7 @@ def trace_stats(jobs: Iterable[Job]) -> dict[str, Any]:
         flops += total_flops(job)
         if isinstance(job, ClusterJob):
             series["duration"].append(job.duration)
+            gpu_seconds += job.gpus * job.gpu_fraction * job.duration
             series["gpus"].append(job.gpus * job.gpu_fraction)
             continue
         assert isinstance(job, AttentionJob)
@@ -67,6 +69,7 @@ def trace_stats(jobs: Iterable[Job]) -> dict[str, Any]:
         "span_s": span,
         "arrival_rate_per_s": requests / span if span > 0 else None,
         "total_flops": flops,
+        "cluster_gpu_hours": gpu_seconds / 3600,
         "tenants": dict(tenants.most_common()),
         "distributions": {name: s for name, values in series.items()
                           if (s := _summary(values)) is not None},
