@@ -114,3 +114,24 @@ def test_bad_options_exit_2_with_one_line(cli, tmp_path, monkeypatch, args, need
     assert err.count("\n") == 1 and err.startswith("attnsched: error:")
     assert needle in err
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_cluster_show_prints_eight_h100s_per_gpu_node(cli, repo) -> None:
+    code, out, err = cli("cluster", "show", repo / "cluster.yaml", "--nodes", "gpu_h100=2")
+    assert code == 0, err
+    assert out.count("8× H100 (80 GiB)") == 2
+    assert "16 GPUs" in out
+    code, out, _ = cli("cluster", "show", repo / "cluster.yaml", "--json")
+    nodes = json.loads(out)["nodes"]
+    gpu_node = next(n for n in nodes if n["type"] == "gpu_h100")
+    assert [d["model"] for d in gpu_node["devices"]] == ["H100"] * 8
+
+
+def test_profile_show(cli) -> None:
+    code, out, _ = cli("profile", "show", "h100", "--json")
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["points"] == 72
+    best = {(r["head_dim"], r["causal"], r["seq"]): r for r in summary["best"]}
+    assert best[(128, False, 16384)]["tflops"] == 629.9
+    assert best[(128, False, 16384)]["backend"] == "cudnn"
