@@ -15,7 +15,7 @@ that can be costed; every error names the field at fault.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import TypeAlias
 
@@ -165,6 +165,16 @@ class AttentionJob:
                              field="kv_heads")
         if not isinstance(self.causal, bool):
             raise InputError(f"expected true or false, got {self.causal!r}", field="causal")
+
+    def split_part(self, axis: str, parts: int, index: int) -> AttentionJob:
+        """Part ``index`` of ``parts`` along ``batch`` or ``heads`` (whole GQA groups)."""
+        if axis == "batch":
+            return replace(self, id=f"{self.id}/{index}", batch=self.batch // parts,
+                           depends_on=None)
+        group = self.heads // self.kv_heads
+        kv = self.kv_heads // parts
+        return replace(self, id=f"{self.id}/{index}", heads=kv * group, kv_heads=kv,
+                       depends_on=None)
 
     @property
     def final_kv_len(self) -> int:

@@ -1,0 +1,184 @@
+"""adaptive: telemetry-aware packing, fair-share by softmax urgency, split and offload.
+
+Each round it repeatedly picks a tenant by a softmax over the tenants'
+urgency, so capacity is shared the way attention shares weight: every tenant
+gets some, the most urgent gets most, and waiting raises urgency (aging) so
+nothing starves. Within the tenant it runs the most urgent of the first few
+jobs: priority, deadline slack and predicted run time (short jobs first).
+
+It then packs compatible jobs with it while the batch fits the device's
+memory and a latency budget, and routes the batch to the free device with the
+earliest predicted finish, *discounted by measured speed* from telemetry: a
+device that runs slower than its profile gets less work. It declines a slow
+device when waiting for a fast one would finish sooner. Jobs that fit no
+device whole are split along batch or heads; small jobs go to CPU workers
+when no GPU is free.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import ClassVar
+
+from policies.common import fits, pack, place_cluster_job, reference_seconds, window
+from scheduler.decisions import Action, Decisions, Offload, Place, Split
+from scheduler.jobs import AttentionJob, ClusterJob, Job
+from scheduler.view import DeviceView, View
+
+
+class AdaptivePolicy:
+    name: ClassVar[str] = "adaptive"
+    description: ClassVar[str] = ("telemetry-aware packing and routing, softmax fair share, "
+                                  "split and CPU offload")
+
+    def __init__(self, max_batch: int = 64, head: int = 32, temperature: float = 1.0,
+                 aging_s: float = 10.0, budget_factor: float = 2.0, min_budget_s: float = 0.05,
+                 offload_max_s: float = 0.05, slow_speed: float = 0.8) -> None:
+        self.max_batch, self.head, self.temperature = max_batch, head, temperature
+        self.aging_s, self.budget_factor, self.min_budget_s = aging_s, budget_factor, min_budget_s
+        self.offload_max_s, self.slow_speed = offload_max_s, slow_speed
+
+    # -- urgency ---------------------------------------------------------------------------
+
+    def urgency(self, view: View, job: Job, seconds: float) -> float:
+        """Higher is more urgent: priority, aging, deadline slack, then short jobs."""
+        waited = view.now - view.info(job.id).ready_time
+        score = float(job.priority) + waited / self.aging_s
+        if job.deadline is not None:
+            slack = job.submit_time + job.deadline - view.now - seconds
+            score += 2.0 / (1.0 + math.exp(slack))  # near or past its deadline: up to +2
+        return score - math.log1p(seconds / 0.01)  # shortest first, on a log scale
+
+    def _pick_tenant(self, view: View, heads: Mapping[str, tuple[float, Job]]) -> str:
+        names = sorted(heads)
+        top = max(heads[n][0] for n in names)
+        weights = [math.exp((heads[n][0] - top) / self.temperature) for n in names]
+        r = view.rng.random() * sum(weights)
+        for name, w in zip(names, weights, strict=True):
+            r -= w
+            if r <= 0:
+                return name
+        return names[-1]
+
+    # -- routing ---------------------------------------------------------------------------
+
+    def speed(self, view: View, device: str) -> float:
+        sample = view.telemetry.get(device)
+        return max(0.05, sample.ema_speed) if sample else 1.0
+
+    def _route(self, view: View, job: Job, taken: dict[str, int]
+               ) -> tuple[DeviceView, float] | None:
+        best: tuple[float, DeviceView, float] | None = None
+        for device in view.free.values():
+            if not fits(view, job, device, taken) or device.kind == "cpu":
+                continue
+            seconds = view.cost.seconds([job], device.id)
+            finish = seconds / self.speed(view, device.id)
+            if math.isfinite(finish) and (best is None or finish < best[0]):
+                best = (finish, device, seconds)
+        if best is None:
+            return None
+        finish, device, seconds = best
+        if self.speed(view, device.id) < self.slow_speed:
+            # Waiting for a healthy device may beat running here.
+            for other in view.devices.values():
+                if other.up and other.kind != "cpu" and self.speed(view, other.id) >= \
+                        self.slow_speed and other.memory_total >= view.cost.memory(job, other.id):
+                    wait = max(0.0, other.busy_until - view.now)
+                    if wait + view.cost.seconds([job], other.id) < finish:
+                        return None
+        return device, seconds
+
+    def _offload_target(self, view: View, job: Job, taken: dict[str, int]) -> DeviceView | None:
+        for device in view.free.values():
+            if device.kind == "cpu" and fits(view, job, device, taken) and \
+                    view.cost.seconds([job], device.id) <= self.offload_max_s:
+                return device
+        return None
+
+    def _split(self, view: View, job: Job) -> Split | None:
+        if not isinstance(job, AttentionJob):
+            return None
+        largest = max((d.memory_total for d in view.devices.values() if d.up), default=0)
+        need = max((view.cost.memory(job, d) for g in view.groups.values() for d in g[:1]),
+                   default=0)
+        if need <= largest:
+            return None
+        for axis, size in (("batch", job.batch), ("heads", job.kv_heads)):
+            parts = next((p for p in range(2, size + 1) if size % p == 0 and
+                          need / p <= largest), None)
+            if parts is not None:
+                return Split(job.id, parts, axis, f"needs {need >> 20} MiB, largest device "
+                             f"has {largest >> 20} MiB: split along {axis} into {parts}")
+        return None
+
+    # -- the decision ----------------------------------------------------------------------
+
+    def decide(self, view: View) -> Decisions:
+        actions: list[Action] = []
+        if not view.pending:
+            return Decisions()
+        taken: dict[str, int] = {}
+        placed: set[str] = set()
+        skipped: set[str] = set()  # tenants with nothing placeable this round
+        rounds = 0
+        while len(taken) < len(view.free) and rounds < 4 * len(view.free) + 8:
+            rounds += 1
+            heads: dict[str, tuple[float, Job]] = {}
+            for tenant, jobs in view.tenants.items():
+                if tenant in skipped:
+                    continue
+                best = None
+                for job in window(jobs, self.head):
+                    if job.id in placed:
+                        continue
+                    score = self.urgency(view, job, reference_seconds(view, job))
+                    if best is None or score > best[0]:
+                        best = (score, job)
+                if best is not None:
+                    heads[tenant] = best
+            if not heads:
+                break
+            tenant = self._pick_tenant(view, heads)
+            job = heads[tenant][1]
+            action = self._place_one(view, job, taken, placed)
+            if action is None:
+                skipped.add(tenant)
+                continue
+            actions.append(action)
+        return Decisions(tuple(actions))
+
+    def _place_one(self, view: View, job: Job, taken: dict[str, int],
+                   placed: set[str]) -> Action | None:
+        if isinstance(job, ClusterJob):
+            used = set(taken)
+            place = place_cluster_job(view, job, used, "adaptive first fit")
+            if place is not None:
+                placed.add(job.id)
+                for d in (place.device, *place.gang):
+                    taken[d] = 1
+            return place
+        split = self._split(view, job)
+        if split is not None:
+            placed.add(job.id)
+            return split
+        routed = self._route(view, job, taken)
+        if routed is None:
+            cpu = self._offload_target(view, job, taken)
+            if cpu is None:
+                return None
+            placed.add(job.id)
+            taken[cpu.id] = 1
+            return Offload((job.id,), cpu.id, "GPUs busy; small enough for a CPU worker")
+        device, seconds = routed
+        budget = max(self.min_budget_s, self.budget_factor * seconds)
+        candidates = (j for j in window(view.tenants[job.tenant], self.head * 4)
+                      if j.id not in placed)
+        batch = pack(view, job, candidates, device, self.max_batch, budget, same_shape=False)
+        placed.update(j.id for j in batch)
+        taken[device.id] = 1
+        speed = self.speed(view, device.id)
+        return Place(tuple(j.id for j in batch), device.id,
+                     f"urgent job of {job.tenant}; {len(batch)} packed; predicted "
+                     f"{seconds:.3g}s at measured speed {speed:.2f}")

@@ -1,0 +1,89 @@
+"""Helpers several policies share: eligibility, packing and device choice."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping
+
+from scheduler.decisions import Place
+from scheduler.jobs import ClusterJob, Job
+from scheduler.view import DeviceView, View
+
+
+def fastest_group(view: View, job: Job) -> str | None:
+    """The profile (device group) that runs ``job`` fastest, or None if none can."""
+    best: tuple[float, str] | None = None
+    for profile, devices in view.groups.items():
+        seconds = view.cost.seconds([job], devices[0])
+        if math.isfinite(seconds) and (best is None or seconds < best[0]):
+            best = (seconds, profile)
+    return best[1] if best else None
+
+
+def reference_seconds(view: View, job: Job) -> float:
+    """Predicted run time on the fastest kind of device that can run it."""
+    return min((view.cost.seconds([job], devices[0]) for devices in view.groups.values()),
+               default=math.inf)
+
+
+def window(jobs: Mapping[str, Job], limit: int) -> Iterator[Job]:
+    """The first ``limit`` jobs: policies look this far, never the whole queue."""
+    for i, job in enumerate(jobs.values()):
+        if i >= limit:
+            return
+        yield job
+
+
+def fits(view: View, job: Job, device: DeviceView, taken: Mapping[str, int]) -> bool:
+    """Room for ``job`` on ``device`` after what this round already took there."""
+    if device.slots_free - taken.get(device.id, 0) < 1:
+        return False
+    return view.cost.memory(job, device.id) <= device.memory_free
+
+
+def pack(view: View, head: Job, candidates: Iterable[Job], device: DeviceView,
+         limit: int, budget_s: float, same_shape: bool) -> list[Job]:
+    """``head`` plus compatible jobs while memory and the latency budget allow."""
+    batch = [head]
+    memory = view.cost.memory(head, device.id)
+    for job in candidates:
+        if len(batch) >= limit:
+            break
+        if job is head or not view.cost.can_pack(head, job):
+            continue
+        if same_shape and not _same_shape(head, job):
+            continue
+        need = view.cost.memory(job, device.id)
+        if memory + need > device.memory_free:
+            continue
+        if view.cost.seconds([*batch, job], device.id) > budget_s:
+            continue
+        batch.append(job)
+        memory += need
+    return batch
+
+
+def _same_shape(a: Job, b: Job) -> bool:
+    from scheduler.jobs import AttentionJob
+    from scheduler.pricing import shape_key
+
+    return isinstance(a, AttentionJob) and isinstance(b, AttentionJob) and \
+        shape_key(a) == shape_key(b)
+
+
+def place_cluster_job(view: View, job: ClusterJob, used: set[str],
+                      reason: str) -> Place | None:
+    """First-fit for a duration-only job: ``gpus`` devices with the share it asks."""
+    need = max(job.gpus, 1)
+    share = job.gpu_fraction if job.gpus else 0.0
+    by_node: dict[str, list[DeviceView]] = {}
+    for device in view.devices.values():
+        if not device.up or device.id in used or (job.gpus and device.kind != "gpu"):
+            continue
+        if device.share_free + 1e-9 >= share:
+            by_node.setdefault(device.node, []).append(device)
+            if len(by_node[device.node]) == need:
+                members = by_node[device.node]
+                return Place((job.id,), members[0].id, reason,
+                             tuple(m.id for m in members[1:]))
+    return None

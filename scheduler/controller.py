@@ -1,0 +1,532 @@
+"""The controller: sole owner of job and device state, executor-agnostic.
+
+It admits jobs, asks the policy for decisions on every event, validates each
+action against capacity and job state, applies the valid ones and records
+every decision (applied, rejected or errored) with its reason and the
+policy's name. Executors (simulated or Ray) only run what it hands them and
+report back through ``batch_done``, ``device_down`` and ``telemetry``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from scheduler.cluster import ClusterSpec
+from scheduler.decisions import (
+    ACTION_TYPES,
+    Action,
+    Decisions,
+    Defer,
+    Migrate,
+    Offload,
+    Place,
+    Preempt,
+    Split,
+)
+from scheduler.jobs import AttentionJob, ClusterJob, Job
+from scheduler.pricing import ClusterCost, shape_key
+from scheduler.state import Batch, DeviceState, JobRecord, JobState, NodeState
+from scheduler.view import DeviceView, Telemetry, View
+
+GiB = 1 << 30
+EMA = 0.3  # weight of the newest telemetry sample in the moving averages
+
+
+class PolicyFailure(RuntimeError):
+    """The policy failed too many times in a row; the run cannot go on sensibly."""
+
+
+class Rejected(Exception):
+    """An action failed validation; the message is the reason recorded."""
+
+
+@dataclass
+class Step:
+    """What one decision round changed, for the executor to carry out."""
+
+    started: list[Batch] = field(default_factory=list)
+    cancelled: list[Batch] = field(default_factory=list)
+
+
+class Sink:
+    """Where the controller reports what happened; the default keeps nothing."""
+
+    def job_finished(self, record: JobRecord) -> None:
+        """Called exactly once per job, when it is done or failed."""
+
+    def decision(self, row: dict[str, Any]) -> None:
+        """Called for every action, applied or rejected, and every policy error."""
+
+
+class Controller:
+    def __init__(self, spec: ClusterSpec, cost: ClusterCost, policy: Any, *,
+                 policy_name: str, seed: int = 0, slots: int = 1, sink: Sink | None = None,
+                 max_policy_failures: int = 10, max_attempts: int = 5,
+                 decide_hook: Callable[[float], None] | None = None) -> None:
+        self.spec, self.cost, self.policy, self.policy_name = spec, cost, policy, policy_name
+        self.seed, self.sink = seed, sink or Sink()
+        self.max_policy_failures, self.max_attempts = max_policy_failures, max_attempts
+        self.decide_hook = decide_hook
+        self.now = 0.0
+        self.records: dict[str, JobRecord] = {}
+        self.pending: dict[str, Job] = {}
+        self.tenants: dict[str, dict[str, Job]] = {}
+        self.blocked: dict[str, list[str]] = {}
+        self.finished: dict[str, bool] = {}  # id -> succeeded, for late dependents
+        self.nodes = {n.name: NodeState(n, n.cpus, n.memory_bytes) for n in spec.nodes}
+        self.devices = {d.id: DeviceState(d, cost.profile(d.id), slots, memory_free=d.memory_bytes)
+                        for d in spec.devices}
+        self._views = {k: DeviceView(s) for k, s in self.devices.items()}
+        self.free: dict[str, DeviceView] = dict(self._views)
+        self.batches: dict[str, Batch] = {}
+        self.telemetry: dict[str, Telemetry] = {}
+        self.policy_state: Any = None
+        self.failures_in_row = 0
+        self.calls = 0
+        self.rejections = 0
+        self._batch_seq = 0
+        self._fit_memo: dict[object, str | None] = {}
+        groups: dict[str, list[str]] = {}
+        for d in spec.devices:
+            if d.profile is not None and cost.profile(d.id) is not None:
+                groups.setdefault(d.profile, []).append(d.id)
+        self.groups = MappingProxyType({k: tuple(v) for k, v in groups.items()})
+        self._proxies = (MappingProxyType(self.pending), MappingProxyType(self.tenants),
+                         MappingProxyType(self._views), MappingProxyType(self.free),
+                         MappingProxyType(self.telemetry), MappingProxyType(self.records))
+
+    # -- admission and dependencies ------------------------------------------------------
+
+    def submit(self, job: Job, now: float) -> None:
+        """Admit a job; one that can never run anywhere fails now, with the reason."""
+        self._tick(now)
+        if job.id in self.records or job.id in self.finished:
+            raise ValueError(f"job {job.id!r} submitted twice")
+        record = JobRecord(job, ready_time=now)
+        self.records[job.id] = record
+        misfit = self._never_fits(job)
+        if misfit is not None:
+            self._finish(record, JobState.FAILED, misfit)
+            return
+        parent = job.depends_on
+        if parent is not None and parent not in self.finished:
+            if parent not in self.records:
+                self._finish(record, JobState.FAILED, f"depends on unknown job {parent!r}")
+                return
+            record.state = JobState.BLOCKED
+            self.blocked.setdefault(parent, []).append(job.id)
+            return
+        if parent is not None and not self.finished[parent]:
+            self._finish(record, JobState.FAILED, f"dependency {parent!r} failed")
+            return
+        self._enqueue(record)
+
+    def _never_fits(self, job: Job) -> str | None:
+        key: object = shape_key(job) if isinstance(job, AttentionJob) else (
+            job.gpus, job.gpu_fraction, job.cpus, job.memory_bytes)
+        if key in self._fit_memo:
+            return self._fit_memo[key]
+        reason: str | None
+        if isinstance(job, ClusterJob):
+            gpus = sum(1 for d in self.spec.devices if d.kind == "gpu")
+            nodes_ok = any(n.cpus >= job.cpus and n.memory_bytes >= job.memory_bytes
+                           for n in self.spec.nodes if n.devices)
+            reason = None if job.gpus <= gpus and nodes_ok else (
+                f"fits no node: needs {job.gpus} GPUs, {job.cpus:g} CPUs, "
+                f"{job.memory_bytes / GiB:.1f} GiB")
+        else:
+            best = 0
+            reason = "no device can run it (no profile measures its dtype)"
+            for device in self.spec.devices:
+                if math.isfinite(self.cost.seconds([job], device.id)):
+                    need = self.cost.memory(job, device.id)
+                    if need <= device.memory_bytes:
+                        reason = None
+                        break
+                    best = max(best, device.memory_bytes)
+                    reason = (f"fits no device: needs {need / GiB:.2f} GiB, the largest "
+                              f"device that runs it has {best / GiB:.2f} GiB")
+        self._fit_memo[key] = reason
+        return reason
+
+    def _enqueue(self, record: JobRecord) -> None:
+        record.state = JobState.QUEUED
+        job = record.job
+        self.pending[job.id] = job
+        self.tenants.setdefault(job.tenant, {})[job.id] = job
+
+    def _dequeue(self, job: Job) -> None:
+        del self.pending[job.id]
+        group = self.tenants[job.tenant]
+        del group[job.id]
+        if not group:
+            del self.tenants[job.tenant]
+
+    def _finish(self, record: JobRecord, state: JobState, reason: str | None = None) -> None:
+        record.state, record.end = state, self.now
+        record.reason = reason
+        if record.parent is not None:
+            self._part_finished(record)
+            return
+        del self.records[record.id]
+        ok = state is JobState.DONE
+        self.finished[record.id] = ok
+        self.sink.job_finished(record)
+        for child_id in self.blocked.pop(record.id, ()):
+            child = self.records[child_id]
+            if ok:
+                child.ready_time = self.now
+                self._enqueue(child)
+            else:
+                self._finish(child, JobState.FAILED, f"dependency {record.id!r} failed")
+
+    def _part_finished(self, part: JobRecord) -> None:
+        del self.records[part.id]
+        parent = self.records[part.parent or ""]
+        if parent.state is not JobState.SPLIT:
+            return  # the parent already failed through another part
+        if part.state is JobState.FAILED:
+            for other in [r for r in self.records.values() if r.parent == parent.id]:
+                self._drop_part(other)
+            self._finish(parent, JobState.FAILED, f"part {part.id!r} failed: {part.reason}")
+            return
+        parent.parts_left -= 1
+        parent.start = part.start if parent.start is None else min(parent.start, part.start or 0)
+        parent.device, parent.node, parent.batch_size = part.device, part.node, part.batch_size
+        parent.attempts = max(parent.attempts, part.attempts)
+        parent.solo_seconds += part.solo_seconds
+        if parent.parts_left == 0:
+            self._finish(parent, JobState.DONE)
+
+    def _drop_part(self, part: JobRecord) -> None:
+        if part.state is JobState.QUEUED:
+            self._dequeue(part.job)
+        elif part.state is JobState.RUNNING and part.batch in self.batches:
+            self._release(self.batches[part.batch])
+        del self.records[part.id]
+
+    # -- the decision round --------------------------------------------------------------
+
+    def decide(self, now: float, event: str) -> Step:
+        """Ask the policy, validate and apply its actions; return what to start or stop."""
+        self._tick(now)
+        step = Step()
+        if not self.pending and event != "telemetry":
+            return step
+        self.calls += 1
+        pending, tenants, devices, free, telemetry, records = self._proxies
+        view = View(now, pending, tenants, devices, free, telemetry, self.cost,
+                    random.Random(self.seed * 1_000_003 + self.calls), self.policy_state,
+                    event, self.groups, records)
+        try:
+            answer = self.policy.decide(view)
+            actions, state = self._unpack(answer)
+        except Exception as e:  # a plugin's bug must not take the cluster down
+            self._policy_error(f"{type(e).__name__}: {e}")
+            return step
+        self.failures_in_row = 0
+        self.policy_state = state
+        for action in actions:
+            try:
+                self._apply(action, step)
+            except Rejected as why:
+                self.rejections += 1
+                self._record(action, "rejected", str(why))
+            else:
+                self._record(action, "applied", None)
+        if self.decide_hook is not None:
+            self.decide_hook(now)
+        return step
+
+    def _unpack(self, answer: object) -> tuple[Sequence[Action], Any]:
+        actions: Sequence[Action]
+        if isinstance(answer, Decisions):
+            actions, state = answer.actions, answer.state
+        elif isinstance(answer, list | tuple):
+            actions, state = answer, self.policy_state
+        else:
+            raise TypeError(f"decide() returned {type(answer).__name__}, expected Decisions "
+                            "or a list of actions")
+        for a in actions:
+            if not isinstance(a, ACTION_TYPES):
+                raise TypeError(f"decide() returned {a!r}, which is not an action")
+        return actions, state
+
+    def _policy_error(self, message: str) -> None:
+        self.failures_in_row += 1
+        self.sink.decision({"t": self.now, "policy": self.policy_name, "action": "error",
+                            "outcome": "error", "why": message})
+        if self.failures_in_row >= self.max_policy_failures:
+            raise PolicyFailure(f"policy {self.policy_name!r} failed {self.failures_in_row} "
+                                f"times in a row; last error: {message}")
+
+    def _record(self, action: Action, outcome: str, why: str | None) -> None:
+        row: dict[str, Any] = {"t": self.now, "policy": self.policy_name,
+                               "action": type(action).__name__.lower(), "outcome": outcome}
+        jobs = getattr(action, "jobs", None)
+        row["jobs"] = list(jobs) if jobs is not None else [getattr(action, "job", None)]
+        device = getattr(action, "device", None)
+        if device is not None:
+            row["device"] = device
+        row["reason"] = action.reason
+        if why is not None:
+            row["why"] = why
+        self.sink.decision(row)
+
+    # -- applying actions -----------------------------------------------------------------
+
+    def _apply(self, action: Action, step: Step) -> None:
+        if isinstance(action, Place | Offload):
+            if isinstance(action, Offload) and self._device(action.device).spec.kind != "cpu":
+                raise Rejected(f"offload target {action.device!r} is not a CPU device")
+            gang = action.gang if isinstance(action, Place) else ()
+            step.started.append(self._place(action.jobs, action.device, gang))
+        elif isinstance(action, Preempt):
+            step.cancelled.append(self._preempt(action.job))
+        elif isinstance(action, Migrate):
+            record = self._running(action.job)
+            target = self._device(action.device)
+            if target.spec.id == record.device:
+                raise Rejected("already running there")
+            batch = self._preempt(action.job)
+            step.cancelled.append(batch)
+            step.started.append(self._place((action.job,), action.device, ()))
+        elif isinstance(action, Split):
+            self._split(action)
+        elif not isinstance(action, Defer):  # pragma: no cover - _unpack checked the type
+            raise Rejected(f"unknown action {action!r}")
+
+    def _device(self, device_id: str) -> DeviceState:
+        state = self.devices.get(device_id)
+        if state is None:
+            raise Rejected(f"no device {device_id!r}")
+        if not state.up:
+            raise Rejected(f"device {device_id!r} is down")
+        return state
+
+    def _pending_job(self, job_id: str) -> Job:
+        job = self.pending.get(job_id)
+        if job is None:
+            record = self.records.get(job_id)
+            state = record.state.value if record else ("finished" if job_id in self.finished
+                                                       else "unknown")
+            raise Rejected(f"job {job_id!r} is {state}, not queued")
+        return job
+
+    def _running(self, job_id: str) -> JobRecord:
+        record = self.records.get(job_id)
+        if record is None or record.state is not JobState.RUNNING:
+            raise Rejected(f"job {job_id!r} is not running")
+        return record
+
+    def _place(self, job_ids: tuple[str, ...], device_id: str, gang: tuple[str, ...]) -> Batch:
+        if not job_ids or len(set(job_ids)) != len(job_ids):
+            raise Rejected("a placement needs distinct job ids")
+        jobs = [self._pending_job(j) for j in job_ids]
+        dev = self._device(device_id)
+        if isinstance(jobs[0], ClusterJob):
+            return self._place_cluster_job(jobs, dev, gang)
+        if gang:
+            raise Rejected("attention batches run on one device")
+        if any(not self.cost.can_pack(jobs[0], j) for j in jobs[1:]):
+            raise Rejected("jobs in one batch must be attention jobs sharing head_dim, dtype "
+                           "and causality")
+        if dev.slots_free < 1:
+            raise Rejected(f"device {device_id!r} has no free slot")
+        seconds = self.cost.seconds(jobs, device_id)
+        if not math.isfinite(seconds):
+            raise Rejected(f"device {device_id!r} cannot run these jobs (no profile for them)")
+        memory = sum(self.cost.memory(j, device_id) for j in jobs)
+        if memory > dev.memory_free:
+            raise Rejected(f"needs {memory / GiB:.2f} GiB, device {device_id!r} has "
+                           f"{dev.memory_free / GiB:.2f} GiB free")
+        share = 1.0 / dev.slots
+        flops = sum(self.cost.flops(j, device_id) for j in jobs)
+        return self._launch(jobs, dev, (), seconds, share, memory, flops, 0.0, 0, True)
+
+    def _place_cluster_job(self, jobs: list[Job], dev: DeviceState,
+                           gang: tuple[str, ...]) -> Batch:
+        if len(jobs) != 1:
+            raise Rejected("cluster jobs are placed one at a time")
+        job = jobs[0]
+        assert isinstance(job, ClusterJob)
+        need_devices = max(job.gpus, 1)
+        if len(gang) != need_devices - 1:
+            raise Rejected(f"a job needing {job.gpus} GPUs names {need_devices - 1} gang "
+                           f"devices, got {len(gang)}")
+        members = [dev] + [self._device(g) for g in gang]
+        if len({m.spec.id for m in members}) != len(members):
+            raise Rejected("gang devices must be distinct")
+        share = job.gpu_fraction if job.gpus else 0.0
+        for m in members:
+            if job.gpus and m.spec.kind != "gpu":
+                raise Rejected(f"device {m.spec.id!r} is not a GPU")
+            if m.share_free + 1e-9 < share:
+                raise Rejected(f"device {m.spec.id!r} has {m.share_free:.2f} of a GPU free, "
+                               f"needs {share:.2f}")
+        node = self.nodes[dev.spec.node]
+        if node.cpus_free + 1e-9 < job.cpus or node.memory_free < job.memory_bytes:
+            raise Rejected(f"node {node.spec.name!r} has {node.cpus_free:g} CPUs and "
+                           f"{node.memory_free / GiB:.1f} GiB free")
+        return self._launch(jobs, dev, tuple(gang), job.duration, share, 0, 0.0, job.cpus,
+                            job.memory_bytes, False)
+
+    def _launch(self, jobs: list[Job], dev: DeviceState, gang: tuple[str, ...], seconds: float,
+                share: float, memory: int, flops: float, cpus: float, host_memory: int,
+                elastic: bool) -> Batch:
+        self._batch_seq += 1
+        batch = Batch(f"b{self._batch_seq}", dev.spec.id, tuple(j.id for j in jobs), self.now,
+                      seconds, share, memory, flops, gang, cpus, host_memory, elastic)
+        for member in (dev, *(self.devices[g] for g in gang)):
+            member.share_free -= share
+            member.memory_free -= memory if member is dev else 0
+            member.running[batch.id] = batch
+            self._update_free(member)
+        node = self.nodes[dev.spec.node]
+        node.cpus_free -= cpus
+        node.memory_free -= host_memory
+        self.batches[batch.id] = batch
+        solo = seconds / len(jobs) if len(jobs) > 1 else seconds
+        for job in jobs:
+            self._dequeue(job)
+            record = self.records[job.id]
+            record.state, record.start, record.batch = JobState.RUNNING, self.now, batch.id
+            record.device, record.node, record.batch_size = dev.spec.id, dev.spec.node, len(jobs)
+            record.attempts += 1
+            record.solo_seconds = self.cost.seconds([job], dev.spec.id) if len(jobs) > 1 else solo
+        return batch
+
+    def _update_free(self, dev: DeviceState) -> None:
+        if dev.up and dev.slots_free > 0 and dev.share_free > 1e-9:
+            self.free[dev.spec.id] = self._views[dev.spec.id]
+        else:
+            self.free.pop(dev.spec.id, None)
+
+    def _release(self, batch: Batch) -> None:
+        del self.batches[batch.id]
+        for member_id in (batch.device, *batch.gang):
+            member = self.devices[member_id]
+            del member.running[batch.id]
+            member.share_free = min(1.0, member.share_free + batch.share)
+            if member_id == batch.device:
+                member.memory_free += batch.memory
+            self._update_free(member)
+        node = self.nodes[self.devices[batch.device].spec.node]
+        node.cpus_free += batch.cpus
+        node.memory_free += batch.host_memory
+
+    def _preempt(self, job_id: str) -> Batch:
+        """Stop the batch running ``job_id``; all its jobs go back to the queue."""
+        batch = self.batches[self._running(job_id).batch or ""]
+        self._release(batch)
+        self._requeue(batch, None)
+        return batch
+
+    def _requeue(self, batch: Batch, reason: str | None) -> None:
+        for job_id in batch.jobs:
+            self._requeue_one(self.records[job_id], reason)
+
+    def _requeue_one(self, record: JobRecord, reason: str | None) -> None:
+        if record.attempts >= self.max_attempts:
+            self._finish(record, JobState.FAILED,
+                         f"gave up after {record.attempts} attempts: {reason}")
+        else:
+            record.state, record.start, record.device, record.batch = (
+                JobState.QUEUED, None, None, None)
+            self._enqueue(record)
+
+    def _split(self, action: Split) -> None:
+        job = self._pending_job(action.job)
+        if not isinstance(job, AttentionJob):
+            raise Rejected("only attention jobs can be split")
+        size = {"batch": job.batch, "heads": job.kv_heads}.get(action.axis)
+        if size is None:
+            raise Rejected(f"split axis must be batch or heads, got {action.axis!r}")
+        if action.parts < 2 or size % action.parts:
+            raise Rejected(f"{action.axis}={size} does not split into {action.parts} parts")
+        parent = self.records[job.id]
+        self._dequeue(job)
+        parent.state, parent.parts_left = JobState.SPLIT, action.parts
+        for k in range(action.parts):
+            part = job.split_part(action.axis, action.parts, k)
+            record = JobRecord(part, ready_time=self.now, parent=job.id)
+            self.records[part.id] = record
+            self._enqueue(record)
+
+    # -- events from the executor ---------------------------------------------------------
+
+    def batch_done(self, batch_id: str, now: float, error: str | None = None) -> list[str]:
+        """A batch finished (or failed with ``error``); returns its job ids. Idempotent."""
+        self._tick(now)
+        batch = self.batches.get(batch_id)
+        if batch is None:
+            return []  # cancelled earlier, or a duplicate report
+        self._release(batch)
+        if error is not None:
+            self._requeue(batch, error)
+            return list(batch.jobs)
+        for job_id in batch.jobs:
+            self._finish(self.records[job_id], JobState.DONE)
+        return list(batch.jobs)
+
+    def device_down(self, device_id: str, now: float, reason: str) -> list[Batch]:
+        """A device is gone: its batches (gang members too) are requeued."""
+        self._tick(now)
+        dev = self.devices[device_id]
+        hit = list(dev.running.values())
+        for batch in hit:
+            self._release(batch)
+            self._requeue(batch, reason)
+        dev.up = False
+        self._update_free(dev)
+        return hit
+
+    def node_down(self, node: str, now: float, reason: str) -> list[Batch]:
+        self.nodes[node].up = False
+        hit: list[Batch] = []
+        for device in self.nodes[node].spec.devices:
+            hit += self.device_down(device.id, now, reason)
+        return hit
+
+    def fail(self, job_id: str, reason: str) -> None:
+        """End a job as failed wherever it is (queued, blocked, running or split)."""
+        record = self.records[job_id]
+        if record.state is JobState.QUEUED:
+            self._dequeue(record.job)
+        elif record.state is JobState.RUNNING and record.batch in self.batches:
+            batch = self.batches[record.batch]
+            self._release(batch)
+            for other in batch.jobs:
+                if other != job_id:
+                    self._requeue_one(self.records[other], reason)
+        elif record.state is JobState.BLOCKED and record.job.depends_on in self.blocked:
+            self.blocked[record.job.depends_on].remove(job_id)
+        elif record.state is JobState.SPLIT:
+            for part in [r for r in self.records.values() if r.parent == job_id]:
+                self._drop_part(part)
+        self._finish(record, JobState.FAILED, reason)
+
+    def observe(self, samples: Iterable[Telemetry]) -> None:
+        """Fold telemetry into the latest-sample view with moving averages."""
+        for s in samples:
+            old = self.telemetry.get(s.device)
+            ema_util = s.util if old is None else (1 - EMA) * old.ema_util + EMA * s.util
+            ema_speed = s.speed if old is None else (1 - EMA) * old.ema_speed + EMA * s.speed
+            self.telemetry[s.device] = Telemetry(s.time, s.device, s.util, s.mem_used,
+                                                 s.mem_total, s.queue_len, s.running,
+                                                 s.achieved_flops, s.speed, ema_util, ema_speed)
+
+    def _tick(self, now: float) -> None:
+        if now < self.now:
+            raise ValueError(f"time went backwards: {now} < {self.now}")
+        self.now = now
+
+    @property
+    def active(self) -> int:
+        """Jobs admitted and not yet finished (parts excluded)."""
+        return sum(1 for r in self.records.values() if r.parent is None)

@@ -1,0 +1,177 @@
+"""Run outputs: jobs.parquet, telemetry.parquet, decisions.jsonl and summary.json.
+
+Finished jobs stream to disk in row groups and leave memory; the summary is
+built from compact arrays, so a run of a million jobs stays small. Every
+output is deterministic for a deterministic run: wall-clock figures go to a
+separate ``run.json``, never into these files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from array import array
+from collections import defaultdict
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from scheduler.controller import Sink
+from scheduler.costmodel import total_flops
+from scheduler.state import JobRecord, JobState
+from scheduler.view import Telemetry
+
+ROWS_PER_GROUP = 65_536
+JOB_SCHEMA = pa.schema([
+    ("id", pa.string()), ("tenant", pa.string()), ("kind", pa.string()),
+    ("submit", pa.float64()), ("start", pa.float64()), ("end", pa.float64()),
+    ("jct", pa.float64()), ("queue_delay", pa.float64()), ("device", pa.string()),
+    ("node", pa.string()), ("batch_size", pa.int64()), ("attempts", pa.int64()),
+    ("status", pa.string()), ("flops", pa.float64()), ("reason", pa.string()),
+    ("deadline", pa.float64()), ("slowdown", pa.float64()),
+])
+TELEMETRY_SCHEMA = pa.schema([
+    ("time", pa.float64()), ("device", pa.string()), ("node", pa.string()),
+    ("util", pa.float64()), ("mem_used", pa.int64()), ("mem_total", pa.int64()),
+    ("queue_len", pa.int64()), ("running", pa.int64()), ("achieved_flops", pa.float64()),
+])
+
+
+class _Table:
+    """Columns buffered in memory and flushed to a Parquet file in row groups."""
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self.schema = schema
+        self.columns: dict[str, list[Any]] = {f.name: [] for f in schema}
+        self.writer = pq.ParquetWriter(path, schema, compression="zstd")
+        self.rows = 0
+
+    def append(self, row: tuple[Any, ...]) -> None:
+        for column, value in zip(self.columns.values(), row, strict=True):
+            column.append(value)
+        self.rows += 1
+        if len(self.columns["device"]) >= ROWS_PER_GROUP:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.columns["device"] or self.rows == 0:
+            self.writer.write_table(pa.table(self.columns, schema=self.schema))
+            self.columns = {f.name: [] for f in self.schema}
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+
+
+class RunOutputs(Sink):
+    """The controller's sink for a run with ``--out DIR``; also builds the summary."""
+
+    def __init__(self, out: Path | None, node_of: dict[str, str]) -> None:
+        self.out = out
+        self.node_of = node_of
+        self.jct, self.queue, self.slowdown = array("d"), array("d"), array("d")
+        self.first_submit = math.inf
+        self.last_end = 0.0
+        self.completed = self.failed = 0
+        self.flops = 0.0
+        self.slo_total = self.slo_met = 0
+        self.tenant_slowdown: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        self.decisions = {"applied": 0, "rejected": 0, "error": 0}
+        self._jobs: _Table | None = None
+        self._telemetry: _Table | None = None
+        self._decisions: IO[str] | None = None
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            self._jobs = _Table(out / "jobs.parquet", JOB_SCHEMA)
+            self._telemetry = _Table(out / "telemetry.parquet", TELEMETRY_SCHEMA)
+            self._decisions = (out / "decisions.jsonl").open("w", encoding="utf-8")
+
+    def job_finished(self, record: JobRecord) -> None:
+        job = record.job
+        done = record.state is JobState.DONE
+        end = record.end if record.end is not None else job.submit_time
+        self.first_submit = min(self.first_submit, job.submit_time)
+        jct = end - job.submit_time if done else None
+        queue = (record.start - record.ready_time) if record.start is not None and done else None
+        slowdown = None
+        flops = total_flops(job) if done else 0.0
+        if done and jct is not None:
+            self.completed += 1
+            self.last_end = max(self.last_end, end)
+            self.jct.append(jct)
+            self.queue.append(queue or 0.0)
+            slowdown = jct / record.solo_seconds if record.solo_seconds > 0 else 1.0
+            self.slowdown.append(slowdown)
+            per_tenant = self.tenant_slowdown[job.tenant]
+            per_tenant[0] += slowdown
+            per_tenant[1] += 1
+            self.flops += flops
+        else:
+            self.failed += 1
+        if job.deadline is not None:
+            self.slo_total += 1
+            self.slo_met += bool(done and jct is not None and jct <= job.deadline)
+        if self._jobs is not None:
+            self._jobs.append((job.id, job.tenant, job.kind.value, job.submit_time,
+                               record.start if done else None, record.end, jct, queue,
+                               record.device, record.node, record.batch_size, record.attempts,
+                               "done" if done else "failed", flops, record.reason,
+                               job.deadline, slowdown))
+
+    def decision(self, row: dict[str, Any]) -> None:
+        self.decisions[row["outcome"]] = self.decisions.get(row["outcome"], 0) + 1
+        if self._decisions is not None:
+            self._decisions.write(json.dumps(row, separators=(",", ":")) + "\n")
+
+    def telemetry(self, samples: list[Telemetry]) -> None:
+        if self._telemetry is None:
+            return
+        for s in samples:
+            self._telemetry.append((s.time, s.device, self.node_of.get(s.device), s.util,
+                                    s.mem_used, s.mem_total, s.queue_len, s.running,
+                                    s.achieved_flops))
+
+    def summary(self, **extra: Any) -> dict[str, Any]:
+        """The run's figures; ``extra`` adds policy, mode, device_util_mean and context."""
+        jct = np.frombuffer(self.jct, dtype=np.float64)
+        makespan = self.last_end - self.first_submit if self.completed else 0.0
+        shares = [1.0 / (total / n) for total, n in self.tenant_slowdown.values() if n]
+        jain = (sum(shares) ** 2 / (len(shares) * sum(x * x for x in shares))) if shares else None
+
+        def stat(values: array[float], fn: Any) -> float | None:
+            return float(fn(np.frombuffer(values, dtype=np.float64))) if len(values) else None
+
+        summary: dict[str, Any] = {
+            "policy": extra.pop("policy"), "mode": extra.pop("mode"),
+            "jobs_total": self.completed + self.failed, "jobs_completed": self.completed,
+            "jobs_failed": self.failed,
+            "jct_mean": stat(self.jct, np.mean),
+            "jct_p50": float(np.percentile(jct, 50)) if len(jct) else None,
+            "jct_p99": float(np.percentile(jct, 99)) if len(jct) else None,
+            "queue_delay_mean": stat(self.queue, np.mean),
+            "slowdown_mean": stat(self.slowdown, np.mean),
+            "makespan": makespan,
+            "throughput_jobs_per_s": self.completed / makespan if makespan > 0 else None,
+            "achieved_tflops": self.flops / makespan / 1e12 if makespan > 0 else None,
+            "device_util_mean": extra.pop("device_util_mean", None),
+            "jain_fairness": jain,
+            "slo_attainment": self.slo_met / self.slo_total if self.slo_total else None,
+            "decisions": dict(self.decisions),
+        }
+        summary.update(extra)
+        return summary
+
+    def close(self, summary: dict[str, Any], run_info: dict[str, Any]) -> None:
+        if self.out is None:
+            return
+        for table in (self._jobs, self._telemetry):
+            if table is not None:
+                table.close()
+        if self._decisions is not None:
+            self._decisions.close()
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True)
+                                               + "\n")
+        (self.out / "run.json").write_text(json.dumps(run_info, indent=1, sort_keys=True) + "\n")

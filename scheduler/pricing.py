@@ -1,0 +1,104 @@
+"""The cost model bound to a cluster: what a job costs on a given device.
+
+Policies, the controller and the simulator all ask this object, so they never
+disagree. Single-job answers are memoized by shape: traces repeat shapes, and
+a policy asks about the same job on many devices.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from scheduler import costmodel
+from scheduler.cluster import ClusterSpec
+from scheduler.errors import InputError
+from scheduler.jobs import AttentionJob, ClusterJob, Job
+from scheduler.profiles import DeviceProfile, load_profile
+
+FUSED = "flash"
+Shape = tuple[object, ...]
+
+
+def shape_key(job: AttentionJob) -> Shape:
+    return (job.kind, job.batch, job.heads, job.kv_heads, job.q_len, job.kv_len, job.head_dim,
+            job.layers, job.dtype, job.causal, job.steps)
+
+
+def load_profiles(spec: ClusterSpec, overrides: Mapping[str, str] | None = None
+                  ) -> dict[str, DeviceProfile]:
+    """Profiles the cluster's devices name, loaded once each; ``overrides`` maps name → path."""
+    out: dict[str, DeviceProfile] = {}
+    for device in spec.devices:
+        name = device.profile
+        if name is not None and name not in out:
+            source = (overrides or {}).get(name, name)
+            out[name] = load_profile(source)
+    for name, source in (overrides or {}).items():
+        if name not in out:
+            raise InputError(f"no device in the cluster uses profile {name!r}", field="--profile")
+        del source
+    return out
+
+
+class ClusterCost:
+    """Implements ``scheduler.view.CostOracle`` for one cluster."""
+
+    def __init__(self, spec: ClusterSpec, profiles: Mapping[str, DeviceProfile]) -> None:
+        self._profile_of = {d.id: (profiles.get(d.profile) if d.profile else None)
+                            for d in spec.devices}
+        self._memo: dict[tuple[Shape, str], tuple[float, int, float]] = {}
+
+    def profile(self, device: str) -> DeviceProfile | None:
+        return self._profile_of[device]
+
+    def _single(self, job: AttentionJob, device: str) -> tuple[float, int, float]:
+        """(seconds, peak memory, flops) of ``job`` alone on ``device``; inf if it cannot run."""
+        profile = self._profile_of[device]
+        if profile is None:
+            return math.inf, 0, 0.0
+        key = (shape_key(job), profile.name)
+        hit = self._memo.get(key)
+        if hit is None:
+            try:
+                e = costmodel.estimate(job, profile)
+            except InputError:  # the profile has nothing that stands for this dtype
+                hit = (math.inf, 0, 0.0)
+            else:
+                backend = "math" if e.backend == "math" else FUSED
+                hit = (e.seconds, costmodel.peak_memory_bytes(job, backend), e.flops)
+            if len(self._memo) > 1_000_000:  # shapes are few; this only bounds pathologies
+                self._memo.clear()
+            self._memo[key] = hit
+        return hit
+
+    def seconds(self, jobs: Sequence[Job], device: str) -> float:
+        if len(jobs) == 1:
+            job = jobs[0]
+            if isinstance(job, ClusterJob):
+                return job.duration
+            return self._single(job, device)[0]
+        attention = [j for j in jobs if isinstance(j, AttentionJob)]
+        profile = self._profile_of[device]
+        if profile is None or len(attention) != len(jobs):
+            return math.inf
+        try:
+            return costmodel.batch_estimate(attention, profile).seconds
+        except (ValueError, InputError):
+            return math.inf
+
+    def memory(self, job: Job, device: str) -> int:
+        if isinstance(job, ClusterJob):
+            return 0  # a pod's memory request is host memory, accounted per node
+        return self._single(job, device)[1]
+
+    def flops(self, job: Job, device: str) -> float:
+        if isinstance(job, ClusterJob):
+            return 0.0
+        return self._single(job, device)[2]
+
+    def can_pack(self, a: Job, b: Job) -> bool:
+        if not (isinstance(a, AttentionJob) and isinstance(b, AttentionJob)):
+            return False
+        return (a.head_dim, a.dtype, a.causal) == (b.head_dim, b.dtype, b.causal) and \
+            "model" not in (a.kind.value, b.kind.value)

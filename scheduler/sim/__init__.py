@@ -1,0 +1,1 @@
+"""The discrete-event simulator: virtual clock, same controller, same policies."""

@@ -1,0 +1,34 @@
+"""The event core, SimPy-style: a heap of (time, priority, seq) with a counter tie-break.
+
+The counter makes the order of simultaneous events deterministic (insertion
+order within a priority), which is what makes whole runs byte-identical.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from typing import Any
+
+# Lower runs first among events at the same instant: work that ends frees
+# capacity before faults strike, arrivals are admitted, and telemetry samples.
+FINISH, FAULT, ARRIVAL, TELEMETRY = 0, 1, 2, 3
+
+
+class EventQueue:
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, int, Any]] = []
+        self._seq = itertools.count()
+
+    def push(self, time: float, priority: int, payload: Any) -> None:
+        heapq.heappush(self._heap, (time, priority, next(self._seq), payload))
+
+    def pop(self) -> tuple[float, int, Any]:
+        time, priority, _, payload = heapq.heappop(self._heap)
+        return time, priority, payload
+
+    def peek_time(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+    def __len__(self) -> int:
+        return len(self._heap)

@@ -1,0 +1,209 @@
+"""Replay a job stream against a simulated cluster with any policy.
+
+The loop is SimPy's: pop the earliest event, let the controller handle it,
+and once every event of that instant is handled, ask the policy once. The
+trace is pulled lazily, one arrival ahead, so memory follows the jobs in
+flight, not the trace length.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import time
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scheduler.cluster import ClusterSpec
+from scheduler.controller import Controller, PolicyFailure
+from scheduler.errors import InputError
+from scheduler.jobs import Job
+from scheduler.metrics import RunOutputs
+from scheduler.pricing import ClusterCost
+from scheduler.profiles import DeviceProfile
+from scheduler.sim.engine import ARRIVAL, FAULT, FINISH, TELEMETRY, EventQueue
+from scheduler.sim.executor import SimExecutor
+from scheduler.state import JobState
+
+log = logging.getLogger(__name__)
+IDLE_ROUNDS = 3  # decision rounds on an idle cluster before leftover jobs are failed
+
+
+@dataclass(frozen=True)
+class Fault:
+    """``device`` or ``node`` lost at ``time`` seconds."""
+
+    kind: str  # "device" | "node"
+    target: str
+    time: float
+
+
+@dataclass
+class SimConfig:
+    seed: int = 0
+    slots: int = 1
+    telemetry_interval: float = 1.0
+    faults: tuple[Fault, ...] = ()
+    slow: Mapping[str, float] = field(default_factory=dict)
+    max_policy_failures: int = 10
+    progress: Callable[[int, float], None] | None = None
+
+
+@dataclass
+class RunResult:
+    summary: dict[str, Any]
+    run_info: dict[str, Any]
+    exit_code: int  # 0 ok, 1 the run stopped early (policy failure, jobs left unplaced)
+    message: str | None = None
+
+
+def parse_faults(items: Iterable[str], kind: str, spec: ClusterSpec) -> tuple[Fault, ...]:
+    """``TARGET@SECONDS`` items for ``--fail`` (devices) or ``--fail-node`` (nodes)."""
+    names = {d.id for d in spec.devices} if kind == "device" else {n.name for n in spec.nodes}
+    option = "--fail" if kind == "device" else "--fail-node"
+    out = []
+    for item in items:
+        target, sep, when = item.rpartition("@")
+        try:
+            t = float(when)
+            if not sep or not math.isfinite(t) or t < 0:
+                raise ValueError
+        except ValueError:
+            raise InputError(f"expected {kind.upper()}@SECONDS, got {item!r}",
+                             field=option) from None
+        if target not in names:
+            sample = ", ".join(sorted(names)[:4])
+            raise InputError(f"no {kind} {target!r}; e.g. {sample}", field=option)
+        out.append(Fault(kind, target, t))
+    return tuple(out)
+
+
+def simulate(jobs: Iterable[Job], spec: ClusterSpec, profiles: Mapping[str, DeviceProfile],
+             policy: Any, policy_name: str, out: Path | None = None,
+             config: SimConfig | None = None, context: Mapping[str, Any] | None = None
+             ) -> RunResult:
+    """Run the whole trace; write outputs to ``out`` when given."""
+    config = config or SimConfig()
+    wall0 = time.perf_counter()
+    cost = ClusterCost(spec, profiles)
+    outputs = RunOutputs(out, {d.id: d.node for d in spec.devices})
+    latencies = array("d")
+    controller = Controller(spec, cost, policy, policy_name=policy_name, seed=config.seed,
+                            slots=config.slots, sink=outputs,
+                            max_policy_failures=config.max_policy_failures)
+    events = EventQueue()
+    executor = SimExecutor(controller.devices, events, config.slow)
+    for fault in config.faults:
+        events.push(fault.time, FAULT, fault)
+    stream: Iterator[Job] = iter(jobs)
+    arrivals_left = _push_next(stream, events)
+    if config.telemetry_interval > 0:
+        events.push(config.telemetry_interval, TELEMETRY, None)
+    exit_code, message, submitted, idle = 0, None, 0, 0
+    now = 0.0
+    try:
+        while len(events):
+            now, kind, payload = events.pop()
+            event = _handle(kind, payload, now, controller, executor, events, outputs,
+                            config, arrivals_left)
+            if kind == ARRIVAL:
+                submitted += 1
+                arrivals_left = _push_next(stream, events)
+                if config.progress and submitted % 4096 == 0:
+                    config.progress(submitted, now)
+            if events.peek_time() == now:
+                continue  # decide once per instant, after every event of it
+            if event is None:
+                continue
+            t0 = time.perf_counter()
+            step = controller.decide(now, event)
+            latencies.append(time.perf_counter() - t0)
+            for batch in step.cancelled:
+                executor.finish(batch, now, completed=False)
+            for batch in step.started:
+                executor.start(batch, now)
+            if controller.batches or not controller.pending or arrivals_left or \
+                    any(k == FAULT for k in _kinds(events)):
+                idle = 0
+                continue
+            # Nothing runs, nothing will arrive: only the policy can make progress.
+            idle += 1
+            if idle >= IDLE_ROUNDS:
+                message = (f"policy {policy_name!r} left {len(controller.pending)} jobs "
+                           "unplaced on an idle cluster")
+                _fail_leftovers(controller, message)
+                exit_code = 1
+                break
+            if config.telemetry_interval <= 0:
+                events.push(now + 1.0, TELEMETRY, None)
+    except PolicyFailure as e:
+        message, exit_code = str(e), 1
+        _fail_leftovers(controller, f"run stopped: {e}")
+    util = executor.utilization(max(now - min(outputs.first_submit, now), 0.0))
+    summary = outputs.summary(policy=policy_name, mode="sim", device_util_mean=util,
+                              **dict(context or {}))
+    lat = sorted(latencies)
+    run_info = {
+        "wall_seconds": time.perf_counter() - wall0,
+        "jobs_submitted": submitted,
+        "decide_calls": len(lat),
+        "decide_ms_p50": lat[len(lat) // 2] * 1e3 if lat else None,
+        "decide_ms_p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3 if lat else None,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "exit_code": exit_code, "message": message,
+    }
+    outputs.close(summary, run_info)
+    return RunResult(summary, run_info, exit_code, message)
+
+
+def _kinds(events: EventQueue) -> Iterator[int]:
+    return (entry[1] for entry in events._heap)
+
+
+def _push_next(stream: Iterator[Job], events: EventQueue) -> bool:
+    job = next(stream, None)
+    if job is None:
+        return False
+    events.push(job.submit_time, ARRIVAL, job)
+    return True
+
+
+def _handle(kind: int, payload: Any, now: float, controller: Controller,
+            executor: SimExecutor, events: EventQueue, outputs: RunOutputs,
+            config: SimConfig, arrivals_left: bool) -> str | None:
+    if kind == ARRIVAL:
+        controller.submit(payload, now)
+        return "arrival"
+    if kind == FINISH:
+        batch_id, version, device = payload
+        batch = controller.batches.get(batch_id)
+        if batch is None or not executor.is_current(batch_id, version, device):
+            return None  # superseded by a reschedule, or cancelled
+        executor.finish(batch, now, completed=True)
+        controller.batch_done(batch_id, now)
+        return "completion"
+    if kind == FAULT:
+        hit = (controller.device_down(payload.target, now, f"device {payload.target} failed")
+               if payload.kind == "device" else
+               controller.node_down(payload.target, now, f"node {payload.target} failed"))
+        for batch in hit:
+            executor.finish(batch, now, completed=False)
+        return "failure"
+    samples = executor.sample(now, len(controller.pending))
+    controller.observe(samples)
+    outputs.telemetry(samples)
+    if controller.batches or controller.pending or arrivals_left:
+        events.push(now + config.telemetry_interval, TELEMETRY, None)
+    return "telemetry"
+
+
+def _fail_leftovers(controller: Controller, reason: str) -> None:
+    """End every unfinished job with ``reason``: a stopped run still accounts for all."""
+    for record in list(controller.records.values()):
+        if record.parent is None and record.id in controller.records and record.state not in (
+                JobState.DONE, JobState.FAILED):
+            controller.fail(record.id, reason)

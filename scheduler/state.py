@@ -1,0 +1,91 @@
+"""Mutable scheduling state, owned by the controller alone.
+
+One :class:`JobRecord` per job (never parallel dicts keyed by id), one
+:class:`Batch` per packed launch, one :class:`DeviceState` per device. Policies
+never see these objects, only the read-only views in ``scheduler.view``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from scheduler.cluster import DeviceSpec, NodeSpec
+from scheduler.jobs import Job
+from scheduler.profiles import DeviceProfile
+
+
+class JobState(str, Enum):
+    BLOCKED = "blocked"  # waits for the job it depends on
+    QUEUED = "queued"
+    RUNNING = "running"
+    SPLIT = "split"  # replaced by parts; done when they all are
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """Everything the controller knows about one job, start to finish."""
+
+    job: Job
+    state: JobState = JobState.QUEUED
+    ready_time: float = 0.0  # when it could first run (dependency met)
+    attempts: int = 0
+    start: float | None = None  # first start of the attempt that completed
+    end: float | None = None
+    device: str | None = None
+    node: str | None = None
+    batch: str | None = None
+    batch_size: int = 0
+    solo_seconds: float = 0.0  # predicted time alone on the device it ran on
+    reason: str | None = None
+    parent: str | None = None  # set on the parts of a split job
+    parts_left: int = 0
+
+    @property
+    def id(self) -> str:
+        return self.job.id
+
+
+@dataclass(slots=True)
+class Batch:
+    """Jobs launched together on one device (plus a gang, for multi-GPU cluster jobs)."""
+
+    id: str
+    device: str
+    jobs: tuple[str, ...]
+    start: float
+    solo_seconds: float  # predicted duration with the device to itself
+    share: float
+    memory: int
+    flops: float
+    gang: tuple[str, ...] = ()
+    cpus: float = 0.0
+    host_memory: int = 0
+    elastic: bool = True  # attention work slows when a device is shared; cluster jobs do not
+
+
+@dataclass(slots=True)
+class NodeState:
+    spec: NodeSpec
+    cpus_free: float
+    memory_free: int
+    up: bool = True
+
+
+@dataclass(slots=True)
+class DeviceState:
+    """Capacity left on a device: a compute share (1.0 = whole device) and memory."""
+
+    spec: DeviceSpec
+    profile: DeviceProfile | None
+    slots: int
+    share_free: float = 1.0
+    memory_free: int = 0
+    up: bool = True
+    running: dict[str, Batch] = field(default_factory=dict)
+
+    @property
+    def slots_free(self) -> int:
+        return self.slots - sum(1 for b in self.running.values() if b.elastic)

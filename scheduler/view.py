@@ -1,0 +1,165 @@
+"""What a policy sees: a read-only snapshot of the controller's state.
+
+The view wraps the controller's structures in read-only proxies instead of
+copying them, so building it costs O(1) whatever the queue length; nothing
+changes while a policy's ``decide`` runs, so a proxy is as good as a copy.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from scheduler.cluster import DeviceSpec
+from scheduler.jobs import Job
+from scheduler.state import DeviceState, JobRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Telemetry:
+    """The latest utilization report of a device, live or synthesized.
+
+    ``speed`` is predicted over observed run time of recent batches (1.0 on
+    profile, 0.5 twice as slow); ``ema_*`` are exponential moving averages the
+    controller keeps so policies need no memory of their own.
+    """
+
+    time: float
+    device: str
+    util: float
+    mem_used: int
+    mem_total: int
+    queue_len: int
+    running: int
+    achieved_flops: float
+    speed: float = 1.0
+    ema_util: float = 0.0
+    ema_speed: float = 1.0
+
+
+class DeviceView:
+    """Read-only face of a device's live state."""
+
+    __slots__ = ("_state",)
+
+    def __init__(self, state: DeviceState) -> None:
+        self._state = state
+
+    @property
+    def id(self) -> str:
+        return self._state.spec.id
+
+    @property
+    def spec(self) -> DeviceSpec:
+        return self._state.spec
+
+    @property
+    def kind(self) -> str:
+        return self._state.spec.kind
+
+    @property
+    def node(self) -> str:
+        return self._state.spec.node
+
+    @property
+    def up(self) -> bool:
+        return self._state.up
+
+    @property
+    def slots_free(self) -> int:
+        return self._state.slots_free if self._state.up else 0
+
+    @property
+    def share_free(self) -> float:
+        return self._state.share_free
+
+    @property
+    def memory_free(self) -> int:
+        return self._state.memory_free
+
+    @property
+    def memory_total(self) -> int:
+        return self._state.spec.memory_bytes
+
+    @property
+    def running(self) -> tuple[str, ...]:
+        """Ids of the batches running here."""
+        return tuple(self._state.running)
+
+    @property
+    def busy_until(self) -> float:
+        """Predicted end of the last batch running here (0 when idle)."""
+        return max((b.start + b.solo_seconds for b in self._state.running.values()),
+                   default=0.0)
+
+    @property
+    def profile(self) -> str | None:
+        """Name of the profile that times this device (None: unmeasured)."""
+        return self._state.profile.name if self._state.profile else None
+
+    def __repr__(self) -> str:
+        return (f"DeviceView({self.id}, up={self.up}, slots_free={self.slots_free}, "
+                f"memory_free={self.memory_free})")
+
+
+class CostOracle(Protocol):
+    """The cost model as policies use it, bound to the cluster's device profiles."""
+
+    def seconds(self, jobs: Sequence[Job], device: str) -> float:
+        """Predicted run time of ``jobs`` packed together on ``device``; inf if it cannot."""
+        ...
+
+    def memory(self, job: Job, device: str) -> int:
+        """Peak device memory of ``job`` on ``device`` with the backend it would use."""
+        ...
+
+    def can_pack(self, a: Job, b: Job) -> bool:
+        """Whether two jobs may share one batch."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class JobInfo:
+    """Controller facts about a pending job that a policy may weigh."""
+
+    attempts: int
+    ready_time: float
+    parent: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """Everything a policy may read. See ``policies.base.Policy`` for the contract.
+
+    Attributes:
+        now: the controller's clock (virtual in simulation, wall in live runs).
+        pending: jobs waiting to be placed, in the order they became ready.
+        tenants: the same jobs grouped by tenant, each group in ready order.
+        devices: every device of the cluster, up or down.
+        free: devices that are up with a free slot, in cluster order.
+        telemetry: the latest report per device (absent before the first).
+        cost: the cost model bound to the devices' profiles.
+        rng: a seeded RNG for this call only (deterministic runs).
+        state: what the policy returned as ``Decisions.state`` last time.
+        event: what triggered this call: arrival, completion, telemetry, failure.
+        groups: device ids grouped by profile, in cluster order (fixed for a run).
+    """
+
+    now: float
+    pending: Mapping[str, Job]
+    tenants: Mapping[str, Mapping[str, Job]]
+    devices: Mapping[str, DeviceView]
+    free: Mapping[str, DeviceView]
+    telemetry: Mapping[str, Telemetry]
+    cost: CostOracle
+    rng: random.Random
+    state: Any
+    event: str
+    groups: Mapping[str, tuple[str, ...]]
+    _records: Mapping[str, JobRecord]
+
+    def info(self, job_id: str) -> JobInfo:
+        r = self._records[job_id]
+        return JobInfo(r.attempts, r.ready_time, r.parent)
