@@ -1,0 +1,209 @@
+"""``attnsched simulate``, ``compare``, ``explain`` and ``policies``."""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from scheduler.cluster import parse_node_counts
+from scheduler.errors import InputError
+from scheduler.runs import RunSpec, run_sim
+from scheduler.sim.runner import RunResult
+
+console = Console()
+err_console = Console(stderr=True)
+
+TRACE_ARG = typer.Argument(..., help="Trace file (.csv, .jsonl or .parquet).")
+CLUSTER = typer.Option(Path("cluster.yaml"), "--cluster", help="cluster.yaml or a node list.")
+NODES = typer.Option([], "--nodes", help="Override a node type's count: TYPE=N (repeatable).")
+MODEL = typer.Option(None, "--model", help="Model preset for token traces (default llama3-8b).")
+LOAD = typer.Option(None, "--load", help="Rescale arrivals to this offered load (0.9 = 90%).")
+LIMIT = typer.Option(None, "--limit", min=1, help="Replay only the first N jobs.")
+SEED = typer.Option(0, "--seed", help="Seed for the policy's RNG.")
+SLOTS = typer.Option(1, "--slots", help="Batches a device may run at once (they share it).")
+TICK = typer.Option(1.0, "--telemetry-interval", help="Seconds between telemetry samples.")
+FAIL = typer.Option([], "--fail", help="Fail a device at a time: DEVICE@SECONDS.")
+FAIL_NODE = typer.Option([], "--fail-node", help="Fail a node at a time: NODE@SECONDS.")
+SLOW = typer.Option([], "--slow", help="Run a device slower: DEVICE=FACTOR (test knob).")
+OPTS = typer.Option([], "--policy-opt", help="Policy option key=value (repeatable).")
+
+
+def _slow(items: list[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        device, sep, factor = item.rpartition("=")
+        try:
+            out[device] = float(factor)
+            if not sep:
+                raise ValueError
+        except ValueError:
+            raise InputError(f"expected DEVICE=FACTOR, got {item!r}", field="--slow") from None
+    return out
+
+
+def _spec(trace: Path, policy: str, **kw: Any) -> RunSpec:
+    from policies.base import parse_options
+
+    return RunSpec(trace=trace, policy=policy, policy_options=parse_options(kw.pop("opts")),
+                   nodes=parse_node_counts(kw.pop("nodes")), slow=_slow(kw.pop("slow")),
+                   fail=tuple(kw.pop("fail")), fail_node=tuple(kw.pop("fail_node")), **kw)
+
+
+def simulate(
+    trace: Path = TRACE_ARG,
+    policy: str = typer.Option("adaptive", "--policy",
+                               help="Registered name, module:Class or path/file.py:Class."),
+    policy_opt: list[str] = OPTS,
+    cluster: Path = CLUSTER, nodes: list[str] = NODES, model: str | None = MODEL,
+    load: float | None = LOAD, limit: int | None = LIMIT, seed: int = SEED, slots: int = SLOTS,
+    telemetry_interval: float = TICK, fail: list[str] = FAIL, fail_node: list[str] = FAIL_NODE,
+    slow: list[str] = SLOW,
+    out: Path | None = typer.Option(None, "--out", help="Write outputs and report here."),
+) -> None:
+    """Replay a trace in the simulator with one policy.
+
+    Example: attnsched simulate ../shared/traces/azure_llm_2023_conv.csv --policy adaptive
+    --load 0.9 --out runs/adaptive
+    """
+    spec = _spec(trace, policy, opts=policy_opt, cluster=cluster, nodes=nodes, model=model,
+                 load=load, limit=limit, seed=seed, slots=slots,
+                 telemetry_interval=telemetry_interval, fail=fail, fail_node=fail_node,
+                 slow=slow, out=out)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn(
+            "{task.completed:,} jobs submitted, t={task.fields[t]:,.0f}s"), TimeElapsedColumn(),
+            console=err_console, transient=True) as bar:
+        task = bar.add_task(f"simulate {policy}", total=None, t=0.0)
+        result = run_sim(spec, lambda n, t: bar.update(task, completed=n, t=t))
+    _print_summary({policy: result})
+    if out is not None:
+        console.print(f"outputs in {out}/ (report: {out / 'report.md'})")
+    _exit(result)
+
+
+def _exit(result: RunResult) -> None:
+    if result.exit_code:
+        raise typer.Exit(_stop(result))
+
+
+def _stop(result: RunResult) -> int:
+    err_console.print(f"[red]attnsched: run stopped: {result.message}[/]")
+    return result.exit_code
+
+
+def _print_summary(results: dict[str, RunResult]) -> None:
+    from scheduler.report import summary_table_rows
+
+    rows = summary_table_rows({name: r.summary for name, r in results.items()})
+    table = Table()
+    for col in rows[0]:
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for row in rows[1:]:
+        table.add_row(*row)
+    console.print(table)
+    for name, r in results.items():
+        s = r.summary
+        console.print(f"{name}: {s['jobs_completed']:,}/{s['jobs_total']:,} jobs done, "
+                      f"{s['jobs_failed']:,} failed; simulated in "
+                      f"{r.run_info['wall_seconds']:.1f}s")
+
+
+def _run_one(spec: RunSpec) -> RunResult:
+    return run_sim(spec)
+
+
+def compare(
+    trace: Path = TRACE_ARG,
+    policies: str = typer.Option("static,greedy,adaptive", "--policies",
+                                 help="Comma-separated policies to compare."),
+    cluster: Path = CLUSTER, nodes: list[str] = NODES, model: str | None = MODEL,
+    load: float | None = LOAD, limit: int | None = LIMIT, seed: int = SEED, slots: int = SLOTS,
+    telemetry_interval: float = TICK, fail: list[str] = FAIL, fail_node: list[str] = FAIL_NODE,
+    slow: list[str] = SLOW,
+    out: Path = typer.Option(Path("runs/compare"), "--out", help="One folder per policy here."),
+    jobs: int = typer.Option(0, "--jobs", help="Processes (0: one per core, at most one per "
+                                               "policy)."),
+) -> None:
+    """Run several policies on the same trace and compare them in one report.
+
+    Example: attnsched compare ../shared/traces/azure_llm_2023_conv.csv
+    --policies static,greedy,adaptive --model llama3-8b --load 0.9 --out runs/x
+    """
+    names = [p.strip() for p in policies.split(",") if p.strip()]
+    if not names or len(set(names)) != len(names):
+        raise InputError("expected distinct comma-separated policy names", field="--policies")
+    specs = {name: _spec(trace, name, opts=[], cluster=cluster, nodes=nodes, model=model,
+                         load=load, limit=limit, seed=seed, slots=slots,
+                         telemetry_interval=telemetry_interval, fail=fail,
+                         fail_node=fail_node, slow=slow, out=out / _safe(name))
+             for name in names}
+    from scheduler.runs import prepare
+
+    prepare(next(iter(specs.values())))  # bad input fails here, once, before any process
+    workers = jobs or min(len(names), os.cpu_count() or 1)
+    with console.status(f"simulating {len(names)} policies in {workers} processes"):
+        if workers > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                results = dict(zip(names, pool.map(_run_one, specs.values()), strict=True))
+        else:
+            results = {name: _run_one(spec) for name, spec in specs.items()}
+    from scheduler.report import write_comparison
+
+    report = write_comparison({n: s.out for n, s in specs.items() if s.out}, out)
+    _print_summary(results)
+    console.print(f"comparison: {report}")
+    failed = [r for r in results.values() if r.exit_code]
+    if failed:
+        raise typer.Exit(_stop(failed[0]))
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def explain(
+    run_dir: Path = typer.Argument(..., help="A run's --out folder."),
+    job: str = typer.Argument(..., help="The job id to explain."),
+) -> None:
+    """Every decision that touched a job, and why, and how the job ended."""
+    decisions = run_dir / "decisions.jsonl"
+    if not decisions.exists():
+        raise InputError("no decisions.jsonl here; is this a run folder?", path=run_dir)
+    found = 0
+    with decisions.open(encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            if job in (row.get("jobs") or ()):
+                found += 1
+                verdict = "[green]applied[/]" if row["outcome"] == "applied" else \
+                    f"[red]{row['outcome']}[/]: {row.get('why', '')}"
+                target = f" on {row['device']}" if "device" in row else ""
+                console.print(f"t={row['t']:.6g}s {row['policy']} {row['action']}{target}: "
+                              f"{row.get('reason', '')} -> {verdict}")
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(run_dir / "jobs.parquet")
+    rows = table.filter(pc.equal(table["id"], job)).to_pylist()
+    if not rows and not found:
+        raise InputError(f"no job {job!r} in this run", path=run_dir, field="job")
+    for r in rows:
+        console.print(f"{job}: {r['status']} after {r['attempts']} attempt(s); submit "
+                      f"{r['submit']:.6g}s, start {r['start']}, end {r['end']}, "
+                      f"device {r['device']}" + (f"; reason: {r['reason']}" if r['reason']
+                                                 else ""))
+
+
+def policies_cmd() -> None:
+    """List the policies available by name, with what they do."""
+    from policies.base import available
+
+    for name, description in available().items():
+        console.print(f"[bold]{name:10}[/] {description}")

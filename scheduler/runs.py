@@ -1,0 +1,135 @@
+"""One place that turns command-line intent into a run: trace, cluster, policy, load.
+
+``simulate`` and ``compare`` (and later live runs) share it, so a simulated
+and a live run of the same options see exactly the same jobs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from scheduler.cluster import ClusterSpec, load_cluster
+from scheduler.errors import InputError
+from scheduler.jobs import AttentionJob, ClusterJob, Job
+from scheduler.pricing import ClusterCost, load_profiles
+from scheduler.profiles import DeviceProfile
+from scheduler.sim.runner import Fault, RunResult, SimConfig, parse_faults, simulate
+from scheduler.traces import open_trace
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that defines a run; picklable, so compare can fan out to processes."""
+
+    trace: Path
+    policy: str = "adaptive"
+    policy_options: Mapping[str, str] = field(default_factory=dict)
+    cluster: Path = Path("cluster.yaml")
+    nodes: Mapping[str, int] = field(default_factory=dict)
+    fmt: str = "auto"
+    model: str | None = None
+    token_scale: float = 1.0
+    load: float | None = None
+    limit: int | None = None
+    seed: int = 0
+    slots: int = 1
+    telemetry_interval: float = 1.0
+    fail: tuple[str, ...] = ()
+    fail_node: tuple[str, ...] = ()
+    slow: Mapping[str, float] = field(default_factory=dict)
+    out: Path | None = None
+    report: bool = True
+
+
+def _jobs(spec: RunSpec) -> Iterator[Job]:
+    jobs = open_trace(spec.trace, spec.fmt, spec.model, spec.token_scale).jobs()
+    return itertools.islice(jobs, spec.limit) if spec.limit else jobs
+
+
+def best_seconds(cost: ClusterCost, groups: Mapping[str, str], job: Job) -> float:
+    """Run time of ``job`` alone on the fastest kind of device the cluster has."""
+    if isinstance(job, ClusterJob):
+        return job.duration * max(job.gpus * job.gpu_fraction, 0.0)
+    return min((cost.seconds([job], device) for device in groups.values()), default=math.inf)
+
+
+def time_scale(spec: RunSpec, cluster: ClusterSpec, cost: ClusterCost) -> tuple[float, int]:
+    """Factor on submit times that makes the offered load ``spec.load``, and the job count.
+
+    Offered load = work (device-seconds on the fastest device kind) divided by
+    the span of arrivals times the number of devices that can do that work.
+    """
+    assert spec.load is not None
+    groups = {d.profile: d.id for d in cluster.devices if d.profile and cost.profile(d.id)}
+    work, first, last, count = 0.0, math.inf, 0.0, 0
+    gpu_devices = sum(1 for d in cluster.devices if d.kind == "gpu")
+    for job in _jobs(spec):
+        count += 1
+        seconds = best_seconds(cost, groups, job)
+        if math.isfinite(seconds):
+            work += seconds
+        first, last = min(first, job.submit_time), max(last, job.submit_time)
+    span = last - first
+    if span <= 0 or work <= 0:
+        raise InputError("--load needs a trace whose arrivals span time and cost work",
+                         path=spec.trace, field="--load")
+    devices = gpu_devices or len(cluster.devices)
+    return work / (spec.load * devices * span), count
+
+
+def _scaled(jobs: Iterator[Job], factor: float) -> Iterator[Job]:
+    for job in jobs:
+        yield replace(job, submit_time=job.submit_time * factor)
+
+
+def prepare(spec: RunSpec) -> tuple[ClusterSpec, dict[str, DeviceProfile], tuple[Fault, ...]]:
+    if spec.load is not None and not (math.isfinite(spec.load) and 0 < spec.load <= 100):
+        raise InputError(f"expected a load in (0, 100], got {spec.load}", field="--load")
+    if spec.slots < 1 or spec.slots > 64:
+        raise InputError(f"expected 1..64 slots per device, got {spec.slots}", field="--slots")
+    cluster = load_cluster(spec.cluster, spec.nodes or None)
+    if not cluster.devices:
+        raise InputError("the cluster has no devices to run jobs on", path=spec.cluster)
+    profiles = load_profiles(cluster)
+    faults = parse_faults(spec.fail, "device", cluster) + parse_faults(spec.fail_node, "node",
+                                                                        cluster)
+    for device, factor in spec.slow.items():
+        if device not in {d.id for d in cluster.devices}:
+            raise InputError(f"no device {device!r}", field="--slow")
+        if not (math.isfinite(factor) and 1 <= factor <= 1000):
+            raise InputError(f"expected a slowdown factor in [1, 1000], got {factor}",
+                             field="--slow")
+    return cluster, profiles, faults
+
+
+def run_sim(spec: RunSpec, progress: Callable[[int, float], None] | None = None) -> RunResult:
+    """Run one simulation as the CLI would; writes outputs and a report when ``out`` is set."""
+    from policies.base import load_policy
+
+    cluster, profiles, faults = prepare(spec)
+    policy = load_policy(spec.policy, spec.policy_options)
+    jobs: Iterator[Job] = _jobs(spec)
+    context: dict[str, Any] = {"trace": str(spec.trace), "cluster": cluster.source,
+                               "devices": len(cluster.devices), "seed": spec.seed}
+    if spec.load is not None:
+        factor, _ = time_scale(spec, cluster, ClusterCost(cluster, profiles))
+        jobs = _scaled(jobs, factor)
+        context.update(load=spec.load, time_scale=factor)
+    config = SimConfig(seed=spec.seed, slots=spec.slots,
+                       telemetry_interval=spec.telemetry_interval, faults=faults,
+                       slow=dict(spec.slow), progress=progress)
+    name = getattr(policy, "name", spec.policy)
+    result = simulate(jobs, cluster, profiles, policy, str(name), spec.out, config, context)
+    if spec.out is not None and spec.report:
+        from scheduler.report import write_report
+
+        write_report(spec.out)
+    return result
+
+
+__all__ = ["AttentionJob", "RunSpec", "prepare", "run_sim", "time_scale"]
