@@ -476,3 +476,15 @@ def load_cluster(path: str | Path, nodes: Mapping[str, int] | None = None) -> Cl
         return load_alibaba_nodes(p)
     raise InputError(f"unknown cluster file type {suffix or '(none)'!r}; expected a Ray "
                      "cluster-launcher .yaml/.yml or an Alibaba node-list .csv", path=p)
+
+
+def make_cluster(gpu_nodes: int = 1, gpus_per_node: int = 8, cpu_nodes: int = 0,
+                 gpu_model: str = "H100", cpus_per_node: float = 32.0,
+                 memory_per_node: int = 512 * GiB) -> ClusterSpec:
+    """A uniform cluster built in code, for tests, benchmarks and notebooks."""
+    nodes = [_make_node(f"gpu-{k}", "gpu", cpus=cpus_per_node, memory_bytes=memory_per_node,
+                        gpus=gpus_per_node, gpu_model=gpu_model) for k in range(gpu_nodes)]
+    nodes += [_make_node(f"cpu-{k}", "cpu", cpus=cpus_per_node, memory_bytes=memory_per_node,
+                         gpus=0, gpu_model=None) for k in range(cpu_nodes)]
+    return ClusterSpec(tuple(nodes), f"make_cluster({gpu_nodes}x{gpus_per_node} {gpu_model}, "
+                                     f"{cpu_nodes} cpu)")

@@ -493,6 +493,12 @@ class Controller:
             hit += self.device_down(device.id, now, reason)
         return hit
 
+    def refuse(self, job: Job, reason: str) -> None:
+        """Account for a job the run will never admit (it stopped first)."""
+        record = JobRecord(job, ready_time=self.now)
+        self.records[job.id] = record
+        self._finish(record, JobState.FAILED, reason)
+
     def fail(self, job_id: str, reason: str) -> None:
         """End a job as failed wherever it is (queued, blocked, running or split)."""
         record = self.records[job_id]

@@ -69,8 +69,10 @@ class _Table:
 class RunOutputs(Sink):
     """The controller's sink for a run with ``--out DIR``; also builds the summary."""
 
-    def __init__(self, out: Path | None, node_of: dict[str, str]) -> None:
+    def __init__(self, out: Path | None, node_of: dict[str, str],
+                 observer: Sink | None = None) -> None:
         self.out = out
+        self.observer = observer  # sees every record too (tests, live progress)
         self.node_of = node_of
         self.jct, self.queue, self.slowdown = array("d"), array("d"), array("d")
         self.first_submit = math.inf
@@ -90,6 +92,8 @@ class RunOutputs(Sink):
             self._decisions = (out / "decisions.jsonl").open("w", encoding="utf-8")
 
     def job_finished(self, record: JobRecord) -> None:
+        if self.observer is not None:
+            self.observer.job_finished(record)
         job = record.job
         done = record.state is JobState.DONE
         end = record.end if record.end is not None else job.submit_time
@@ -122,6 +126,8 @@ class RunOutputs(Sink):
                                job.deadline, slowdown))
 
     def decision(self, row: dict[str, Any]) -> None:
+        if self.observer is not None:
+            self.observer.decision(row)
         self.decisions[row["outcome"]] = self.decisions.get(row["outcome"], 0) + 1
         if self._decisions is not None:
             self._decisions.write(json.dumps(row, separators=(",", ":")) + "\n")

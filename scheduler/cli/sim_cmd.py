@@ -77,6 +77,7 @@ def simulate(
                  load=load, limit=limit, seed=seed, slots=slots,
                  telemetry_interval=telemetry_interval, fail=fail, fail_node=fail_node,
                  slow=slow, out=out)
+    _validate(spec)  # bad input is reported before any progress bar draws
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn(
             "{task.completed:,} jobs submitted, t={task.fields[t]:,.0f}s"), TimeElapsedColumn(),
             console=err_console, transient=True) as bar:
@@ -86,6 +87,14 @@ def simulate(
     if out is not None:
         console.print(f"outputs in {out}/ (report: {out / 'report.md'})")
     _exit(result)
+
+
+def _validate(spec: RunSpec) -> None:
+    from policies.base import load_policy
+    from scheduler.runs import prepare
+
+    prepare(spec)
+    load_policy(spec.policy, spec.policy_options)
 
 
 def _exit(result: RunResult) -> None:
@@ -144,9 +153,8 @@ def compare(
                          telemetry_interval=telemetry_interval, fail=fail,
                          fail_node=fail_node, slow=slow, out=out / _safe(name))
              for name in names}
-    from scheduler.runs import prepare
-
-    prepare(next(iter(specs.values())))  # bad input fails here, once, before any process
+    for spec in specs.values():  # bad input fails here, once, before any process starts
+        _validate(spec)
     workers = jobs or min(len(names), os.cpu_count() or 1)
     with console.status(f"simulating {len(names)} policies in {workers} processes"):
         if workers > 1:

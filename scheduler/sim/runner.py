@@ -8,6 +8,7 @@ flight, not the trace length.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import resource
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.cluster import ClusterSpec
-from scheduler.controller import Controller, PolicyFailure
+from scheduler.controller import Controller, PolicyFailure, Sink
 from scheduler.errors import InputError
 from scheduler.jobs import Job
 from scheduler.metrics import RunOutputs
@@ -51,6 +52,7 @@ class SimConfig:
     slow: Mapping[str, float] = field(default_factory=dict)
     max_policy_failures: int = 10
     progress: Callable[[int, float], None] | None = None
+    observer: Sink | None = None
 
 
 @dataclass
@@ -90,7 +92,7 @@ def simulate(jobs: Iterable[Job], spec: ClusterSpec, profiles: Mapping[str, Devi
     config = config or SimConfig()
     wall0 = time.perf_counter()
     cost = ClusterCost(spec, profiles)
-    outputs = RunOutputs(out, {d.id: d.node for d in spec.devices})
+    outputs = RunOutputs(out, {d.id: d.node for d in spec.devices}, config.observer)
     latencies = array("d")
     controller = Controller(spec, cost, policy, policy_name=policy_name, seed=config.seed,
                             slots=config.slots, sink=outputs,
@@ -143,6 +145,10 @@ def simulate(jobs: Iterable[Job], spec: ClusterSpec, profiles: Mapping[str, Devi
     except PolicyFailure as e:
         message, exit_code = str(e), 1
         _fail_leftovers(controller, f"run stopped: {e}")
+        # Jobs that had not arrived yet are accounted for too, never silently dropped.
+        waiting = [p for _, k, p in _drain(events) if k == ARRIVAL]
+        for job in itertools.chain(waiting, stream):
+            controller.refuse(job, f"run stopped before it arrived: {e}")
     util = executor.utilization(max(now - min(outputs.first_submit, now), 0.0))
     summary = outputs.summary(policy=policy_name, mode="sim", device_util_mean=util,
                               **dict(context or {}))
@@ -158,6 +164,11 @@ def simulate(jobs: Iterable[Job], spec: ClusterSpec, profiles: Mapping[str, Devi
     }
     outputs.close(summary, run_info)
     return RunResult(summary, run_info, exit_code, message)
+
+
+def _drain(events: EventQueue) -> Iterator[tuple[float, int, Any]]:
+    while len(events):
+        yield events.pop()
 
 
 def _kinds(events: EventQueue) -> Iterator[int]:

@@ -1,0 +1,189 @@
+"""The controller validates every action; a bad policy can lose no job."""
+
+from __future__ import annotations
+
+import pytest
+
+from scheduler.controller import PolicyFailure
+from scheduler.decisions import Decisions, Migrate, Offload, Place, Preempt, Split
+from scheduler.state import JobState
+from tests.builders import attention_job, cluster_job
+from tests.simkit import Scripted, controller
+
+GPU0, GPU1, CPU = "gpu-0/gpu0", "gpu-0/gpu1", "cpu-0/cpu"
+
+
+def one_each(view):
+    """Each pending job on its own free device, in order."""
+    return [Place((j,), d) for j, d in zip(view.pending, view.free, strict=False)]
+
+
+def job(i: int, **kw):
+    return attention_job(id=f"j{i}", submit_time=0.0, **kw)
+
+
+def outcomes(sink):
+    return [(r["action"], r["outcome"], r.get("why", "")) for r in sink.rows]
+
+
+@pytest.mark.parametrize(
+    ("actions", "expected", "why"),
+    [
+        ([Place(("j0",), GPU0)], ["applied"], ""),
+        ([Place(("nope",), GPU0)], ["rejected"], "unknown, not queued"),
+        ([Place(("j0",), "gpu-9/gpu0")], ["rejected"], "no device"),
+        # the same job twice in one decision: the second finds it running
+        ([Place(("j0",), GPU0), Place(("j0",), GPU1)], ["applied", "rejected"], "running"),
+        # a device runs one batch at a time with one slot
+        ([Place(("j0",), GPU0), Place(("j1",), GPU0)], ["applied", "rejected"], "no free slot"),
+        ([Place(("j0", "j0"), GPU0)], ["rejected"], "distinct"),
+        ([Place((), GPU0)], ["rejected"], "distinct"),
+        # a causal and a non-causal job cannot share a call
+        ([Place(("j0", "j2"), GPU0)], ["rejected"], "sharing head_dim"),
+        ([Place(("j0", "j1"), GPU0)], ["applied"], ""),  # compatible jobs pack
+        ([Offload(("j0",), GPU0)], ["rejected"], "not a CPU device"),
+        ([Split("j0", 3)], ["rejected"], "does not split"),
+        ([Preempt("j0")], ["rejected"], "not running"),
+        ([Migrate("j0", GPU1)], ["rejected"], "not running"),
+    ],
+)
+def test_actions_are_validated(actions, expected, why) -> None:
+    ctl, sink = controller(Scripted(lambda v: actions))
+    ctl.submit(job(0, batch=4), 0.0)
+    ctl.submit(job(1), 0.0)
+    ctl.submit(job(2, causal=True), 0.0)
+    step = ctl.decide(0.0, "arrival")
+    assert [o for _, o, _ in outcomes(sink)] == expected
+    if why:
+        assert why in outcomes(sink)[-1][2]
+    assert len(step.started) == expected.count("applied")
+    # whatever the policy did, every job is accounted for exactly once
+    running = {j for b in ctl.batches.values() for j in b.jobs}
+    assert running | set(ctl.pending) == {"j0", "j1", "j2"}
+    assert not running & set(ctl.pending)
+
+
+def test_memory_is_never_over_committed() -> None:
+    # 45 GiB of KV cache each: one fits an 80 GiB H100, two do not.
+    big = {"kind": "decode", "q_len": 1, "kv_len": 131_072, "steps": 1, "heads": 8,
+           "kv_heads": 8, "head_dim": 128, "layers": 90, "batch": 1}
+    ctl, sink = controller(Scripted(lambda v: [Place(("j0", "j1"), GPU0)]))
+    ctl.submit(job(0, **big), 0.0)
+    ctl.submit(job(1, **big), 0.0)
+    ctl.decide(0.0, "arrival")
+    assert outcomes(sink)[0][1] == "rejected"
+    assert "GiB free" in outcomes(sink)[0][2]
+    assert ctl.devices[GPU0].memory_free == ctl.devices[GPU0].spec.memory_bytes
+
+
+def test_a_job_too_big_for_every_device_fails_at_admission() -> None:
+    ctl, sink = controller(Scripted(lambda v: []))
+    ctl.submit(job(0, q_len=1 << 20, kv_len=1 << 20, heads=64, kv_heads=64, batch=64), 0.0)
+    assert sink.finished[0].state is JobState.FAILED
+    assert "fits no device" in (sink.finished[0].reason or "")
+    assert not ctl.pending
+
+
+def test_a_raising_policy_loses_nothing_then_stops_the_run() -> None:
+    def boom(view):
+        raise RuntimeError("bug in plugin")
+
+    ctl, sink = controller(Scripted(boom), max_policy_failures=3)
+    ctl.submit(job(0), 0.0)
+    ctl.decide(0.0, "arrival")
+    ctl.decide(1.0, "telemetry")
+    assert [r["outcome"] for r in sink.rows] == ["error", "error"]
+    assert "bug in plugin" in sink.rows[0]["why"]
+    assert list(ctl.pending) == ["j0"]  # still queued
+    with pytest.raises(PolicyFailure, match="failed 3 times in a row"):
+        ctl.decide(2.0, "telemetry")
+
+
+@pytest.mark.parametrize("answer", [None, "place everything", [("j0", GPU0)], {"j0": GPU0}])
+def test_garbage_answers_are_errors_not_crashes(answer) -> None:
+    ctl, sink = controller(Scripted(lambda v: answer))
+    ctl.submit(job(0), 0.0)
+    ctl.decide(0.0, "arrival")
+    assert sink.rows[0]["outcome"] == "error"
+    assert list(ctl.pending) == ["j0"]
+
+
+def test_dependents_wait_for_their_parent_and_fail_with_it() -> None:
+    ctl, sink = controller(Scripted(lambda v: [Place((j,), GPU0) for j in list(v.pending)[:1]]))
+    ctl.submit(job(0), 0.0)
+    ctl.submit(job(1, depends_on="j0"), 0.0)
+    assert list(ctl.pending) == ["j0"]
+    step = ctl.decide(0.0, "arrival")
+    ctl.batch_done(step.started[0].id, 1.0)
+    assert list(ctl.pending) == ["j1"]
+    assert ctl.records["j1"].ready_time == 1.0
+    ctl.submit(job(2), 1.0)
+    ctl.submit(job(3, depends_on="j2"), 1.0)
+    ctl.fail("j2", "test")
+    assert [r.id for r in sink.finished][-2:] == ["j2", "j3"]
+    assert "dependency 'j2' failed" in (sink.finished[-1].reason or "")
+
+
+def test_split_parts_complete_the_parent() -> None:
+    ctl, sink = controller(Scripted(lambda v: [Split("j0", 2, "heads")] if "j0" in v.pending
+                                    else one_each(v)))
+    ctl.submit(job(0, heads=8, kv_heads=2), 0.0)
+    ctl.decide(0.0, "arrival")
+    assert sorted(ctl.pending) == ["j0/0", "j0/1"]
+    assert ctl.pending["j0/0"].heads == 4
+    step = ctl.decide(0.0, "arrival")
+    for batch in step.started:
+        ctl.batch_done(batch.id, 2.0)
+    assert [(r.id, r.state) for r in sink.finished] == [("j0", JobState.DONE)]
+
+
+def test_device_loss_requeues_running_work_with_an_extra_attempt_later() -> None:
+    ctl, _ = controller(Scripted(one_each))
+    ctl.submit(job(0), 0.0)
+    step = ctl.decide(0.0, "arrival")
+    device = step.started[0].device
+    ctl.device_down(device, 1.0, "lost")
+    assert list(ctl.pending) == ["j0"]
+    assert device not in ctl.free
+    step = ctl.decide(1.0, "failure")
+    assert step.started[0].device != device
+    assert ctl.records["j0"].attempts == 2
+
+
+def test_preempt_and_migrate() -> None:
+    script = iter([[Place(("j0",), GPU0)], [Migrate("j0", GPU1)], [Preempt("j0")]])
+    ctl, _sink = controller(Scripted(lambda v: next(script)))
+    ctl.submit(job(0), 0.0)
+    ctl.decide(0.0, "arrival")
+    step = ctl.decide(1.0, "telemetry")
+    assert (step.cancelled[0].device, step.started[0].device) == (GPU0, GPU1)
+    step = ctl.decide(2.0, "telemetry")
+    assert step.cancelled and list(ctl.pending) == ["j0"]
+    assert ctl.devices[GPU1].share_free == 1.0
+
+
+def test_cluster_jobs_take_a_gang_of_gpus_and_host_resources() -> None:
+    ctl, sink = controller(Scripted(lambda v: [Place(("c0",), GPU0, "", (GPU1,))]))
+    ctl.submit(cluster_job(id="c0", gpus=2, cpus=4, memory_bytes=1 << 30), 0.0)
+    ctl.decide(0.0, "arrival")
+    assert outcomes(sink)[0][1] == "applied"
+    assert ctl.devices[GPU1].share_free == 0.0
+    assert ctl.nodes["gpu-0"].cpus_free == 28.0
+
+
+def test_time_never_goes_backwards() -> None:
+    ctl, _ = controller(Scripted(lambda v: []))
+    ctl.decide(5.0, "telemetry")
+    with pytest.raises(ValueError, match="backwards"):
+        ctl.decide(4.0, "telemetry")
+
+
+def test_decisions_carry_the_policy_and_reason() -> None:
+    ctl, sink = controller(Scripted(lambda v: Decisions((Place(("j0",), GPU0, "why not"),),
+                                                        state=7)))
+    ctl.submit(job(0), 0.0)
+    ctl.decide(0.0, "arrival")
+    assert sink.rows[0] == {"t": 0.0, "policy": "scripted", "action": "place",
+                            "outcome": "applied", "jobs": ["j0"], "device": GPU0,
+                            "reason": "why not"}
+    assert ctl.policy_state == 7
