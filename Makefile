@@ -22,10 +22,11 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	@mkdir -p demo
-	$(BIN)/attnsched trace generate -o demo/trace.jsonl --jobs 2000 --seed 1 --rate 20 --model tiny
+	$(BIN)/attnsched trace generate -o demo/trace.jsonl --jobs 2000 --seed 1 --rate 20 --model llama3-8b
 	$(BIN)/attnsched trace stats demo/trace.jsonl
 	$(BIN)/attnsched cluster show cluster.yaml
-	$(BIN)/attnsched profile show cpu
+	$(BIN)/attnsched compare demo/trace.jsonl --policies static,greedy,adaptive --load 0.9 --out demo/compare
+	@echo "open demo/compare/comparison.md and demo/compare/<policy>/report.md"
 
 test: $(STAMP)
 	$(BIN)/pytest -q

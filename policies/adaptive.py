@@ -51,6 +51,8 @@ class AdaptivePolicy:
         return score - math.log1p(seconds / 0.01)  # shortest first, on a log scale
 
     def _pick_tenant(self, view: View, heads: Mapping[str, tuple[float, Job]]) -> str:
+        if len(heads) == 1:
+            return next(iter(heads))
         names = sorted(heads)
         top = max(heads[n][0] for n in names)
         weights = [math.exp((heads[n][0] - top) / self.temperature) for n in names]
@@ -69,26 +71,41 @@ class AdaptivePolicy:
 
     def _route(self, view: View, job: Job, taken: dict[str, int]
                ) -> tuple[DeviceView, float] | None:
+        """The free GPU where ``job`` finishes first at measured speed, or None to wait.
+
+        Devices of one profile price a job alike, so the scan stops at the
+        first healthy device of the fastest profile: routing costs O(1) on a
+        mostly healthy cluster, not O(devices).
+        """
+        fastest = reference_seconds(view, job)
         best: tuple[float, DeviceView, float] | None = None
         for device in view.free.values():
-            if not fits(view, job, device, taken) or device.kind == "cpu":
+            if device.kind == "cpu" or not fits(view, job, device, taken):
                 continue
             seconds = view.cost.seconds([job], device.id)
-            finish = seconds / self.speed(view, device.id)
+            speed = self.speed(view, device.id)
+            finish = seconds / speed
             if math.isfinite(finish) and (best is None or finish < best[0]):
                 best = (finish, device, seconds)
+                if speed >= 1.0 and seconds <= fastest:
+                    break
         if best is None:
             return None
         finish, device, seconds = best
-        if self.speed(view, device.id) < self.slow_speed:
-            # Waiting for a healthy device may beat running here.
-            for other in view.devices.values():
-                if other.up and other.kind != "cpu" and self.speed(view, other.id) >= \
-                        self.slow_speed and other.memory_total >= view.cost.memory(job, other.id):
-                    wait = max(0.0, other.busy_until - view.now)
-                    if wait + view.cost.seconds([job], other.id) < finish:
-                        return None
+        if self.speed(view, device.id) < self.slow_speed and self._healthy_sooner(
+                view, job, finish):
+            return None
         return device, seconds
+
+    def _healthy_sooner(self, view: View, job: Job, finish: float) -> bool:
+        """Would waiting for a busy healthy device beat running on a slow free one?"""
+        for other in view.devices.values():
+            if other.up and other.kind != "cpu" and self.speed(view, other.id) >= \
+                    self.slow_speed and other.memory_total >= view.cost.memory(job, other.id):
+                wait = max(0.0, other.busy_until - view.now)
+                if wait + view.cost.seconds([job], other.id) < finish:
+                    return True
+        return False
 
     def _offload_target(self, view: View, job: Job, taken: dict[str, int]) -> DeviceView | None:
         for device in view.free.values():
@@ -100,9 +117,10 @@ class AdaptivePolicy:
     def _split(self, view: View, job: Job) -> Split | None:
         if not isinstance(job, AttentionJob):
             return None
-        largest = max((d.memory_total for d in view.devices.values() if d.up), default=0)
-        need = max((view.cost.memory(job, d) for g in view.groups.values() for d in g[:1]),
-                   default=0)
+        # Devices of one profile are alike: one per group answers for all.
+        firsts = [view.devices[g[0]] for g in view.groups.values()]
+        largest = max((d.memory_total for d in firsts), default=0)
+        need = min((view.cost.memory(job, d.id) for d in firsts), default=0)
         if need <= largest:
             return None
         for axis, size in (("batch", job.batch), ("heads", job.kv_heads)):

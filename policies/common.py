@@ -6,7 +6,8 @@ import math
 from collections.abc import Iterable, Iterator, Mapping
 
 from scheduler.decisions import Place
-from scheduler.jobs import ClusterJob, Job
+from scheduler.jobs import AttentionJob, ClusterJob, Job
+from scheduler.pricing import shape_key
 from scheduler.view import DeviceView, View
 
 
@@ -45,6 +46,10 @@ def pack(view: View, head: Job, candidates: Iterable[Job], device: DeviceView,
          limit: int, budget_s: float, same_shape: bool) -> list[Job]:
     """``head`` plus compatible jobs while memory and the latency budget allow."""
     batch = [head]
+    packer = view.cost.packer(device.id)
+    if packer is None or not isinstance(head, AttentionJob):
+        return batch
+    packer.add(head)
     memory = view.cost.memory(head, device.id)
     for job in candidates:
         if len(batch) >= limit:
@@ -56,8 +61,10 @@ def pack(view: View, head: Job, candidates: Iterable[Job], device: DeviceView,
         need = view.cost.memory(job, device.id)
         if memory + need > device.memory_free:
             continue
-        if view.cost.seconds([*batch, job], device.id) > budget_s:
+        assert isinstance(job, AttentionJob)
+        if math.isfinite(budget_s) and packer.seconds_with(job) > budget_s:
             continue
+        packer.add(job)
         batch.append(job)
         memory += need
     return batch
@@ -65,7 +72,6 @@ def pack(view: View, head: Job, candidates: Iterable[Job], device: DeviceView,
 
 def _same_shape(a: Job, b: Job) -> bool:
     from scheduler.jobs import AttentionJob
-    from scheduler.pricing import shape_key
 
     return isinstance(a, AttentionJob) and isinstance(b, AttentionJob) and \
         shape_key(a) == shape_key(b)

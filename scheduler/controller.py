@@ -10,7 +10,6 @@ report back through ``batch_done``, ``device_down`` and ``telemetry``.
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -174,6 +173,7 @@ class Controller:
             self._part_finished(record)
             return
         del self.records[record.id]
+        self.cost.forget(record.id)
         ok = state is JobState.DONE
         self.finished[record.id] = ok
         self.sink.job_finished(record)
@@ -187,6 +187,7 @@ class Controller:
 
     def _part_finished(self, part: JobRecord) -> None:
         del self.records[part.id]
+        self.cost.forget(part.id)
         parent = self.records[part.parent or ""]
         if parent.state is not JobState.SPLIT:
             return  # the parent already failed through another part
@@ -221,8 +222,8 @@ class Controller:
         self.calls += 1
         pending, tenants, devices, free, telemetry, records = self._proxies
         view = View(now, pending, tenants, devices, free, telemetry, self.cost,
-                    random.Random(self.seed * 1_000_003 + self.calls), self.policy_state,
-                    event, self.groups, records)
+                    self.seed * 1_000_003 + self.calls, self.policy_state, event, self.groups,
+                    records)
         try:
             answer = self.policy.decide(view)
             actions, state = self._unpack(answer)
@@ -386,6 +387,7 @@ class Controller:
             member.share_free -= share
             member.memory_free -= memory if member is dev else 0
             member.running[batch.id] = batch
+            member.elastic += batch.elastic and member is dev
             self._update_free(member)
         node = self.nodes[dev.spec.node]
         node.cpus_free -= cpus
@@ -412,6 +414,7 @@ class Controller:
         for member_id in (batch.device, *batch.gang):
             member = self.devices[member_id]
             del member.running[batch.id]
+            member.elastic -= batch.elastic and member_id == batch.device
             member.share_free = min(1.0, member.share_free + batch.share)
             if member_id == batch.device:
                 member.memory_free += batch.memory

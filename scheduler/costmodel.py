@@ -148,14 +148,68 @@ def _call_seconds(profile: DeviceProfile, rate_tflops: float, flops: float, nbyt
     return max(host_s, device_s)
 
 
+class Pack:
+    """Running totals of a packed batch on one device: adding a job is O(1).
+
+    Packed jobs share launches: the batch makes as many calls as its longest
+    member (layers × steps, twice for training), so host time is paid once
+    per call, while device time is each job's own work at its own rate, and
+    memory traffic each job's own bytes. A call never beats its host floor:
+    ``seconds = max(calls · host, Σ compute, Σ bytes / bandwidth)``.
+    """
+
+    __slots__ = ("backend", "calls", "compute_s", "flops", "jobs", "nbytes", "profile", "rate",
+                 "want")
+
+    def __init__(self, profile: DeviceProfile, backend: str | None = None) -> None:
+        self.profile, self.want = profile, backend
+        self.compute_s = self.nbytes = self.flops = 0.0
+        self.calls = self.jobs = 0
+        self.backend = ""
+
+    def _terms(self, job: AttentionJob) -> tuple[float, float, int, float, str]:
+        kv = _mean_kv(job)
+        rate, backend = self.profile.sdpa_tflops(job.q_len, round(kv), job.head_dim, job.dtype,
+                                                 job.causal, self.want)
+        launches = job.layers * job.steps
+        train = job.kind is JobKind.TRAIN
+        work = call_flops(job, round(kv)) * (1.0 + self.profile.backward_factor if train else 1)
+        return (work * launches / (rate * 1e12), call_bytes(job, kv) * launches * (3 if train
+                                                                                    else 1),
+                launches * (2 if train else 1), total_flops(job, self.profile.backward_factor),
+                backend)
+
+    def add(self, job: AttentionJob) -> None:
+        """Account for one more job; raises InputError if the profile cannot time it."""
+        compute, nbytes, calls, flops, self.backend = self._terms(job)
+        self.compute_s += compute
+        self.nbytes += nbytes
+        self.calls = max(self.calls, calls)
+        self.flops += flops
+        self.jobs += 1
+
+    def seconds_with(self, job: AttentionJob) -> float:
+        """What the batch would take with ``job`` added, without adding it."""
+        compute, nbytes, calls, _, _ = self._terms(job)
+        return max(max(self.calls, calls) * self.profile.call_host_s, self.compute_s + compute,
+                   (self.nbytes + nbytes) / self.profile.bandwidth_bytes_s)
+
+    @property
+    def seconds(self) -> float:
+        return max(self.calls * self.profile.call_host_s, self.compute_s,
+                   self.nbytes / self.profile.bandwidth_bytes_s)
+
+    def estimate(self) -> Estimate:
+        return Estimate(self.seconds, self.backend, self.flops, self.calls)
+
+
 def batch_estimate(jobs: Sequence[AttentionJob], profile: DeviceProfile,
                    backend: str | None = None, *, packed: bool = True) -> Estimate:
-    """Time to run ``jobs`` on ``profile``'s device, packed into shared calls.
+    """Time to run ``jobs`` on ``profile``'s device, packed into shared calls (see Pack).
 
-    Packed jobs share every call (one per layer and step, up to the longest
-    job's count), so the host cost is paid once per call, not once per job;
-    ``packed=False`` prices the naive loop that launches each job on its own.
-    Jobs must share head_dim, dtype and causality (the packing rule).
+    ``packed=False`` prices the naive loop that launches each job on its own
+    from Python, paying the per-job host cost every call. Jobs must share
+    head_dim, dtype and causality (the packing rule).
     """
     if not jobs:
         raise ValueError("empty batch")
@@ -170,50 +224,33 @@ def batch_estimate(jobs: Sequence[AttentionJob], profile: DeviceProfile,
     if not packed:
         seconds, backend_used, flops, calls = 0.0, "", 0.0, 0
         for j in jobs:
-            e = _single(j, profile, backend, profile.unpacked_host_s(_seq(j)))
+            e = _unpacked(j, profile, backend)
             seconds += e.seconds
             flops += e.flops
             calls += e.calls
             backend_used = e.backend
         return Estimate(seconds, backend_used, flops, calls)
-    if len(jobs) == 1:
-        return _single(head, profile, backend, profile.call_host_s)
-    # Rate of the pack: the FLOP-weighted harmonic mean of each job's own rate.
-    flops_call, time_call, bytes_call, flops_total = 0.0, 0.0, 0.0, 0.0
-    calls, name = 0, ""
+    pack = Pack(profile, backend)
     for j in jobs:
-        rate, name = profile.sdpa_tflops(j.q_len, round(_mean_kv(j)), j.head_dim, j.dtype,
-                                         j.causal, backend)
-        f = call_flops(j, round(_mean_kv(j)))
-        mult = _passes(j, profile)
-        flops_call += f * mult
-        time_call += f * mult / rate
-        bytes_call += call_bytes(j, _mean_kv(j))
-        flops_total += total_flops(j, profile.backward_factor)
-        calls = max(calls, j.layers * j.steps)
-    rate = flops_call / time_call
-    per_call = _call_seconds(profile, rate, flops_call, bytes_call, profile.call_host_s)
-    return Estimate(per_call * calls, name, flops_total, calls)
-
-
-def _passes(job: AttentionJob, profile: DeviceProfile) -> float:
-    return 1.0 + profile.backward_factor if job.kind is JobKind.TRAIN else 1.0
+        pack.add(j)
+    return pack.estimate()
 
 
 def _seq(job: AttentionJob) -> float:
     return math.sqrt(job.q_len * _mean_kv(job))
 
 
-def _single(job: AttentionJob, profile: DeviceProfile, backend: str | None,
-            host_s: float) -> Estimate:
+def _unpacked(job: AttentionJob, profile: DeviceProfile, backend: str | None) -> Estimate:
+    """One job launched on its own from a Python loop: per-job host cost every call."""
     kv = _mean_kv(job)
     rate, name = profile.sdpa_tflops(job.q_len, round(kv), job.head_dim, job.dtype, job.causal,
                                      backend)
-    f = call_flops(job, round(kv))
-    nbytes = call_bytes(job, kv)
-    per_call = _call_seconds(profile, rate, f, nbytes, host_s)
-    if job.kind is JobKind.TRAIN:  # backward is one more launch of 2.5x the work
-        per_call += _call_seconds(profile, rate, f * profile.backward_factor, 2 * nbytes, host_s)
+    host = profile.unpacked_host_s(_seq(job))
+    per_call = _call_seconds(profile, rate, call_flops(job, round(kv)), call_bytes(job, kv),
+                             host)
+    if job.kind is JobKind.TRAIN:
+        per_call += _call_seconds(profile, rate, call_flops(job, round(kv))
+                                  * profile.backward_factor, 2 * call_bytes(job, kv), host)
     calls = job.layers * job.steps
     return Estimate(per_call * calls, name, total_flops(job, profile.backward_factor), calls)
 

@@ -60,6 +60,8 @@ LIMITS: dict[str, int] = {
     "steps": 1 << 24,
     "gpus": 4096,
 }
+_SHAPE_LIMITS = tuple((n, LIMITS[n]) for n in ("batch", "heads", "kv_heads", "q_len", "kv_len",
+                                                "head_dim", "layers", "steps"))
 MAX_CPUS = 1 << 16
 MAX_MEMORY_BYTES = 1 << 50  # 1 PiB
 
@@ -142,24 +144,28 @@ class AttentionJob:
 
     def __post_init__(self) -> None:
         _check_identity(self)
-        try:
-            kind = JobKind(self.kind)
-        except ValueError:
-            kind = None
+        kind: JobKind | None = self.kind
+        if type(kind) is not JobKind:  # fast path: already the enum (the common case)
+            try:
+                kind = JobKind(kind)
+            except ValueError:
+                kind = None
         if kind is None or kind not in ATTENTION_KINDS:
             names = ", ".join(k.value for k in ATTENTION_KINDS)
             raise InputError(f"expected one of {names}, got {self.kind!r}", field="kind")
         object.__setattr__(self, "kind", kind)
-        try:
-            object.__setattr__(self, "dtype", DType(self.dtype))
-        except ValueError:
-            raise InputError(
-                f"expected one of {', '.join(d.value for d in DType)}, got {self.dtype!r}",
-                field="dtype",
-            ) from None
-        for name in ("batch", "heads", "kv_heads", "q_len", "kv_len", "head_dim", "layers",
-                     "steps"):
-            check_int(name, getattr(self, name), 1, LIMITS[name])
+        if type(self.dtype) is not DType:
+            try:
+                object.__setattr__(self, "dtype", DType(self.dtype))
+            except ValueError:
+                raise InputError(
+                    f"expected one of {', '.join(d.value for d in DType)}, got {self.dtype!r}",
+                    field="dtype",
+                ) from None
+        for name, hi in _SHAPE_LIMITS:
+            value = getattr(self, name)
+            if type(value) is not int or not 1 <= value <= hi:
+                check_int(name, value, 1, hi)  # raises, naming the field
         if self.heads % self.kv_heads:
             raise InputError(f"heads={self.heads} is not a multiple of kv_heads={self.kv_heads}",
                              field="kv_heads")

@@ -48,6 +48,9 @@ class ClusterCost:
         self._profile_of = {d.id: (profiles.get(d.profile) if d.profile else None)
                             for d in spec.devices}
         self._memo: dict[tuple[Shape, str], tuple[float, int, float]] = {}
+        # Per-job answers, so asking again about a job costs one dict lookup;
+        # the controller forgets a job when it finishes.
+        self._by_job: dict[str, tuple[Job, dict[str, tuple[float, int, float]]]] = {}
 
     def profile(self, device: str) -> DeviceProfile | None:
         return self._profile_of[device]
@@ -57,6 +60,27 @@ class ClusterCost:
         profile = self._profile_of[device]
         if profile is None:
             return math.inf, 0, 0.0
+        entry = self._by_job.get(job.id)
+        if entry is not None and entry[0] is job:
+            known = entry[1].get(profile.name)
+            if known is not None:
+                return known
+        else:
+            entry = (job, {})
+            self._by_job[job.id] = entry
+        answer = self._by_shape(job, profile)
+        entry[1][profile.name] = answer
+        return answer
+
+    def forget(self, job_id: str) -> None:
+        self._by_job.pop(job_id, None)
+
+    def packer(self, device: str) -> costmodel.Pack | None:
+        """An empty batch on ``device`` to add jobs to one at a time (None: unmeasured)."""
+        profile = self._profile_of[device]
+        return costmodel.Pack(profile) if profile is not None else None
+
+    def _by_shape(self, job: AttentionJob, profile: DeviceProfile) -> tuple[float, int, float]:
         key = (shape_key(job), profile.name)
         hit = self._memo.get(key)
         if hit is None:

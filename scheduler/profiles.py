@@ -25,6 +25,7 @@ from scheduler.jobs import DType
 
 FORMAT = "attnsched-profile/1"
 BACKENDS = ("cudnn", "flash", "efficient", "math")
+RATE_BUCKETS_PER_E = 1000  # rate memo resolution: 1000 buckets per e-fold of q·kv
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +110,18 @@ class DeviceProfile:
             curves[key] = ([p.seq for p in pts], [p.tflops for p in pts])
         return curves
 
+    @cached_property
+    def _dims(self) -> dict[tuple[str, DType, bool], list[int]]:
+        """Measured head sizes per (backend, dtype, causal), sorted."""
+        dims: dict[tuple[str, DType, bool], list[int]] = {}
+        for backend, dtype, head_dim, causal in self._curves:
+            dims.setdefault((backend, dtype, causal), []).append(head_dim)
+        return {k: sorted(v) for k, v in dims.items()}
+
+    @cached_property
+    def _rates(self) -> dict[tuple[int, int, DType, bool, str | None], tuple[float, str]]:
+        return {}  # memo of sdpa_tflops: traces repeat shapes, the simulator asks often
+
     def dtype_for(self, dtype: DType) -> DType | None:
         """The dtype whose measurements stand for ``dtype`` here, or None."""
         if any(p.dtype is dtype for p in self.sdpa):
@@ -127,15 +140,23 @@ class DeviceProfile:
         that benchmarks its backends would pick. Raises InputError when the
         profile has no measurement that can stand for the request.
         """
+        # Rates are smooth in length: price the shape at the centre of a 0.1%-wide
+        # bucket of log(q·kv), so the millions of distinct lengths in a trace
+        # share a few thousand interpolations (error < 0.05%).
+        bucket = round(math.log(q_len * kv_len) * RATE_BUCKETS_PER_E)
+        key = (bucket, head_dim, dtype, causal, backend)
+        known = self._rates.get(key)
+        if known is not None:
+            return known
         d = self.dtype_for(dtype)
         if d is None:
             raise InputError(f"profile {self.name!r} has no measurements for dtype "
                              f"{dtype.value}; calibrate it on the device", field="dtype")
-        seq = math.sqrt(q_len * kv_len)
+        seq = math.exp(bucket / RATE_BUCKETS_PER_E / 2)
         candidates = [backend] if backend else self.backends(dtype, causal)
         best: tuple[float, str] | None = None
         for b in candidates:
-            dims = sorted(k[2] for k in self._curves if k[:2] == (b, d) and k[3] == causal)
+            dims = self._dims.get((b, d, causal))
             if not dims:
                 continue
             rate = _interp_dims(dims, head_dim,
@@ -145,6 +166,9 @@ class DeviceProfile:
         if best is None:
             raise InputError(f"profile {self.name!r} has no {backend or 'SDPA'} measurements "
                              f"for {dtype.value} causal={causal}", field="backend")
+        if len(self._rates) > 200_000:
+            self._rates.clear()
+        self._rates[key] = best
         return best
 
     def unpacked_host_s(self, seq: float) -> float:

@@ -39,6 +39,7 @@ class RunSpec:
     seed: int = 0
     slots: int = 1
     telemetry_interval: float = 1.0
+    decision_interval: float = 0.0
     fail: tuple[str, ...] = ()
     fail_node: tuple[str, ...] = ()
     slow: Mapping[str, float] = field(default_factory=dict)
@@ -90,6 +91,12 @@ def _scaled(jobs: Iterator[Job], factor: float) -> Iterator[Job]:
 def prepare(spec: RunSpec) -> tuple[ClusterSpec, dict[str, DeviceProfile], tuple[Fault, ...]]:
     if spec.load is not None and not (math.isfinite(spec.load) and 0 < spec.load <= 100):
         raise InputError(f"expected a load in (0, 100], got {spec.load}", field="--load")
+    if not (math.isfinite(spec.decision_interval) and 0 <= spec.decision_interval <= 3600):
+        raise InputError(f"expected 0..3600 seconds, got {spec.decision_interval}",
+                         field="--decision-interval")
+    if not (math.isfinite(spec.telemetry_interval) and 0 < spec.telemetry_interval <= 3600):
+        raise InputError(f"expected (0, 3600] seconds, got {spec.telemetry_interval}",
+                         field="--telemetry-interval")
     if spec.slots < 1 or spec.slots > 64:
         raise InputError(f"expected 1..64 slots per device, got {spec.slots}", field="--slots")
     cluster = load_cluster(spec.cluster, spec.nodes or None)
@@ -121,7 +128,8 @@ def run_sim(spec: RunSpec, progress: Callable[[int, float], None] | None = None)
         jobs = _scaled(jobs, factor)
         context.update(load=spec.load, time_scale=factor)
     config = SimConfig(seed=spec.seed, slots=spec.slots,
-                       telemetry_interval=spec.telemetry_interval, faults=faults,
+                       telemetry_interval=spec.telemetry_interval,
+                       decision_interval=spec.decision_interval, faults=faults,
                        slow=dict(spec.slow), progress=progress)
     name = getattr(policy, "name", spec.policy)
     result = simulate(jobs, cluster, profiles, policy, str(name), spec.out, config, context)

@@ -85,7 +85,8 @@ class DeviceState:
     memory_free: int = 0
     up: bool = True
     running: dict[str, Batch] = field(default_factory=dict)
+    elastic: int = 0  # running batches that take a slot (attention work)
 
     @property
     def slots_free(self) -> int:
-        return self.slots - sum(1 for b in self.running.values() if b.elastic)
+        return self.slots - self.elastic

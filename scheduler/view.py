@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from scheduler.cluster import DeviceSpec
+from scheduler.costmodel import Pack
 from scheduler.jobs import Job
 from scheduler.state import DeviceState, JobRecord
 
@@ -119,6 +120,10 @@ class CostOracle(Protocol):
         """Whether two jobs may share one batch."""
         ...
 
+    def packer(self, device: str) -> Pack | None:
+        """An empty batch on ``device`` that prices jobs as they are added."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class JobInfo:
@@ -154,11 +159,23 @@ class View:
     free: Mapping[str, DeviceView]
     telemetry: Mapping[str, Telemetry]
     cost: CostOracle
-    rng: random.Random
+    seed: int
     state: Any
     event: str
     groups: Mapping[str, tuple[str, ...]]
     _records: Mapping[str, JobRecord]
+    _rng: list[random.Random] = field(default_factory=list)
+
+    @property
+    def rng(self) -> random.Random:
+        """This call's RNG, seeded from the run's seed and the call number.
+
+        Made on first use: most calls never draw, and seeding costs more than
+        the rest of a typical decision.
+        """
+        if not self._rng:
+            self._rng.append(random.Random(self.seed))
+        return self._rng[0]
 
     def info(self, job_id: str) -> JobInfo:
         r = self._records[job_id]

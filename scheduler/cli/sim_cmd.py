@@ -30,6 +30,8 @@ LIMIT = typer.Option(None, "--limit", min=1, help="Replay only the first N jobs.
 SEED = typer.Option(0, "--seed", help="Seed for the policy's RNG.")
 SLOTS = typer.Option(1, "--slots", help="Batches a device may run at once (they share it).")
 TICK = typer.Option(1.0, "--telemetry-interval", help="Seconds between telemetry samples.")
+QUANTUM = typer.Option(0.0, "--decision-interval",
+                       help="Scheduling quantum: consult the policy at most this often (s).")
 FAIL = typer.Option([], "--fail", help="Fail a device at a time: DEVICE@SECONDS.")
 FAIL_NODE = typer.Option([], "--fail-node", help="Fail a node at a time: NODE@SECONDS.")
 SLOW = typer.Option([], "--slow", help="Run a device slower: DEVICE=FACTOR (test knob).")
@@ -65,7 +67,7 @@ def simulate(
     cluster: Path = CLUSTER, nodes: list[str] = NODES, model: str | None = MODEL,
     load: float | None = LOAD, limit: int | None = LIMIT, seed: int = SEED, slots: int = SLOTS,
     telemetry_interval: float = TICK, fail: list[str] = FAIL, fail_node: list[str] = FAIL_NODE,
-    slow: list[str] = SLOW,
+    slow: list[str] = SLOW, decision_interval: float = QUANTUM,
     out: Path | None = typer.Option(None, "--out", help="Write outputs and report here."),
 ) -> None:
     """Replay a trace in the simulator with one policy.
@@ -76,7 +78,7 @@ def simulate(
     spec = _spec(trace, policy, opts=policy_opt, cluster=cluster, nodes=nodes, model=model,
                  load=load, limit=limit, seed=seed, slots=slots,
                  telemetry_interval=telemetry_interval, fail=fail, fail_node=fail_node,
-                 slow=slow, out=out)
+                 slow=slow, decision_interval=decision_interval, out=out)
     _validate(spec)  # bad input is reported before any progress bar draws
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn(
             "{task.completed:,} jobs submitted, t={task.fields[t]:,.0f}s"), TimeElapsedColumn(),
@@ -135,7 +137,7 @@ def compare(
     cluster: Path = CLUSTER, nodes: list[str] = NODES, model: str | None = MODEL,
     load: float | None = LOAD, limit: int | None = LIMIT, seed: int = SEED, slots: int = SLOTS,
     telemetry_interval: float = TICK, fail: list[str] = FAIL, fail_node: list[str] = FAIL_NODE,
-    slow: list[str] = SLOW,
+    slow: list[str] = SLOW, decision_interval: float = QUANTUM,
     out: Path = typer.Option(Path("runs/compare"), "--out", help="One folder per policy here."),
     jobs: int = typer.Option(0, "--jobs", help="Processes (0: one per core, at most one per "
                                                "policy)."),
@@ -151,7 +153,8 @@ def compare(
     specs = {name: _spec(trace, name, opts=[], cluster=cluster, nodes=nodes, model=model,
                          load=load, limit=limit, seed=seed, slots=slots,
                          telemetry_interval=telemetry_interval, fail=fail,
-                         fail_node=fail_node, slow=slow, out=out / _safe(name))
+                         fail_node=fail_node, slow=slow, decision_interval=decision_interval,
+                         out=out / _safe(name))
              for name in names}
     for spec in specs.values():  # bad input fails here, once, before any process starts
         _validate(spec)
@@ -203,10 +206,11 @@ def explain(
     if not rows and not found:
         raise InputError(f"no job {job!r} in this run", path=run_dir, field="job")
     for r in rows:
+        start = "-" if r["start"] is None else f"{r['start']:.6g}s"
+        end = "-" if r["end"] is None else f"{r['end']:.6g}s"
         console.print(f"{job}: {r['status']} after {r['attempts']} attempt(s); submit "
-                      f"{r['submit']:.6g}s, start {r['start']}, end {r['end']}, "
-                      f"device {r['device']}" + (f"; reason: {r['reason']}" if r['reason']
-                                                 else ""))
+                      f"{r['submit']:.6g}s, start {start}, end {end}, device {r['device']}"
+                      + (f"; reason: {r['reason']}" if r["reason"] else ""))
 
 
 def policies_cmd() -> None:

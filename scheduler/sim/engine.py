@@ -11,8 +11,9 @@ import itertools
 from typing import Any
 
 # Lower runs first among events at the same instant: work that ends frees
-# capacity before faults strike, arrivals are admitted, and telemetry samples.
-FINISH, FAULT, ARRIVAL, TELEMETRY = 0, 1, 2, 3
+# capacity before faults strike, arrivals are admitted, telemetry samples and
+# a deferred decision (scheduling quantum) runs.
+FINISH, FAULT, ARRIVAL, TELEMETRY, DECIDE = 0, 1, 2, 3, 4
 
 
 class EventQueue:

@@ -26,7 +26,7 @@ from scheduler.jobs import Job
 from scheduler.metrics import RunOutputs
 from scheduler.pricing import ClusterCost
 from scheduler.profiles import DeviceProfile
-from scheduler.sim.engine import ARRIVAL, FAULT, FINISH, TELEMETRY, EventQueue
+from scheduler.sim.engine import ARRIVAL, DECIDE, FAULT, FINISH, TELEMETRY, EventQueue
 from scheduler.sim.executor import SimExecutor
 from scheduler.state import JobState
 
@@ -53,6 +53,10 @@ class SimConfig:
     max_policy_failures: int = 10
     progress: Callable[[int, float], None] | None = None
     observer: Sink | None = None
+    # Scheduling quantum: consult the policy at most once per this many simulated
+    # seconds (0: after every instant with events). Real schedulers run in
+    # cycles too; a quantum trades reaction time for simulator speed.
+    decision_interval: float = 0.0
 
 
 @dataclass
@@ -106,7 +110,7 @@ def simulate(jobs: Iterable[Job], spec: ClusterSpec, profiles: Mapping[str, Devi
     if config.telemetry_interval > 0:
         events.push(config.telemetry_interval, TELEMETRY, None)
     exit_code, message, submitted, idle = 0, None, 0, 0
-    now = 0.0
+    now, next_decide, decide_queued = 0.0, 0.0, False
     try:
         while len(events):
             now, kind, payload = events.pop()
@@ -117,10 +121,19 @@ def simulate(jobs: Iterable[Job], spec: ClusterSpec, profiles: Mapping[str, Devi
                 arrivals_left = _push_next(stream, events)
                 if config.progress and submitted % 4096 == 0:
                     config.progress(submitted, now)
+            if kind == DECIDE:
+                decide_queued = False
+                event = "tick"
             if events.peek_time() == now:
                 continue  # decide once per instant, after every event of it
             if event is None:
                 continue
+            if now < next_decide:  # inside the quantum: decide at its end instead
+                if not decide_queued:
+                    events.push(next_decide, DECIDE, None)
+                    decide_queued = True
+                continue
+            next_decide = now + config.decision_interval
             t0 = time.perf_counter()
             step = controller.decide(now, event)
             latencies.append(time.perf_counter() - t0)
@@ -197,6 +210,8 @@ def _handle(kind: int, payload: Any, now: float, controller: Controller,
         executor.finish(batch, now, completed=True)
         controller.batch_done(batch_id, now)
         return "completion"
+    if kind == DECIDE:
+        return "tick"
     if kind == FAULT:
         hit = (controller.device_down(payload.target, now, f"device {payload.target} failed")
                if payload.kind == "device" else

@@ -85,6 +85,9 @@ def generate(spec: SynthSpec, preset: ModelPreset) -> Iterator[AttentionJob]:
     weights /= weights.sum()
     tenant_weights = 1.0 / np.arange(1, spec.tenants + 1)  # Zipf-like: a few big tenants
     tenant_weights /= tenant_weights.sum()
+    kind_enums = [JobKind(k) for k in kinds]
+    tenant_names = [f"t{i}" for i in range(spec.tenants)]
+    dtype = DType(preset.dtype)
     clock = 0.0
     made = 0
     while made < spec.jobs:
@@ -104,25 +107,25 @@ def generate(spec: SynthSpec, preset: ModelPreset) -> Iterator[AttentionJob]:
         has_deadline = rng.random(n) < spec.deadline_fraction
         slack = rng.uniform(2.0, 20.0, n)
         train_batch = rng.choice([1, 2, 4, 8], n)
-        for i in range(n):
-            kind = JobKind(kinds[kind_idx[i]])
-            prompt = preset.tokens(int(prompts[i]))
-            output = preset.tokens(int(outputs[i]))
-            shape: dict[str, int | bool]
+        # Plain lists: indexing numpy arrays element by element costs more than the job.
+        rows = zip(times.tolist(), kind_idx.tolist(), prompts.tolist(), outputs.tolist(),
+                   tenants.tolist(), priorities.tolist(), has_deadline.tolist(),
+                   slack.tolist(), train_batch.tolist(), strict=True)
+        for i, (t, k, p, o, tenant, priority, late, sl, tb) in enumerate(rows):
+            kind = kind_enums[k]
+            prompt = preset.tokens(int(p))
+            output = preset.tokens(int(o))
             if kind is JobKind.PREFILL:
-                shape = {"batch": 1, "q_len": prompt, "kv_len": prompt, "causal": True, "steps": 1}
+                batch, q, kv, causal, steps = 1, prompt, prompt, True, 1
             elif kind is JobKind.DECODE:
-                shape = {"batch": 1, "q_len": 1, "kv_len": prompt, "causal": False,
-                         "steps": output}
+                batch, q, kv, causal, steps = 1, 1, prompt, False, output
             else:  # a training step over a sequence, a few steps at a time
                 seq = min(prompt, 4096)
-                shape = {"batch": int(train_batch[i]), "q_len": seq, "kv_len": seq,
-                         "causal": True, "steps": 1 + int(outputs[i]) % 4}
+                batch, q, kv, causal, steps = tb, seq, seq, True, 1 + int(o) % 4
             yield AttentionJob(
-                id=f"j{made + i}", submit_time=round(float(times[i]), 6), kind=kind,
-                heads=preset.heads, kv_heads=preset.kv_heads, head_dim=preset.head_dim,
-                layers=preset.layers, dtype=DType(preset.dtype),
-                tenant=f"t{int(tenants[i])}", priority=int(priorities[i]),
-                deadline=round(float(slack[i]), 3) if has_deadline[i] else None,
-                **shape)  # type: ignore[arg-type]
+                id=f"j{made + i}", submit_time=round(t, 6), kind=kind, batch=batch,
+                heads=preset.heads, kv_heads=preset.kv_heads, q_len=q, kv_len=kv,
+                head_dim=preset.head_dim, layers=preset.layers, dtype=dtype, causal=causal,
+                steps=steps, tenant=tenant_names[tenant], priority=priority,
+                deadline=round(sl, 3) if late else None)
         made += n
