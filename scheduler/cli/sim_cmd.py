@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -113,9 +114,14 @@ def _print_summary(results: dict[str, RunResult]) -> None:
     from scheduler.report import summary_table_rows
 
     rows = summary_table_rows({name: r.summary for name, r in results.items()})
-    table = Table()
-    for col in rows[0]:
-        table.add_column(col, justify="left" if col == "policy" else "right")
+    short = {"JCT mean": "JCT mean", "JCT p50": "p50", "JCT p99": "p99", "device util": "util",
+             "Jain fairness": "Jain", "SLO attainment": "SLO"}
+    table = Table(caption="* best in column", box=box.SIMPLE_HEAD, pad_edge=False)
+    for i, col in enumerate(rows[0]):
+        label = short.get(col, col)
+        width = max(len(label), *(len(row[i]) for row in rows[1:]))
+        table.add_column(label, justify="left" if col == "policy" else "right", no_wrap=True,
+                         min_width=width)
     for row in rows[1:]:
         table.add_row(*row)
     console.print(table)
