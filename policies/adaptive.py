@@ -174,8 +174,7 @@ class AdaptivePolicy:
             place = place_cluster_job(view, job, used, "adaptive first fit")
             if place is not None:
                 placed.add(job.id)
-                for d in (place.device, *place.gang):
-                    taken[d] = 1
+                taken.update(dict.fromkeys(used, 1))
             return place
         split = self._split(view, job)
         if split is not None:

@@ -79,7 +79,10 @@ def _same_shape(a: Job, b: Job) -> bool:
 
 def place_cluster_job(view: View, job: ClusterJob, used: set[str],
                       reason: str) -> Place | None:
-    """First-fit for a duration-only job: ``gpus`` devices with the share it asks."""
+    """First-fit for a duration-only job: ``gpus`` devices with the share it asks.
+
+    Devices in ``used`` are skipped; the ones chosen are added to it.
+    """
     need = max(job.gpus, 1)
     share = job.gpu_fraction if job.gpus else 0.0
     by_node: dict[str, list[DeviceView]] = {}
@@ -90,6 +93,7 @@ def place_cluster_job(view: View, job: ClusterJob, used: set[str],
             by_node.setdefault(device.node, []).append(device)
             if len(by_node[device.node]) == need:
                 members = by_node[device.node]
+                used.update(m.id for m in members)
                 return Place((job.id,), members[0].id, reason,
                              tuple(m.id for m in members[1:]))
     return None

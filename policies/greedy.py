@@ -36,9 +36,7 @@ class GreedyPolicy:
                 continue
             if isinstance(job, ClusterJob):
                 place = place_cluster_job(view, job, used, "greedy first fit")
-                if place is not None:
-                    actions.append(place)
-                    used.update((place.device, *place.gang))
+                actions.extend([place] if place else [])
                 continue
             best: tuple[float, DeviceView] | None = None
             for device in view.free.values():

@@ -55,9 +55,7 @@ class StaticPolicy:
                 break
             if isinstance(job, ClusterJob):
                 place = place_cluster_job(view, job, used, "static first fit")
-                if place is not None:
-                    actions.append(place)
-                    used.update((place.device, *place.gang))
+                actions.extend([place] if place else [])
                 continue
             target = self.target(view, job)
             if target in idle:

@@ -45,23 +45,14 @@ def request_jobs(rid: str, submit: float, prompt: int, output: int, preset: Mode
     return prefill, decode
 
 
-def _int_cell(text: str, field: str) -> int:
+def _int_cell(text: str, field: str, minimum: int = 1, what: str = "a positive token count"
+              ) -> int:
     try:
         value = int(text)
     except ValueError:
         raise InputError(f"expected an integer, got {text!r}", field=field) from None
-    if value < 1:
-        raise InputError(f"expected a positive token count, got {value}", field=field)
-    return value
-
-
-def _count_cell(text: str, field: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise InputError(f"expected a whole number, got {text!r}", field=field) from None
-    if value < 0:
-        raise InputError(f"expected a count of at least 0, got {value}", field=field)
+    if value < minimum:
+        raise InputError(f"expected {what}, got {value}", field=field)
     return value
 
 
@@ -175,7 +166,7 @@ def read_alibaba_pods(path: Path) -> Iterator[tuple[int, Job]]:
             if deleted < start:
                 raise InputError(f"deleted at {deleted:g} before it started at {start:g}",
                                  field="deletion_time")
-            gpus = _count_cell(get("num_gpu"), "num_gpu")
+            gpus = _int_cell(get("num_gpu"), "num_gpu", 0, "a count of at least 0")
             milli = _float_cell(get("gpu_milli") or "0", "gpu_milli")
             fraction = milli / 1000 if gpus == 1 and 0 < milli < 1000 else 1.0
             qos = get("qos")
