@@ -176,12 +176,12 @@ class AdaptivePolicy:
                 placed.add(job.id)
                 taken.update(dict.fromkeys(used, 1))
             return place
-        split = self._split(view, job)
-        if split is not None:
-            placed.add(job.id)
-            return split
         routed = self._route(view, job, taken)
         if routed is None:
+            split = self._split(view, job)  # it fits nowhere whole, or only waits
+            if split is not None:
+                placed.add(job.id)
+                return split
             cpu = self._offload_target(view, job, taken)
             if cpu is None:
                 return None

@@ -46,10 +46,9 @@ def pack(view: View, head: Job, candidates: Iterable[Job], device: DeviceView,
          limit: int, budget_s: float, same_shape: bool) -> list[Job]:
     """``head`` plus compatible jobs while memory and the latency budget allow."""
     batch = [head]
-    packer = view.cost.packer(device.id)
-    if packer is None or not isinstance(head, AttentionJob):
+    if not isinstance(head, AttentionJob):
         return batch
-    packer.add(head)
+    packer = None  # made at the first compatible candidate: most batches stay single
     memory = view.cost.memory(head, device.id)
     for job in candidates:
         if len(batch) >= limit:
@@ -62,6 +61,11 @@ def pack(view: View, head: Job, candidates: Iterable[Job], device: DeviceView,
         if memory + need > device.memory_free:
             continue
         assert isinstance(job, AttentionJob)
+        if packer is None:
+            packer = view.cost.packer(device.id)
+            if packer is None:
+                return batch
+            packer.add(head)
         if math.isfinite(budget_s) and packer.seconds_with(job) > budget_s:
             continue
         packer.add(job)
