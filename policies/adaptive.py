@@ -35,6 +35,13 @@ class AdaptivePolicy:
     def __init__(self, max_batch: int = 64, head: int = 32, temperature: float = 1.0,
                  aging_s: float = 10.0, budget_factor: float = 2.0, min_budget_s: float = 0.05,
                  offload_max_s: float = 0.05, slow_speed: float = 0.8) -> None:
+        positive = {"max_batch": max_batch, "head": head, "temperature": temperature,
+                    "aging_s": aging_s, "budget_factor": budget_factor}
+        for key, value in positive.items():
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{key} must be a positive number, got {value}")
+        if not (min_budget_s >= 0 and offload_max_s >= 0 and 0 <= slow_speed <= 1):
+            raise ValueError("min_budget_s and offload_max_s must be >= 0, slow_speed in [0, 1]")
         self.max_batch, self.head, self.temperature = max_batch, head, temperature
         self.aging_s, self.budget_factor, self.min_budget_s = aging_s, budget_factor, min_budget_s
         self.offload_max_s, self.slow_speed = offload_max_s, slow_speed

@@ -21,6 +21,8 @@ class GreedyPolicy:
     description: ClassVar[str] = "earliest-finish placement from the cost model, packs same shapes"
 
     def __init__(self, max_batch: int = 64, lookahead: int = 256) -> None:
+        if max_batch < 1 or lookahead < 1:
+            raise ValueError("max_batch and lookahead must be at least 1")
         self.max_batch, self.lookahead = max_batch, lookahead
 
     def decide(self, view: View) -> Decisions:
@@ -37,6 +39,7 @@ class GreedyPolicy:
             if isinstance(job, ClusterJob):
                 place = place_cluster_job(view, job, used, "greedy first fit")
                 actions.extend([place] if place else [])
+                taken.update(dict.fromkeys(used, 1))  # its devices are spoken for this round
                 continue
             best: tuple[float, DeviceView] | None = None
             for device in view.free.values():

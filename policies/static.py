@@ -26,6 +26,8 @@ class StaticPolicy:
     def __init__(self, mode: str = "job", lookahead: int = 4096) -> None:
         if mode not in ("job", "tenant"):
             raise ValueError(f"mode must be job or tenant, got {mode!r}")
+        if lookahead < 1:
+            raise ValueError("lookahead must be at least 1")
         self.mode, self.lookahead = mode, lookahead
 
     def target(self, view: View, job: Job) -> str | None:
@@ -56,6 +58,7 @@ class StaticPolicy:
             if isinstance(job, ClusterJob):
                 place = place_cluster_job(view, job, used, "static first fit")
                 actions.extend([place] if place else [])
+                idle.difference_update(used)  # its devices are spoken for this round
                 continue
             target = self.target(view, job)
             if target in idle:

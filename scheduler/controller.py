@@ -10,7 +10,7 @@ report back through ``batch_done``, ``device_down`` and ``telemetry``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -65,12 +65,10 @@ class Sink:
 class Controller:
     def __init__(self, spec: ClusterSpec, cost: ClusterCost, policy: Any, *,
                  policy_name: str, seed: int = 0, slots: int = 1, sink: Sink | None = None,
-                 max_policy_failures: int = 10, max_attempts: int = 5,
-                 decide_hook: Callable[[float], None] | None = None) -> None:
+                 max_policy_failures: int = 10, max_attempts: int = 5) -> None:
         self.spec, self.cost, self.policy, self.policy_name = spec, cost, policy, policy_name
         self.seed, self.sink = seed, sink or Sink()
         self.max_policy_failures, self.max_attempts = max_policy_failures, max_attempts
-        self.decide_hook = decide_hook
         self.now = 0.0
         self.records: dict[str, JobRecord] = {}
         self.pending: dict[str, Job] = {}
@@ -132,12 +130,12 @@ class Controller:
             return self._fit_memo[key]
         reason: str | None
         if isinstance(job, ClusterJob):
-            gpus = sum(1 for d in self.spec.devices if d.kind == "gpu")
-            nodes_ok = any(n.cpus >= job.cpus and n.memory_bytes >= job.memory_bytes
-                           for n in self.spec.nodes if n.devices)
-            reason = None if job.gpus <= gpus and nodes_ok else (
-                f"fits no node: needs {job.gpus} GPUs, {job.cpus:g} CPUs, "
-                f"{job.memory_bytes / GiB:.1f} GiB")
+            fits = any(n.cpus >= job.cpus and n.memory_bytes >= job.memory_bytes and
+                       sum(d.kind == "gpu" for d in n.devices) >= job.gpus and n.devices
+                       for n in self.spec.nodes)
+            reason = None if fits else (
+                f"fits no node: needs {job.gpus} GPUs, {job.cpus:g} CPUs and "
+                f"{job.memory_bytes / GiB:.1f} GiB on one node")
         else:
             best = 0
             reason = "no device can run it (no profile measures its dtype)"
@@ -188,12 +186,11 @@ class Controller:
     def _part_finished(self, part: JobRecord) -> None:
         del self.records[part.id]
         self.cost.forget(part.id)
-        parent = self.records[part.parent or ""]
-        if parent.state is not JobState.SPLIT:
-            return  # the parent already failed through another part
+        parent = self.records.get(part.parent or "")
+        if parent is None or parent.state is not JobState.SPLIT:
+            return  # the parent already ended through another part
         if part.state is JobState.FAILED:
-            for other in [r for r in self.records.values() if r.parent == parent.id]:
-                self._drop_part(other)
+            self._drop_queued_parts(parent.id)
             self._finish(parent, JobState.FAILED, f"part {part.id!r} failed: {part.reason}")
             return
         parent.parts_left -= 1
@@ -204,12 +201,17 @@ class Controller:
         if parent.parts_left == 0:
             self._finish(parent, JobState.DONE)
 
-    def _drop_part(self, part: JobRecord) -> None:
-        if part.state is JobState.QUEUED:
+    def _drop_queued_parts(self, parent_id: str) -> None:
+        """Forget the parts of a failed parent that never started.
+
+        Running parts are left to finish (their batch-mates are other jobs);
+        their results are then ignored, since the parent has already ended.
+        """
+        for part in [r for r in self.records.values()
+                     if r.parent == parent_id and r.state is JobState.QUEUED]:
             self._dequeue(part.job)
-        elif part.state is JobState.RUNNING and part.batch in self.batches:
-            self._release(self.batches[part.batch])
-        del self.records[part.id]
+            del self.records[part.id]
+            self.cost.forget(part.id)
 
     # -- the decision round --------------------------------------------------------------
 
@@ -240,8 +242,6 @@ class Controller:
                 self._record(action, "rejected", str(why))
             else:
                 self._record(action, "applied", None)
-        if self.decide_hook is not None:
-            self.decide_hook(now)
         return step
 
     def _unpack(self, answer: object) -> tuple[Sequence[Action], Any]:
@@ -294,6 +294,9 @@ class Controller:
             target = self._device(action.device)
             if target.spec.id == record.device:
                 raise Rejected("already running there")
+            if not isinstance(record.job, AttentionJob):
+                raise Rejected("cluster jobs hold their devices until they end")
+            self._check_attention([record.job], target)  # reject before changing anything
             batch = self._preempt(action.job)
             step.cancelled.append(batch)
             step.started.append(self._place((action.job,), action.device, ()))
@@ -337,8 +340,18 @@ class Controller:
         if any(not self.cost.can_pack(jobs[0], j) for j in jobs[1:]):
             raise Rejected("jobs in one batch must be attention jobs sharing head_dim, dtype "
                            "and causality")
+        seconds, memory = self._check_attention(jobs, dev)
+        flops = sum(self.cost.flops(j, device_id) for j in jobs)
+        return self._launch(jobs, dev, (), seconds, 1.0 / dev.slots, memory, flops, 0.0, 0,
+                            True)
+
+    def _check_attention(self, jobs: Sequence[Job], dev: DeviceState) -> tuple[float, int]:
+        """Raise Rejected unless ``dev`` has a slot, compute share and memory for ``jobs``."""
+        device_id = dev.spec.id
         if dev.slots_free < 1:
             raise Rejected(f"device {device_id!r} has no free slot")
+        if dev.share_free + 1e-9 < 1.0 / dev.slots:
+            raise Rejected(f"device {device_id!r} has {dev.share_free:.2f} of its compute free")
         seconds = self.cost.seconds(jobs, device_id)
         if not math.isfinite(seconds):
             raise Rejected(f"device {device_id!r} cannot run these jobs (no profile for them)")
@@ -346,9 +359,7 @@ class Controller:
         if memory > dev.memory_free:
             raise Rejected(f"needs {memory / GiB:.2f} GiB, device {device_id!r} has "
                            f"{dev.memory_free / GiB:.2f} GiB free")
-        share = 1.0 / dev.slots
-        flops = sum(self.cost.flops(j, device_id) for j in jobs)
-        return self._launch(jobs, dev, (), seconds, share, memory, flops, 0.0, 0, True)
+        return seconds, memory
 
     def _place_cluster_job(self, jobs: list[Job], dev: DeviceState,
                            gang: tuple[str, ...]) -> Batch:
@@ -365,6 +376,8 @@ class Controller:
             raise Rejected("gang devices must be distinct")
         share = job.gpu_fraction if job.gpus else 0.0
         for m in members:
+            if m.spec.node != dev.spec.node:
+                raise Rejected("a gang's devices must share one node")
             if job.gpus and m.spec.kind != "gpu":
                 raise Rejected(f"device {m.spec.id!r} is not a GPU")
             if m.share_free + 1e-9 < share:
@@ -393,14 +406,14 @@ class Controller:
         node.cpus_free -= cpus
         node.memory_free -= host_memory
         self.batches[batch.id] = batch
-        solo = seconds / len(jobs) if len(jobs) > 1 else seconds
         for job in jobs:
             self._dequeue(job)
             record = self.records[job.id]
             record.state, record.start, record.batch = JobState.RUNNING, self.now, batch.id
             record.device, record.node, record.batch_size = dev.spec.id, dev.spec.node, len(jobs)
             record.attempts += 1
-            record.solo_seconds = self.cost.seconds([job], dev.spec.id) if len(jobs) > 1 else solo
+            record.solo_seconds = self.cost.seconds([job], dev.spec.id) if len(jobs) > 1 \
+                else seconds
         return batch
 
     def _update_free(self, dev: DeviceState) -> None:
@@ -427,15 +440,22 @@ class Controller:
         """Stop the batch running ``job_id``; all its jobs go back to the queue."""
         batch = self.batches[self._running(job_id).batch or ""]
         self._release(batch)
-        self._requeue(batch, None)
+        self._requeue(batch, "preempted by the policy", limit=False)
         return batch
 
-    def _requeue(self, batch: Batch, reason: str | None) -> None:
+    def _requeue(self, batch: Batch, reason: str | None, limit: bool = True) -> None:
         for job_id in batch.jobs:
-            self._requeue_one(self.records[job_id], reason)
+            record = self.records.get(job_id)
+            if record is not None and record.state is JobState.RUNNING:
+                self._requeue_one(record, reason, limit)
 
-    def _requeue_one(self, record: JobRecord, reason: str | None) -> None:
-        if record.attempts >= self.max_attempts:
+    def _requeue_one(self, record: JobRecord, reason: str | None, limit: bool = True) -> None:
+        """Back to the queue; after ``max_attempts`` failed runs, failed for good.
+
+        ``limit`` is off when the policy itself stopped the job (preempt,
+        migrate): moving work is not the job failing.
+        """
+        if limit and record.attempts >= self.max_attempts:
             self._finish(record, JobState.FAILED,
                          f"gave up after {record.attempts} attempts: {reason}")
         else:
@@ -453,10 +473,15 @@ class Controller:
         if action.parts < 2 or size % action.parts:
             raise Rejected(f"{action.axis}={size} does not split into {action.parts} parts")
         parent = self.records[job.id]
+        if parent.parent is not None:
+            raise Rejected("a part of a split job cannot be split again")
+        parts = [job.split_part(action.axis, action.parts, k) for k in range(action.parts)]
+        taken = [p.id for p in parts if p.id in self.records or p.id in self.finished]
+        if taken:
+            raise Rejected(f"part id {taken[0]!r} is already a job")
         self._dequeue(job)
         parent.state, parent.parts_left = JobState.SPLIT, action.parts
-        for k in range(action.parts):
-            part = job.split_part(action.axis, action.parts, k)
+        for part in parts:
             record = JobRecord(part, ready_time=self.now, parent=job.id)
             self.records[part.id] = record
             self._enqueue(record)
@@ -516,8 +541,7 @@ class Controller:
         elif record.state is JobState.BLOCKED and record.job.depends_on in self.blocked:
             self.blocked[record.job.depends_on].remove(job_id)
         elif record.state is JobState.SPLIT:
-            for part in [r for r in self.records.values() if r.parent == job_id]:
-                self._drop_part(part)
+            self._drop_queued_parts(job_id)
         self._finish(record, JobState.FAILED, reason)
 
     def observe(self, samples: Iterable[Telemetry]) -> None:
@@ -535,7 +559,3 @@ class Controller:
             raise ValueError(f"time went backwards: {now} < {self.now}")
         self.now = now
 
-    @property
-    def active(self) -> int:
-        """Jobs admitted and not yet finished (parts excluded)."""
-        return sum(1 for r in self.records.values() if r.parent is None)

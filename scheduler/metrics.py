@@ -170,14 +170,18 @@ class RunOutputs(Sink):
         summary.update(extra)
         return summary
 
-    def close(self, summary: dict[str, Any], run_info: dict[str, Any]) -> None:
-        if self.out is None:
-            return
+    def abort(self) -> None:
+        """Close the files written so far (valid, but partial); write no summary."""
         for table in (self._jobs, self._telemetry):
             if table is not None:
                 table.close()
         if self._decisions is not None:
             self._decisions.close()
+
+    def close(self, summary: dict[str, Any], run_info: dict[str, Any]) -> None:
+        if self.out is None:
+            return
+        self.abort()
         (self.out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True)
                                                + "\n")
         (self.out / "run.json").write_text(json.dumps(run_info, indent=1, sort_keys=True) + "\n")

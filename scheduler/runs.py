@@ -99,6 +99,8 @@ def prepare(spec: RunSpec) -> tuple[ClusterSpec, dict[str, DeviceProfile], tuple
                          field="--telemetry-interval")
     if spec.slots < 1 or spec.slots > 64:
         raise InputError(f"expected 1..64 slots per device, got {spec.slots}", field="--slots")
+    if spec.out is not None and spec.out.exists() and not spec.out.is_dir():
+        raise InputError("exists and is not a directory", path=spec.out, field="--out")
     cluster = load_cluster(spec.cluster, spec.nodes or None)
     if not cluster.devices:
         raise InputError("the cluster has no devices to run jobs on", path=spec.cluster)

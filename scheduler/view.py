@@ -143,7 +143,7 @@ class View:
         pending: jobs waiting to be placed, in the order they became ready.
         tenants: the same jobs grouped by tenant, each group in ready order.
         devices: every device of the cluster, up or down.
-        free: devices that are up with a free slot, in cluster order.
+        free: devices that are up with a free slot (in the order they became free).
         telemetry: the latest report per device (absent before the first).
         cost: the cost model bound to the devices' profiles.
         rng: a seeded RNG for this call only (deterministic runs).

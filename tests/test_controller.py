@@ -19,7 +19,7 @@ def one_each(view):
 
 
 def job(i: int, **kw):
-    return attention_job(id=f"j{i}", submit_time=0.0, **kw)
+    return attention_job(**{"id": f"j{i}", "submit_time": 0.0, **kw})
 
 
 def outcomes(sink):
@@ -187,3 +187,67 @@ def test_decisions_carry_the_policy_and_reason() -> None:
                             "outcome": "applied", "jobs": ["j0"], "device": GPU0,
                             "reason": "why not"}
     assert ctl.policy_state == 7
+
+
+def test_a_failed_part_fails_its_parent_and_loses_no_batch_mate() -> None:
+    script = iter([[Split("p", 2)], [Place(("p/0",), GPU0), Place(("p/1", "x"), GPU1)]])
+    ctl, sink = controller(Scripted(lambda v: next(script, [])), max_attempts=1)
+    ctl.submit(job(0, id="p", batch=2), 0.0)
+    ctl.submit(job(1, id="x"), 0.0)
+    ctl.decide(0.0, "arrival")
+    ctl.decide(0.0, "arrival")
+    ctl.device_down(GPU0, 1.0, "lost")  # p/0 fails for good: one attempt allowed
+    assert [(r.id, r.state) for r in sink.finished] == [("p", JobState.FAILED)]
+    assert "part 'p/0' failed" in (sink.finished[0].reason or "")
+    batch = next(iter(ctl.batches.values()))
+    assert batch.jobs == ("p/1", "x")  # still running: x is not stranded
+    ctl.batch_done(batch.id, 2.0)
+    assert [r.id for r in sink.finished] == ["p", "x"]
+    assert not ctl.records and not ctl.batches
+
+
+def test_splits_of_parts_and_colliding_ids_are_rejected() -> None:
+    script = iter([[Split("p", 2)], [Split("p/0", 2)], [Split("q", 2)]])
+    ctl, sink = controller(Scripted(lambda v: next(script, [])))
+    ctl.submit(job(0, id="p", batch=4), 0.0)
+    ctl.submit(job(1, id="q", batch=2), 0.0)
+    ctl.submit(job(2, id="q/0"), 0.0)
+    for _ in range(3):
+        ctl.decide(0.0, "arrival")
+    assert outcomes(sink)[1][2] == "a part of a split job cannot be split again"
+    assert "'q/0' is already a job" in outcomes(sink)[2][2]
+    assert ctl.pending["q/0"].batch == 1  # the user's job, untouched
+
+
+def test_a_rejected_migration_changes_nothing() -> None:
+    script = iter([[Place(("a", "b"), GPU0), Place(("c",), GPU1)], [Migrate("a", GPU1)]])
+    ctl, sink = controller(Scripted(lambda v: next(script, [])), max_attempts=1)
+    for i in "abc":
+        ctl.submit(job(0, id=i), 0.0)
+    ctl.decide(0.0, "arrival")
+    step = ctl.decide(1.0, "telemetry")
+    assert outcomes(sink)[-1][1:] == ("rejected", "device 'gpu-0/gpu1' has no free slot")
+    assert not step.cancelled and not step.started
+    assert {r.state for r in ctl.records.values()} == {JobState.RUNNING}
+    assert not sink.finished
+
+
+def test_compute_share_is_never_over_committed() -> None:
+    ctl, sink = controller(Scripted(lambda v: [Place(("c",), GPU0), Place(("j",), GPU0)]))
+    ctl.submit(cluster_job(id="c", gpus=1), 0.0)
+    ctl.submit(job(0, id="j"), 0.0)
+    ctl.decide(0.0, "arrival")
+    assert [o for _, o, _ in outcomes(sink)] == ["applied", "rejected"]
+    assert "compute free" in outcomes(sink)[1][2]
+    assert ctl.devices[GPU0].share_free == 0.0
+
+
+def test_gangs_stay_on_one_node() -> None:
+    from scheduler.cluster import make_cluster
+
+    cluster = make_cluster(gpu_nodes=2, gpus_per_node=1)
+    ctl, sink = controller(Scripted(lambda v: [Place(("c",), "gpu-0/gpu0", "", ("gpu-1/gpu0",))]),
+                           cluster)
+    ctl.submit(cluster_job(id="c", gpus=2), 0.0)
+    assert sink.finished[0].state is JobState.FAILED  # no node has two GPUs
+    assert "on one node" in (sink.finished[0].reason or "")

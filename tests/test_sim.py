@@ -85,3 +85,25 @@ def test_policy_left_jobs_unplaced_is_reported_not_hung() -> None:
     assert result.exit_code == 1
     assert "left 5 jobs unplaced" in (result.message or "")
     assert result.summary["jobs_failed"] == 5
+
+
+def test_a_run_that_stops_early_exits_1_from_the_cli(cli, tmp_path, repo) -> None:
+    plugin = tmp_path / "lazy.py"
+    plugin.write_text("class Lazy:\n    name = 'lazy'\n    def decide(self, view):\n"
+                      "        return []\n")
+    trace = tmp_path / "t.jsonl"
+    assert cli("trace", "generate", "-o", trace, "--jobs", "3", "--model", "llama3-8b")[0] == 0
+    code, _, err = cli("simulate", trace, "--policy", f"{plugin}:Lazy", "--cluster",
+                       repo / "cluster.yaml", "--out", tmp_path / "r")
+    assert code == 1
+    assert "left 3 jobs unplaced" in err
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["jobs_failed"] == 3
+
+
+def test_without_telemetry_an_idle_policy_still_ends() -> None:
+    from tests.simkit import Scripted
+
+    result = run(trace(n=2), Scripted(lambda v: []), telemetry_interval=0)
+    assert result.exit_code == 1
+    assert result.summary["jobs_failed"] == 2

@@ -64,7 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = typer.main.get_command(app)
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        command.main(args=args, prog_name="attnsched", standalone_mode=False)
+        # Without standalone mode click returns a command's typer.Exit code instead
+        # of exiting: keep it, or a run that stopped early would exit 0.
+        code = command.main(args=args, prog_name="attnsched", standalone_mode=False)
     except InputError as e:
         return _fail(e.one_line(), 2)
     except typer.Exit as e:
@@ -86,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         return _fail(f"internal error: {type(e).__name__}: {e} (set ATTNSCHED_DEBUG=1 for a "
                      "traceback)", 1)
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def entry() -> None:

@@ -145,7 +145,7 @@ def compare(
     telemetry_interval: float = TICK, fail: list[str] = FAIL, fail_node: list[str] = FAIL_NODE,
     slow: list[str] = SLOW, decision_interval: float = QUANTUM,
     out: Path = typer.Option(Path("runs/compare"), "--out", help="One folder per policy here."),
-    jobs: int = typer.Option(0, "--jobs", help="Processes (0: one per core, at most one per "
+    jobs: int = typer.Option(0, "--jobs", min=0, help="Processes (0: one per core, at most one per "
                                                "policy)."),
 ) -> None:
     """Run several policies on the same trace and compare them in one report.
@@ -193,10 +193,15 @@ def explain(
     decisions = run_dir / "decisions.jsonl"
     if not decisions.exists():
         raise InputError("no decisions.jsonl here; is this a run folder?", path=run_dir)
+    if not (run_dir / "jobs.parquet").exists():
+        raise InputError("no jobs.parquet here; is this a finished run folder?", path=run_dir)
     found = 0
     with decisions.open(encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
+        for number, line in enumerate(f, start=1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"invalid JSON: {e.msg}", path=decisions, line=number) from None
             if job in (row.get("jobs") or ()):
                 found += 1
                 verdict = "[green]applied[/]" if row["outcome"] == "applied" else \

@@ -54,7 +54,10 @@ class SimExecutor:
                 if run.batch.elastic:
                     run.remaining -= elapsed * dev.rate
             if dev.running:
-                busy = min(1.0, sum(r.batch.share for r in dev.running.values()))
+                # Attention work keeps the whole device busy whatever its slot share;
+                # cluster jobs hold the fraction of a GPU they asked for.
+                busy = 1.0 if dev.state.elastic else min(
+                    1.0, sum(r.batch.share for r in dev.running.values()))
                 dev.busy_integral += busy * elapsed
                 dev.total_busy += busy * elapsed
         dev.last = now

@@ -111,11 +111,13 @@ def simulate(jobs: Iterable[Job], spec: ClusterSpec, profiles: Mapping[str, Devi
         events.push(config.telemetry_interval, TELEMETRY, None)
     exit_code, message, submitted, idle = 0, None, 0, 0
     now, next_decide, decide_queued = 0.0, 0.0, False
+    instant_event: str | None = None  # what to tell the policy about this instant
     try:
         while len(events):
             now, kind, payload = events.pop()
-            event = _handle(kind, payload, now, controller, executor, events, outputs,
-                            config, arrivals_left)
+            handled = _handle(kind, payload, now, controller, executor, events, outputs,
+                              config, arrivals_left)
+            instant_event = handled or instant_event
             if kind == ARRIVAL:
                 submitted += 1
                 arrivals_left = _push_next(stream, events)
@@ -123,11 +125,11 @@ def simulate(jobs: Iterable[Job], spec: ClusterSpec, profiles: Mapping[str, Devi
                     config.progress(submitted, now)
             if kind == DECIDE:
                 decide_queued = False
-                event = "tick"
             if events.peek_time() == now:
                 continue  # decide once per instant, after every event of it
+            event, instant_event = instant_event, None
             if event is None:
-                continue
+                continue  # only stale events (superseded finish times) this instant
             if now < next_decide:  # inside the quantum: decide at its end instead
                 if not decide_queued:
                     events.push(next_decide, DECIDE, None)
@@ -141,9 +143,8 @@ def simulate(jobs: Iterable[Job], spec: ClusterSpec, profiles: Mapping[str, Devi
                 executor.finish(batch, now, completed=False)
             for batch in step.started:
                 executor.start(batch, now)
-            if controller.batches or not controller.pending or arrivals_left or \
-                    any(k == FAULT for k in _kinds(events)):
-                idle = 0
+            if controller.batches or not controller.pending or arrivals_left:
+                idle = 0  # a pending fault cannot help: it only removes capacity
                 continue
             # Nothing runs, nothing will arrive: only the policy can make progress.
             idle += 1
@@ -155,6 +156,11 @@ def simulate(jobs: Iterable[Job], spec: ClusterSpec, profiles: Mapping[str, Devi
                 break
             if config.telemetry_interval <= 0:
                 events.push(now + 1.0, TELEMETRY, None)
+        if controller.records and exit_code == 0:
+            # The event queue ran dry with work unfinished: never end silently.
+            message = f"the simulation ended with {len(controller.records)} jobs unfinished"
+            _fail_leftovers(controller, message)
+            exit_code = 1
     except PolicyFailure as e:
         message, exit_code = str(e), 1
         _fail_leftovers(controller, f"run stopped: {e}")
@@ -162,7 +168,11 @@ def simulate(jobs: Iterable[Job], spec: ClusterSpec, profiles: Mapping[str, Devi
         waiting = [p for _, k, p in _drain(events) if k == ARRIVAL]
         for job in itertools.chain(waiting, stream):
             controller.refuse(job, f"run stopped before it arrived: {e}")
-    util = executor.utilization(max(now - min(outputs.first_submit, now), 0.0))
+    except BaseException:
+        outputs.abort()  # e.g. a malformed row mid-trace: leave readable files, no summary
+        raise
+    makespan = outputs.last_end - outputs.first_submit if outputs.completed else 0.0
+    util = executor.utilization(makespan)
     summary = outputs.summary(policy=policy_name, mode="sim", device_util_mean=util,
                               **dict(context or {}))
     lat = sorted(latencies)
@@ -182,10 +192,6 @@ def simulate(jobs: Iterable[Job], spec: ClusterSpec, profiles: Mapping[str, Devi
 def _drain(events: EventQueue) -> Iterator[tuple[float, int, Any]]:
     while len(events):
         yield events.pop()
-
-
-def _kinds(events: EventQueue) -> Iterator[int]:
-    return (entry[1] for entry in events._heap)
 
 
 def _push_next(stream: Iterator[Job], events: EventQueue) -> bool:
@@ -222,7 +228,8 @@ def _handle(kind: int, payload: Any, now: float, controller: Controller,
     samples = executor.sample(now, len(controller.pending))
     controller.observe(samples)
     outputs.telemetry(samples)
-    if controller.batches or controller.pending or arrivals_left:
+    if config.telemetry_interval > 0 and (controller.batches or controller.pending
+                                          or arrivals_left):
         events.push(now + config.telemetry_interval, TELEMETRY, None)
     return "telemetry"
 
