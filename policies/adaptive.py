@@ -140,38 +140,49 @@ class AdaptivePolicy:
 
     # -- the decision ----------------------------------------------------------------------
 
+    def _head(self, view: View, jobs: Mapping[str, Job], placed: set[str]
+              ) -> tuple[float, Job] | None:
+        """The most urgent of a tenant's first ``head`` jobs not yet placed this round."""
+        best: tuple[float, Job] | None = None
+        seen = 0
+        for job in jobs.values():
+            if job.id in placed:
+                continue
+            score = self.urgency(view, job, reference_seconds(view, job))
+            if best is None or score > best[0]:
+                best = (score, job)
+            seen += 1
+            if seen >= self.head:
+                break
+        return best
+
     def decide(self, view: View) -> Decisions:
         actions: list[Action] = []
         if not view.pending:
             return Decisions()
         taken: dict[str, int] = {}
         placed: set[str] = set()
-        skipped: set[str] = set()  # tenants with nothing placeable this round
+        # Each tenant's head is computed once and refreshed only for the tenant
+        # that was served: a placement touches no other tenant's queue.
+        heads: dict[str, tuple[float, Job]] = {}
+        for tenant, jobs in view.tenants.items():
+            best = self._head(view, jobs, placed)
+            if best is not None:
+                heads[tenant] = best
         rounds = 0
-        while len(taken) < len(view.free) and rounds < 4 * len(view.free) + 8:
+        while heads and len(taken) < len(view.free) and rounds < 4 * len(view.free) + 8:
             rounds += 1
-            heads: dict[str, tuple[float, Job]] = {}
-            for tenant, jobs in view.tenants.items():
-                if tenant in skipped:
-                    continue
-                best = None
-                for job in window(jobs, self.head):
-                    if job.id in placed:
-                        continue
-                    score = self.urgency(view, job, reference_seconds(view, job))
-                    if best is None or score > best[0]:
-                        best = (score, job)
-                if best is not None:
-                    heads[tenant] = best
-            if not heads:
-                break
             tenant = self._pick_tenant(view, heads)
-            job = heads[tenant][1]
-            action = self._place_one(view, job, taken, placed)
+            action = self._place_one(view, heads[tenant][1], taken, placed)
             if action is None:
-                skipped.add(tenant)
+                del heads[tenant]  # nothing of this tenant's fits this round
                 continue
             actions.append(action)
+            best = self._head(view, view.tenants.get(tenant, {}), placed)
+            if best is None:
+                del heads[tenant]
+            else:
+                heads[tenant] = best
         return Decisions(tuple(actions))
 
     def _place_one(self, view: View, job: Job, taken: dict[str, int],

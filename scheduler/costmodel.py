@@ -158,16 +158,26 @@ class Pack:
     ``seconds = max(calls · host, Σ compute, Σ bytes / bandwidth)``.
     """
 
-    __slots__ = ("backend", "calls", "compute_s", "flops", "jobs", "nbytes", "profile", "rate",
-                 "want")
+    __slots__ = ("backend", "calls", "compute_s", "flops", "jobs", "memo", "nbytes", "profile",
+                 "rate", "want")
 
-    def __init__(self, profile: DeviceProfile, backend: str | None = None) -> None:
+    def __init__(self, profile: DeviceProfile, backend: str | None = None,
+                 memo: dict[str, tuple[float, float, int, float, str]] | None = None) -> None:
         self.profile, self.want = profile, backend
+        self.memo = memo  # job id -> terms on this profile, shared across packs
         self.compute_s = self.nbytes = self.flops = 0.0
         self.calls = self.jobs = 0
         self.backend = ""
 
     def _terms(self, job: AttentionJob) -> tuple[float, float, int, float, str]:
+        if self.memo is not None:
+            known = self.memo.get(job.id)
+            if known is None:
+                known = self.memo[job.id] = self._compute_terms(job)
+            return known
+        return self._compute_terms(job)
+
+    def _compute_terms(self, job: AttentionJob) -> tuple[float, float, int, float, str]:
         kv = _mean_kv(job)
         rate, backend = self.profile.sdpa_tflops(job.q_len, round(kv), job.head_dim, job.dtype,
                                                  job.causal, self.want)

@@ -51,6 +51,8 @@ class ClusterCost:
         # Per-job answers, so asking again about a job costs one dict lookup;
         # the controller forgets a job when it finishes.
         self._by_job: dict[str, tuple[Job, dict[str, tuple[float, int, float]]]] = {}
+        self._terms: dict[str, dict[str, tuple[float, float, int, float, str]]] = {
+            p.name: {} for p in profiles.values()}
 
     def profile(self, device: str) -> DeviceProfile | None:
         return self._profile_of[device]
@@ -74,11 +76,15 @@ class ClusterCost:
 
     def forget(self, job_id: str) -> None:
         self._by_job.pop(job_id, None)
+        for memo in self._terms.values():
+            memo.pop(job_id, None)
 
     def packer(self, device: str) -> costmodel.Pack | None:
         """An empty batch on ``device`` to add jobs to one at a time (None: unmeasured)."""
         profile = self._profile_of[device]
-        return costmodel.Pack(profile) if profile is not None else None
+        if profile is None:
+            return None
+        return costmodel.Pack(profile, memo=self._terms.setdefault(profile.name, {}))
 
     def _by_shape(self, job: AttentionJob, profile: DeviceProfile) -> tuple[float, int, float]:
         key = (shape_key(job), profile.name)
@@ -106,10 +112,17 @@ class ClusterCost:
         profile = self._profile_of[device]
         if profile is None or len(attention) != len(jobs):
             return math.inf
-        try:
-            return costmodel.batch_estimate(attention, profile).seconds
-        except (ValueError, InputError):
+        if any((j.head_dim, j.dtype, j.causal, j.kind.value == "model") !=
+               (attention[0].head_dim, attention[0].dtype, attention[0].causal, False)
+               for j in attention):
             return math.inf
+        pack = costmodel.Pack(profile, memo=self._terms.setdefault(profile.name, {}))
+        try:
+            for job in attention:
+                pack.add(job)
+        except InputError:
+            return math.inf
+        return pack.seconds
 
     def memory(self, job: Job, device: str) -> int:
         if isinstance(job, ClusterJob):
