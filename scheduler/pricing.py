@@ -28,17 +28,12 @@ def shape_key(job: AttentionJob) -> Shape:
 def load_profiles(spec: ClusterSpec, overrides: Mapping[str, str] | None = None
                   ) -> dict[str, DeviceProfile]:
     """Profiles the cluster's devices name, loaded once each; ``overrides`` maps name → path."""
-    out: dict[str, DeviceProfile] = {}
-    for device in spec.devices:
-        name = device.profile
-        if name is not None and name not in out:
-            source = (overrides or {}).get(name, name)
-            out[name] = load_profile(source)
-    for name, source in (overrides or {}).items():
-        if name not in out:
-            raise InputError(f"no device in the cluster uses profile {name!r}", field="--profile")
-        del source
-    return out
+    used = {d.profile for d in spec.devices if d.profile is not None}
+    unknown = sorted(set(overrides or {}) - used)
+    if unknown:
+        raise InputError(f"no device in the cluster uses profile {unknown[0]!r}",
+                         field="--profile")
+    return {name: load_profile((overrides or {}).get(name, name)) for name in sorted(used)}
 
 
 class ClusterCost:

@@ -116,12 +116,18 @@ def prepare(spec: RunSpec) -> tuple[ClusterSpec, dict[str, DeviceProfile], tuple
     return cluster, profiles, faults
 
 
-def run_sim(spec: RunSpec, progress: Callable[[int, float], None] | None = None) -> RunResult:
-    """Run one simulation as the CLI would; writes outputs and a report when ``out`` is set."""
+def run_sim(spec: RunSpec, progress: Callable[[int, float], None] | None = None,
+            policy: Any = None) -> RunResult:
+    """Run one simulation as the CLI would; writes outputs and a report when ``out`` is set.
+
+    ``policy`` is the already built policy, when the caller loaded it to
+    validate the spec first (a plugin file then runs once, not twice).
+    """
     from policies.base import load_policy
 
     cluster, profiles, faults = prepare(spec)
-    policy = load_policy(spec.policy, spec.policy_options)
+    if policy is None:
+        policy = load_policy(spec.policy, spec.policy_options)
     jobs: Iterator[Job] = _jobs(spec)
     context: dict[str, Any] = {"trace": str(spec.trace), "cluster": cluster.source,
                                "devices": len(cluster.devices), "seed": spec.seed}

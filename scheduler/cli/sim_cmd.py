@@ -80,24 +80,25 @@ def simulate(
                  load=load, limit=limit, seed=seed, slots=slots,
                  telemetry_interval=telemetry_interval, fail=fail, fail_node=fail_node,
                  slow=slow, decision_interval=decision_interval, out=out)
-    _validate(spec)  # bad input is reported before any progress bar draws
+    built = _validate(spec)  # bad input is reported before any progress bar draws
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn(
             "{task.completed:,} jobs submitted, t={task.fields[t]:,.0f}s"), TimeElapsedColumn(),
             console=err_console, transient=True) as bar:
         task = bar.add_task(f"simulate {policy}", total=None, t=0.0)
-        result = run_sim(spec, lambda n, t: bar.update(task, completed=n, t=t))
+        result = run_sim(spec, lambda n, t: bar.update(task, completed=n, t=t), built)
     _print_summary({policy: result})
     if out is not None:
         console.print(f"outputs in {out}/ (report: {out / 'report.md'})")
     _exit(result)
 
 
-def _validate(spec: RunSpec) -> None:
+def _validate(spec: RunSpec) -> Any:
+    """Check the whole spec up front; returns the built policy."""
     from policies.base import load_policy
     from scheduler.runs import prepare
 
     prepare(spec)
-    load_policy(spec.policy, spec.policy_options)
+    return load_policy(spec.policy, spec.policy_options)
 
 
 def _exit(result: RunResult) -> None:
