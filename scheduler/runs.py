@@ -52,6 +52,11 @@ def _jobs(spec: RunSpec) -> Iterator[Job]:
     return itertools.islice(jobs, spec.limit) if spec.limit else jobs
 
 
+def count_jobs(spec: RunSpec) -> int:
+    """Jobs the run will replay (one streaming pass), for progress bars with an ETA."""
+    return sum(1 for _ in _jobs(spec))
+
+
 def best_seconds(cost: ClusterCost, groups: Mapping[str, str], job: Job) -> float:
     """Run time of ``job`` alone on the fastest kind of device the cluster has."""
     if isinstance(job, ClusterJob):

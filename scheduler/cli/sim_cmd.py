@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import queue
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -11,12 +13,12 @@ from typing import Any
 import typer
 from rich import box
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from scheduler.cluster import parse_node_counts
 from scheduler.errors import InputError
-from scheduler.runs import RunSpec, run_sim
+from scheduler.runs import RunSpec, count_jobs, run_sim
 from scheduler.sim.runner import RunResult
 
 console = Console()
@@ -81,10 +83,9 @@ def simulate(
                  telemetry_interval=telemetry_interval, fail=fail, fail_node=fail_node,
                  slow=slow, decision_interval=decision_interval, out=out)
     built = _validate(spec)  # bad input is reported before any progress bar draws
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn(
-            "{task.completed:,} jobs submitted, t={task.fields[t]:,.0f}s"), TimeElapsedColumn(),
-            console=err_console, transient=True) as bar:
-        task = bar.add_task(f"simulate {policy}", total=None, t=0.0)
+    total = count_jobs(spec)
+    with _progress() as bar:
+        task = bar.add_task(f"simulate {policy}", total=total, t=0.0)
         result = run_sim(spec, lambda n, t: bar.update(task, completed=n, t=t), built)
     _print_summary({policy: result})
     if out is not None:
@@ -133,8 +134,21 @@ def _print_summary(results: dict[str, RunResult]) -> None:
                       f"{r.run_info['wall_seconds']:.1f}s")
 
 
-def _run_one(spec: RunSpec) -> RunResult:
-    return run_sim(spec)
+def _progress() -> Progress:
+    return Progress(TextColumn("[bold]{task.description:>18}"), BarColumn(),
+                    TextColumn("{task.completed:>9,}/{task.total:,} jobs, "
+                               "t={task.fields[t]:,.0f}s"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
+                    transient=True)
+
+
+def _run_one(spec: RunSpec, updates: Any = None) -> RunResult:
+    """One policy's run in a worker process; progress goes back through ``updates``."""
+    report = None
+    if updates is not None:
+        def report(n: int, t: float) -> None:
+            updates.put((spec.policy, n, t))
+    return run_sim(spec, report)
 
 
 def compare(
@@ -166,12 +180,16 @@ def compare(
     for spec in specs.values():  # bad input fails here, once, before any process starts
         _validate(spec)
     workers = jobs or min(len(names), os.cpu_count() or 1)
-    with console.status(f"simulating {len(names)} policies in {workers} processes"):
-        if workers > 1:
-            with ProcessPoolExecutor(workers) as pool:
-                results = dict(zip(names, pool.map(_run_one, specs.values()), strict=True))
-        else:
-            results = {name: _run_one(spec) for name, spec in specs.items()}
+    total = count_jobs(next(iter(specs.values())))
+    with _progress() as bar, multiprocessing.Manager() as manager:
+        tasks = {name: bar.add_task(name, total=total, t=0.0) for name in names}
+        updates = manager.Queue()
+        with ProcessPoolExecutor(workers) as pool:
+            futures = {name: pool.submit(_run_one, spec, updates) for name, spec in specs.items()}
+            while not all(f.done() for f in futures.values()):
+                _drain(updates, bar, tasks, timeout=0.2)
+            _drain(updates, bar, tasks, timeout=0.0)
+            results = {name: f.result() for name, f in futures.items()}
     from scheduler.report import write_comparison
 
     report = write_comparison({n: s.out for n, s in specs.items() if s.out}, out)
@@ -180,6 +198,17 @@ def compare(
     failed = [r for r in results.values() if r.exit_code]
     if failed:
         raise typer.Exit(_stop(failed[0]))
+
+
+def _drain(updates: Any, bar: Progress, tasks: dict[str, Any], timeout: float) -> None:
+    try:
+        name, n, t = updates.get(timeout=timeout) if timeout else updates.get_nowait()
+        bar.update(tasks[name], completed=n, t=t)
+        while True:
+            name, n, t = updates.get_nowait()
+            bar.update(tasks[name], completed=n, t=t)
+    except queue.Empty:
+        return
 
 
 def _safe(name: str) -> str:
