@@ -22,11 +22,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	@mkdir -p demo
-	$(BIN)/attnsched trace generate -o demo/trace.jsonl --jobs 2000 --seed 1 --rate 20 --model llama3-8b
-	$(BIN)/attnsched trace stats demo/trace.jsonl
-	$(BIN)/attnsched cluster show cluster.yaml
-	$(BIN)/attnsched compare demo/trace.jsonl --policies static,greedy,adaptive --load 0.9 --out demo/compare
-	@echo "open demo/compare/comparison.md and demo/compare/<policy>/report.md"
+	$(BIN)/attnsched trace generate -o demo/trace.jsonl --jobs 2000 --seed 1 --rate 20 --model tiny
+	$(BIN)/attnsched run demo/trace.jsonl --policy adaptive --emulate-gpus 2 --speed 4 --out demo/live
+	@echo "report: demo/live/report.md (plots in demo/live/plots/)"
 
 test: $(STAMP)
 	$(BIN)/pytest -q

@@ -75,6 +75,7 @@ class NodeSpec:
     gpu_model: str | None
     devices: tuple[DeviceSpec, ...]
     address: str | None = None
+    ray_id: str | None = None  # Ray's NodeID, for pinning workers; live clusters only
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +128,8 @@ def _gpu_profiles() -> tuple[tuple[str, frozenset[str], int], ...]:
 
 def _make_node(name: str, node_type: str, *, cpus: float, memory_bytes: int, gpus: int,
                gpu_model: str | None, address: str | None = None,
-               known_memory: Mapping[str, int] = _NO_MEMORY) -> NodeSpec:
+               known_memory: Mapping[str, int] = _NO_MEMORY, ray_id: str | None = None
+               ) -> NodeSpec:
     """Apply the device rules: one device per GPU, else one CPU device, else none."""
     devices: tuple[DeviceSpec, ...] = ()
     model = (gpu_model or "GPU") if gpus > 0 else None
@@ -138,7 +140,7 @@ def _make_node(name: str, node_type: str, *, cpus: float, memory_bytes: int, gpu
                         for i in range(gpus))
     elif cpus > 0:
         devices = (DeviceSpec(f"{name}/cpu", name, "cpu", "cpu", memory_bytes, "cpu", cpus),)
-    return NodeSpec(name, node_type, cpus, memory_bytes, gpus, model, devices, address)
+    return NodeSpec(name, node_type, cpus, memory_bytes, gpus, model, devices, address, ray_id)
 
 
 def _read_text(path: Path, what: str) -> str:
@@ -444,7 +446,8 @@ def from_ray_nodes(nodes: Sequence[Mapping[str, Any]]) -> ClusterSpec:
             "head" if head else (shorts[i] if shorts.count(shorts[i]) == 1 else node_id),
             "head" if head else ((model or "gpu") if gpus else "cpu"),
             cpus=float(res.get("CPU", 0)), memory_bytes=int(res.get("memory", 0)), gpus=gpus,
-            gpu_model=model, address=address if isinstance(address, str) else None))
+            gpu_model=model, address=address if isinstance(address, str) else None,
+            ray_id=node_id))
     return ClusterSpec(tuple(out), "ray.nodes()")
 
 
@@ -488,3 +491,30 @@ def make_cluster(gpu_nodes: int = 1, gpus_per_node: int = 8, cpu_nodes: int = 0,
                          gpus=0, gpu_model=None) for k in range(cpu_nodes)]
     return ClusterSpec(tuple(nodes), f"make_cluster({gpu_nodes}x{gpus_per_node} {gpu_model}, "
                                      f"{cpu_nodes} cpu)")
+
+
+def for_live_run(spec: ClusterSpec, emulated_gpus: bool, cpu_workers: int) -> ClusterSpec:
+    """Adapt a discovered cluster to how a live run uses it.
+
+    Emulated GPUs (``--emulate-gpus``: slots declared to Ray, compute on the
+    CPU) are timed with the CPU profile and get an equal share of the node's
+    memory. ``cpu_workers > 0`` splits each GPU-less node's CPUs into that many
+    CPU devices, one worker each.
+    """
+    nodes = []
+    for node in spec.nodes:
+        devices = list(node.devices)
+        if emulated_gpus and node.gpus:
+            share = node.memory_bytes // max(node.gpus, 1)
+            devices = [DeviceSpec(d.id, d.node, "gpu", "emulated", share, "cpu", d.cpus)
+                       if d.kind == "gpu" else d for d in devices]
+        cpu = [d for d in devices if d.kind == "cpu"]
+        if cpu_workers > 0 and cpu and node.cpus >= cpu_workers:
+            each = node.cpus / cpu_workers
+            devices = [d for d in devices if d.kind != "cpu"] + [
+                DeviceSpec(f"{node.name}/cpu{i}", node.name, "cpu", "cpu",
+                           node.memory_bytes // cpu_workers, "cpu", each)
+                for i in range(cpu_workers)]
+        nodes.append(NodeSpec(node.name, node.node_type, node.cpus, node.memory_bytes, node.gpus,
+                              node.gpu_model, tuple(devices), node.address, node.ray_id))
+    return ClusterSpec(tuple(nodes), spec.source)

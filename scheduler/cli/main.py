@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import typer
 
 from scheduler import __version__
-from scheduler.cli import cluster_cmd, profile_cmd, sim_cmd, trace_cmd
+from scheduler.cli import cluster_cmd, profile_cmd, run_cmd, sim_cmd, trace_cmd
 from scheduler.errors import InputError
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app = typer.Typer(
 app.add_typer(trace_cmd.app, name="trace")
 app.add_typer(cluster_cmd.app, name="cluster")
 app.add_typer(profile_cmd.app, name="profile")
+app.command()(run_cmd.run)
 app.command()(sim_cmd.simulate)
 app.command()(sim_cmd.compare)
 app.command()(sim_cmd.explain)

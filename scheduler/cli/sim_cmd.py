@@ -41,7 +41,7 @@ SLOW = typer.Option([], "--slow", help="Run a device slower: DEVICE=FACTOR (test
 OPTS = typer.Option([], "--policy-opt", help="Policy option key=value (repeatable).")
 
 
-def _slow(items: list[str]) -> dict[str, float]:
+def parse_slow(items: list[str]) -> dict[str, float]:
     out = {}
     for item in items:
         device, sep, factor = item.rpartition("=")
@@ -58,7 +58,7 @@ def _spec(trace: Path, policy: str, **kw: Any) -> RunSpec:
     from policies.base import parse_options
 
     return RunSpec(trace=trace, policy=policy, policy_options=parse_options(kw.pop("opts")),
-                   nodes=parse_node_counts(kw.pop("nodes")), slow=_slow(kw.pop("slow")),
+                   nodes=parse_node_counts(kw.pop("nodes")), slow=parse_slow(kw.pop("slow")),
                    fail=tuple(kw.pop("fail")), fail_node=tuple(kw.pop("fail_node")), **kw)
 
 
@@ -84,13 +84,13 @@ def simulate(
                  slow=slow, decision_interval=decision_interval, out=out)
     built = _validate(spec)  # bad input is reported before any progress bar draws
     total = count_jobs(spec)
-    with _progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task(f"simulate {policy}", total=total, t=0.0)
         result = run_sim(spec, lambda n, t: bar.update(task, completed=n, t=t), built)
-    _print_summary({policy: result})
+    print_summary({policy: result})
     if out is not None:
         console.print(f"outputs in {out}/ (report: {out / 'report.md'})")
-    _exit(result)
+    exit_for(result)
 
 
 def _validate(spec: RunSpec) -> Any:
@@ -102,7 +102,7 @@ def _validate(spec: RunSpec) -> Any:
     return load_policy(spec.policy, spec.policy_options)
 
 
-def _exit(result: RunResult) -> None:
+def exit_for(result: RunResult) -> None:
     if result.exit_code:
         raise typer.Exit(_stop(result))
 
@@ -112,7 +112,7 @@ def _stop(result: RunResult) -> int:
     return result.exit_code
 
 
-def _print_summary(results: dict[str, RunResult]) -> None:
+def print_summary(results: dict[str, RunResult]) -> None:
     from scheduler.report import summary_table_rows
 
     rows = summary_table_rows({name: r.summary for name, r in results.items()})
@@ -129,12 +129,13 @@ def _print_summary(results: dict[str, RunResult]) -> None:
     console.print(table)
     for name, r in results.items():
         s = r.summary
+        verb = "ran live" if s["mode"] == "live" else "simulated"
         console.print(f"{name}: {s['jobs_completed']:,}/{s['jobs_total']:,} jobs done, "
-                      f"{s['jobs_failed']:,} failed; simulated in "
+                      f"{s['jobs_failed']:,} failed; {verb} in "
                       f"{r.run_info['wall_seconds']:.1f}s")
 
 
-def _progress() -> Progress:
+def progress_bar() -> Progress:
     return Progress(TextColumn("[bold]{task.description:>18}"), BarColumn(),
                     TextColumn("{task.completed:>9,}/{task.total:,} jobs, "
                                "t={task.fields[t]:,.0f}s"),
@@ -181,7 +182,7 @@ def compare(
         _validate(spec)
     workers = jobs or min(len(names), os.cpu_count() or 1)
     total = count_jobs(next(iter(specs.values())))
-    with _progress() as bar, multiprocessing.Manager() as manager:
+    with progress_bar() as bar, multiprocessing.Manager() as manager:
         tasks = {name: bar.add_task(name, total=total, t=0.0) for name in names}
         updates = manager.Queue()
         with ProcessPoolExecutor(workers) as pool:
@@ -193,7 +194,7 @@ def compare(
     from scheduler.report import write_comparison
 
     report = write_comparison({n: s.out for n, s in specs.items() if s.out}, out)
-    _print_summary(results)
+    print_summary(results)
     console.print(f"comparison: {report}")
     failed = [r for r in results.values() if r.exit_code]
     if failed:

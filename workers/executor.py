@@ -1,0 +1,223 @@
+"""Live runs: the same controller and policy, driving worker actors on Ray.
+
+``run_live`` starts (or joins) Ray, discovers the cluster, creates one
+long-lived :class:`~workers.worker.AttentionWorker` per device pinned to its
+node, then replays the trace in real time (scaled by ``speed``): arrivals are
+submitted when due, the policy decides, batches go to their workers, and
+completions and telemetry come back through ``ray.wait`` without busy-waiting.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import resource
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scheduler.cluster import ClusterSpec, for_live_run, from_ray_nodes
+from scheduler.controller import Controller, PolicyFailure
+from scheduler.errors import InputError
+from scheduler.jobs import Job
+from scheduler.metrics import RunOutputs
+from scheduler.pricing import ClusterCost, load_profiles
+from scheduler.sim.runner import RunResult
+from scheduler.state import Batch, JobState
+
+log = logging.getLogger(__name__)
+IDLE_ROUNDS = 3
+
+
+@dataclass
+class LiveConfig:
+    address: str | None = None
+    emulate_gpus: int = 0
+    cpu_workers: int = 0
+    num_cpus: int | None = None
+    speed: float = 1.0
+    telemetry_interval: float = 1.0
+    seed: int = 0
+    slow: Mapping[str, float] = field(default_factory=dict)  # test knob: device -> factor
+    progress: Callable[[int, float], None] | None = None
+
+
+def start_ray(config: LiveConfig) -> None:
+    """Join ``address``, or start an embedded Ray bound to loopback (nobody else needs it)."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    if ray.is_initialized():
+        return
+    try:
+        if config.address:
+            ray.init(address=config.address, log_to_driver=False, configure_logging=False)
+        else:
+            ray.init(num_cpus=config.num_cpus, num_gpus=config.emulate_gpus or None,
+                     include_dashboard=False, log_to_driver=False, configure_logging=False,
+                     _node_ip_address="127.0.0.1")
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        where = config.address or "a local Ray"
+        raise InputError(f"cannot start or reach Ray at {where}: {e}".splitlines()[0],
+                         field="--address") from None
+
+
+def discover(config: LiveConfig) -> ClusterSpec:
+    import ray
+
+    spec = from_ray_nodes(ray.nodes())  # type: ignore[no-untyped-call]
+    spec = for_live_run(spec, emulated_gpus=config.emulate_gpus > 0 or not _has_cuda(),
+                        cpu_workers=config.cpu_workers)
+    if not spec.devices:
+        raise InputError("the Ray cluster offers no device to run on", field="--address")
+    return spec
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def create_workers(spec: ClusterSpec, config: LiveConfig) -> dict[str, Any]:
+    """One actor per device, pinned to its node; returns device id -> handle."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from workers.worker import AttentionWorker
+
+    remote = ray.remote(AttentionWorker)
+    workers: dict[str, Any] = {}
+    for node in spec.nodes:
+        for index, device in enumerate(d for d in node.devices):
+            strategy = NodeAffinitySchedulingStrategy(node.ray_id, soft=False) \
+                if node.ray_id else "DEFAULT"
+            options: dict[str, float] = (
+                {"num_gpus": 1, "num_cpus": 0} if device.kind == "gpu"
+                else {"num_cpus": device.cpus})
+            workers[device.id] = remote.options(scheduling_strategy=strategy,
+                                                **options).remote(
+                device.id, device.kind, max(1.0, device.cpus if device.kind == "cpu" else 1.0),
+                emulate=device.model == "emulated", gpu_index=index,
+                slowdown=config.slow.get(device.id, 1.0), seed=config.seed + index)
+    ray.get([w.ping.remote() for w in workers.values()], timeout=120)
+    return workers
+
+
+def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | None,
+             config: LiveConfig, context: Mapping[str, Any] | None = None) -> RunResult:
+    """Replay ``jobs`` on real workers; writes the same outputs as the simulator."""
+    import ray
+
+    wall0 = time.perf_counter()
+    start_ray(config)
+    spec = discover(config)
+    profiles = load_profiles(spec)
+    cost = ClusterCost(spec, profiles)
+    outputs = RunOutputs(out, {d.id: d.node for d in spec.devices})
+    controller = Controller(spec, cost, policy, policy_name=policy_name, seed=config.seed,
+                            sink=outputs)
+    workers = create_workers(spec, config)
+    stream: Iterator[Job] = iter(jobs)
+    upcoming = next(stream, None)
+    in_flight: dict[Any, Batch] = {}
+    probes: dict[Any, str] = {}
+    utils: list[float] = []
+    speed = config.speed
+    t0 = time.monotonic()
+
+    def clock() -> float:
+        return max(controller.now, (time.monotonic() - t0) * speed)
+
+    next_tick, submitted, idle, exit_code, message = config.telemetry_interval, 0, 0, 0, None
+    try:
+        while upcoming is not None or in_flight or controller.records:
+            event: str | None = None
+            now = clock()
+            while upcoming is not None and upcoming.submit_time <= now:
+                controller.submit(upcoming, now)
+                submitted += 1
+                event = "arrival"
+                if config.progress and submitted % 64 == 0:
+                    config.progress(submitted, now)
+                upcoming = next(stream, None)
+            refs = list(in_flight) + list(probes)
+            done = ray.wait(refs, num_returns=len(refs), timeout=0)[0] if refs else []
+            for ref in done:
+                if ref in probes:
+                    sample = ray.get(ref)
+                    del probes[ref]
+                    controller.observe([sample])
+                    outputs.telemetry([sample])
+                    utils.append(sample.util)
+                    continue
+                batch = in_flight.pop(ref)
+                try:
+                    result = ray.get(ref)
+                    error = result.error
+                except ray.exceptions.RayError as e:
+                    error = f"worker failed: {type(e).__name__}"
+                controller.batch_done(batch.id, clock(), error)
+                event = "completion"
+            if now >= next_tick:
+                for device, worker in workers.items():
+                    probes[worker.telemetry.remote(now, len(controller.pending))] = device
+                next_tick = now + config.telemetry_interval
+                event = event or "telemetry"
+            if event is not None:
+                step = controller.decide(clock(), event)
+                for batch in step.started:
+                    jobs_ = [controller.records[j].job for j in batch.jobs]
+                    ref = workers[batch.device].run.remote(batch.id, jobs_, batch.solo_seconds,
+                                                           batch.flops)
+                    in_flight[ref] = batch
+                if not in_flight and controller.pending and upcoming is None:
+                    idle += 1
+                    if idle >= IDLE_ROUNDS:
+                        message = (f"policy {policy_name!r} left {len(controller.pending)} "
+                                   "jobs unplaced on an idle cluster")
+                        _fail_all(controller, message)
+                        exit_code = 1
+                        break
+                else:
+                    idle = 0
+            # Sleep until something finishes, the next job is due or telemetry is.
+            due = [next_tick]
+            if upcoming is not None:
+                due.append(upcoming.submit_time)
+            wait_s = max(0.0, (min(due) - clock()) / speed)
+            refs = list(in_flight) + list(probes)
+            if refs:
+                ray.wait(refs, num_returns=1, timeout=min(wait_s, 1.0))
+            elif wait_s > 0:
+                time.sleep(min(wait_s, 1.0))
+    except PolicyFailure as e:
+        message, exit_code = str(e), 1
+        _fail_all(controller, f"run stopped: {e}")
+        for job in itertools.chain([upcoming] if upcoming else [], stream):
+            controller.refuse(job, f"run stopped before it arrived: {e}")
+    except BaseException:
+        outputs.abort()
+        raise
+    summary = outputs.summary(policy=policy_name, mode="live",
+                              device_util_mean=sum(utils) / len(utils) if utils else None,
+                              **dict(context or {}), devices=len(spec.devices),
+                              speed=speed)
+    run_info = {"wall_seconds": time.perf_counter() - wall0, "jobs_submitted": submitted,
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "exit_code": exit_code, "message": message, "cluster": spec.source,
+                "workers": sorted(workers)}
+    outputs.close(summary, run_info)
+    for worker in workers.values():
+        ray.kill(worker)
+    return RunResult(summary, run_info, exit_code, message)
+
+
+def _fail_all(controller: Controller, reason: str) -> None:
+    for record in list(controller.records.values()):
+        if record.parent is None and record.id in controller.records and record.state not in (
+                JobState.DONE, JobState.FAILED):
+            controller.fail(record.id, reason)
