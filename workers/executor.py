@@ -98,8 +98,10 @@ def create_workers(spec: ClusterSpec, config: LiveConfig) -> dict[str, Any]:
             options: dict[str, float] = (
                 {"num_gpus": 1, "num_cpus": 0} if device.kind == "gpu"
                 else {"num_cpus": device.cpus})
+            # Two threads: telemetry is answered while a batch runs (torch drops
+            # the GIL); the controller never sends a device a second batch.
             workers[device.id] = remote.options(scheduling_strategy=strategy,
-                                                **options).remote(
+                                                max_concurrency=2, **options).remote(
                 device.id, device.kind, max(1.0, device.cpus if device.kind == "cpu" else 1.0),
                 emulate=device.model == "emulated", gpu_index=index,
                 slowdown=config.slow.get(device.id, 1.0), seed=config.seed + index)
