@@ -20,13 +20,13 @@ import time
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-import ray  # noqa: E402
+import ray
 
-from policies.base import load_policy  # noqa: E402
-from scheduler.jobs import AttentionJob  # noqa: E402
-from scheduler.presets import get_preset  # noqa: E402
-from scheduler.traces.synth import SynthSpec, generate  # noqa: E402
-from workers.executor import LiveConfig, run_live  # noqa: E402
+from policies.base import load_policy
+from scheduler.jobs import AttentionJob
+from scheduler.presets import get_preset
+from scheduler.traces.synth import SynthSpec, generate
+from workers.executor import LiveConfig, run_live
 
 
 @ray.remote(num_cpus=1)

@@ -544,6 +544,20 @@ class Controller:
             self._drop_queued_parts(job_id)
         self._finish(record, JobState.FAILED, reason)
 
+    def fail_unfinished(self, reason: str) -> None:
+        """End every unfinished job with ``reason``: a stopped run accounts for all."""
+        for record in list(self.records.values()):
+            if record.parent is None and record.id in self.records and record.state not in (
+                    JobState.DONE, JobState.FAILED):
+                self.fail(record.id, reason)
+
+    def give_up_idle(self) -> str:
+        """Fail what the policy left unplaced on an idle cluster; returns the message."""
+        message = (f"policy {self.policy_name!r} left {len(self.pending)} jobs unplaced on "
+                   "an idle cluster")
+        self.fail_unfinished(message)
+        return message
+
     def observe(self, samples: Iterable[Telemetry]) -> None:
         """Fold telemetry into the latest-sample view with moving averages."""
         for s in samples:

@@ -26,7 +26,7 @@ from scheduler.jobs import Job
 from scheduler.metrics import RunOutputs
 from scheduler.pricing import ClusterCost, load_profiles
 from scheduler.sim.runner import RunResult
-from scheduler.state import Batch, JobState
+from scheduler.state import Batch
 
 log = logging.getLogger(__name__)
 IDLE_ROUNDS = 3
@@ -179,10 +179,7 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
                 if not in_flight and controller.pending and upcoming is None:
                     idle += 1
                     if idle >= IDLE_ROUNDS:
-                        message = (f"policy {policy_name!r} left {len(controller.pending)} "
-                                   "jobs unplaced on an idle cluster")
-                        _fail_all(controller, message)
-                        exit_code = 1
+                        message, exit_code = controller.give_up_idle(), 1
                         break
                 else:
                     idle = 0
@@ -198,7 +195,7 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
                 time.sleep(min(wait_s, 1.0))
     except PolicyFailure as e:
         message, exit_code = str(e), 1
-        _fail_all(controller, f"run stopped: {e}")
+        controller.fail_unfinished(f"run stopped: {e}")
         for job in itertools.chain([upcoming] if upcoming else [], stream):
             controller.refuse(job, f"run stopped before it arrived: {e}")
     except BaseException:
@@ -216,10 +213,3 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
     for worker in workers.values():
         ray.kill(worker)
     return RunResult(summary, run_info, exit_code, message)
-
-
-def _fail_all(controller: Controller, reason: str) -> None:
-    for record in list(controller.records.values()):
-        if record.parent is None and record.id in controller.records and record.state not in (
-                JobState.DONE, JobState.FAILED):
-            controller.fail(record.id, reason)

@@ -28,7 +28,6 @@ from scheduler.pricing import ClusterCost
 from scheduler.profiles import DeviceProfile
 from scheduler.sim.engine import ARRIVAL, DECIDE, FAULT, FINISH, TELEMETRY, EventQueue
 from scheduler.sim.executor import SimExecutor
-from scheduler.state import JobState
 
 log = logging.getLogger(__name__)
 IDLE_ROUNDS = 3  # decision rounds on an idle cluster before leftover jobs are failed
@@ -149,21 +148,18 @@ def simulate(jobs: Iterable[Job], spec: ClusterSpec, profiles: Mapping[str, Devi
             # Nothing runs, nothing will arrive: only the policy can make progress.
             idle += 1
             if idle >= IDLE_ROUNDS:
-                message = (f"policy {policy_name!r} left {len(controller.pending)} jobs "
-                           "unplaced on an idle cluster")
-                _fail_leftovers(controller, message)
-                exit_code = 1
+                message, exit_code = controller.give_up_idle(), 1
                 break
             if config.telemetry_interval <= 0:
                 events.push(now + 1.0, TELEMETRY, None)
         if controller.records and exit_code == 0:
             # The event queue ran dry with work unfinished: never end silently.
             message = f"the simulation ended with {len(controller.records)} jobs unfinished"
-            _fail_leftovers(controller, message)
+            controller.fail_unfinished(message)
             exit_code = 1
     except PolicyFailure as e:
         message, exit_code = str(e), 1
-        _fail_leftovers(controller, f"run stopped: {e}")
+        controller.fail_unfinished(f"run stopped: {e}")
         # Jobs that had not arrived yet are accounted for too, never silently dropped.
         waiting = [p for _, k, p in _drain(events) if k == ARRIVAL]
         for job in itertools.chain(waiting, stream):
@@ -232,11 +228,3 @@ def _handle(kind: int, payload: Any, now: float, controller: Controller,
                                           or arrivals_left):
         events.push(now + config.telemetry_interval, TELEMETRY, None)
     return "telemetry"
-
-
-def _fail_leftovers(controller: Controller, reason: str) -> None:
-    """End every unfinished job with ``reason``: a stopped run still accounts for all."""
-    for record in list(controller.records.values()):
-        if record.parent is None and record.id in controller.records and record.state not in (
-                JobState.DONE, JobState.FAILED):
-            controller.fail(record.id, reason)
