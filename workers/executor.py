@@ -109,20 +109,46 @@ def create_workers(spec: ClusterSpec, config: LiveConfig) -> dict[str, Any]:
     return workers
 
 
+@dataclass
+class LiveSession:
+    """Ray joined, the cluster discovered and one warm worker per device."""
+
+    spec: ClusterSpec
+    workers: dict[str, Any]
+
+
+def open_session(config: LiveConfig) -> LiveSession:
+    start_ray(config)
+    spec = discover(config)
+    return LiveSession(spec, create_workers(spec, config))
+
+
+def close_session(session: LiveSession) -> None:
+    import ray
+
+    for worker in session.workers.values():
+        ray.kill(worker)
+
+
 def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | None,
-             config: LiveConfig, context: Mapping[str, Any] | None = None) -> RunResult:
-    """Replay ``jobs`` on real workers; writes the same outputs as the simulator."""
+             config: LiveConfig, context: Mapping[str, Any] | None = None,
+             session: LiveSession | None = None) -> RunResult:
+    """Replay ``jobs`` on real workers; writes the same outputs as the simulator.
+
+    Without ``session`` it opens one (starting Ray and the workers) and closes
+    it at the end; with one, the workers are reused and left running.
+    """
     import ray
 
     wall0 = time.perf_counter()
-    start_ray(config)
-    spec = discover(config)
+    own = session is None
+    live = session or open_session(config)
+    spec, workers = live.spec, live.workers
     profiles = load_profiles(spec)
     cost = ClusterCost(spec, profiles)
     outputs = RunOutputs(out, {d.id: d.node for d in spec.devices})
     controller = Controller(spec, cost, policy, policy_name=policy_name, seed=config.seed,
                             sink=outputs)
-    workers = create_workers(spec, config)
     stream: Iterator[Job] = iter(jobs)
     upcoming = next(stream, None)
     in_flight: dict[Any, Batch] = {}
@@ -210,6 +236,6 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
                 "exit_code": exit_code, "message": message, "cluster": spec.source,
                 "workers": sorted(workers)}
     outputs.close(summary, run_info)
-    for worker in workers.values():
-        ray.kill(worker)
+    if own:
+        close_session(live)
     return RunResult(summary, run_info, exit_code, message)
