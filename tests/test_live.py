@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pyarrow.parquet as pq
@@ -64,3 +65,41 @@ def test_adaptive_moves_work_off_a_slow_worker_static_does_not(cli, tmp_path,
             assert min(speeds) < 0.8  # the policy saw the slow worker in telemetry
     assert share["static"] > 0.35  # fixed assignment keeps feeding the slow worker
     assert share["adaptive"] < share["static"] - 0.1
+
+
+def test_multi_node_cluster_places_on_every_node_one_batch_at_a_time(tmp_path) -> None:
+    """Head + 2 raylets with emulated GPUs (ray.cluster_utils, all on 127.0.0.1)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from policies.base import load_policy
+    from scheduler.presets import get_preset
+    from scheduler.traces.synth import SynthSpec, generate
+    from workers.executor import LiveConfig, run_live
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1, num_gpus=1)
+        ray.init(address=cluster.address, log_to_driver=False)
+        jobs = generate(SynthSpec(jobs=40, seed=7, rate=40.0, mix={"prefill": 1.0}),
+                        get_preset("tiny", token_scale=0.5))
+        out = tmp_path / "multi"
+        result = run_live(jobs, load_policy("greedy"), "greedy", out,
+                          LiveConfig(address=cluster.address, speed=2.0,
+                                     telemetry_interval=0.5))
+        assert result.exit_code == 0
+        assert result.summary["jobs_completed"] == 40
+        rows = pq.read_table(out / "jobs.parquet").to_pylist()
+        nodes = {r["node"] for r in rows}
+        assert len(nodes) == 3, nodes  # the head's CPU worker and both GPU nodes
+        by_device: dict[str, list[tuple[float, float]]] = {}
+        for r in rows:
+            by_device.setdefault(r["device"], []).append((r["start"], r["end"]))
+        for spans in by_device.values():
+            batches = sorted(set(spans))  # jobs packed in one batch share start and end
+            for (_, end), (start, _) in itertools.pairwise(batches):
+                assert start >= end - 1e-9, "two batches overlapped on one device"
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
