@@ -82,6 +82,7 @@ class SimExecutor:
         if not batch.elastic:  # holds its resources for exactly its duration
             run.finish = now + batch.solo_seconds
             self.events.push(run.finish, FINISH, (batch.id, 0, batch.device))
+            return  # the elastic batches' rate is unchanged: nothing to reschedule
         self._reschedule(dev, now)
 
     def is_current(self, batch_id: str, version: int, device: str) -> bool:
@@ -96,7 +97,8 @@ class SimExecutor:
             dev.flops_done += batch.flops
             if batch.elastic and now > batch.start:
                 dev.speed = 1.0 / dev.slow
-        self._reschedule(dev, now)
+        if batch.elastic:  # a cluster job leaving changes no elastic batch's rate
+            self._reschedule(dev, now)
 
     # -- telemetry ------------------------------------------------------------------------
 
