@@ -47,14 +47,14 @@ class RunSpec:
     report: bool = True
 
 
-def _jobs(spec: RunSpec) -> Iterator[Job]:
+def trace_jobs(spec: RunSpec) -> Iterator[Job]:
     jobs = open_trace(spec.trace, spec.fmt, spec.model, spec.token_scale).jobs()
     return itertools.islice(jobs, spec.limit) if spec.limit else jobs
 
 
 def count_jobs(spec: RunSpec) -> int:
     """Jobs the run will replay (one streaming pass), for progress bars with an ETA."""
-    return sum(1 for _ in _jobs(spec))
+    return sum(1 for _ in trace_jobs(spec))
 
 
 def best_seconds(cost: ClusterCost, groups: Mapping[str, str], job: Job) -> float:
@@ -74,7 +74,7 @@ def time_scale(spec: RunSpec, cluster: ClusterSpec, cost: ClusterCost) -> tuple[
     groups = {d.profile: d.id for d in cluster.devices if d.profile and cost.profile(d.id)}
     work, first, last, count = 0.0, math.inf, 0.0, 0
     gpu_devices = sum(1 for d in cluster.devices if d.kind == "gpu")
-    for job in _jobs(spec):
+    for job in trace_jobs(spec):
         count += 1
         seconds = best_seconds(cost, groups, job)
         if math.isfinite(seconds):
@@ -93,9 +93,8 @@ def _scaled(jobs: Iterator[Job], factor: float) -> Iterator[Job]:
         yield replace(job, submit_time=job.submit_time * factor)
 
 
-def prepare(spec: RunSpec) -> tuple[ClusterSpec, dict[str, DeviceProfile], tuple[Fault, ...]]:
-    if spec.load is not None and not (math.isfinite(spec.load) and 0 < spec.load <= 100):
-        raise InputError(f"expected a load in (0, 100], got {spec.load}", field="--load")
+def check_options(spec: RunSpec) -> None:
+    """The option checks every run shares, simulated or live."""
     if not (math.isfinite(spec.decision_interval) and 0 <= spec.decision_interval <= 3600):
         raise InputError(f"expected 0..3600 seconds, got {spec.decision_interval}",
                          field="--decision-interval")
@@ -106,6 +105,12 @@ def prepare(spec: RunSpec) -> tuple[ClusterSpec, dict[str, DeviceProfile], tuple
         raise InputError(f"expected 1..64 slots per device, got {spec.slots}", field="--slots")
     if spec.out is not None and spec.out.exists() and not spec.out.is_dir():
         raise InputError("exists and is not a directory", path=spec.out, field="--out")
+
+
+def prepare(spec: RunSpec) -> tuple[ClusterSpec, dict[str, DeviceProfile], tuple[Fault, ...]]:
+    if spec.load is not None and not (math.isfinite(spec.load) and 0 < spec.load <= 100):
+        raise InputError(f"expected a load in (0, 100], got {spec.load}", field="--load")
+    check_options(spec)
     cluster = load_cluster(spec.cluster, spec.nodes or None)
     if not cluster.devices:
         raise InputError("the cluster has no devices to run jobs on", path=spec.cluster)
@@ -133,7 +138,7 @@ def run_sim(spec: RunSpec, progress: Callable[[int, float], None] | None = None,
     cluster, profiles, faults = prepare(spec)
     if policy is None:
         policy = load_policy(spec.policy, spec.policy_options)
-    jobs: Iterator[Job] = _jobs(spec)
+    jobs: Iterator[Job] = trace_jobs(spec)
     context: dict[str, Any] = {"trace": str(spec.trace), "cluster": cluster.source,
                                "devices": len(cluster.devices), "seed": spec.seed}
     if spec.load is not None:

@@ -22,8 +22,7 @@ from scheduler.cli.sim_cmd import (
     progress_bar,
 )
 from scheduler.errors import InputError
-from scheduler.runs import RunSpec, count_jobs
-from scheduler.traces import open_trace
+from scheduler.runs import RunSpec, check_options, count_jobs, trace_jobs
 
 
 def run(
@@ -53,22 +52,15 @@ def run(
 
     if not (math.isfinite(speed) and 0 < speed <= 1e6):
         raise InputError(f"expected a speed in (0, 1e6], got {speed}", field="--speed")
-    if not (math.isfinite(telemetry_interval) and 0 < telemetry_interval <= 3600):
-        raise InputError(f"expected (0, 3600] seconds, got {telemetry_interval}",
-                         field="--telemetry-interval")
-    if out is not None and out.exists() and not out.is_dir():
-        raise InputError("exists and is not a directory", path=out, field="--out")
     if address and emulate_gpus:
         raise InputError("--emulate-gpus declares slots on a local Ray; a cluster declares "
                          "its own GPUs", field="--emulate-gpus")
     built = load_policy(policy, parse_options(policy_opt))
-    spec = RunSpec(trace=trace, policy=policy, model=model, limit=limit)
+    spec = RunSpec(trace=trace, policy=policy, model=model, limit=limit,
+                   telemetry_interval=telemetry_interval, out=out)
+    check_options(spec)
     total = count_jobs(spec)  # also validates the whole trace before Ray starts
-    jobs = open_trace(trace, "auto", model).jobs()
-    if limit:
-        import itertools
-
-        jobs = itertools.islice(jobs, limit)
+    jobs = trace_jobs(spec)
     from workers.executor import LiveConfig, run_live
 
     config = LiveConfig(address=address, emulate_gpus=emulate_gpus, cpu_workers=cpu_workers,
