@@ -140,8 +140,8 @@ class Controller:
             best = 0
             reason = "no device can run it (no profile measures its dtype)"
             for device in self.spec.devices:
-                if math.isfinite(self.cost.seconds([job], device.id)):
-                    need = self.cost.memory(job, device.id)
+                seconds, need, _ = self.cost.solo(job, device.id)
+                if math.isfinite(seconds):
                     if need <= device.memory_bytes:
                         reason = None
                         break
@@ -340,26 +340,30 @@ class Controller:
         if any(not self.cost.can_pack(jobs[0], j) for j in jobs[1:]):
             raise Rejected("jobs in one batch must be attention jobs sharing head_dim, dtype "
                            "and causality")
-        seconds, memory = self._check_attention(jobs, dev)
-        flops = sum(self.cost.flops(j, device_id) for j in jobs)
+        seconds, memory, flops = self._check_attention(jobs, dev)
         return self._launch(jobs, dev, (), seconds, 1.0 / dev.slots, memory, flops, 0.0, 0,
                             True)
 
-    def _check_attention(self, jobs: Sequence[Job], dev: DeviceState) -> tuple[float, int]:
-        """Raise Rejected unless ``dev`` has a slot, compute share and memory for ``jobs``."""
+    def _check_attention(self, jobs: Sequence[Job], dev: DeviceState
+                         ) -> tuple[float, int, float]:
+        """(seconds, memory, flops) of ``jobs`` on ``dev``; Rejected unless it has room."""
         device_id = dev.spec.id
         if dev.slots_free < 1:
             raise Rejected(f"device {device_id!r} has no free slot")
         if dev.share_free + 1e-9 < 1.0 / dev.slots:
             raise Rejected(f"device {device_id!r} has {dev.share_free:.2f} of its compute free")
-        seconds = self.cost.seconds(jobs, device_id)
+        if len(jobs) == 1:  # the common case: one memoized lookup answers all three
+            seconds, memory, flops = self.cost.solo(jobs[0], device_id)
+        else:
+            seconds = self.cost.seconds(jobs, device_id)
+            memory = sum(self.cost.memory(j, device_id) for j in jobs)
+            flops = sum(self.cost.flops(j, device_id) for j in jobs)
         if not math.isfinite(seconds):
             raise Rejected(f"device {device_id!r} cannot run these jobs (no profile for them)")
-        memory = sum(self.cost.memory(j, device_id) for j in jobs)
         if memory > dev.memory_free:
             raise Rejected(f"needs {memory / GiB:.2f} GiB, device {device_id!r} has "
                            f"{dev.memory_free / GiB:.2f} GiB free")
-        return seconds, memory
+        return seconds, memory, flops
 
     def _place_cluster_job(self, jobs: list[Job], dev: DeviceState,
                            gang: tuple[str, ...]) -> Batch:

@@ -69,6 +69,12 @@ class ClusterCost:
         entry[1][profile.name] = answer
         return answer
 
+    def solo(self, job: Job, device: str) -> tuple[float, int, float]:
+        """(seconds, peak memory, flops) of ``job`` alone on ``device``, in one lookup."""
+        if isinstance(job, ClusterJob):
+            return job.duration, 0, 0.0
+        return self._single(job, device)
+
     def forget(self, job_id: str) -> None:
         self._by_job.pop(job_id, None)
         for memo in self._terms.values():
