@@ -148,6 +148,19 @@ def _call_seconds(profile: DeviceProfile, rate_tflops: float, flops: float, nbyt
     return max(host_s, device_s)
 
 
+def _job_terms(job: AttentionJob, profile: DeviceProfile, backend: str | None
+               ) -> tuple[float, float, int, float, str]:
+    """One job's share of a packed batch: (compute s, bytes, calls, flops, backend)."""
+    kv = _mean_kv(job)
+    rate, used = profile.sdpa_tflops(job.q_len, round(kv), job.head_dim, job.dtype,
+                                     job.causal, backend)
+    launches = job.layers * job.steps
+    train = job.kind is JobKind.TRAIN
+    work = call_flops(job, round(kv)) * (1.0 + profile.backward_factor if train else 1)
+    return (work * launches / (rate * 1e12), call_bytes(job, kv) * launches * (3 if train else 1),
+            launches * (2 if train else 1), total_flops(job, profile.backward_factor), used)
+
+
 class Pack:
     """Running totals of a packed batch on one device: adding a job is O(1).
 
@@ -178,16 +191,7 @@ class Pack:
         return self._compute_terms(job)
 
     def _compute_terms(self, job: AttentionJob) -> tuple[float, float, int, float, str]:
-        kv = _mean_kv(job)
-        rate, backend = self.profile.sdpa_tflops(job.q_len, round(kv), job.head_dim, job.dtype,
-                                                 job.causal, self.want)
-        launches = job.layers * job.steps
-        train = job.kind is JobKind.TRAIN
-        work = call_flops(job, round(kv)) * (1.0 + self.profile.backward_factor if train else 1)
-        return (work * launches / (rate * 1e12), call_bytes(job, kv) * launches * (3 if train
-                                                                                    else 1),
-                launches * (2 if train else 1), total_flops(job, self.profile.backward_factor),
-                backend)
+        return _job_terms(job, self.profile, self.want)
 
     def add(self, job: AttentionJob) -> None:
         """Account for one more job; raises InputError if the profile cannot time it."""
@@ -279,4 +283,10 @@ def estimate(job: Job, profile: DeviceProfile, backend: str | None = None) -> Es
     """Predicted run of one job alone on ``profile``'s device."""
     if isinstance(job, ClusterJob):
         return Estimate(job.duration, "n/a", 0.0, 0)
-    return batch_estimate([job], profile, backend)
+    if job.kind is JobKind.MODEL:
+        return _model_estimate(job, profile)
+    # A batch of one, without the batch's checks and running totals: the
+    # simulator prices every new shape through here.
+    compute, nbytes, calls, flops, used = _job_terms(job, profile, backend)
+    seconds = max(calls * profile.call_host_s, compute, nbytes / profile.bandwidth_bytes_s)
+    return Estimate(seconds, used, flops, calls)
