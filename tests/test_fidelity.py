@@ -1,0 +1,95 @@
+"""Fidelity arithmetic and ranking on constructed summaries."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from scheduler import fidelity
+from scheduler.metrics import JOB_SCHEMA
+
+
+def summary(mean: float | None, p50: float | None = 1.0, p99: float | None = 2.0,
+            makespan: float = 10.0, throughput: float | None = 5.0) -> dict[str, object]:
+    return {"jct_mean": mean, "jct_p50": p50, "jct_p99": p99, "makespan": makespan,
+            "throughput_jobs_per_s": throughput}
+
+
+def test_relative_error_is_relative_to_live() -> None:
+    assert fidelity.relative_error(1.1, 1.0) == pytest.approx(0.1)
+    assert fidelity.relative_error(0.9, 1.0) == pytest.approx(0.1)
+    assert fidelity.relative_error(3.0, 2.0) == pytest.approx(0.5)
+    assert fidelity.relative_error(2.0, 3.0) == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize(("sim", "live"), [(None, 1.0), (1.0, None), (1.0, 0.0),
+                                           (1.0, math.inf)])
+def test_missing_figures_have_no_error(sim: float | None, live: float | None) -> None:
+    assert fidelity.relative_error(sim, live) is None
+
+
+@given(st.floats(0.001, 1e6), st.floats(0.001, 1e6))
+def test_error_is_zero_only_when_equal(sim: float, live: float) -> None:
+    err = fidelity.relative_error(sim, live)
+    assert err is not None and err >= 0
+    assert (err == 0) == (sim == live)
+
+
+def test_assess_builds_the_documented_shape() -> None:
+    runs = {
+        "static": (summary(2.0, makespan=100.0), summary(2.2, makespan=90.0)),
+        "adaptive": (summary(1.0, throughput=8.0), summary(0.95, throughput=None)),
+    }
+    result = fidelity.assess(runs)
+    assert set(result) >= {"policies", "same_ranking"}
+    static = result["policies"]["static"]
+    assert static["live"]["jct_mean"] == 2.0 and static["sim"]["jct_mean"] == 2.2
+    assert set(static["error"]) == {"jct_mean", "jct_p50", "jct_p99", "makespan", "throughput"}
+    assert static["error"]["jct_mean"] == pytest.approx(0.1)
+    assert static["error"]["makespan"] == pytest.approx(0.1)
+    assert static["error"]["jct_p50"] == 0.0
+    assert result["policies"]["adaptive"]["error"]["jct_mean"] == pytest.approx(0.05)
+    assert result["policies"]["adaptive"]["error"]["throughput"] is None
+    assert result["same_ranking"] is True
+    assert result["ranking"]["live"] == ["adaptive", "static"]
+    assert fidelity.worst_errors(result)["jct_mean"] == pytest.approx(0.1)
+
+
+def test_a_swapped_order_is_not_the_same_ranking() -> None:
+    runs = {"a": (summary(1.0), summary(1.5)), "b": (summary(1.2), summary(1.1))}
+    result = fidelity.assess(runs)
+    assert result["ranking"]["live"] == ["a", "b"]
+    assert result["ranking"]["sim"] == ["b", "a"]
+    assert result["same_ranking"] is False
+
+
+def test_policies_with_nothing_completed_rank_last() -> None:
+    assert fidelity.ranking({"x": summary(None), "y": summary(3.0), "z": summary(1.0)}) == \
+        ["z", "y", "x"]
+
+
+def test_write_and_plot(tmp_path: Path) -> None:
+    def jobs(path: Path, jcts: dict[str, float | None]) -> Path:
+        path.mkdir(parents=True)
+        rows: dict[str, list[object]] = {f.name: [None] * len(jcts) for f in JOB_SCHEMA}
+        rows["id"] = list(jcts)
+        rows["jct"] = list(jcts.values())
+        pq.write_table(pa.table(rows, schema=JOB_SCHEMA), path / "jobs.parquet")
+        return path
+
+    live = jobs(tmp_path / "live", {"j1": 0.5, "j2": 1.0, "j3": None})
+    sim = jobs(tmp_path / "sim", {"j1": 0.6, "j2": 0.9, "j3": 2.0})
+    result = fidelity.assess({"p": (summary(1.0), summary(1.1))})
+    path = fidelity.write(tmp_path / "out", result)
+    assert json.loads(path.read_text())["same_ranking"] is True
+    plot = fidelity.plot_jct(tmp_path / "out", {"p": (live, sim)})
+    assert plot is not None and plot.stat().st_size > 1000
+    empty = jobs(tmp_path / "empty", {"j9": 1.0})
+    assert fidelity.plot_jct(tmp_path / "none", {"p": (empty, sim)}) is None
