@@ -80,6 +80,14 @@ class DeviceProfile:
         sharing: ``(workers, efficiency)``: total throughput when that many
             workers share the device, relative to one.
         backward_factor: backward FLOPs per forward FLOP.
+        worker_job_s: per-job cost inside a worker call beyond the attention
+            itself (making inputs, bookkeeping), paid once per job of a batch.
+        telemetry_s: round trip of one telemetry request to a worker.
+        decision_s: the controller's time for one decision round (policy
+            included); live, nothing is dispatched while it runs.
+        node_sharing: ``(busy workers, efficiency)``: per-worker speed when
+            that many workers of one node compute at once, relative to one
+            alone (CPU contention between workers sharing cores).
     """
 
     name: str
@@ -97,6 +105,10 @@ class DeviceProfile:
     task_s: float = 0.0
     sharing: tuple[tuple[float, float], ...] = ((1.0, 1.0),)
     backward_factor: float = 2.5
+    worker_job_s: float = 0.0
+    telemetry_s: float = 0.0
+    decision_s: float = 0.0
+    node_sharing: tuple[tuple[float, float], ...] = ((1.0, 1.0),)
     source: str = ""
 
     @cached_property
@@ -181,6 +193,11 @@ class DeviceProfile:
         xs, ys = zip(*self.sharing, strict=True)
         return _loglog(xs, ys, max(1.0, workers))
 
+    def node_efficiency(self, busy: float) -> float:
+        """Per-worker speed with ``busy`` workers of one node computing at once."""
+        xs, ys = zip(*self.node_sharing, strict=True)
+        return _loglog(xs, ys, max(1.0, busy))
+
 
 def _interp_dims(dims: list[int], head_dim: int, rate_at: Any) -> float:
     """Interpolate a rate across measured head sizes, log-linearly, clamped."""
@@ -223,6 +240,14 @@ SCHEMA: dict[str, Any] = {
                                              {"type": "number", "exclusiveMinimum": 0,
                                               "maximum": 1}],
             "minItems": 2, "maxItems": 2}},
+        "node_sharing": {"type": "array", "minItems": 1, "items": {
+            "type": "array", "prefixItems": [{"type": "number", "minimum": 1, "maximum": 1e4},
+                                             {"type": "number", "exclusiveMinimum": 0,
+                                              "maximum": 1}],
+            "minItems": 2, "maxItems": 2}},
+        "worker_job_us": _NONNEG,
+        "telemetry_us": _NONNEG,
+        "decision_us": _NONNEG,
         "backward_factor": {"type": "number", "minimum": 0, "maximum": 100},
         "sdpa": {"type": "array", "minItems": 1, "items": {
             "type": "object",
@@ -274,6 +299,11 @@ def profile_from_dict(data: Any, path: str | Path | None = None) -> DeviceProfil
         task_s=float(data.get("task_us", 0.0)) * 1e-6,
         sharing=tuple(sorted((float(k), float(e)) for k, e in data.get("sharing", [[1, 1]]))),
         backward_factor=float(data.get("backward_factor", 2.5)),
+        worker_job_s=float(data.get("worker_job_us", 0.0)) * 1e-6,
+        telemetry_s=float(data.get("telemetry_us", 0.0)) * 1e-6,
+        decision_s=float(data.get("decision_us", 0.0)) * 1e-6,
+        node_sharing=tuple(sorted((float(k), float(e))
+                                  for k, e in data.get("node_sharing", [[1, 1]]))),
         source=data.get("source", ""),
     )
 
