@@ -15,7 +15,7 @@ import os
 import resource
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +30,29 @@ from scheduler.state import Batch
 
 log = logging.getLogger(__name__)
 IDLE_ROUNDS = 3
+PROGRESS_EVERY = 0.2  # seconds of wall time between progress reports
+
+
+@dataclass(frozen=True, slots=True)
+class LiveProgress:
+    """What a live run's progress bar shows; sent at most every ``PROGRESS_EVERY`` s."""
+
+    done: int  # jobs finished, completed or failed
+    failed: int
+    clock: float  # trace seconds
+    rate: float  # jobs finished per wall-clock second since the run began
+    util: float | None  # mean over devices of each one's latest telemetry sample
 
 
 @dataclass
 class LiveConfig:
+    """How a live run uses Ray. ``memory_fraction`` scales every device's memory.
+
+    The scaled memory is both what the controller plans with and the budget
+    each worker enforces, so a policy never packs past it; the headroom is for
+    what the cost model does not see (allocator slack, the CUDA context).
+    """
+
     address: str | None = None
     emulate_gpus: int = 0
     cpu_workers: int = 0
@@ -41,8 +60,12 @@ class LiveConfig:
     speed: float = 1.0
     telemetry_interval: float = 1.0
     seed: int = 0
+    memory_fraction: float = 0.9
     slow: Mapping[str, float] = field(default_factory=dict)  # test knob: device -> factor
-    progress: Callable[[int, float], None] | None = None
+    # Test knob: device -> bytes its worker enforces instead of the planned memory, as a
+    # device smaller than the cluster spec says would (a MIG slice).
+    worker_budget: Mapping[str, int] = field(default_factory=dict)
+    progress: Callable[[LiveProgress], None] | None = None
 
 
 def start_ray(config: LiveConfig) -> None:
@@ -73,7 +96,15 @@ def discover(config: LiveConfig) -> ClusterSpec:
                         cpu_workers=config.cpu_workers)
     if not spec.devices:
         raise InputError("the Ray cluster offers no device to run on", field="--address")
-    return spec
+    return budgeted(spec, config.memory_fraction)
+
+
+def budgeted(spec: ClusterSpec, fraction: float) -> ClusterSpec:
+    """Each device's memory scaled to its budget: what the controller may plan with."""
+    nodes = tuple(replace(node, devices=tuple(
+        replace(d, memory_bytes=int(d.memory_bytes * fraction)) for d in node.devices))
+        for node in spec.nodes)
+    return ClusterSpec(nodes, spec.source)
 
 
 def _has_cuda() -> bool:
@@ -104,7 +135,9 @@ def create_workers(spec: ClusterSpec, config: LiveConfig) -> dict[str, Any]:
                                                 max_concurrency=2, **options).remote(
                 device.id, device.kind, max(1.0, device.cpus if device.kind == "cpu" else 1.0),
                 emulate=device.model == "emulated", gpu_index=index,
-                slowdown=config.slow.get(device.id, 1.0), seed=config.seed + index)
+                slowdown=config.slow.get(device.id, 1.0), seed=config.seed + index,
+                memory_budget=config.worker_budget.get(device.id, device.memory_bytes),
+                memory_fraction=config.memory_fraction)
     ray.get([w.ping.remote() for w in workers.values()], timeout=120)
     return workers
 
@@ -144,6 +177,8 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
     own = session is None
     live = session or open_session(config)
     spec, workers = live.spec, live.workers
+    if not own:
+        ray.get([w.reset.remote() for w in workers.values()], timeout=60)
     profiles = load_profiles(spec)
     cost = ClusterCost(spec, profiles)
     outputs = RunOutputs(out, {d.id: d.node for d in spec.devices})
@@ -154,11 +189,24 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
     in_flight: dict[Any, Batch] = {}
     probes: dict[Any, str] = {}
     utils: list[float] = []
+    latest: dict[str, float] = {}  # device -> utilization in its latest sample
     speed = config.speed
     t0 = time.monotonic()
+    reported = t0
 
     def clock() -> float:
         return max(controller.now, (time.monotonic() - t0) * speed)
+
+    def report(force: bool = False) -> None:
+        nonlocal reported
+        wall = time.monotonic()
+        if config.progress is None or (wall - reported < PROGRESS_EVERY and not force):
+            return
+        reported = wall
+        done = outputs.completed + outputs.failed
+        util = sum(latest.values()) / len(latest) if latest else None
+        config.progress(LiveProgress(done, outputs.failed, clock(),
+                                     done / max(wall - t0, 1e-9), util))
 
     next_tick, submitted, idle, exit_code, message = config.telemetry_interval, 0, 0, 0, None
     try:
@@ -169,8 +217,6 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
                 controller.submit(upcoming, now)
                 submitted += 1
                 event = "arrival"
-                if config.progress and submitted % 64 == 0:
-                    config.progress(submitted, now)
                 upcoming = next(stream, None)
             refs = list(in_flight) + list(probes)
             done = ray.wait(refs, num_returns=len(refs), timeout=0)[0] if refs else []
@@ -181,6 +227,7 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
                     controller.observe([sample])
                     outputs.telemetry([sample])
                     utils.append(sample.util)
+                    latest[sample.device] = sample.util
                     continue
                 batch = in_flight.pop(ref)
                 try:
@@ -200,7 +247,7 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
                 for batch in step.started:
                     jobs_ = [controller.records[j].job for j in batch.jobs]
                     ref = workers[batch.device].run.remote(batch.id, jobs_, batch.solo_seconds,
-                                                           batch.flops)
+                                                           batch.flops, batch.memory)
                     in_flight[ref] = batch
                 if not in_flight and controller.pending and upcoming is None:
                     idle += 1
@@ -209,6 +256,7 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
                         break
                 else:
                     idle = 0
+            report()
             # Sleep until something finishes, the next job is due or telemetry is.
             due = [next_tick]
             if upcoming is not None:
@@ -227,10 +275,16 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
     except BaseException:
         outputs.abort()
         raise
+    report(force=True)
+    if not own and (in_flight or probes):
+        # A stopped run may leave batches running; the next run on these workers
+        # must find them idle.
+        ray.wait(list(in_flight) + list(probes), num_returns=len(in_flight) + len(probes),
+                 timeout=120)
     summary = outputs.summary(policy=policy_name, mode="live",
                               device_util_mean=sum(utils) / len(utils) if utils else None,
                               **dict(context or {}), devices=len(spec.devices),
-                              speed=speed)
+                              speed=speed, memory_fraction=config.memory_fraction)
     run_info = {"wall_seconds": time.perf_counter() - wall0, "jobs_submitted": submitted,
                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "exit_code": exit_code, "message": message, "cluster": spec.source,

@@ -5,6 +5,12 @@ take ``num_gpus=1``, CPU actors a set ``num_cpus``) and pins it to its node.
 A batch arrives as plain job records; the worker builds tensors, runs the
 job kinds (prefill, decode over a growing cache, train with backward, the
 seq2seq model), times the call and reports results and telemetry.
+
+Each worker enforces a memory budget: a batch whose predicted peak memory
+(the cost model's, sent with the batch) does not fit is refused before any
+tensor is allocated and comes back as an out-of-memory result, exactly as a
+real OOM would. Refusing up front matters on a GPU: a real OOM mid-batch can
+leave the allocator fragmented for every batch after it.
 """
 
 from __future__ import annotations
@@ -31,29 +37,64 @@ class BatchResult:
 
 
 class AttentionWorker:
-    """Runs batches for one device. ``emulate``: a declared GPU slot computing on CPU."""
+    """Runs batches for one device. ``emulate``: a declared GPU slot computing on CPU.
+
+    ``memory_budget`` is in bytes (0: no budget). ``memory_fraction`` also caps
+    it at that share of a real GPU's own memory, because the cluster spec can
+    overstate a device (a MIG slice reports the whole card's model).
+    """
 
     def __init__(self, device_id: str, kind: str, cpus: float = 1.0, emulate: bool = False,
-                 gpu_index: int = 0, slowdown: float = 1.0, seed: int = 0) -> None:
+                 gpu_index: int = 0, slowdown: float = 1.0, seed: int = 0,
+                 memory_budget: int = 0, memory_fraction: float = 1.0) -> None:
         self.device_id = device_id
         use_cuda = kind == "gpu" and not emulate and torch.cuda.is_available()
         self.torch_device = torch.device("cuda", gpu_index) if use_cuda else torch.device("cpu")
         if not use_cuda:
             torch.set_num_threads(max(1, int(cpus)))
         nvml = nvml_source(gpu_index) if use_cuda else None
+        self.cpus, self.nvml = cpus, nvml
         self.sampler = Sampler(device_id, cpus, nvml)
         self.slowdown = slowdown  # test knob: a worker that runs this many times slower
+        self.seed = seed
         self.generator = torch.Generator(device=self.torch_device).manual_seed(seed)
         self.running = 0
+        self.budget = memory_budget
+        if use_cuda:
+            own = int(torch.cuda.get_device_properties(gpu_index).total_memory * memory_fraction)
+            self.budget = min(self.budget, own) if self.budget else own
+        self.reserved = 0  # predicted bytes of the batches running now
 
     def ping(self) -> str:
         return self.device_id
 
+    def reset(self) -> str:
+        """Start a run afresh on a reused worker: no telemetry or RNG state from the last one.
+
+        Without it, a compare's second policy would see the first one's
+        measured speed in its first telemetry sample, and different tensors.
+        """
+        self.sampler = Sampler(self.device_id, self.cpus, self.nvml)
+        self.generator = torch.Generator(device=self.torch_device).manual_seed(self.seed)
+        return self.device_id
+
+    def memory_budget(self) -> int:
+        return self.budget
+
     def run(self, batch_id: str, jobs: list[AttentionJob], predicted_s: float,
-            flops: float) -> BatchResult:
-        """Run one packed batch; never raises for the job's sake (errors are results)."""
+            flops: float, memory: int = 0) -> BatchResult:
+        """Run one packed batch; never raises for the job's sake (errors are results).
+
+        ``memory`` is the batch's predicted peak; over the budget, nothing runs.
+        """
+        if self.budget and memory > self.budget - self.reserved:
+            return BatchResult(batch_id, 0.0, "", 0.0,
+                               f"out of memory: batch needs {_size(memory)}, {self.device_id} "
+                               f"has {_size(self.budget - self.reserved)} of its "
+                               f"{_size(self.budget)} budget free (refused before running)")
         start = time.perf_counter()
         self.running += 1
+        self.reserved += memory
         try:
             checksum, backend = self._run(jobs)
             if self.torch_device.type == "cuda":
@@ -66,6 +107,7 @@ class AttentionWorker:
                                f"{type(e).__name__}: {e}".splitlines()[0])
         finally:
             self.running -= 1
+            self.reserved -= memory
         elapsed = time.perf_counter() - start
         if self.slowdown > 1.0:
             time.sleep(elapsed * (self.slowdown - 1.0))
@@ -150,6 +192,13 @@ class AttentionWorker:
         source, target = synthetic_batch(job.batch, job.q_len, device=str(self.torch_device))
         losses = train_steps(model, source, target, job.steps)
         return sum(losses)
+
+
+def _size(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} B"
 
 
 def describe(result: BatchResult) -> dict[str, Any]:
