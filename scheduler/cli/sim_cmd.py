@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import queue
 from concurrent.futures import ProcessPoolExecutor
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,18 @@ FAIL = typer.Option([], "--fail", help="Fail a device at a time: DEVICE@SECONDS.
 FAIL_NODE = typer.Option([], "--fail-node", help="Fail a node at a time: NODE@SECONDS.")
 SLOW = typer.Option([], "--slow", help="Run a device slower: DEVICE=FACTOR (test knob).")
 OPTS = typer.Option([], "--policy-opt", help="Policy option key=value (repeatable).")
+ADDRESS = typer.Option(None, "--address", help="Ray cluster to join (auto, ray://...); default: "
+                                               "an embedded local Ray on 127.0.0.1.")
+SPEED = typer.Option(1.0, "--speed", help="Replay this many times faster than the trace's clock.")
+EMULATE_GPUS = typer.Option(0, "--emulate-gpus", min=0, max=64,
+                            help="Declare N GPU slots to a local Ray; compute on CPU.")
+CPU_WORKERS = typer.Option(0, "--cpu-workers", min=0, max=256,
+                           help="Split each GPU-less node into N CPU workers.")
+MEMORY_FRACTION = typer.Option(0.9, "--memory-fraction",
+                               help="Share of each device's memory that policies may plan "
+                                    "with and its worker enforces, in (0, 1].")
+# The options only a live run reads, by parameter name: compare --mode sim rejects them.
+LIVE_ONLY = ("address", "speed", "emulate_gpus", "cpu_workers", "memory_fraction")
 
 
 def parse_slow(items: list[str]) -> dict[str, float]:
@@ -152,10 +165,23 @@ def _run_one(spec: RunSpec, updates: Any = None) -> RunResult:
     return run_sim(spec, report)
 
 
+class Mode(str, Enum):
+    SIM = "sim"
+    LIVE = "live"
+
+
+# The options only the simulator reads, by parameter name: compare --mode live rejects them.
+SIM_ONLY = ("cluster", "nodes", "load", "slots", "fail", "fail_node", "decision_interval",
+            "jobs")
+
+
 def compare(
+    ctx: typer.Context,
     trace: Path = TRACE_ARG,
     policies: str = typer.Option("static,greedy,adaptive", "--policies",
                                  help="Comma-separated policies to compare."),
+    mode: Mode = typer.Option(Mode.SIM, "--mode", help="sim: the simulator, policies in "
+                              "parallel; live: Ray workers, one policy after another."),
     cluster: Path = CLUSTER, nodes: list[str] = NODES, model: str | None = MODEL,
     load: float | None = LOAD, limit: int | None = LIMIT, seed: int = SEED, slots: int = SLOTS,
     telemetry_interval: float = TICK, fail: list[str] = FAIL, fail_node: list[str] = FAIL_NODE,
@@ -163,20 +189,41 @@ def compare(
     out: Path = typer.Option(Path("runs/compare"), "--out", help="One folder per policy here."),
     jobs: int = typer.Option(0, "--jobs", min=0, help="Processes (0: one per core, at most one per "
                                                "policy)."),
+    address: str | None = ADDRESS, emulate_gpus: int = EMULATE_GPUS,
+    cpu_workers: int = CPU_WORKERS, speed: float = SPEED,
+    memory_fraction: float = MEMORY_FRACTION,
 ) -> None:
     """Run several policies on the same trace and compare them in one report.
 
     Example: attnsched compare ../shared/traces/azure_llm_2023_conv.csv
     --policies static,greedy,adaptive --model llama3-8b --load 0.9 --out runs/x
+
+    Live: attnsched compare trace.jsonl --mode live --emulate-gpus 2 --speed 4 --out runs/y
+
+    Only live: --address, --emulate-gpus, --cpu-workers, --speed, --memory-fraction. Only
+    sim: --cluster, --nodes, --load, --slots, --fail, --fail-node, --decision-interval, --jobs.
     """
     names = [p.strip() for p in policies.split(",") if p.strip()]
     if not names or len(set(names)) != len(names):
         raise InputError("expected distinct comma-separated policy names", field="--policies")
+    _reject_given(ctx, LIVE_ONLY if mode is Mode.SIM else SIM_ONLY, mode)
+    if mode is Mode.LIVE:
+        from scheduler.cli import live_cmd as live
+
+        config = live.live_config(address=address, emulate_gpus=emulate_gpus,
+                                  cpu_workers=cpu_workers, speed=speed,
+                                  memory_fraction=memory_fraction,
+                                  telemetry_interval=telemetry_interval, seed=seed,
+                                  slow=parse_slow(slow))
+        live.compare_live(trace, names, model=model, limit=limit, seed=seed,
+                          telemetry_interval=telemetry_interval, slow=parse_slow(slow),
+                          out=out, config=config)
+        return
     specs = {name: _spec(trace, name, opts=[], cluster=cluster, nodes=nodes, model=model,
                          load=load, limit=limit, seed=seed, slots=slots,
                          telemetry_interval=telemetry_interval, fail=fail,
                          fail_node=fail_node, slow=slow, decision_interval=decision_interval,
-                         out=out / _safe(name))
+                         out=out / policy_folder(name))
              for name in names}
     for spec in specs.values():  # bad input fails here, once, before any process starts
         _validate(spec)
@@ -201,6 +248,17 @@ def compare(
         raise typer.Exit(_stop(failed[0]))
 
 
+def _reject_given(ctx: typer.Context, names: tuple[str, ...], mode: Mode) -> None:
+    """An option the chosen mode would ignore is an error, not a silent no-op."""
+    other = Mode.LIVE if mode is Mode.SIM else Mode.SIM
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name or "")
+        if param.name in names and source is not None and source.name not in (
+                "DEFAULT", "DEFAULT_MAP"):
+            raise InputError(f"only with --mode {other.value} (this compare is "
+                             f"--mode {mode.value})", field=param.opts[0])
+
+
 def _drain(updates: Any, bar: Progress, tasks: dict[str, Any], timeout: float) -> None:
     try:
         name, n, t = updates.get(timeout=timeout) if timeout else updates.get_nowait()
@@ -212,7 +270,8 @@ def _drain(updates: Any, bar: Progress, tasks: dict[str, Any], timeout: float) -
         return
 
 
-def _safe(name: str) -> str:
+def policy_folder(name: str) -> str:
+    """A policy's folder under compare's --out; plugin specs hold ':' and '/'."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 

@@ -1,0 +1,121 @@
+"""What ``attnsched run`` and ``compare --mode live`` share: checks, progress, the loop.
+
+The live stack (Ray, torch) loads only inside functions here, so importing the
+CLI stays cheap and works without it (STYLE.md rule 5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from scheduler.cli.sim_cmd import (
+    console,
+    err_console,
+    exit_for,
+    policy_folder,
+    print_summary,
+)
+from scheduler.errors import InputError
+from scheduler.runs import RunSpec, check_options, count_jobs, trace_jobs
+from scheduler.sim.runner import RunResult
+
+if TYPE_CHECKING:
+    from workers.executor import LiveConfig, LiveProgress
+
+
+def live_config(*, address: str | None, emulate_gpus: int, cpu_workers: int, speed: float,
+                memory_fraction: float, telemetry_interval: float, seed: int,
+                slow: Mapping[str, float]) -> LiveConfig:
+    """Check the live options before anything starts; the config a run needs."""
+    if not (math.isfinite(speed) and 0 < speed <= 1e6):
+        raise InputError(f"expected a speed in (0, 1e6], got {speed}", field="--speed")
+    if not (math.isfinite(memory_fraction) and 0 < memory_fraction <= 1):
+        raise InputError(f"expected a fraction in (0, 1], got {memory_fraction}",
+                         field="--memory-fraction")
+    if address and emulate_gpus:
+        raise InputError("--emulate-gpus declares slots on a local Ray; a cluster declares "
+                         "its own GPUs", field="--emulate-gpus")
+    from workers.executor import LiveConfig
+
+    return LiveConfig(address=address, emulate_gpus=emulate_gpus, cpu_workers=cpu_workers,
+                      speed=speed, telemetry_interval=telemetry_interval, seed=seed,
+                      memory_fraction=memory_fraction, slow=dict(slow))
+
+
+def live_progress_bar() -> Progress:
+    """Jobs finished, their rate on the wall clock and the devices' latest utilization.
+
+    Unlike the simulator's bar (jobs submitted, trace time), a live run's
+    interesting figures are real throughput and how busy the devices are.
+    """
+    return Progress(TextColumn("[bold]{task.description:>18}"), BarColumn(),
+                    TextColumn("{task.completed:>7,}/{task.total:,} jobs, "
+                               "{task.fields[rate]:,.1f} jobs/s, util {task.fields[util]}"
+                               "{task.fields[failed]}"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
+                    transient=True)
+
+
+NO_PROGRESS: dict[str, Any] = {"rate": 0.0, "util": "-", "failed": ""}
+
+
+def progress_fields(p: LiveProgress) -> dict[str, Any]:
+    """The bar's fields for one report: ``completed`` and the columns' texts."""
+    return {"completed": p.done, "rate": p.rate,
+            "util": "-" if p.util is None else f"{p.util:.0%}",
+            "failed": f", {p.failed:,} failed" if p.failed else ""}
+
+
+def track(bar: Progress, task: Any) -> Callable[[LiveProgress], None]:
+    def update(p: LiveProgress) -> None:
+        bar.update(task, **progress_fields(p))
+
+    return update
+
+
+def compare_live(trace: Path, names: list[str], *, model: str | None, limit: int | None,
+                 seed: int, telemetry_interval: float, slow: Mapping[str, float], out: Path,
+                 config: LiveConfig) -> None:
+    """Each policy live in turn (never at once: they would share the devices).
+
+    One Ray session and one set of workers serve every policy; each run
+    resets the workers first, so no policy inherits another's telemetry.
+    """
+    from policies.base import load_policy
+
+    folders = {name: out / policy_folder(name) for name in names}
+    specs = {name: RunSpec(trace=trace, policy=name, model=model, limit=limit, seed=seed,
+                           telemetry_interval=telemetry_interval, slow=slow, out=folders[name])
+             for name in names}
+    for spec in specs.values():  # bad input fails here, once, before Ray starts
+        check_options(spec)
+    built = {name: load_policy(name) for name in names}
+    total = count_jobs(next(iter(specs.values())))
+    from scheduler.report import write_comparison, write_report
+    from workers.executor import close_session, open_session, run_live
+
+    results: dict[str, RunResult] = {}
+    with live_progress_bar() as bar:
+        tasks = {name: bar.add_task(name, total=total, **NO_PROGRESS) for name in names}
+        session = open_session(config)
+        try:
+            for name, spec in specs.items():
+                policy = built[name]
+                results[name] = run_live(
+                    trace_jobs(spec), policy, str(getattr(policy, "name", name)), folders[name],
+                    dataclasses.replace(config, progress=track(bar, tasks[name])),
+                    {"trace": str(trace)}, session=session)
+                write_report(folders[name])
+        finally:
+            close_session(session)
+    report = write_comparison(folders, out)
+    print_summary(results)
+    console.print(f"comparison: {report}")
+    for result in results.values():
+        exit_for(result)

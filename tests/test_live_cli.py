@@ -1,0 +1,206 @@
+"""compare --mode live, live progress and the workers' memory budget, on one local Ray.
+
+One Ray (loopback, 2 CPUs, 2 declared GPU slots) serves the whole module:
+the CLI and ``open_session`` join a Ray that is already up instead of
+starting their own, which keeps these tests to seconds each.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.test_sim import DESIGN_SUMMARY_KEYS
+from tests.test_sim_cli import OUTPUTS
+
+GPUS = 2
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, num_gpus=GPUS, include_dashboard=False, log_to_driver=False,
+             configure_logging=False, _node_ip_address="127.0.0.1")
+    yield ray
+    ray.shutdown()
+
+
+def tiny_jobs(n: int, seed: int = 3, rate: float = 40.0) -> list:
+    from scheduler.presets import get_preset
+    from scheduler.traces.synth import SynthSpec, generate
+
+    return list(generate(SynthSpec(jobs=n, seed=seed, rate=rate,
+                                   mix={"prefill": 0.5, "decode": 0.5}),
+                         get_preset("tiny", token_scale=0.5)))
+
+
+def write_trace(path: Path, n: int) -> Path:
+    from scheduler.traces import write_trace as write
+
+    write(tiny_jobs(n), path)
+    return path
+
+
+def worker(ray, **kw):
+    from workers.worker import AttentionWorker
+
+    return ray.remote(AttentionWorker).options(num_cpus=0, max_concurrency=2).remote(
+        "test/gpu0", "gpu", emulate=True, seed=1, **kw)
+
+
+# -- compare --mode live ---------------------------------------------------------------------
+
+def test_compare_live_runs_each_policy_with_the_sim_outputs(cli, local_ray, tmp_path) -> None:
+    trace = write_trace(tmp_path / "t.jsonl", 30)
+    out = tmp_path / "cmp"
+    code, text, err = cli("compare", trace, "--mode", "live", "--policies", "static,adaptive",
+                          "--emulate-gpus", GPUS, "--speed", "4", "--telemetry-interval",
+                          "0.25", "--out", out)
+    assert code == 0, err
+    runs = {}
+    for policy in ("static", "adaptive"):
+        for name in OUTPUTS:
+            assert (out / policy / name).exists(), (policy, name)
+        summary = json.loads((out / policy / "summary.json").read_text())
+        assert set(summary) >= DESIGN_SUMMARY_KEYS
+        assert (summary["mode"], summary["policy"], summary["jobs_completed"]) == (
+            "live", policy, 30)
+        runs[policy] = json.loads((out / policy / "run.json").read_text())
+    assert runs["static"]["workers"] == runs["adaptive"]["workers"]
+    comparison = (out / "comparison.md").read_text()
+    assert "static" in comparison and "adaptive" in comparison
+    assert set(json.loads((out / "comparison.json").read_text())) == {"static", "adaptive"}
+    assert "comparison.md" in text and text.count("ran live") == 2
+
+
+@pytest.mark.parametrize(("args", "field"), [
+    (["--speed", "2"], "--speed"),
+    (["--emulate-gpus", "1"], "--emulate-gpus"),
+    (["--memory-fraction", "0.5"], "--memory-fraction"),
+    (["--address", "auto"], "--address"),
+    (["--mode", "live", "--load", "0.5"], "--load"),
+    (["--mode", "live", "--nodes", "gpu_h100=1"], "--nodes"),
+    (["--mode", "live", "--fail", "x@1"], "--fail"),
+    (["--mode", "live", "--slots", "2"], "--slots"),
+    (["--mode", "live", "--jobs", "2"], "--jobs"),
+    (["--mode", "live", "--cluster", "cluster.yaml"], "--cluster"),
+    (["--mode", "live", "--memory-fraction", "0"], "--memory-fraction"),
+    (["--mode", "live", "--speed", "-1"], "--speed"),
+    (["--mode", "fast"], "--mode"),
+])
+def test_compare_rejects_options_of_the_other_mode(cli, tmp_path, args, field) -> None:
+    """Checked before Ray or any process starts: no Ray fixture here."""
+    trace = write_trace(tmp_path / "t.jsonl", 3)
+    code, _, err = cli("compare", trace, *args, "--out", tmp_path / "never")
+    assert code == 2, err
+    assert field in err and err.count("\n") == 1
+    assert not (tmp_path / "never").exists()
+
+
+def test_run_rejects_a_bad_memory_fraction(cli, tmp_path) -> None:
+    trace = write_trace(tmp_path / "t.jsonl", 3)
+    for value in ("0", "1.01", "nan"):
+        code, _, err = cli("run", trace, "--memory-fraction", value)
+        assert code == 2 and "--memory-fraction" in err and err.count("\n") == 1
+
+
+# -- progress --------------------------------------------------------------------------------
+
+def test_live_progress_reports_jobs_done_rate_and_utilization(local_ray, tmp_path) -> None:
+    from policies.base import load_policy
+    from workers.executor import LiveConfig, LiveProgress, run_live
+
+    seen: list[LiveProgress] = []
+    config = LiveConfig(emulate_gpus=GPUS, speed=4.0, telemetry_interval=0.2,
+                        progress=seen.append)
+    result = run_live(tiny_jobs(40), load_policy("greedy"), "greedy", None, config)
+    assert result.exit_code == 0
+    assert seen, "no progress reported"
+    done = [p.done for p in seen]
+    assert done == sorted(done) and done[-1] == 40
+    last = seen[-1]
+    assert last.rate > 0 and last.failed == 0
+    assert last.util is not None and 0.0 <= last.util <= 1.0
+
+
+def test_progress_fields_render_rate_util_and_failures() -> None:
+    from scheduler.cli.live_cmd import progress_fields
+    from workers.executor import LiveProgress
+
+    fields = progress_fields(LiveProgress(done=7, failed=2, clock=3.0, rate=12.5, util=0.436))
+    assert fields == {"completed": 7, "rate": 12.5, "util": "44%", "failed": ", 2 failed"}
+    fields = progress_fields(LiveProgress(done=0, failed=0, clock=0.0, rate=0.0, util=None))
+    assert (fields["util"], fields["failed"]) == ("-", "")
+
+
+# -- reused workers --------------------------------------------------------------------------
+
+def test_a_reset_worker_starts_like_a_fresh_one(local_ray) -> None:
+    """What compare --mode live relies on to run every policy on the same workers."""
+    job = tiny_jobs(1)[0]
+    w = worker(local_ray)
+    first = local_ray.get(w.run.remote("b1", [job], 1e-6, 1e9))
+    sample = local_ray.get(w.telemetry.remote(1.0, 0))
+    assert sample.achieved_flops > 0  # the batch was counted
+    local_ray.get(w.run.remote("b2", [job], 1e-6, 1e9))
+    local_ray.get(w.reset.remote())
+    again = local_ray.get(w.run.remote("b3", [job], 1e-6, 1e9))
+    assert again.checksum == first.checksum  # same tensors as a fresh worker's first batch
+    local_ray.get(w.reset.remote())
+    assert local_ray.get(w.telemetry.remote(2.0, 0)).achieved_flops == 0.0
+
+
+# -- memory budget ---------------------------------------------------------------------------
+
+def test_worker_refuses_a_batch_over_its_budget_without_running_it(local_ray) -> None:
+    job = tiny_jobs(1)[0]
+    w = worker(local_ray, memory_budget=1 << 20)
+    refused = local_ray.get(w.run.remote("big", [job], 0.01, 1e9, 2 << 20))
+    assert refused.error is not None and refused.error.startswith("out of memory")
+    assert "2 MiB" in refused.error and "1 MiB budget" in refused.error
+    assert refused.seconds == 0.0
+    assert local_ray.get(w.telemetry.remote(1.0, 0)).achieved_flops == 0.0  # nothing ran
+    fits = local_ray.get(w.run.remote("small", [job], 0.01, 1e9, 1 << 19))
+    assert fits.error is None and fits.seconds > 0
+
+
+def test_memory_fraction_is_what_the_controller_plans_with_and_workers_enforce(
+        local_ray) -> None:
+    from scheduler.cluster import for_live_run, from_ray_nodes
+    from workers.executor import LiveConfig, close_session, open_session
+
+    whole = for_live_run(from_ray_nodes(local_ray.nodes()), emulated_gpus=True, cpu_workers=0)
+    session = open_session(LiveConfig(emulate_gpus=GPUS, memory_fraction=0.5))
+    try:
+        for device in whole.devices:
+            planned = session.spec.device(device.id).memory_bytes
+            assert planned == int(device.memory_bytes * 0.5) > 0
+            enforced = local_ray.get(session.workers[device.id].memory_budget.remote())
+            assert enforced == planned
+    finally:
+        close_session(session)
+
+
+def test_a_refused_batch_is_handled_like_an_oom_and_no_job_is_lost(local_ray, tmp_path) -> None:
+    """The test knob ``worker_budget`` gives head/gpu0 a 1-byte budget the controller
+    does not know about (as a device smaller than the spec says): every batch sent
+    there comes back out of memory, is requeued, and ends done elsewhere or failed
+    with the OOM as its reason."""
+    from policies.base import load_policy
+    from workers.executor import LiveConfig, run_live
+
+    out = tmp_path / "oom"
+    config = LiveConfig(emulate_gpus=GPUS, speed=4.0, telemetry_interval=0.25,
+                        worker_budget={"head/gpu0": 1})
+    result = run_live(tiny_jobs(30), load_policy("greedy"), "greedy", out, config)
+    assert result.exit_code == 0, result.message
+    rows = pq.read_table(out / "jobs.parquet").to_pylist()
+    assert len(rows) == 30 and {r["id"] for r in rows} == {j.id for j in tiny_jobs(30)}
+    assert all(r["device"] != "head/gpu0" for r in rows if r["status"] == "done")
+    assert all("out of memory" in (r["reason"] or "") for r in rows if r["status"] != "done")
+    assert any(r["attempts"] > 1 for r in rows), "no batch was refused"
+    assert result.summary["jobs_completed"] + result.summary["jobs_failed"] == 30
