@@ -127,14 +127,23 @@ def test_live_progress_reports_jobs_done_rate_and_utilization(local_ray, tmp_pat
     assert last.util is not None and 0.0 <= last.util <= 1.0
 
 
-def test_progress_fields_render_rate_util_and_failures() -> None:
-    from scheduler.cli.live_cmd import progress_fields
+def test_live_bar_shows_jobs_done_rate_utilization_and_failures() -> None:
+    from rich.progress import TextColumn
+
+    from scheduler.cli.live_cmd import NO_PROGRESS, live_progress_bar, track
     from workers.executor import LiveProgress
 
-    fields = progress_fields(LiveProgress(done=7, failed=2, clock=3.0, rate=12.5, util=0.436))
-    assert fields == {"completed": 7, "rate": 12.5, "util": "44%", "failed": ", 2 failed"}
-    fields = progress_fields(LiveProgress(done=0, failed=0, clock=0.0, rate=0.0, util=None))
-    assert (fields["util"], fields["failed"]) == ("-", "")
+    def shown(bar) -> str:
+        return " ".join(str(c.render(bar.tasks[0])) for c in bar.columns
+                        if isinstance(c, TextColumn))
+
+    bar = live_progress_bar()
+    task = bar.add_task("run adaptive", total=10, start=False, **NO_PROGRESS)
+    assert "0/10 jobs, 0.0 jobs/s, util -" in shown(bar)
+    assert bar.tasks[0].start_time is None  # Ray's start-up is not the run's time
+    track(bar, task)(LiveProgress(7, 2, 3.0, 12.5, 0.436))
+    assert "7/10 jobs, 12.5 jobs/s, util 44%, 2 failed" in shown(bar)
+    assert bar.tasks[0].start_time is not None
 
 
 # -- reused workers --------------------------------------------------------------------------

@@ -192,7 +192,7 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
     latest: dict[str, float] = {}  # device -> utilization in its latest sample
     speed = config.speed
     t0 = time.monotonic()
-    reported = t0
+    reported = t0 - PROGRESS_EVERY  # the first report goes out at once
 
     def clock() -> float:
         return max(controller.now, (time.monotonic() - t0) * speed)

@@ -54,8 +54,8 @@ def live_progress_bar() -> Progress:
     Unlike the simulator's bar (jobs submitted, trace time), a live run's
     interesting figures are real throughput and how busy the devices are.
     """
-    return Progress(TextColumn("[bold]{task.description:>18}"), BarColumn(),
-                    TextColumn("{task.completed:>7,}/{task.total:,} jobs, "
+    return Progress(TextColumn("[bold]{task.description:>12}"), BarColumn(bar_width=10),
+                    TextColumn("{task.completed:>5,}/{task.total:,} jobs, "
                                "{task.fields[rate]:,.1f} jobs/s, util {task.fields[util]}"
                                "{task.fields[failed]}"),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
@@ -73,7 +73,16 @@ def progress_fields(p: LiveProgress) -> dict[str, Any]:
 
 
 def track(bar: Progress, task: Any) -> Callable[[LiveProgress], None]:
+    """Updates for ``task``, added with ``start=False``: its clock starts with the run's
+    first report, so neither Ray's start nor an earlier policy's turn counts."""
+
+    started = False
+
     def update(p: LiveProgress) -> None:
+        nonlocal started
+        if not started:
+            bar.start_task(task)
+            started = True
         bar.update(task, **progress_fields(p))
 
     return update
@@ -102,7 +111,8 @@ def compare_live(trace: Path, names: list[str], *, model: str | None, limit: int
 
     results: dict[str, RunResult] = {}
     with live_progress_bar() as bar:
-        tasks = {name: bar.add_task(name, total=total, **NO_PROGRESS) for name in names}
+        tasks = {name: bar.add_task(name, total=total, start=False, **NO_PROGRESS)
+                 for name in names}
         session = open_session(config)
         try:
             for name, spec in specs.items():

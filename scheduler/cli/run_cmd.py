@@ -60,7 +60,8 @@ def run(
     from workers.executor import run_live
 
     with live_progress_bar() as bar:
-        config.progress = track(bar, bar.add_task(f"run {policy}", total=total, **NO_PROGRESS))
+        task = bar.add_task(f"run {policy}", total=total, start=False, **NO_PROGRESS)
+        config.progress = track(bar, task)
         result = run_live(jobs, built, str(getattr(built, "name", policy)), out, config,
                           {"trace": str(trace)})
     if out is not None:
