@@ -18,6 +18,7 @@ from scheduler.errors import InputError
 from scheduler.jobs import AttentionJob, ClusterJob, Job
 from scheduler.pricing import ClusterCost, load_profiles
 from scheduler.profiles import DeviceProfile
+from scheduler.sim.executor import LiveCosts
 from scheduler.sim.runner import Fault, RunResult, SimConfig, parse_faults, simulate
 from scheduler.traces import open_trace
 
@@ -45,6 +46,10 @@ class RunSpec:
     slow: Mapping[str, float] = field(default_factory=dict)
     out: Path | None = None
     report: bool = True
+    # Model what the live path costs beyond the attention (Ray round trips, the
+    # controller's decisions, worker setup, CPU contention), as measured in the
+    # profiles; off: devices cost exactly what the cost model predicts.
+    live_costs: bool = True
 
 
 def trace_jobs(spec: RunSpec) -> Iterator[Job]:
@@ -148,7 +153,9 @@ def run_sim(spec: RunSpec, progress: Callable[[int, float], None] | None = None,
     config = SimConfig(seed=spec.seed, slots=spec.slots,
                        telemetry_interval=spec.telemetry_interval,
                        decision_interval=spec.decision_interval, faults=faults,
-                       slow=dict(spec.slow), progress=progress)
+                       slow=dict(spec.slow), progress=progress,
+                       live=LiveCosts.from_profiles(profiles.values()) if spec.live_costs
+                       else None)
     name = getattr(policy, "name", spec.policy)
     result = simulate(jobs, cluster, profiles, policy, str(name), spec.out, config, context)
     if spec.out is not None and spec.report:

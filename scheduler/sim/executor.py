@@ -5,13 +5,22 @@ when placing). Batches sharing a device split its throughput (processor
 sharing) at the profile's measured sharing efficiency; a device slowed by
 fault injection runs everything ``factor`` times longer. Telemetry records
 are synthesized in the same shape live workers report.
+
+With :class:`LiveCosts` the devices cost what the live path costs, not only
+what the attention does: each batch also pays the controller's decision, the
+Ray round trip and the worker's per-job setup (all calibrated into the
+device profile), workers of one node slow each other down by the measured
+node sharing curve, and ``time_scale`` stretches everything the way a live
+replay at ``--speed X`` does (its clock runs X times faster than the wall).
+The controller is not told: live, it predicts with the cost model too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from scheduler.profiles import DeviceProfile
 from scheduler.sim.engine import FINISH, EventQueue
 from scheduler.state import Batch, DeviceState
 from scheduler.view import Telemetry
@@ -23,12 +32,34 @@ class _Running:
     remaining: float  # solo seconds of work left
     version: int = 0
     finish: float = 0.0
+    started: float = 0.0
+
+
+@dataclass(frozen=True)
+class LiveCosts:
+    """What the simulator adds to model a live run (see the module docstring)."""
+
+    time_scale: float = 1.0  # the live run's --speed
+    decision_s: float = 0.0  # the controller's time per decision round
+    telemetry_s: float = 0.0  # wall seconds a telemetry sample takes to reach the controller
+
+    @classmethod
+    def from_profiles(cls, profiles: Iterable[DeviceProfile], time_scale: float = 1.0
+                      ) -> LiveCosts:
+        """The costs the profiles measured; the slowest figure stands for the cluster."""
+        profiles = list(profiles)
+        return cls(time_scale, max((p.decision_s for p in profiles), default=0.0),
+                   max((p.telemetry_s for p in profiles), default=0.0))
 
 
 @dataclass(slots=True)
 class _Device:
     state: DeviceState
     slow: float = 1.0
+    node: str = ""
+    per_batch: float = 0.0  # solo seconds each batch costs beyond its attention
+    per_job: float = 0.0
+    contended: bool = False  # its profile measured workers of a node slowing each other
     running: dict[str, _Running] = field(default_factory=dict)
     rate: float = 1.0  # progress of each elastic batch per second
     last: float = 0.0
@@ -36,13 +67,28 @@ class _Device:
     flops_done: float = 0.0
     speed: float = 1.0
     total_busy: float = 0.0
+    predicted: float = 0.0  # since the last sample, as a live worker counts them
+    observed: float = 0.0
 
 
 class SimExecutor:
     def __init__(self, devices: Mapping[str, DeviceState], events: EventQueue,
-                 slow: Mapping[str, float] | None = None) -> None:
+                 slow: Mapping[str, float] | None = None, live: LiveCosts | None = None
+                 ) -> None:
         self.events = events
-        self.devices = {k: _Device(s, (slow or {}).get(k, 1.0)) for k, s in devices.items()}
+        self.devices = {k: _Device(s, (slow or {}).get(k, 1.0), s.spec.node)
+                        for k, s in devices.items()}
+        self.scale = live.time_scale if live else 1.0
+        self.live = live is not None
+        self.by_node: dict[str, list[_Device]] = {}
+        self.busy_on_node: dict[str, int] = {}
+        for dev in self.devices.values():
+            profile = dev.state.profile
+            if live is not None and profile is not None:
+                dev.per_batch = live.decision_s + profile.actor_call_s
+                dev.per_job = profile.worker_job_s
+                dev.contended = len(profile.node_sharing) > 1
+            self.by_node.setdefault(dev.node, []).append(dev)
         self.last_tick = 0.0
 
     # -- processor sharing -----------------------------------------------------------------
@@ -68,7 +114,9 @@ class SimExecutor:
         if k:
             profile = dev.state.profile
             efficiency = profile.sharing_efficiency(k) if profile else 1.0
-            dev.rate = efficiency / k / dev.slow
+            if dev.contended and profile is not None:
+                efficiency *= profile.node_efficiency(self.busy_on_node.get(dev.node, 1))
+            dev.rate = efficiency / k / dev.slow / self.scale
         for run in elastic:
             run.version += 1
             run.finish = now + max(0.0, run.remaining) / dev.rate
@@ -77,13 +125,27 @@ class SimExecutor:
     def start(self, batch: Batch, now: float) -> None:
         dev = self.devices[batch.device]
         self._advance(dev, now)
-        run = _Running(batch, batch.solo_seconds)
+        run = _Running(batch, batch.solo_seconds, started=now)
         dev.running[batch.id] = run
         if not batch.elastic:  # holds its resources for exactly its duration
-            run.finish = now + batch.solo_seconds
+            run.finish = now + batch.solo_seconds * self.scale
             self.events.push(run.finish, FINISH, (batch.id, 0, batch.device))
             return  # the elastic batches' rate is unchanged: nothing to reschedule
+        run.remaining += dev.per_batch + dev.per_job * len(batch.jobs)
+        if dev.contended and self._elastic_running(dev) == 1:
+            self._node_changed(dev, now, +1)  # this worker starts computing
         self._reschedule(dev, now)
+
+    def _elastic_running(self, dev: _Device) -> int:
+        return sum(r.batch.elastic for r in dev.running.values())
+
+    def _node_changed(self, dev: _Device, now: float, delta: int) -> None:
+        """A worker of the node started or stopped computing: its peers change speed."""
+        self.busy_on_node[dev.node] = self.busy_on_node.get(dev.node, 0) + delta
+        for peer in self.by_node[dev.node]:
+            if peer is not dev and peer.contended and self._elastic_running(peer):
+                self._advance(peer, now)
+                self._reschedule(peer, now)
 
     def is_current(self, batch_id: str, version: int, device: str) -> bool:
         run = self.devices[device].running.get(batch_id)
@@ -96,8 +158,14 @@ class SimExecutor:
         if run is not None and completed:
             dev.flops_done += batch.flops
             if batch.elastic and now > batch.start:
-                dev.speed = 1.0 / dev.slow
+                if self.live:  # a worker times its call: the round trip is not in it
+                    dev.predicted += batch.solo_seconds
+                    dev.observed += max((now - run.started) / self.scale - dev.per_batch, 1e-9)
+                else:
+                    dev.speed = 1.0 / dev.slow
         if batch.elastic:  # a cluster job leaving changes no elastic batch's rate
+            if run is not None and dev.contended and self._elastic_running(dev) == 0:
+                self._node_changed(dev, now, -1)  # this worker goes idle
             self._reschedule(dev, now)
 
     # -- telemetry ------------------------------------------------------------------------
@@ -108,6 +176,9 @@ class SimExecutor:
         for device_id, dev in self.devices.items():
             self._advance(dev, now)
             state = dev.state
+            if dev.observed > 0:
+                dev.speed = dev.predicted / dev.observed
+                dev.predicted = dev.observed = 0.0
             out.append(Telemetry(
                 now, device_id, min(1.0, dev.busy_integral / interval),
                 state.spec.memory_bytes - state.memory_free, state.spec.memory_bytes,

@@ -27,7 +27,7 @@ from scheduler.metrics import RunOutputs
 from scheduler.pricing import ClusterCost
 from scheduler.profiles import DeviceProfile
 from scheduler.sim.engine import ARRIVAL, DECIDE, FAULT, FINISH, TELEMETRY, EventQueue
-from scheduler.sim.executor import SimExecutor
+from scheduler.sim.executor import LiveCosts, SimExecutor
 
 log = logging.getLogger(__name__)
 IDLE_ROUNDS = 3  # decision rounds on an idle cluster before leftover jobs are failed
@@ -56,6 +56,9 @@ class SimConfig:
     # seconds (0: after every instant with events). Real schedulers run in
     # cycles too; a quantum trades reaction time for simulator speed.
     decision_interval: float = 0.0
+    # Model the live path's own costs (scheduler.sim.executor.LiveCosts); None:
+    # devices cost exactly what the cost model predicts.
+    live: LiveCosts | None = None
 
 
 @dataclass
@@ -101,7 +104,7 @@ def simulate(jobs: Iterable[Job], spec: ClusterSpec, profiles: Mapping[str, Devi
                             slots=config.slots, sink=outputs,
                             max_policy_failures=config.max_policy_failures)
     events = EventQueue()
-    executor = SimExecutor(controller.devices, events, config.slow)
+    executor = SimExecutor(controller.devices, events, config.slow, config.live)
     for fault in config.faults:
         events.push(fault.time, FAULT, fault)
     stream: Iterator[Job] = iter(jobs)
@@ -221,9 +224,15 @@ def _handle(kind: int, payload: Any, now: float, controller: Controller,
         for batch in hit:
             executor.finish(batch, now, completed=False)
         return "failure"
+    if payload is not None:  # samples taken a round trip ago reach the controller now
+        controller.observe(payload)
+        return None  # live, a sample arriving triggers no decision of its own
     samples = executor.sample(now, len(controller.pending))
-    controller.observe(samples)
     outputs.telemetry(samples)
+    if config.live is not None and config.live.telemetry_s > 0:
+        events.push(now + config.live.telemetry_s * config.live.time_scale, TELEMETRY, samples)
+    else:
+        controller.observe(samples)
     if config.telemetry_interval > 0 and (controller.batches or controller.pending
                                           or arrivals_left):
         events.push(now + config.telemetry_interval, TELEMETRY, None)
