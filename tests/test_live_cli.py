@@ -213,3 +213,38 @@ def test_a_refused_batch_is_handled_like_an_oom_and_no_job_is_lost(local_ray, tm
     assert all("out of memory" in (r["reason"] or "") for r in rows if r["status"] != "done")
     assert any(r["attempts"] > 1 for r in rows), "no batch was refused"
     assert result.summary["jobs_completed"] + result.summary["jobs_failed"] == 30
+
+
+# -- which GPUs are real ---------------------------------------------------------------------
+
+def _node(node_id: str, **resources: float) -> dict:
+    return {"NodeID": node_id * 28, "Alive": True, "NodeManagerAddress": "10.0.0.1",
+            "Resources": {"memory": 64e9, **resources}}
+
+
+CLUSTER_NODES = [
+    # cluster.yaml's head: no CPU for workers, no GPU, so no CUDA where the driver runs
+    _node("99", CPU=0.0, **{"node:__internal_head__": 1.0}),
+    _node("11", CPU=192.0, GPU=8.0, **{"accelerator_type:H100": 1.0}),  # GPUs Ray detected
+    _node("22", CPU=4.0, GPU=2.0),  # slots declared with --num-gpus: no accelerator label
+]
+
+
+def test_on_a_cluster_gpus_ray_detected_are_real_even_from_a_gpu_less_head() -> None:
+    from workers.executor import LiveConfig, live_cluster
+
+    spec = live_cluster(CLUSTER_NODES, LiveConfig(address="auto", memory_fraction=1.0),
+                        local_cuda=False)
+    models = {d.id: (d.model, d.profile) for d in spec.devices}
+    assert all(models[f"11111111/gpu{i}"] == ("H100", "h100") for i in range(8))
+    assert models["22222222/gpu0"] == models["22222222/gpu1"] == ("emulated", "cpu")
+    assert not [d for d in spec.devices if d.node == "head"]
+
+
+def test_a_local_ray_without_cuda_emulates_every_gpu() -> None:
+    from workers.executor import LiveConfig, live_cluster
+
+    spec = live_cluster(CLUSTER_NODES, LiveConfig(), local_cuda=False)
+    assert {d.model for d in spec.devices if d.kind == "gpu"} == {"emulated"}
+    spec = live_cluster(CLUSTER_NODES, LiveConfig(), local_cuda=True)
+    assert "H100" in {d.model for d in spec.devices}

@@ -91,9 +91,31 @@ def start_ray(config: LiveConfig) -> None:
 def discover(config: LiveConfig) -> ClusterSpec:
     import ray
 
-    spec = from_ray_nodes(ray.nodes())  # type: ignore[no-untyped-call]
-    spec = for_live_run(spec, emulated_gpus=config.emulate_gpus > 0 or not _has_cuda(),
-                        cpu_workers=config.cpu_workers)
+    nodes = ray.nodes()  # type: ignore[no-untyped-call]
+    return live_cluster(nodes, config, local_cuda=not config.address and _has_cuda())
+
+
+def live_cluster(nodes: list[dict[str, Any]], config: LiveConfig,
+                 local_cuda: bool) -> ClusterSpec:
+    """The cluster a live run schedules on, from ``ray.nodes()``.
+
+    Which GPUs are only declared slots (computing on the CPU) is decided per
+    node: on a cluster the driver's own node says nothing about the others (the
+    head of cluster.yaml has no GPU), but Ray labels every GPU it detects with
+    ``accelerator_type:MODEL``, so an unlabelled GPU slot is a declared one.
+    """
+    spec = from_ray_nodes(nodes)
+    if config.address:
+        unlabelled = {n.get("NodeID") for n in nodes if not any(
+            k.startswith("accelerator_type:") for k in n.get("Resources") or {})}
+        declared = {n.name for n in spec.nodes if n.gpus and n.ray_id in unlabelled}
+    else:
+        declared = {n.name for n in spec.nodes} if config.emulate_gpus or not local_cuda \
+            else set()
+    real = for_live_run(spec, emulated_gpus=False, cpu_workers=config.cpu_workers)
+    fake = for_live_run(spec, emulated_gpus=True, cpu_workers=config.cpu_workers)
+    spec = ClusterSpec(tuple(f if f.name in declared else r
+                             for r, f in zip(real.nodes, fake.nodes, strict=True)), spec.source)
     if not spec.devices:
         raise InputError("the Ray cluster offers no device to run on", field="--address")
     return budgeted(spec, config.memory_fraction)
