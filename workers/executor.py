@@ -66,6 +66,9 @@ class LiveConfig:
     # device smaller than the cluster spec says would (a MIG slice).
     worker_budget: Mapping[str, int] = field(default_factory=dict)
     progress: Callable[[LiveProgress], None] | None = None
+    # Profile name -> file: time the devices with a calibrated profile instead of
+    # the shipped one (e.g. ``{"cpu": "profile.json"}``).
+    profiles: Mapping[str, str] = field(default_factory=dict)
 
 
 def start_ray(config: LiveConfig) -> None:
@@ -201,7 +204,7 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
     spec, workers = live.spec, live.workers
     if not own:
         ray.get([w.reset.remote() for w in workers.values()], timeout=60)
-    profiles = load_profiles(spec)
+    profiles = load_profiles(spec, config.profiles)
     cost = ClusterCost(spec, profiles)
     outputs = RunOutputs(out, {d.id: d.node for d in spec.devices})
     controller = Controller(spec, cost, policy, policy_name=policy_name, seed=config.seed,

@@ -15,7 +15,15 @@ from collections.abc import Sequence
 import typer
 
 from scheduler import __version__
-from scheduler.cli import cluster_cmd, profile_cmd, run_cmd, sim_cmd, trace_cmd
+from scheduler.cli import (
+    calibrate_cmd,
+    cluster_cmd,
+    fidelity_cmd,
+    profile_cmd,
+    run_cmd,
+    sim_cmd,
+    trace_cmd,
+)
 from scheduler.errors import InputError
 
 app = typer.Typer(
@@ -33,6 +41,8 @@ app.command()(sim_cmd.simulate)
 app.command()(sim_cmd.compare)
 app.command()(sim_cmd.explain)
 app.command("policies")(sim_cmd.policies_cmd)
+app.command()(calibrate_cmd.calibrate)
+app.command("fidelity")(fidelity_cmd.fidelity_cmd)
 
 
 def _version(value: bool) -> None:
