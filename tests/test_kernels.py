@@ -48,25 +48,122 @@ def test_attention_matches_reference(dtype, causal, backend, q_len, kv_len) -> N
                           **TOL[dtype])
 
 
+def split_used(used: str) -> tuple[str, str]:
+    """("flash", "padded") from "flash+padded (nested: ...)"."""
+    backend, _, method = used.partition("+")
+    return backend, method.split(" ")[0]
+
+
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("causal", [False, True])
-def test_packed_equals_one_by_one(dtype, causal) -> None:
+@pytest.mark.parametrize("method", [None, "split", "padded", "nested"])
+def test_packed_equals_one_by_one(dtype, causal, method) -> None:
     shapes = [(7, 7), (3, 10), (12, 12), (1, 5)]
     jobs = [qkv(lq, lk, dtype=dtype, seed=i) for i, (lq, lk) in enumerate(shapes)]
     outs, used = kernels.packed_attention([j[0] for j in jobs], [j[1] for j in jobs],
-                                          [j[2] for j in jobs], causal)
+                                          [j[2] for j in jobs], causal, method=method)
     for (q, k, v), out in zip(jobs, outs, strict=True):
         alone, _ = kernels.attention(q, k, v, causal)
         assert out.shape == alone.shape
         assert torch.allclose(out.float(), alone.float(), **TOL[dtype])
         assert torch.allclose(out.float(), kernels.reference_attention(q, k, v, causal).float(),
                               **TOL[dtype])
-    assert used in kernels.BACKENDS
+    backend, ran = split_used(used)
+    assert backend in kernels.BACKENDS
+    if method is None:
+        assert ran == "split"  # the CPU rule: one call per shape
+    elif method == "nested" and causal:
+        assert ran == "padded" and "(nested: no causal nested SDPA on cpu" in used
+    else:
+        assert ran == method
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_nested_matches_reference_and_padding(dtype, causal) -> None:
+    """Entries of any batch size, GQA and cross-attention, through one jagged call.
+
+    Causal attention runs nested for real when every job has one query (the
+    mask is then a no-op); longer causal queries are covered by the fallback.
+    """
+    shapes = [(1, 9), (1, 3), (1, 17)] if causal else [(9, 9), (4, 13), (17, 2), (1, 6)]
+    jobs = [qkv(lq, lk, batch=1 + i % 2, dtype=dtype, seed=10 + i)
+            for i, (lq, lk) in enumerate(shapes)]
+    qs, ks, vs = ([j[n] for j in jobs] for n in range(3))
+    nested, used = kernels.nested_attention(qs, ks, vs, causal)
+    padded, _ = kernels.packed_attention(qs, ks, vs, causal, method="padded")
+    assert used == "math"  # the only nested kernel torch 2.13 has on CPU
+    for (q, k, v), a, b in zip(jobs, nested, padded, strict=True):
+        assert a.shape == q.shape
+        ref = kernels.reference_attention(q, k, v, causal).float()
+        assert torch.allclose(a.float(), ref, **TOL[dtype])
+        assert torch.allclose(a.float(), b.float(), **TOL[dtype])
+
+
+def test_nested_refuses_causal_queries_on_cpu() -> None:
+    q, k, v = qkv(5, 5)
+    q2, k2, v2 = qkv(3, 3, seed=1)
+    with pytest.raises(RuntimeError, match="no causal nested SDPA on cpu"):
+        kernels.nested_attention([q, q2], [k, k2], [v, v2], causal=True)
+
+
+def test_nested_gradients_match_the_reference() -> None:
+    """Training jobs may be packed nested on a GPU: the backward pass must agree."""
+    jobs = [[t.requires_grad_() for t in qkv(lq, lq, seed=20 + lq)] for lq in (4, 7)]
+    outs, _ = kernels.packed_attention(*[[j[n] for j in jobs] for n in range(3)], causal=False,
+                                       method="nested")
+    sum(o.square().sum() for o in outs).backward()
+    for q, k, v in jobs:
+        got = [t.grad.clone() for t in (q, k, v)]
+        for t in (q, k, v):
+            t.grad = None
+        kernels.reference_attention(q, k, v, False).square().sum().backward()
+        for g, t in zip(got, (q, k, v), strict=True):
+            assert torch.allclose(g, t.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_padding_waste() -> None:
+    assert kernels.padding_waste([4, 4], [4, 4]) == 0.0
+    assert kernels.padding_waste([2, 4], [2, 4]) == pytest.approx(1 - (4 + 16) / 32)
+    assert kernels.padding_waste([2, 4], [2, 4], batches=[3, 1]) == pytest.approx(
+        1 - (3 * 4 + 16) / (4 * 16))
+
+
+SMALL, BIG = (8, 64), (64, 128)  # (heads, head_dim): ~1e7 and ~1.4e10 FLOPs per call below
+
+
+@pytest.mark.parametrize(("device", "q_lens", "kv_lens", "causal", "size", "method"), [
+    ("cpu", [64, 64], [64, 64], True, SMALL, "dense"),
+    ("cuda", [64, 64], [64, 64], False, SMALL, "dense"),
+    ("cpu", [60, 64], [60, 64], False, SMALL, "split"),       # CPU never pads...
+    ("cpu", [64, 8], [64, 8], False, SMALL, "split"),
+    ("cpu", [60, 64, 50], [60, 64, 50], False, SMALL, "split"),  # ...nor nests
+    ("cuda", [60, 640], [60, 640], False, BIG, "nested"),     # varlen: no waste
+    ("cuda", [60, 64], [60, 64], True, SMALL, "nested"),      # square causal agrees
+    ("cuda", [1, 1], [60, 90], True, SMALL, "nested"),        # one query: mask is a no-op
+    ("cuda", [30, 32], [60, 64], True, SMALL, "padded"),      # cross causal, little waste
+    ("cuda", [2, 2, 32], [6, 6, 64], True, SMALL, "split"),   # cross causal, mostly padding
+    ("cuda", [900, 1024], [1800, 2048], True, BIG, "split"),  # big calls: not launch-bound
+    ("mps", [60, 64], [60, 64], False, SMALL, "split"),       # unknown devices: CPU rule
+])
+def test_choose_packing(device, q_lens, kv_lens, causal, size, method) -> None:
+    choice = kernels.choose_packing(q_lens, kv_lens, causal, device, heads=size[0],
+                                    head_dim=size[1])
+    assert choice.method == method, choice.reason
+    assert choice.reason
+
+
+def test_unknown_packing_method_is_refused() -> None:
+    q, k, v = qkv(4, 4)
+    with pytest.raises(ValueError, match="unknown packing method"):
+        kernels.packed_attention([q], [k], [v], False, method="zip")
 
 
 def test_packing_same_shapes_needs_no_padding() -> None:
     jobs = [qkv(8, 8, seed=i) for i in range(3)]
-    outs, _ = kernels.packed_attention(*[[j[n] for j in jobs] for n in range(3)], causal=True)
+    outs, used = kernels.packed_attention(*[[j[n] for j in jobs] for n in range(3)],
+                                          causal=True)
+    assert split_used(used)[1] == "dense"
     for (q, k, v), out in zip(jobs, outs, strict=True):
         assert torch.allclose(out, kernels.reference_attention(q, k, v, True), **TOL["fp32"])
 
@@ -93,3 +190,21 @@ def test_training_gradients_match_the_reference() -> None:
     kernels.reference_attention(q, k, v, True).square().sum().backward()
     for got, want in zip(grads, (q.grad, k.grad, v.grad), strict=True):
         assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_worker_records_the_packing_method_and_it_does_not_change_results(monkeypatch) -> None:
+    """Mixed lengths in one worker batch: CPU splits by shape; forcing the GPU-style
+    nested rule on the same seed gives the same checksum through one jagged call."""
+    from tests.builders import attention_job
+    from workers.worker import AttentionWorker
+
+    jobs = [attention_job(id=f"j{i}", q_len=lq, kv_len=lk, heads=4, kv_heads=2, head_dim=16,
+                          dtype="fp32", kind=kind)
+            for i, (lq, lk, kind) in enumerate([(12, 12, "prefill"), (5, 9, "prefill"),
+                                                (12, 12, "train"), (7, 7, "prefill")])]
+    split = AttentionWorker("cpu0", "cpu", seed=3).run("b0", jobs, 0.1, 1.0)
+    assert split.error is None and split.backend == "flash+split"
+    monkeypatch.setitem(kernels.RULES, "cpu", kernels.PackRule(True, -1.0, 0.0))
+    nested = AttentionWorker("cpu0", "cpu", seed=3).run("b0", jobs, 0.1, 1.0)
+    assert nested.error is None and nested.backend == "math+nested"
+    assert nested.checksum == pytest.approx(split.checksum, rel=1e-4, abs=1e-3)

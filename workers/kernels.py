@@ -12,8 +12,11 @@ decode query sees the whole cache. This is what the cost model prices.
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +28,8 @@ BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTEN
             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
 # Fastest first, per device type, from the H100 profile and measurements here.
 PREFERENCE = {"cuda": ("cudnn", "flash", "efficient", "math"), "cpu": ("flash", "math")}
+# Jagged (nested) inputs: torch 2.13 runs them on CPU with the math kernel only.
+NESTED_PREFERENCE = {"cuda": ("cudnn", "flash", "efficient", "math"), "cpu": ("math",)}
 
 
 def causal_mask(q_len: int, kv_len: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -81,20 +86,126 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
     raise RuntimeError(f"no SDPA backend ran these inputs: {last}")
 
 
+# -- packing jobs of different lengths ----------------------------------------------------
+#
+# Four ways to run several shapes (same heads, head size, dtype, causality):
+#   dense   all entries share one shape: concatenate, one plain call;
+#   split   one call per distinct shape (same-shape entries concatenated);
+#   padded  one call over left-padded tensors with a mask hiding the padding;
+#   nested  one call over jagged nested tensors (torch.nested, layout=torch.jagged).
+# The rule that picks one is choose_packing(); bench/pack_methods.py measures
+# all four, and docs/benchmarks.md has the figures behind the thresholds below.
+
+METHODS = ("dense", "split", "padded", "nested")
+
+
+@dataclass(frozen=True)
+class PackRule:
+    """How one device type packs different shapes; figures in docs/benchmarks.md.
+
+    ``nested``: try jagged tensors first. ``max_pad_waste``: pad only when at
+    most this share of the padded score matrix is padding, and only when
+    each separate call would do at most ``launch_bound_flops`` (bigger calls
+    already run near the device's peak, so padding only adds work).
+    """
+
+    nested: bool
+    max_pad_waste: float
+    launch_bound_flops: float
+
+
+RULES = {
+    # Measured on the 2-core CPU (bench/pack_methods.py, fp32 and bf16): one
+    # call per shape beat padding in every mix of lengths (10-93% padding:
+    # padded 1.2-19x slower; a CPU call is cheap, so fewer calls buy little),
+    # and jagged tensors were 7-95x slower than per-shape calls, 8.6x even with
+    # nothing to pad (CPU nested SDPA is the math kernel looping over strided
+    # nested tensors). So: never pad, never nest.
+    "cpu": PackRule(nested=False, max_pad_waste=-1.0, launch_bound_flops=0.0),
+    # H100 profile (packing_64_jobs_*): a call of one small job is launch-bound
+    # (~25 µs: 1.2 TFLOP/s at L=128, 22 at L=512), a packed one is not (132,
+    # 370). Varlen flash/cuDNN kernels pack without padding, so nested comes
+    # first; a masked padded call runs on the efficient kernel (flash takes no
+    # mask; ~1/3 of cuDNN), which still beats launch-bound calls below ~1 GFLOP
+    # each while half the scores are real. Not yet measured on a GPU: run
+    # bench/pack_methods.py there and adjust.
+    "cuda": PackRule(nested=True, max_pad_waste=0.5, launch_bound_flops=1e9),
+}
+
+
+@dataclass(frozen=True)
+class PackChoice:
+    """A packing method and why it was picked (the reason goes into logs and tests)."""
+
+    method: str
+    reason: str
+
+
+def padding_waste(q_lens: Sequence[int], kv_lens: Sequence[int],
+                  batches: Sequence[int] | None = None) -> float:
+    """Share of a padded call's score matrix that is padding (0 when all shapes match)."""
+    rows = batches or [1] * len(q_lens)
+    real = sum(b * q * k for b, q, k in zip(rows, q_lens, kv_lens, strict=True))
+    return 1.0 - real / (sum(rows) * max(q_lens) * max(kv_lens))
+
+
+def nested_unsupported(device_type: str, causal: bool, q_lens: Sequence[int],
+                       kv_lens: Sequence[int]) -> str | None:
+    """Why jagged SDPA cannot run these shapes correctly here, or None if it can.
+
+    A causal mask is a no-op when every job has one query (it sees the whole
+    cache, bottom-right aligned). Otherwise: torch 2.13's CPU nested SDPA has
+    no causal kernel (and takes no mask), and on CUDA the varlen kernels align
+    a causal triangle differently (flash bottom-right, efficient top-left), so
+    only square causal attention, where both agree, is safe.
+    """
+    if not causal or all(q == 1 for q in q_lens):
+        return None
+    if device_type != "cuda":
+        return f"no causal nested SDPA on {device_type} in torch {torch.__version__}"
+    if any(q != k for q, k in zip(q_lens, kv_lens, strict=True)):
+        return "causal nested SDPA with q_len != kv_len: kernels disagree on alignment"
+    return None
+
+
+def choose_packing(q_lens: Sequence[int], kv_lens: Sequence[int], causal: bool,
+                   device_type: str, batches: Sequence[int] | None = None,
+                   heads: int = 1, head_dim: int = 1) -> PackChoice:
+    """Pick dense, nested, padded or split for one batch by the device's :data:`RULES`."""
+    shapes = set(zip(q_lens, kv_lens, strict=True))
+    if len(shapes) == 1:
+        return PackChoice("dense", "one shape: a plain batched call")
+    rule = RULES.get(device_type, RULES["cpu"])
+    if rule.nested:
+        why = nested_unsupported(device_type, causal, q_lens, kv_lens)
+        if why is None:
+            return PackChoice("nested", f"{device_type}: jagged tensors pack without padding")
+    waste = padding_waste(q_lens, kv_lens, batches)
+    rows = batches or [1] * len(q_lens)
+    per_call = 4.0 * heads * head_dim * sum(
+        b * q * k for b, q, k in zip(rows, q_lens, kv_lens, strict=True)) / len(shapes)
+    if waste <= rule.max_pad_waste and per_call <= rule.launch_bound_flops:
+        return PackChoice("padded", f"{device_type}: padding wastes {waste:.0%} of the scores "
+                                    f"and separate calls would be launch-bound")
+    return PackChoice("split", f"{device_type}: one call per shape ({len(shapes)} shapes; "
+                               f"padding would waste {waste:.0%})")
+
+
 @dataclass(frozen=True)
 class Packed:
-    """Jobs padded to common lengths, with a mask that hides the padding."""
+    """Entries padded to common lengths, with a mask that hides the padding."""
 
     q: torch.Tensor
     k: torch.Tensor
     v: torch.Tensor
-    mask: torch.Tensor  # (jobs, 1, max_q, max_kv), True = attend
+    mask: torch.Tensor  # (rows, 1, max_q, max_kv), True = attend
     q_lens: tuple[int, ...]
+    batches: tuple[int, ...]
 
 
 def pack(qs: Sequence[torch.Tensor], ks: Sequence[torch.Tensor], vs: Sequence[torch.Tensor],
          causal: bool) -> Packed:
-    """Pad jobs of one head count/size/dtype along the batch axis (each job batch 1).
+    """Pad entries of one head count/size/dtype and stack them along the batch axis.
 
     Queries are padded at the front and keys at the front too, so each job's
     real queries and keys stay bottom-right aligned and the causal triangle
@@ -111,7 +222,7 @@ def pack(qs: Sequence[torch.Tensor], ks: Sequence[torch.Tensor], vs: Sequence[to
                                                                       device=device)
         m[max_q - lq:, max_kv - lk:] = block
         m[: max_q - lq, max_kv - 1] = True  # padding queries see one key: no NaN rows
-        masks.append(m)
+        masks.append(m.expand(q.shape[0], max_q, max_kv))
 
     def left_pad(x: torch.Tensor, length: int) -> torch.Tensor:
         return F.pad(x, (0, 0, length - x.shape[-2], 0))
@@ -119,26 +230,130 @@ def pack(qs: Sequence[torch.Tensor], ks: Sequence[torch.Tensor], vs: Sequence[to
     return Packed(torch.cat([left_pad(q, max_q) for q in qs]),
                   torch.cat([left_pad(k, max_kv) for k in ks]),
                   torch.cat([left_pad(v, max_kv) for v in vs]),
-                  torch.stack(masks).unsqueeze(1), tuple(q.shape[-2] for q in qs))
+                  torch.cat(masks).unsqueeze(1), tuple(q.shape[-2] for q in qs),
+                  tuple(q.shape[0] for q in qs))
 
 
 def unpack(out: torch.Tensor, packed: Packed) -> list[torch.Tensor]:
-    """Each job's real rows of a packed output."""
+    """Each entry's real rows of a packed output."""
     max_q = out.shape[-2]
-    return [out[i:i + 1, :, max_q - lq:] for i, lq in enumerate(packed.q_lens)]
+    parts = torch.split(out, list(packed.batches))
+    return [part[:, :, max_q - lq:] for part, lq in zip(parts, packed.q_lens, strict=True)]
+
+
+def _jagged(xs: Sequence[torch.Tensor], heads: int) -> torch.Tensor:
+    """(B, heads, j, d) jagged tensor of every row of every entry; K/V heads repeated.
+
+    Nested matmul does not broadcast grouped K/V heads, so they are repeated.
+    """
+    rows = [x.repeat_interleave(heads // x.shape[1], dim=1) if x.shape[1] != heads else x
+            for x in xs]
+    seqs = [r.transpose(0, 1) for x in rows for r in x.unbind(0)]  # (L, heads, d) each
+    return torch.nested.as_nested_tensor(seqs, layout=torch.jagged).transpose(1, 2)
+
+
+def nested_attention(qs: Sequence[torch.Tensor], ks: Sequence[torch.Tensor],
+                     vs: Sequence[torch.Tensor], causal: bool, backend: str | None = None
+                     ) -> tuple[list[torch.Tensor], str]:
+    """All entries in one jagged SDPA call; raises RuntimeError where unsupported.
+
+    Returns each entry's output (same shape as its query) and the backend
+    that ran: backends are enabled one at a time, in :data:`NESTED_PREFERENCE`
+    order, because nested SDPA would otherwise pick silently.
+    """
+    lens = [q.shape[-2] for q in qs]
+    why = nested_unsupported(qs[0].device.type, causal, lens, [k.shape[-2] for k in ks])
+    if why:
+        raise RuntimeError(why)
+    heads = qs[0].shape[1]
+    square_causal = causal and any(n > 1 for n in lens)
+    q, k, v = _jagged(qs, heads), _jagged(ks, heads), _jagged(vs, heads)
+    out, used = None, ""
+    last: Exception | None = None
+    with _quiet_nested_sdpa():
+        for name in (backend,) if backend else NESTED_PREFERENCE.get(q.device.type, ("math",)):
+            try:
+                with sdpa_kernel(BACKENDS[name]):
+                    out, used = F.scaled_dot_product_attention(q, k, v,
+                                                               is_causal=square_causal), name
+                break
+            except torch.cuda.OutOfMemoryError:
+                raise  # the worker reports it; another kernel would not fit either
+            except RuntimeError as e:  # "no viable backend" for these nested inputs
+                last = e
+    if out is None:
+        raise RuntimeError(f"no nested SDPA backend ran these inputs: {last}")
+    values = out.transpose(1, 2).values()  # (Σ rows·L, heads, d)
+    parts = torch.split(values, [x.shape[0] * n for x, n in zip(qs, lens, strict=True)])
+    outs = [part.view(x.shape[0], n, heads, -1).transpose(1, 2)
+            for part, x, n in zip(parts, qs, lens, strict=True)]
+    return outs, used
+
+
+@contextmanager
+def _quiet_nested_sdpa() -> Iterator[None]:
+    """Silence torch's notes on refused backends and on its own internal strided
+    nested tensors (the CPU math path builds them): neither is ours to act on."""
+    logger = logging.getLogger("torch.nested._internal.sdpa")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _split(qs: Sequence[torch.Tensor], ks: Sequence[torch.Tensor], vs: Sequence[torch.Tensor],
+           causal: bool, backend: str | None) -> tuple[list[torch.Tensor], str]:
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (q, k) in enumerate(zip(qs, ks, strict=True)):
+        groups.setdefault((q.shape[-2], k.shape[-2]), []).append(i)
+    outs: list[torch.Tensor] = list(qs)
+    used = ""
+    for idx in groups.values():
+        out, used = attention(torch.cat([qs[i] for i in idx]), torch.cat([ks[i] for i in idx]),
+                              torch.cat([vs[i] for i in idx]), causal, backend=backend)
+        for i, part in zip(idx, torch.split(out, [qs[i].shape[0] for i in idx]), strict=True):
+            outs[i] = part
+    return outs, used
 
 
 def packed_attention(qs: Sequence[torch.Tensor], ks: Sequence[torch.Tensor],
-                     vs: Sequence[torch.Tensor], causal: bool, backend: str | None = None
-                     ) -> tuple[list[torch.Tensor], str]:
-    """Several jobs in one SDPA call; same results as one call each."""
-    if all(q.shape == qs[0].shape for q in qs) and all(k.shape == ks[0].shape for k in ks):
-        out, used = attention(torch.cat(list(qs)), torch.cat(list(ks)), torch.cat(list(vs)),
-                              causal, backend=backend)  # no padding needed
-        return list(torch.split(out, 1)), used
-    p = pack(qs, ks, vs, causal)
-    out, used = attention(p.q, p.k, p.v, False, p.mask, backend)
-    return unpack(out, p), used
+                     vs: Sequence[torch.Tensor], causal: bool, backend: str | None = None,
+                     method: str | None = None) -> tuple[list[torch.Tensor], str]:
+    """Several entries (jobs or same-shape groups, any batch each) as few calls as pays.
+
+    Same results as one call per entry. ``method`` forces one of
+    :data:`METHODS`; by default :func:`choose_packing` picks. Returns the
+    outputs and ``"<backend>+<method>"``; when nested cannot run these inputs
+    it falls back to padding and says so: ``"flash+padded (nested: <why>)"``.
+    """
+    q_lens = [q.shape[-2] for q in qs]
+    kv_lens = [k.shape[-2] for k in ks]
+    one_shape = len(set(zip(q_lens, kv_lens, strict=True))) == 1
+    if method is None:
+        method = choose_packing(q_lens, kv_lens, causal, qs[0].device.type,
+                                [q.shape[0] for q in qs], qs[0].shape[1],
+                                qs[0].shape[-1]).method
+    if method not in METHODS:
+        raise ValueError(f"unknown packing method {method!r}; expected one of {METHODS}")
+    note = ""
+    if method == "nested":
+        try:
+            outs, used = nested_attention(qs, ks, vs, causal, backend)
+            return outs, f"{used}+nested"
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except RuntimeError as e:  # unsupported here: padding gives the same result
+            method, note = "padded", f" (nested: {str(e).splitlines()[0]})"
+    if method == "padded" and not one_shape:
+        p = pack(qs, ks, vs, causal)
+        out, used = attention(p.q, p.k, p.v, False, p.mask, backend)
+        return unpack(out, p), f"{used}+padded{note}"
+    outs, used = _split(qs, ks, vs, causal, backend)
+    return outs, f"{used}+{'dense' if one_shape else method}{note}"
 
 
 def decode(q_steps: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, kv_len: int,
