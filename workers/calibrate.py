@@ -1,41 +1,166 @@
-"""Measure this machine's CPU into a device profile (``attnsched-profile/1``).
+"""Measure the local device into a device profile (``attnsched-profile/1``).
 
-Run ``python -m workers.calibrate -o scheduler/profile_data/cpu.json`` to
-rebuild the shipped CPU profile. Every figure comes from a timed run here;
-nothing is assumed. The full ``attnsched calibrate`` command grows from this.
+``attnsched calibrate`` runs :func:`build_profile`; ``python -m workers.calibrate``
+is kept as an alias of that command. Every figure comes from a timed run
+here, nothing is assumed: the SDPA grid and the batching curve (this module),
+then the live path's own costs through Ray and the controller
+(:mod:`workers.calibrate_live`).
+
+What is measured is a :class:`Plan`, so tests can run a grid of a few points
+in seconds while a real calibration sweeps the full one.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
+import re
+import statistics
+import sys
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import sdpa_kernel
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-CPU_BACKENDS = {"math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION}
+from scheduler.profiles import (
+    FORMAT,
+    SCHEMA,
+    DeviceProfile,
+    load_profile,
+    profile_from_dict,
+    shipped_profiles,
+)
+from workers import kernels
+
+Tick = Callable[[str], None]  # told the name of each measurement as it starts
 
 
-def seconds_per_call(fn: Callable[[], object], min_time: float = 0.15) -> float:
-    """Median-free, robust enough timing: warm up, then run until ``min_time``."""
+def _no_tick(label: str) -> None:
+    return None
+
+
+def cores() -> int:
+    """CPUs this process may run on (a container's cpuset, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one calibration measures.
+
+    ``threads`` is the torch thread count of the grid: 1 by default because a
+    live run's emulated GPU workers (and CPU workers on a 2-core node split
+    by ``--cpu-workers``) compute with one thread each, and the simulator
+    prices them with this profile's rates. ``point_flops`` sizes each SDPA
+    call so it runs well above the host floor; ``min_time`` is the seconds
+    spent timing each figure.
+    """
+
+    device: str = "cpu"
+    threads: int = 1
+    lengths: tuple[int, ...] = (128, 512, 2048, 8192)
+    head_dims: tuple[int, ...] = (16, 64, 128)
+    dtypes: tuple[str, ...] = ("fp32", "bf16")
+    backends: tuple[str, ...] = ("flash", "math")
+    causal: tuple[bool, ...] = (False, True)
+    point_flops: float = 2.0**27
+    min_time: float = 0.2
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)  # the batching curve
+    packing_lengths: tuple[int, ...] = (128, 512, 2048)
+    worker_batches: tuple[int, ...] = (1, 4, 16, 32, 64)  # jobs per batch in the per-job fit
+    worker_repeats: int = 9
+    sharing_workers: int = 2  # node sharing is measured for k = 1..this busy workers
+    sharing_batch_s: float = 0.1
+    sharing_batches: int = 6
+    decision_devices: int = 4
+    decision_queue: int = 32
+    decision_rounds: int = 200
+    ray: bool = True
+
+    def __post_init__(self) -> None:
+        if not (self.lengths and self.head_dims and self.dtypes and self.backends
+                and self.causal and self.batch_sizes and self.packing_lengths):
+            raise ValueError("a plan needs at least one of each grid axis")
+        if len(set(self.worker_batches)) < 2:
+            raise ValueError("the per-job fit needs at least two batch sizes")
+
+    @property
+    def reference_dtype(self) -> str:
+        """The dtype of the batching curve and the live-path jobs: the grid's first."""
+        return self.dtypes[0]
+
+    def grid(self) -> list[tuple[str, int, bool, int, str]]:
+        """(dtype, head_dim, causal, length, backend) of every SDPA point."""
+        return [(dt, d, c, length, b) for dt in self.dtypes for d in self.head_dims
+                for c in self.causal for length in self.lengths for b in self.backends]
+
+
+def full_plan(device: str = "cpu", threads: int = 1) -> Plan:
+    if device == "cuda":
+        return Plan(device="cuda", threads=threads, lengths=(128, 512, 2048, 8192, 16384),
+                    head_dims=(64, 128), dtypes=("bf16", "fp16", "fp32"),
+                    backends=kernels.PREFERENCE["cuda"], point_flops=2.0**36,
+                    packing_lengths=(128, 512, 2048), sharing_workers=1)
+    return Plan(device="cpu", threads=threads, sharing_workers=max(2, cores()))
+
+
+def quick_plan(device: str = "cpu", threads: int = 1) -> Plan:
+    """Under two minutes on the 2-core development machine, Ray's start included."""
+    return replace(full_plan(device, threads), lengths=(128, 1024) if device == "cpu" else
+                   (512, 4096), head_dims=(16, 64) if device == "cpu" else (64, 128),
+                   point_flops=full_plan(device).point_flops / 4, min_time=0.1,
+                   packing_lengths=(128, 512), worker_repeats=5, sharing_batch_s=0.05,
+                   sharing_batches=4, decision_rounds=60)
+
+
+def count_steps(plan: Plan) -> int:
+    """How many times :func:`build_profile` calls its ``tick``: the progress bar's total."""
+    from workers.calibrate_live import live_steps
+
+    # host cost, the grid, matmul and bandwidth, the batching curve, the packing reference
+    device = 1 + len(plan.grid()) + 1 + len(plan.batch_sizes) + len(plan.packing_lengths)
+    return device + live_steps(plan)
+
+
+# -- timing ---------------------------------------------------------------------------------
+
+
+def seconds_per_call(fn: Callable[[], object], min_time: float,
+                     sync: Callable[[], None] | None = None) -> float:
+    """Median seconds per call over chunks of calls, after one warm-up call.
+
+    Another process on a shared machine only ever slows a call down, so one
+    disturbed chunk must not move the figure: hence a median, not a mean.
+    Chunks group fast calls (about ten chunks fill ``min_time``); ``sync``
+    waits for queued device work (CUDA) before a chunk's clock stops.
+    """
+    wait = sync or (lambda: None)
     fn()
-    fn()
-    n, start = 0, time.perf_counter()
+    wait()
+    samples: list[float] = []
+    chunk, start = 1, time.perf_counter()
     while True:
-        fn()
-        n += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_time and n >= 3:
-            return elapsed / n
+        t = time.perf_counter()
+        for _ in range(chunk):
+            fn()
+        wait()
+        samples.append((time.perf_counter() - t) / chunk)
+        if len(samples) >= 3 and time.perf_counter() - start >= min_time:
+            return statistics.median(samples)
+        chunk = max(1, int(min_time / 10 / max(statistics.median(samples), 1e-9)))
+
+
+def _sync(device: str) -> Callable[[], None] | None:
+    return torch.cuda.synchronize if device == "cuda" else None
 
 
 def attention_flops(b: int, h: int, q: int, kv: int, d: int, causal: bool) -> float:
@@ -43,151 +168,210 @@ def attention_flops(b: int, h: int, q: int, kv: int, d: int, causal: bool) -> fl
     return f / 2 if causal else f
 
 
-def _sdpa(backend: SDPBackend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+def _sdpa(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
           causal: bool) -> torch.Tensor:
-    with sdpa_kernel(backend):
+    with sdpa_kernel(kernels.BACKENDS[backend]):
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
 
-def measure_sdpa(quick: bool) -> list[dict[str, Any]]:
-    lengths = (128, 512, 2048) if not quick else (128, 1024)
-    dims = (16, 64, 128) if not quick else (16, 64)
+# -- the device: SDPA grid, batching curve, matmul, bandwidth ---------------------------------
+
+
+def measure_point(plan: Plan, dtype: str, head_dim: int, causal: bool, length: int,
+                  backend: str) -> dict[str, Any] | None:
+    """One SDPA point, or None where the backend refuses these inputs (e.g. CUDA flash fp32)."""
+    rows = int(max(1, min(1 << 14, plan.point_flops
+                          // attention_flops(1, 1, length, length, head_dim, causal))))
+    heads = min(rows, 8)
+    batch = max(1, rows // heads)
+    q = torch.randn(batch, heads, length, head_dim, dtype=kernels.DTYPES[dtype],
+                    device=plan.device)
+    k, v = torch.randn_like(q), torch.randn_like(q)
+    try:
+        with warnings.catch_warnings():  # a refusing backend warns why before raising
+            warnings.simplefilter("ignore")
+            t = seconds_per_call(partial(_sdpa, backend, q, k, v, causal), plan.min_time,
+                                 _sync(plan.device))
+    except RuntimeError:  # "no available kernel": this backend does not run these inputs
+        return None
+    tflops = attention_flops(batch, heads, length, length, head_dim, causal) / t / 1e12
+    return {"backend": backend, "dtype": dtype, "head_dim": head_dim, "causal": causal,
+            "batch": batch, "heads": heads, "q_len": length, "kv_len": length,
+            "tflops": round(tflops, 6)}
+
+
+def measure_sdpa(plan: Plan, tick: Tick = _no_tick) -> list[dict[str, Any]]:
     points = []
-    for dtype_name, dtype in DTYPES.items():
-        for d in dims:
-            for causal in (False, True):
-                for length in lengths:
-                    # About 64 MFLOP-equivalents of rows per point keeps each under a second.
-                    rows = max(1, (1 << 22) // (length * length // 16))
-                    heads = min(rows, 8)
-                    batch = max(1, rows // heads)
-                    q = torch.randn(batch, heads, length, d, dtype=dtype)
-                    k, v = torch.randn_like(q), torch.randn_like(q)
-                    for name, backend in CPU_BACKENDS.items():
-                        t = seconds_per_call(partial(_sdpa, backend, q, k, v, causal))
-                        tf = attention_flops(batch, heads, length, length, d, causal) / t / 1e12
-                        points.append({"backend": name, "dtype": dtype_name, "head_dim": d,
-                                       "causal": causal, "batch": batch, "heads": heads,
-                                       "q_len": length, "kv_len": length,
-                                       "tflops": round(tf, 5)})
+    for dtype, head_dim, causal, length, backend in plan.grid():
+        tick(f"SDPA {backend} {dtype} d={head_dim} L={length}{' causal' if causal else ''}")
+        point = measure_point(plan, dtype, head_dim, causal, length, backend)
+        if point is not None:
+            points.append(point)
+    if not points:
+        raise RuntimeError(f"no SDPA backend of {', '.join(plan.backends)} ran on {plan.device}")
     return points
 
 
-def measure_packing() -> tuple[float, list[list[float]], list[dict[str, float]]]:
-    """Host floor of one call, host cost per job of a Python loop, and the packing gain.
+def measure_host(plan: Plan) -> tuple[float, float]:
+    """Host floor of one SDPA call, and host cost per job of a Python loop of calls.
 
-    Host costs are timed on jobs too small to compute (one head, one token), so
-    they measure the launch path alone; the packing reference times real shapes.
+    Timed on jobs too small to compute (one head, one token), so they measure
+    the launch path alone.
     """
-    tiny = torch.randn(64, 1, 1, 16)
-    call_host = seconds_per_call(lambda: F.scaled_dot_product_attention(tiny[:1], tiny[:1],
-                                                                        tiny[:1]))
+    tiny = torch.randn(64, 1, 1, 16, device=plan.device)
+    sync = _sync(plan.device)
+    call = seconds_per_call(lambda: F.scaled_dot_product_attention(tiny[:1], tiny[:1],
+                                                                   tiny[:1]), plan.min_time, sync)
 
-    def tiny_loop() -> None:
+    def loop() -> None:
         for i in range(64):
             F.scaled_dot_product_attention(tiny[i:i + 1], tiny[i:i + 1], tiny[i:i + 1])
 
-    job_host = seconds_per_call(tiny_loop) / 64
+    return call, seconds_per_call(loop, plan.min_time, sync) / 64
+
+
+def _packed_vs_alone(plan: Plan, n: int, length: int) -> dict[str, float]:
+    """Per-job seconds of ``n`` jobs (8 heads of 64) in one call, and one call each."""
+    q = torch.randn(n, 8, length, 64, dtype=kernels.DTYPES[plan.reference_dtype],
+                    device=plan.device)
+    k, v = torch.randn_like(q), torch.randn_like(q)
+
+    def one_by_one() -> None:
+        for i in range(n):
+            F.scaled_dot_product_attention(q[i:i + 1], k[i:i + 1], v[i:i + 1])
+
+    sync = _sync(plan.device)
+    alone = seconds_per_call(one_by_one, plan.min_time, sync) / n
+    packed = seconds_per_call(lambda: F.scaled_dot_product_attention(q, k, v), plan.min_time,
+                              sync) / n
+    return {"jobs": n, "seq_len": length, "one_by_one_us_per_job": round(alone * 1e6, 3),
+            "packed_us_per_job": round(packed * 1e6, 3), "gain": round(alone / packed, 3)}
+
+
+def measure_batching(plan: Plan, tick: Tick = _no_tick
+                     ) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """The batching curve (N packed jobs vs one by one, at the shortest packing length)
+    and, per length, the packing reference at the largest N.
+    """
+    length = min(plan.packing_lengths)
+    curve = []
+    for n in plan.batch_sizes:
+        tick(f"batching N={n} L={length}")
+        curve.append(_packed_vs_alone(plan, n, length))
     reference = []
-    for length in (128, 512, 2048):
-        n = 64 if length < 2048 else 16
-        q = torch.randn(n, 8, length, 64)
-        k, v = torch.randn_like(q), torch.randn_like(q)
-
-        def one_by_one(q: torch.Tensor = q, k: torch.Tensor = k, v: torch.Tensor = v,
-                       n: int = n) -> None:
-            for i in range(n):
-                F.scaled_dot_product_attention(q[i:i + 1], k[i:i + 1], v[i:i + 1])
-
-        def packed(q: torch.Tensor = q, k: torch.Tensor = k, v: torch.Tensor = v) -> None:
-            F.scaled_dot_product_attention(q, k, v)
-
-        f = attention_flops(1, 8, length, length, 64, False)
-        t1 = seconds_per_call(one_by_one) / n
-        tp = seconds_per_call(packed)
-        reference.append({"seq_len": length, "jobs": n, "one_by_one_tflops": f / t1 / 1e12,
-                          "one_packed_call_tflops": n * f / tp / 1e12})
-    return call_host, [[1, round(job_host * 1e6, 3)]], reference
+    flops_per_job = attention_flops(1, 8, 1, 1, 64, False)
+    for length in plan.packing_lengths:
+        tick(f"packing reference L={length}")
+        n = max(plan.batch_sizes) if length < 2048 else min(16, max(plan.batch_sizes))
+        r = _packed_vs_alone(plan, n, length)
+        f = flops_per_job * length * length
+        reference.append({"seq_len": length, "jobs": n,
+                          "one_by_one_tflops": f / r["one_by_one_us_per_job"] / 1e6,
+                          "one_packed_call_tflops": f / r["packed_us_per_job"] / 1e6})
+    return curve, reference
 
 
-def measure_matmul_and_bandwidth() -> tuple[dict[str, float], float]:
+def measure_matmul_and_bandwidth(plan: Plan) -> tuple[dict[str, float], float]:
+    side = 1024 if plan.device == "cpu" else 8192
+    sync = _sync(plan.device)
     rates = {}
-    for name, dtype in DTYPES.items():
-        a = torch.randn(1024, 1024, dtype=dtype)
-        rates[name] = round(2 * 1024**3 / seconds_per_call(partial(torch.matmul, a, a)) / 1e12, 5)
-    src = torch.empty(64 << 20, dtype=torch.uint8)
+    for name in plan.dtypes:
+        a = torch.randn(side, side, dtype=kernels.DTYPES[name], device=plan.device)
+        t = seconds_per_call(partial(torch.matmul, a, a), plan.min_time, sync)
+        rates[name] = round(2 * side**3 / t / 1e12, 6)
+    src = torch.empty((64 if plan.device == "cpu" else 1024) << 20, dtype=torch.uint8,
+                      device=plan.device)
     dst = torch.empty_like(src)
-    t = seconds_per_call(lambda: dst.copy_(src))
+    t = seconds_per_call(lambda: dst.copy_(src), plan.min_time, sync)
     return rates, 2 * src.numel() / t / 1e9  # read + write, GB/s
 
 
-def measure_ray() -> tuple[float, float]:
-    """Round trip of one actor call and of one task, on a local 2-CPU Ray."""
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             _node_ip_address="127.0.0.1")
-    try:
-        @ray.remote
-        class Echo:
-            def ping(self) -> int:
-                return 1
-
-        @ray.remote
-        def task() -> int:
-            return 1
-
-        actor = Echo.remote()  # type: ignore[attr-defined]
-        ray.get(actor.ping.remote())
-        actor_s = seconds_per_call(lambda: ray.get(actor.ping.remote()), 1.0)
-        ray.get([task.remote() for _ in range(4)])
-        task_s = seconds_per_call(lambda: ray.get(task.remote()), 1.0)
-        return actor_s, task_s
-    finally:
-        ray.shutdown()
+def _shipped_match(device_name: str) -> DeviceProfile | None:
+    """The shipped GPU profile whose models name this GPU (``H100`` in ``NVIDIA H100 ...``)."""
+    for shipped in shipped_profiles():
+        profile = load_profile(shipped)
+        if profile.kind == "gpu" and any(m.upper() in device_name.upper()
+                                         for m in profile.matches):
+            return profile
+    return None
 
 
-def build_profile(quick: bool = False) -> dict[str, Any]:
+def default_name(device: str) -> str:
+    """``cpu``; on a GPU, the shipped profile's name for its model (so ``--profile PATH``
+    replaces that one in a run), else the model as a profile name.
+    """
+    if device == "cpu":
+        return "cpu"
+    gpu = torch.cuda.get_device_name()
+    shipped = _shipped_match(gpu)
+    if shipped is not None:
+        return shipped.name
+    slug = re.sub(r"[^a-z0-9_.-]+", "-", gpu.lower()).strip("-")
+    return slug if re.fullmatch(SCHEMA["properties"]["name"]["pattern"], slug) else "gpu"
+
+
+def _describe_device(device: str) -> tuple[str, list[str], int]:
+    """(device as the driver or OS names it, models it matches, memory bytes)."""
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+        shipped = _shipped_match(name)
+        matches = [*(shipped.matches if shipped else ()), name]
+        return name, matches, int(torch.cuda.get_device_properties(0).total_memory)
     import psutil
 
-    threads = torch.get_num_threads()
-    sdpa = measure_sdpa(quick)
-    call_host, unpacked, packing = measure_packing()
-    matmul, bandwidth = measure_matmul_and_bandwidth()
-    actor_s, task_s = measure_ray()
+    return (f"{platform.processor() or platform.machine()} ({cores()} cores)", ["cpu"],
+            int(psutil.virtual_memory().total))
+
+
+def measure_device(plan: Plan, name: str, tick: Tick = _no_tick) -> dict[str, Any]:
+    """The profile's device figures: everything but the live path's costs."""
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(plan.threads)
+    try:
+        tick("host cost per call")
+        call_host, job_host = measure_host(plan)
+        sdpa = measure_sdpa(plan, tick)
+        tick("matmul and bandwidth")
+        matmul, bandwidth = measure_matmul_and_bandwidth(plan)
+        curve, packing = measure_batching(plan, tick)
+    finally:
+        torch.set_num_threads(old_threads)
+    described, matches, memory = _describe_device(plan.device)
     return {
-        "format": "attnsched-profile/1",
-        "name": "cpu",
-        "kind": "cpu",
-        "device": f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)",
-        "matches": ["cpu"],
-        "source": (f"measured by workers/calibrate.py on {time.strftime('%Y-%m-%d')}, "
-                   f"torch {torch.__version__}, {threads} threads"),
-        "memory_bytes": int(psutil.virtual_memory().total),
-        "bandwidth_gb_s": round(bandwidth, 3),
-        "matmul_tflops": matmul,
-        "dtype_aliases": {"fp16": "bf16"},
+        "format": FORMAT, "name": name, "kind": "cpu" if plan.device == "cpu" else "gpu",
+        "device": described, "matches": matches,
+        "source": (f"measured by attnsched calibrate on {time.strftime('%Y-%m-%d')}, torch "
+                   f"{torch.__version__}, {plan.threads} torch thread(s)"),
+        "memory_bytes": memory, "bandwidth_gb_s": round(bandwidth, 3), "matmul_tflops": matmul,
+        # CPU fp16 runs at bf16's rate (both are converted to fp32 per tile).
+        "dtype_aliases": ({"fp16": "bf16"} if "bf16" in plan.dtypes and "fp16" not in plan.dtypes
+                          else {}),
         "call_host_us": round(call_host * 1e6, 3),
-        "unpacked_job_host_us": unpacked,
-        "actor_call_us": round(actor_s * 1e6, 3),
-        "task_us": round(task_s * 1e6, 3),
-        "sharing": [[1, 1.0]],
-        "backward_factor": 2.5,
-        "sdpa": sdpa,
-        "reference": {"packing_batch1_heads8_headdim64": packing},
+        "unpacked_job_host_us": [[1, round(job_host * 1e6, 3)]],
+        "sharing": [[1, 1.0]], "backward_factor": 2.5, "sdpa": sdpa,
+        "reference": {"threads": plan.threads, "batching_heads8_headdim64": curve,
+                      "packing_batch1_heads8_headdim64": packing},
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("-o", "--output", type=Path, required=True)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    profile = build_profile(args.quick)
-    args.output.write_text(json.dumps(profile, indent=1) + "\n")
-    print(f"wrote {args.output}")
+def build_profile(plan: Plan, name: str, tick: Tick = _no_tick) -> dict[str, Any]:
+    """Measure everything ``plan`` asks for; returns a profile that validates."""
+    from workers import calibrate_live
+
+    data = measure_device(plan, name, tick)
+    partial_profile: DeviceProfile = profile_from_dict(data)  # the live fits predict with it
+    data.update(calibrate_live.measure_live(plan, partial_profile, tick))
+    data["reference"].update(data.pop("live_reference"))
+    profile_from_dict(data)
+    return data
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m workers.calibrate ARGS`` is ``attnsched calibrate ARGS``."""
+    from scheduler.cli.main import main as cli
+
+    return cli(["calibrate", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

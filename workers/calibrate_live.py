@@ -1,0 +1,344 @@
+"""What the live path costs beyond the attention, measured for the simulator.
+
+A live run pays for more than its SDPA calls: each batch is a Ray actor
+call, each job in it is built and bookkept by the worker, every decision
+round runs the policy, telemetry takes a round trip, and workers sharing a
+node's cores slow each other down. The simulator models each of these from
+the figures measured here (``DeviceProfile.worker_job_s`` and friends), so
+they are timed on the real pieces: :class:`~workers.worker.AttentionWorker`
+actors created as the executor creates them, and the real
+:class:`~scheduler.controller.Controller` with the built-in adaptive policy.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from scheduler import costmodel
+from scheduler.cluster import ClusterSpec, DeviceSpec, NodeSpec
+from scheduler.controller import Controller
+from scheduler.jobs import AttentionJob, DType, JobKind
+from scheduler.pricing import ClusterCost
+from scheduler.profiles import DeviceProfile
+from scheduler.view import Telemetry
+from workers.calibrate import Plan, Tick, cores, seconds_per_call
+from workers.worker import AttentionWorker, BatchResult
+
+Runner = Callable[[str, list[AttentionJob], float, float], BatchResult]
+SHARING_LENGTH = 1024  # the tiny preset's median prompt: what local runs compute most
+
+
+def live_steps(plan: Plan) -> int:
+    """Ticks :func:`measure_live` makes (see ``count_steps``)."""
+    if not plan.ray:
+        return 2  # per-job fit in process, decision time
+    return 6 + (plan.sharing_workers if plan.device == "cpu" else 0)
+
+
+def fit_line(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares ``y = a + b·x``; returns ``(a, b)``."""
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        raise ValueError("a line needs at least two distinct x values")
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+    return my - b * mx, b
+
+
+def tiny_jobs(n: int, dtype: DType, tag: str = "cal") -> list[AttentionJob]:
+    """``n`` one-head-group prefill jobs of distinct lengths, too small to compute.
+
+    Distinct lengths because a live batch rarely holds two jobs of one shape,
+    and the worker runs each shape in its own call: that per-shape call is
+    part of the per-job cost being measured.
+    """
+    return [AttentionJob(id=f"{tag}{i}", submit_time=0.0, kind=JobKind.PREFILL, batch=1,
+                         heads=2, kv_heads=1, q_len=16 + i, kv_len=16 + i, head_dim=16,
+                         layers=1, dtype=dtype, causal=True) for i in range(n)]
+
+
+def fit_worker_jobs(run: Runner, plan: Plan, profile: DeviceProfile) -> dict[str, Any]:
+    """Fit ``measured(n) − predicted attention(n) = per_call + n·per_job`` over batch sizes.
+
+    ``measured`` is the median wall time of one ``run`` of an ``n``-job batch
+    (repeats interleaved across sizes, so a burst of load elsewhere hits all
+    sizes alike); ``predicted`` is what the cost model says the attention
+    alone takes, so the slope is what the worker path adds per job.
+    """
+    dtype = DType(plan.reference_dtype)
+    batches = {n: tiny_jobs(n, dtype) for n in plan.worker_batches}
+    estimates = {n: costmodel.batch_estimate(jobs, profile) for n, jobs in batches.items()}
+    biggest = max(batches)
+    _checked(run("warm-up", batches[biggest], estimates[biggest].seconds,
+                 estimates[biggest].flops))
+    times: dict[int, list[float]] = {n: [] for n in batches}
+    for rep in range(plan.worker_repeats):
+        for n, jobs in batches.items():
+            start = time.perf_counter()
+            _checked(run(f"cal-{n}-{rep}", jobs, estimates[n].seconds, estimates[n].flops))
+            times[n].append(time.perf_counter() - start)
+    residuals = [(float(n), statistics.median(times[n]) - estimates[n].seconds)
+                 for n in batches]
+    per_call, per_job = fit_line(residuals)
+    return {"per_call_us": round(per_call * 1e6, 3), "per_job_us": round(per_job * 1e6, 3),
+            "residual_us": [[int(n), round(r * 1e6, 3)] for n, r in residuals]}
+
+
+def _checked(result: BatchResult) -> BatchResult:
+    if result.error:
+        raise RuntimeError(f"a calibration batch failed on the worker: {result.error}")
+    return result
+
+
+def _local_worker(plan: Plan) -> AttentionWorker:
+    """A worker in this process, made as the executor makes an emulated GPU (or a real one)."""
+    return AttentionWorker("calibrate/gpu0", "gpu", cpus=float(plan.threads),
+                           emulate=plan.device == "cpu")
+
+
+def fit_in_process(plan: Plan, profile: DeviceProfile) -> dict[str, Any]:
+    old_threads = torch.get_num_threads()  # the worker sets this process's thread count
+    try:
+        worker = _local_worker(plan)
+        return fit_worker_jobs(worker.run, plan, profile)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+# -- through Ray ----------------------------------------------------------------------------
+
+
+def start_ray() -> bool:
+    """A local Ray bound to loopback; returns whether this call started it."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.init(num_cpus=max(2, cores()), include_dashboard=False, log_to_driver=False,
+             configure_logging=False, _node_ip_address="127.0.0.1")
+    return True
+
+
+def start_workers(plan: Plan) -> list[Any]:
+    """Worker actors with the executor's options: two threads each (telemetry is answered
+    while a batch runs), one torch thread per emulated GPU. ``num_cpus=0`` so the
+    node-sharing workers all start whatever CPUs Ray was told about.
+    """
+    import ray
+
+    remote = ray.remote(AttentionWorker)
+    if plan.device == "cuda":
+        return _ready([remote.options(num_gpus=1, num_cpus=0, max_concurrency=2).remote(
+            "calibrate/gpu0", "gpu", 1.0)])
+    count = max(1, plan.sharing_workers)
+    return _ready([remote.options(num_cpus=0, max_concurrency=2).remote(
+        f"calibrate/gpu{i}", "gpu", 1.0, emulate=True, seed=i) for i in range(count)])
+
+
+def _ready(handles: list[Any]) -> list[Any]:
+    import ray
+
+    ray.get([h.ping.remote() for h in handles], timeout=300)
+    return handles
+
+
+def round_trips(worker: Any, min_time: float) -> tuple[float, float]:
+    """Seconds of one empty actor call (a worker's ``ping``) and of one empty task."""
+    import ray
+
+    @ray.remote(num_cpus=1)
+    def task() -> int:
+        return 1
+
+    actor_s = seconds_per_call(lambda: ray.get(worker.ping.remote()), min_time)
+    ray.get([task.remote() for _ in range(4)])  # start the task workers first
+    task_s = seconds_per_call(lambda: ray.get(task.remote()), min_time)
+    return actor_s, task_s
+
+
+def through_ray(worker: Any) -> Runner:
+    import ray
+
+    def run(batch_id: str, jobs: list[AttentionJob], predicted: float,
+            flops: float) -> BatchResult:
+        result: BatchResult = ray.get(worker.run.remote(batch_id, jobs, predicted, flops))
+        return result
+
+    return run
+
+
+def telemetry_round_trip(worker: Any, min_time: float) -> float:
+    import ray
+
+    return seconds_per_call(lambda: ray.get(worker.telemetry.remote(0.0, 0)), min_time)
+
+
+def sharing_job(plan: Plan, profile: DeviceProfile) -> AttentionJob:
+    """A tiny-preset prompt with as many layers as fill ``plan.sharing_batch_s`` alone."""
+    job = AttentionJob(id="share", submit_time=0.0, kind=JobKind.PREFILL, batch=1, heads=2,
+                       kv_heads=1, q_len=SHARING_LENGTH, kv_len=SHARING_LENGTH, head_dim=16,
+                       layers=1, dtype=DType(plan.reference_dtype), causal=True)
+    per_layer = costmodel.estimate(job, profile).seconds
+    return replace(job, layers=max(1, min(512, round(plan.sharing_batch_s / per_layer))))
+
+
+def busy_together(workers: Sequence[Any], job: AttentionJob, batches: int,
+                  estimate: costmodel.Estimate) -> list[float]:
+    """Each worker runs ``batches`` batches back to back, all at once; returns the
+    worker-timed seconds of the batches that ran while every peer was busy.
+
+    A worker's first batch starts while the others are still being sent, and its
+    last may end after a peer has finished, so both are dropped (when there are
+    more than two).
+    """
+    import ray
+
+    sent = [0] * len(workers)
+    seconds: list[list[float]] = [[] for _ in workers]
+    pending: dict[Any, int] = {}
+
+    def send(i: int) -> None:
+        ref = workers[i].run.remote(f"share-{len(workers)}-{i}-{sent[i]}", [job],
+                                    estimate.seconds, estimate.flops)
+        pending[ref] = i
+        sent[i] += 1
+
+    for i in range(len(workers)):
+        send(i)
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            i = pending.pop(ref)
+            seconds[i].append(_checked(ray.get(ref)).seconds)
+            if sent[i] < batches:
+                send(i)
+    return [s for run in seconds for s in (run[1:-1] if len(run) > 2 else run)]
+
+
+def node_sharing(workers: Sequence[Any], plan: Plan, profile: DeviceProfile,
+                 tick: Tick) -> tuple[list[list[float]], list[dict[str, float]]]:
+    """``[[k, per-worker speed with k busy, relative to one alone], ...]`` and the raw medians."""
+    job = sharing_job(plan, profile)
+    estimate = costmodel.estimate(job, profile)
+    curve: list[list[float]] = []
+    raw: list[dict[str, float]] = []
+    alone = 0.0
+    for k in range(1, len(workers) + 1):
+        tick(f"node sharing, {k} busy worker(s)")
+        median = statistics.median(busy_together(workers[:k], job, plan.sharing_batches,
+                                                 estimate))
+        alone = alone or median
+        # Noise can make k workers look faster than one; a worker never gains from peers.
+        curve.append([k, round(min(1.0, alone / median), 4)])
+        raw.append({"workers": k, "median_batch_s": round(median, 6)})
+    return curve, raw
+
+
+# -- the controller ---------------------------------------------------------------------------
+
+
+def local_cluster(plan: Plan, profile: DeviceProfile) -> ClusterSpec:
+    """One node of ``plan.decision_devices`` GPU slots timed by ``profile``: a local run."""
+    count = plan.decision_devices
+    emulated = plan.device == "cpu"
+    memory = profile.memory_bytes // count if emulated else profile.memory_bytes
+    model = "emulated" if emulated else profile.device
+    devices = tuple(DeviceSpec(f"local/gpu{i}", "local", "gpu", model, memory, profile.name, 1.0)
+                    for i in range(count))
+    node = NodeSpec("local", "local", float(cores()), profile.memory_bytes, count, model, devices)
+    return ClusterSpec((node,), "calibration")
+
+
+def decision_time(plan: Plan, profile: DeviceProfile) -> dict[str, Any]:
+    """Median seconds of ``Controller.decide`` with the adaptive policy in a steady state.
+
+    Each round is one live event: the oldest running batch completes, arrivals
+    top the queue up to ``plan.decision_queue`` tiny-preset jobs, every device
+    reports telemetry, and the controller decides (the timed part).
+    """
+    from policies.base import load_policy
+    from scheduler.presets import get_preset
+    from scheduler.traces.synth import SynthSpec, generate
+
+    spec = local_cluster(plan, profile)
+    controller = Controller(spec, ClusterCost(spec, {profile.name: profile}),
+                            load_policy("adaptive"), policy_name="adaptive")
+    dtype = DType(plan.reference_dtype)
+    stream = generate(SynthSpec(jobs=100_000_000, seed=0), get_preset("tiny"))
+    now, placed, times = 0.0, 0, []
+    for _ in range(plan.decision_rounds):
+        if controller.batches:
+            controller.batch_done(next(iter(controller.batches)), now)
+        for _ in range(plan.decision_queue * 4):  # bounded: a job no device runs fails at once
+            if len(controller.pending) >= plan.decision_queue:
+                break
+            controller.submit(replace(next(stream), submit_time=now, dtype=dtype), now)
+        controller.observe([Telemetry(now, d.id, 0.8, 0, d.memory_bytes,
+                                      len(controller.pending), 1, 0.0) for d in spec.devices])
+        start = time.perf_counter()
+        step = controller.decide(now, "arrival")
+        times.append(time.perf_counter() - start)
+        placed += sum(len(b.jobs) for b in step.started)
+        now += 0.01
+    if not placed:
+        raise RuntimeError("the adaptive policy placed no job while calibrating decision time")
+    times.sort()
+    return {"median_us": round(statistics.median(times) * 1e6, 3),
+            "p90_us": round(times[int(0.9 * (len(times) - 1))] * 1e6, 3),
+            "rounds": len(times), "devices": plan.decision_devices,
+            "queue": plan.decision_queue, "jobs_placed": placed}
+
+
+# -- all of it --------------------------------------------------------------------------------
+
+
+def measure_live(plan: Plan, profile: DeviceProfile, tick: Tick) -> dict[str, Any]:
+    """The profile's live-path fields, plus ``live_reference`` (raw figures) to merge."""
+    tick("decision time")
+    decision = decision_time(plan, profile)
+    tick("worker per-job cost, in process")
+    in_process = fit_in_process(plan, profile)
+    out: dict[str, Any] = {"decision_us": decision["median_us"],
+                           "worker_job_us": max(0.0, in_process["per_job_us"])}
+    reference: dict[str, Any] = {"decision": decision, "worker_in_process": in_process}
+    if not plan.ray:
+        out["live_reference"] = reference
+        return out
+    import ray
+
+    tick("start Ray and workers")
+    started = start_ray()
+    workers: list[Any] = []
+    try:
+        workers = start_workers(plan)
+        tick("Ray round trips")
+        actor_s, task_s = round_trips(workers[0], plan.min_time)
+        tick("worker per-job cost, through Ray")
+        via_ray = fit_worker_jobs(through_ray(workers[0]), plan, profile)
+        tick("telemetry round trip")
+        telemetry_s = telemetry_round_trip(workers[0], plan.min_time)
+        sharing: list[list[float]] = [[1, 1.0]]
+        if plan.device == "cpu":
+            sharing, reference["node_sharing"] = node_sharing(workers, plan, profile, tick)
+    finally:
+        for worker in workers:
+            ray.kill(worker)
+        if started:
+            ray.shutdown()
+    # A live batch pays the Ray path's per-job cost (the job records are pickled too),
+    # so that slope is the figure; the in-process fit stays in the reference as a check.
+    reference["worker_through_ray"] = via_ray
+    out.update(actor_call_us=round(actor_s * 1e6, 3), task_us=round(task_s * 1e6, 3),
+               worker_job_us=max(0.0, via_ray["per_job_us"]),
+               telemetry_us=round(telemetry_s * 1e6, 3), node_sharing=sharing,
+               live_reference=reference)
+    return out
