@@ -33,6 +33,15 @@ from scheduler.state import Batch, DeviceState, JobRecord, JobState, NodeState
 from scheduler.view import DeviceView, Telemetry, View
 
 GiB = 1 << 30
+OUT_OF_MEMORY = "out of memory"  # how executors start an out-of-memory error
+
+
+def size(n: float) -> str:
+    """Bytes for a message: small budgets must not read as 0.00 GiB."""
+    for unit, scale in (("GiB", GiB), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{int(n)} B"
 EMA = 0.3  # weight of the newest telemetry sample in the moving averages
 
 
@@ -76,7 +85,8 @@ class Controller:
         self.blocked: dict[str, list[str]] = {}
         self.finished: dict[str, bool] = {}  # id -> succeeded, for late dependents
         self.nodes = {n.name: NodeState(n, n.cpus, n.memory_bytes) for n in spec.nodes}
-        self.devices = {d.id: DeviceState(d, cost.profile(d.id), slots, memory_free=d.memory_bytes)
+        self.devices = {d.id: DeviceState(d, cost.profile(d.id), slots, memory_free=d.memory_bytes,
+                                          memory_limit=d.memory_bytes)
                         for d in spec.devices}
         self._views = {k: DeviceView(s) for k, s in self.devices.items()}
         self.free: dict[str, DeviceView] = dict(self._views)
@@ -135,7 +145,7 @@ class Controller:
                        for n in self.spec.nodes)
             reason = None if fits else (
                 f"fits no node: needs {job.gpus} GPUs, {job.cpus:g} CPUs and "
-                f"{job.memory_bytes / GiB:.1f} GiB on one node")
+                f"{size(job.memory_bytes)} on one node")
         else:
             best = 0
             reason = "no device can run it (no profile measures its dtype)"
@@ -146,8 +156,8 @@ class Controller:
                         reason = None
                         break
                     best = max(best, device.memory_bytes)
-                    reason = (f"fits no device: needs {need / GiB:.2f} GiB, the largest "
-                              f"device that runs it has {best / GiB:.2f} GiB")
+                    reason = (f"fits no device: needs {size(need)}, the largest "
+                              f"device that runs it has {size(best)}")
         self._fit_memo[key] = reason
         return reason
 
@@ -361,8 +371,8 @@ class Controller:
         if not math.isfinite(seconds):
             raise Rejected(f"device {device_id!r} cannot run these jobs (no profile for them)")
         if memory > dev.memory_free:
-            raise Rejected(f"needs {memory / GiB:.2f} GiB, device {device_id!r} has "
-                           f"{dev.memory_free / GiB:.2f} GiB free")
+            raise Rejected(f"needs {size(memory)}, device {device_id!r} has "
+                           f"{size(dev.memory_free)} free")
         return seconds, memory, flops
 
     def _place_cluster_job(self, jobs: list[Job], dev: DeviceState,
@@ -390,7 +400,7 @@ class Controller:
         node = self.nodes[dev.spec.node]
         if node.cpus_free + 1e-9 < job.cpus or node.memory_free < job.memory_bytes:
             raise Rejected(f"node {node.spec.name!r} has {node.cpus_free:g} CPUs and "
-                           f"{node.memory_free / GiB:.1f} GiB free")
+                           f"{size(node.memory_free)} free")
         return self._launch(jobs, dev, tuple(gang), job.duration, share, 0, 0.0, job.cpus,
                             job.memory_bytes, False)
 
@@ -500,11 +510,29 @@ class Controller:
             return []  # cancelled earlier, or a duplicate report
         self._release(batch)
         if error is not None:
+            if error.startswith(OUT_OF_MEMORY):
+                self._shrink(self.devices[batch.device], batch)
             self._requeue(batch, error)
             return list(batch.jobs)
         for job_id in batch.jobs:
             self._finish(self.records[job_id], JobState.DONE)
         return list(batch.jobs)
+
+    def _shrink(self, dev: DeviceState, batch: Batch) -> None:
+        """The device ran out of memory: plan with less than what it just failed to hold.
+
+        Without this a policy would see the device idle (a refused batch takes
+        no time) and send the same work back until the jobs ran out of attempts;
+        with it, the work goes where it fits, or is split.
+        """
+        others = dev.memory_limit - dev.memory_free  # held by batches still running there
+        limit = min(dev.memory_limit, max(0, others + batch.memory - 1))
+        dev.memory_free -= dev.memory_limit - limit
+        dev.memory_limit = limit
+        self.sink.decision({"t": self.now, "policy": "controller", "action": "oom",
+                            "outcome": "learned", "jobs": list(batch.jobs),
+                            "device": dev.spec.id,
+                            "why": f"out of memory: plans with {size(limit)} there from now"})
 
     def device_down(self, device_id: str, now: float, reason: str) -> list[Batch]:
         """A device is gone: its batches (gang members too) are requeued."""

@@ -86,6 +86,9 @@ class DeviceState:
     up: bool = True
     running: dict[str, Batch] = field(default_factory=dict)
     elastic: int = 0  # running batches that take a slot (attention work)
+    # Memory the controller plans with: the spec's, until the device runs out of
+    # memory below it (then what it really held is the better figure).
+    memory_limit: int = 0
 
     @property
     def slots_free(self) -> int:

@@ -82,7 +82,8 @@ class DeviceView:
 
     @property
     def memory_total(self) -> int:
-        return self._state.spec.memory_bytes
+        """Memory a batch may use here; below the spec's once the device ran out of it."""
+        return self._state.memory_limit
 
     @property
     def running(self) -> tuple[str, ...]:

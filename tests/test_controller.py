@@ -251,3 +251,28 @@ def test_gangs_stay_on_one_node() -> None:
     ctl.submit(cluster_job(id="c", gpus=2), 0.0)
     assert sink.finished[0].state is JobState.FAILED  # no node has two GPUs
     assert "on one node" in (sink.finished[0].reason or "")
+
+
+def test_out_of_memory_shrinks_what_the_controller_plans_with_on_that_device() -> None:
+    ctl, sink = controller(Scripted(one_each))
+    ctl.submit(job(0), 0.0)
+    ctl.submit(job(1), 0.0)
+    step = ctl.decide(0.0, "arrival")
+    first = next(b for b in step.started if b.device == GPU0)
+    total = ctl.devices[GPU0].memory_limit
+    ctl.batch_done(first.id, 0.1, "out of memory: refused")
+    dev = ctl.devices[GPU0]
+    assert dev.memory_limit == first.memory - 1 < total  # nothing else ran there
+    assert dev.memory_free == dev.memory_limit
+    assert ctl.records[first.jobs[0]].state is JobState.QUEUED  # requeued, not lost
+    assert outcomes(sink)[-1][:2] == ("oom", "learned")
+    # The same job no longer fits there: a placement on GPU0 is rejected, with the size.
+    ctl.policy = Scripted(lambda view: [Place(tuple(view.pending), GPU0)])
+    ctl.decide(0.2, "completion")
+    assert outcomes(sink)[-1][1] == "rejected" and "free" in outcomes(sink)[-1][2]
+    # Other errors (a crashed worker) teach nothing about memory.
+    ctl.policy = Scripted(one_each)
+    other = next(b for b in ctl.decide(0.3, "tick").started)
+    before = ctl.devices[other.device].memory_limit
+    ctl.batch_done(other.id, 0.4, "worker failed: RayActorError")
+    assert ctl.devices[other.device].memory_limit == before
