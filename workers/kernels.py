@@ -117,10 +117,10 @@ class PackRule:
 RULES = {
     # Measured on the 2-core CPU (bench/pack_methods.py, fp32 and bf16): one
     # call per shape beat padding in every mix of lengths (10-93% padding:
-    # padded 1.2-19x slower; a CPU call is cheap, so fewer calls buy little),
-    # and jagged tensors were 7-95x slower than per-shape calls, 8.6x even with
-    # nothing to pad (CPU nested SDPA is the math kernel looping over strided
-    # nested tensors). So: never pad, never nest.
+    # padded 1.1-24x slower; a CPU call is cheap, so fewer calls buy little),
+    # and jagged tensors were 6-95x (fp32) and 8-700x (bf16) slower than
+    # per-shape calls, 8.5x even with nothing to pad (CPU nested SDPA is the
+    # math kernel over strided nested tensors). So: never pad, never nest.
     "cpu": PackRule(nested=False, max_pad_waste=-1.0, launch_bound_flops=0.0),
     # H100 profile (packing_64_jobs_*): a call of one small job is launch-bound
     # (~25 µs: 1.2 TFLOP/s at L=128, 22 at L=512), a packed one is not (132,
@@ -312,9 +312,13 @@ def _split(qs: Sequence[torch.Tensor], ks: Sequence[torch.Tensor], vs: Sequence[
         groups.setdefault((q.shape[-2], k.shape[-2]), []).append(i)
     outs: list[torch.Tensor] = list(qs)
     used = ""
+
+    def joined(xs: Sequence[torch.Tensor], idx: list[int]) -> torch.Tensor:
+        return xs[idx[0]] if len(idx) == 1 else torch.cat([xs[i] for i in idx])  # cat copies
+
     for idx in groups.values():
-        out, used = attention(torch.cat([qs[i] for i in idx]), torch.cat([ks[i] for i in idx]),
-                              torch.cat([vs[i] for i in idx]), causal, backend=backend)
+        out, used = attention(joined(qs, idx), joined(ks, idx), joined(vs, idx), causal,
+                              backend=backend)
         for i, part in zip(idx, torch.split(out, [qs[i].shape[0] for i in idx]), strict=True):
             outs[i] = part
     return outs, used
