@@ -208,3 +208,28 @@ def test_worker_records_the_packing_method_and_it_does_not_change_results(monkey
     nested = AttentionWorker("cpu0", "cpu", seed=3).run("b0", jobs, 0.1, 1.0)
     assert nested.error is None and nested.backend == "math+nested"
     assert nested.checksum == pytest.approx(split.checksum, rel=1e-4, abs=1e-3)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_decode_many_matches_each_request_decoded_alone(dtype) -> None:
+    """Requests of different cache lengths and step counts, one call per step."""
+    kv_lens, steps = [9, 3, 6, 6], [5, 4, 4, 1]  # ordered by steps, longest first
+    length = max(k + s - 1 for k, s in zip(kv_lens, steps, strict=True))
+    q, k, v = qkv(max(steps), length, batch=len(steps), dtype=dtype, seed=7)
+    out, _ = kernels.decode_many(q, k, v, kv_lens, steps)
+    for r, (kv, n) in enumerate(zip(kv_lens, steps, strict=True)):
+        alone, _ = kernels.decode(q[r:r + 1, :, :n], k[r:r + 1, :, :kv + n - 1],
+                                  v[r:r + 1, :, :kv + n - 1], kv)
+        assert torch.allclose(out[r:r + 1, :, :n].float(), alone.float(), **TOL[dtype])
+        for s in range(n):
+            expected = kernels.reference_attention(q[r:r + 1, :, s:s + 1], k[r:r + 1, :, :kv + s],
+                                                   v[r:r + 1, :, :kv + s], causal=False)
+            assert torch.allclose(out[r:r + 1, :, s:s + 1].float(), expected.float(),
+                                  **TOL[dtype])
+        assert not out[r, :, n:].any()  # past its steps a row stays zero
+
+
+def test_decode_many_wants_rows_longest_first() -> None:
+    q, k, v = qkv(3, 8, batch=2)
+    with pytest.raises(ValueError, match="longest first"):
+        kernels.decode_many(q, k, v, [4, 4], [1, 3])

@@ -12,6 +12,7 @@ decode query sees the whole cache. This is what the cost model prices.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import warnings
@@ -374,3 +375,42 @@ def decode(q_steps: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
                               causal=False, backend=backend)
         outs.append(out)
     return torch.cat(outs, dim=-2), used
+
+
+def decode_many(q_steps: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                kv_lens: Sequence[int], steps: Sequence[int], backend: str | None = None
+                ) -> tuple[torch.Tensor, str]:
+    """Decode many requests together: step ``s`` of every request still running is one call.
+
+    Row ``r`` (one sequence of one request) decodes ``steps[r]`` tokens; its
+    step ``s`` attends to the first ``kv_lens[r] + s`` positions of its cache.
+    Rows must be ordered by ``steps``, longest first, so the rows still
+    running at any step are a prefix (a slice, never a copy). Caches are
+    right-padded to a common length and a mask hides each row's padding.
+    This is what makes decode pay off on a worker: one launch per step for
+    the whole batch instead of one per request, the launch count the cost
+    model prices. Returns (rows, heads, max steps, d); positions past a row's
+    steps are zero.
+    """
+    rows = q_steps.shape[0]
+    if len(kv_lens) != rows or len(steps) != rows:
+        raise ValueError("kv_lens and steps need one entry per row")
+    if any(a < b for a, b in itertools.pairwise(steps)):
+        raise ValueError("rows must be ordered by steps, longest first")
+    device = q_steps.device
+    out = torch.zeros_like(q_steps)
+    lens = torch.tensor(kv_lens, device=device)
+    positions = torch.arange(k_cache.shape[-2], device=device)
+    uniform = len(set(kv_lens)) == 1
+    active, used = rows, ""
+    for s in range(max(steps, default=0)):
+        while active and steps[active - 1] <= s:
+            active -= 1
+        length = max(kv_lens[:active]) + s
+        mask = None
+        if not uniform:  # (active, 1, 1, length): True where the row's cache is real
+            mask = (positions[:length] < (lens[:active] + s).unsqueeze(1))[:, None, None, :]
+        o, used = attention(q_steps[:active, :, s:s + 1], k_cache[:active, :, :length],
+                            v_cache[:active, :, :length], False, mask, backend)
+        out[:active, :, s:s + 1] = o
+    return out, used

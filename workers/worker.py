@@ -15,6 +15,7 @@ leave the allocator fragmented for every batch after it.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -57,7 +58,7 @@ class AttentionWorker:
         self.sampler = Sampler(device_id, cpus, nvml)
         self.slowdown = slowdown  # test knob: a worker that runs this many times slower
         self.seed = seed
-        self.generator = torch.Generator(device=self.torch_device).manual_seed(seed)
+        self.inputs = Inputs(self.torch_device, seed)
         self.running = 0
         self.budget = memory_budget
         if use_cuda:
@@ -75,7 +76,7 @@ class AttentionWorker:
         measured speed in its first telemetry sample, and different tensors.
         """
         self.sampler = Sampler(self.device_id, self.cpus, self.nvml)
-        self.generator = torch.Generator(device=self.torch_device).manual_seed(self.seed)
+        self.inputs = Inputs(self.torch_device, self.seed)
         return self.device_id
 
     def memory_budget(self) -> int:
@@ -121,20 +122,24 @@ class AttentionWorker:
     # -- computing ------------------------------------------------------------------------
 
     def _rand(self, *shape: int, dtype: torch.dtype) -> torch.Tensor:
-        return torch.randn(*shape, generator=self.generator, device=self.torch_device,
-                           dtype=dtype)
+        return self.inputs.take(shape, dtype)
 
     def _run(self, jobs: list[AttentionJob]) -> tuple[float, str]:
         if jobs[0].kind is JobKind.MODEL:
             return self._model(jobs[0]), "matmul"
         checksum, backend = 0.0, ""
-        decodes = [j for j in jobs if j.kind is JobKind.DECODE]
-        others = [j for j in jobs if j.kind is not JobKind.DECODE]
+        decodes: dict[tuple[int, int, int], list[AttentionJob]] = {}
+        others = []
+        for j in jobs:
+            if j.kind is JobKind.DECODE:
+                decodes.setdefault((j.heads, j.kv_heads, j.layers), []).append(j)
+            else:
+                others.append(j)
         if others:
             c, backend = self._prefill_or_train(others)
             checksum += c
-        for job in decodes:
-            c, backend = self._decode(job)
+        for group in decodes.values():
+            c, backend = self._decode(group)
             checksum += c
         return checksum, backend
 
@@ -178,17 +183,22 @@ class AttentionWorker:
             checksum += float(total.detach())
         return checksum, backend
 
-    def _decode(self, job: AttentionJob) -> tuple[float, str]:
-        dtype = kernels.DTYPES[job.dtype.value]
-        length = job.kv_len + job.steps - 1
-        checksum, backend = 0.0, ""
-        for _ in range(job.layers):
-            k = self._rand(job.batch, job.kv_heads, length, job.head_dim, dtype=dtype)
-            v = self._rand(job.batch, job.kv_heads, length, job.head_dim, dtype=dtype)
-            q = self._rand(job.batch, job.heads, job.steps, job.head_dim, dtype=dtype)
-            out, backend = kernels.decode(q, k, v, job.kv_len)
-            checksum += float(out.float().sum())
-        return checksum, backend
+    def _decode(self, jobs: list[AttentionJob]) -> tuple[float, str]:
+        """Requests of one head layout decode together: one call per step and layer."""
+        head = jobs[0]
+        dtype = kernels.DTYPES[head.dtype.value]
+        ordered = sorted(jobs, key=lambda j: -j.steps)  # rows still running form a prefix
+        kv_lens = [j.kv_len for j in ordered for _ in range(j.batch)]
+        steps = [j.steps for j in ordered for _ in range(j.batch)]
+        length = max(kv + n - 1 for kv, n in zip(kv_lens, steps, strict=True))
+        total, backend = torch.zeros((), device=self.torch_device), ""
+        for _ in range(head.layers):
+            q = self._rand(len(steps), head.heads, steps[0], head.head_dim, dtype=dtype)
+            k = self._rand(len(steps), head.kv_heads, length, head.head_dim, dtype=dtype)
+            v = self._rand(len(steps), head.kv_heads, length, head.head_dim, dtype=dtype)
+            out, backend = kernels.decode_many(q, k, v, kv_lens, steps)
+            total += out.float().sum()  # summed on the device: one sync per batch, not per layer
+        return float(total), f"{backend}+decode"
 
     def _model(self, job: AttentionJob) -> float:
         from workers.seq2seq import Seq2Seq, synthetic_batch, train_steps
@@ -197,6 +207,35 @@ class AttentionWorker:
         source, target = synthetic_batch(job.batch, job.q_len, device=str(self.torch_device))
         losses = train_steps(model, source, target, job.steps)
         return sum(losses)
+
+
+class Inputs:
+    """The tensors jobs compute on: one random pool per dtype, sliced per call.
+
+    What the numbers are does not matter to the scheduler, and drawing fresh
+    random tensors for every call took a quarter to a third of a CPU
+    worker's time (bench/gpu_efficiency.py). A pool twice the largest request
+    is drawn once (seeded, so runs repeat) and handed out as views.
+    """
+
+    def __init__(self, device: torch.device, seed: int) -> None:
+        self.device, self.seed = device, seed
+        self.pools: dict[torch.dtype, torch.Tensor] = {}
+        self.cursor: dict[torch.dtype, int] = {}
+
+    def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        n = math.prod(shape)
+        pool = self.pools.get(dtype)
+        if pool is None or n > pool.numel() // 2:
+            generator = torch.Generator(device=self.device).manual_seed(self.seed)
+            pool = torch.randn(max(2 * n, 1 << 16), generator=generator, device=self.device,
+                               dtype=dtype)
+            self.pools[dtype], self.cursor[dtype] = pool, 0
+        start = self.cursor[dtype]
+        if start + n > pool.numel():
+            start = 0
+        self.cursor[dtype] = start + n
+        return pool[start:start + n].view(shape)
 
 
 def _size(n: int) -> str:
