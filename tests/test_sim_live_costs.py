@@ -103,3 +103,10 @@ def test_telemetry_reaches_the_policy_a_round_trip_late() -> None:
     seen.clear()
     jcts(jobs, prof, None, policy=Scripted(decide), telemetry_interval=1.0)
     assert dict(seen)[1.1] == 1.0  # the ideal model delivers at once
+
+
+def test_a_batch_pays_the_calibrated_batch_round_trip_when_there_is_one() -> None:
+    prof = profile(actor_call_s=0.001, batch_call_s=0.003)
+    job = attention_job(id="a", submit_time=0.0)
+    solo = costmodel.estimate(job, prof).seconds
+    assert jcts([job], prof, LiveCosts.from_profiles([prof]))["a"] == pytest.approx(solo + 0.003)

@@ -337,7 +337,10 @@ def measure_live(plan: Plan, profile: DeviceProfile, tick: Tick) -> dict[str, An
     # A live batch pays the Ray path's per-job cost (the job records are pickled too),
     # so that slope is the figure; the in-process fit stays in the reference as a check.
     reference["worker_through_ray"] = via_ray
+    # The fit's intercept is what a batch costs through Ray beyond its jobs: the empty
+    # call's round trip plus sending the batch and its result (never less than the former).
     out.update(actor_call_us=round(actor_s * 1e6, 3), task_us=round(task_s * 1e6, 3),
+               batch_call_us=round(max(actor_s * 1e6, via_ray["per_call_us"]), 3),
                worker_job_us=max(0.0, via_ray["per_job_us"]),
                telemetry_us=round(telemetry_s * 1e6, 3), node_sharing=sharing,
                live_reference=reference)

@@ -85,7 +85,7 @@ class SimExecutor:
         for dev in self.devices.values():
             profile = dev.state.profile
             if live is not None and profile is not None:
-                dev.per_batch = live.decision_s + profile.actor_call_s
+                dev.per_batch = live.decision_s + (profile.batch_call_s or profile.actor_call_s)
                 dev.per_job = profile.worker_job_s
                 dev.contended = len(profile.node_sharing) > 1
             self.by_node.setdefault(dev.node, []).append(dev)
