@@ -50,7 +50,7 @@ class AdaptivePolicy:
 
     def urgency(self, view: View, job: Job, seconds: float) -> float:
         """Higher is more urgent: priority, aging, deadline slack, then short jobs."""
-        waited = view.now - view.info(job.id).ready_time
+        waited = view.now - view.ready_time(job.id)
         score = float(job.priority) + waited / self.aging_s
         if job.deadline is not None:
             slack = job.submit_time + job.deadline - view.now - seconds
@@ -85,9 +85,13 @@ class AdaptivePolicy:
         mostly healthy cluster, not O(devices).
         """
         fastest = reference_seconds(view, job)
+        # CPU workers take GPU work only as an offload, unless no GPU can run the job
+        # at all (a dtype no GPU profile measures): then a CPU is its only home.
+        cpu_ok = not any(math.isfinite(view.cost.seconds([job], ids[0]))
+                         for ids in view.groups.values() if view.devices[ids[0]].kind != "cpu")
         best: tuple[float, DeviceView, float] | None = None
         for device in view.free.values():
-            if device.kind == "cpu" or not fits(view, job, device, taken):
+            if (device.kind == "cpu" and not cpu_ok) or not fits(view, job, device, taken):
                 continue
             seconds = view.cost.seconds([job], device.id)
             speed = self.speed(view, device.id)

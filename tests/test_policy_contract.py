@@ -88,6 +88,8 @@ def test_every_policy_keeps_the_invariants(jobs, cluster, policy, seed) -> None:
         for record in recorder.finished:
             assert record.state.value in ("done", "failed")
             assert record.state.value == "done" or record.reason
+            # The built-ins are work-conserving: admitted work that fits somewhere runs.
+            assert "unplaced" not in (record.reason or ""), (policy, record.job, record.reason)
             if record.state.value == "done":
                 assert record.end is not None and record.start is not None
                 assert record.job.submit_time <= record.start <= record.end
