@@ -23,8 +23,7 @@ def fastest_group(view: View, job: Job) -> str | None:
 
 def reference_seconds(view: View, job: Job) -> float:
     """Predicted run time on the fastest kind of device that can run it."""
-    return min((view.cost.seconds([job], devices[0]) for devices in view.groups.values()),
-               default=math.inf)
+    return view.cost.best_seconds(job)
 
 
 def window(jobs: Mapping[str, Job], limit: int) -> Iterator[Job]:

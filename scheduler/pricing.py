@@ -48,6 +48,11 @@ class ClusterCost:
         self._by_job: dict[str, tuple[Job, dict[str, tuple[float, int, float]]]] = {}
         self._terms: dict[str, dict[str, tuple[float, float, int, float, str]]] = {
             p.name: {} for p in profiles.values()}
+        # One device per profile (a profile prices every job alike on its devices), and
+        # each job's best time over them: policies rank deep queues by it every round.
+        self._firsts = tuple({d.profile: d.id for d in reversed(spec.devices)
+                              if self._profile_of[d.id] is not None}.values())
+        self._best: dict[str, tuple[Job, float]] = {}
 
     def profile(self, device: str) -> DeviceProfile | None:
         return self._profile_of[device]
@@ -75,8 +80,20 @@ class ClusterCost:
             return job.duration, 0, 0.0
         return self._single(job, device)
 
+    def best_seconds(self, job: Job) -> float:
+        """Run time on the fastest kind of device that can run ``job`` (inf: none can)."""
+        if isinstance(job, ClusterJob):
+            return job.duration
+        known = self._best.get(job.id)
+        if known is not None and known[0] is job:
+            return known[1]
+        best = min((self._single(job, d)[0] for d in self._firsts), default=math.inf)
+        self._best[job.id] = (job, best)
+        return best
+
     def forget(self, job_id: str) -> None:
         self._by_job.pop(job_id, None)
+        self._best.pop(job_id, None)
         for memo in self._terms.values():
             memo.pop(job_id, None)
 

@@ -113,6 +113,10 @@ class CostOracle(Protocol):
         """Predicted run time of ``jobs`` packed together on ``device``; inf if it cannot."""
         ...
 
+    def best_seconds(self, job: Job) -> float:
+        """Predicted run time on the fastest kind of device that can run it (inf: none)."""
+        ...
+
     def memory(self, job: Job, device: str) -> int:
         """Peak device memory of ``job`` on ``device`` with the backend it would use."""
         ...
@@ -181,3 +185,7 @@ class View:
     def info(self, job_id: str) -> JobInfo:
         r = self._records[job_id]
         return JobInfo(r.attempts, r.ready_time, r.parent)
+
+    def ready_time(self, job_id: str) -> float:
+        """When the job could first run: ``info(job_id).ready_time``, for hot loops."""
+        return self._records[job_id].ready_time
