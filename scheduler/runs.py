@@ -44,6 +44,7 @@ class RunSpec:
     fail: tuple[str, ...] = ()
     fail_node: tuple[str, ...] = ()
     slow: Mapping[str, float] = field(default_factory=dict)
+    profiles: Mapping[str, str] = field(default_factory=dict)  # profile name -> file
     out: Path | None = None
     report: bool = True
     # Model what the live path costs beyond the attention (Ray round trips, the
@@ -119,7 +120,7 @@ def prepare(spec: RunSpec) -> tuple[ClusterSpec, dict[str, DeviceProfile], tuple
     cluster = load_cluster(spec.cluster, spec.nodes or None)
     if not cluster.devices:
         raise InputError("the cluster has no devices to run jobs on", path=spec.cluster)
-    profiles = load_profiles(cluster)
+    profiles = load_profiles(cluster, spec.profiles)
     faults = parse_faults(spec.fail, "device", cluster) + parse_faults(spec.fail_node, "node",
                                                                         cluster)
     for device, factor in spec.slow.items():

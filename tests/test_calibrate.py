@@ -114,10 +114,11 @@ def test_a_simulated_job_takes_what_the_profile_predicts(calibrated) -> None:
     predicted = costmodel.estimate(job, profile).seconds
     start, end = _simulated(profile, None)
     assert end - start == pytest.approx(predicted, rel=1e-9)
-    # Modelling the live path, the job also pays the calibrated round trip, decision
-    # and per-job setup.
+    # Modelling the live path, the job also pays the calibrated batch round trip,
+    # decision and per-job setup.
+    assert profile.batch_call_s >= profile.actor_call_s > 0
     start, end = _simulated(profile, LiveCosts.from_profiles([profile]))
-    assert end - start == pytest.approx(predicted + profile.actor_call_s + profile.decision_s
+    assert end - start == pytest.approx(predicted + profile.batch_call_s + profile.decision_s
                                         + profile.worker_job_s, rel=1e-9)
 
 

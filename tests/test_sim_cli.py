@@ -55,3 +55,32 @@ def test_simulate_rejects_bad_options_in_one_line(cli, tmp_path, repo) -> None:
         assert code == 2, args
         assert needle in err
         assert err.count("\n") == 1
+
+
+def test_simulate_times_devices_with_a_calibrated_profile(cli, tmp_path, repo) -> None:
+    """--profile PATH replaces the shipped profile of its name: a device twice as slow
+    per call shows in the results; a bad profile is one line, exit 2."""
+    from scheduler.profiles import load_profile
+
+    trace = tmp_path / "t.jsonl"
+    assert cli("trace", "generate", "-o", trace, "--jobs", "40", "--seed", "2", "--model",
+               "llama3-8b")[0] == 0
+    shipped = json.loads((repo / "scheduler/profile_data/h100.json").read_text())
+    slow = {**shipped, "call_host_us": shipped["call_host_us"] * 50,
+            "bandwidth_gb_s": shipped["bandwidth_gb_s"] / 50}
+    (tmp_path / "slow.json").write_text(json.dumps(slow))
+    assert load_profile(tmp_path / "slow.json").name == "h100"
+    runs = {}
+    for label, extra in (("shipped", []), ("slow", ["--profile", tmp_path / "slow.json"]),
+                         ("named", ["--profile", f"h100={tmp_path / 'slow.json'}"])):
+        code, _, err = cli("simulate", trace, "--cluster", repo / "cluster.yaml", "--out",
+                           tmp_path / label, *extra)
+        assert code == 0, err
+        runs[label] = json.loads((tmp_path / label / "summary.json").read_text())
+    assert runs["slow"]["jct_mean"] > 5 * runs["shipped"]["jct_mean"]
+    assert runs["named"]["jct_mean"] == runs["slow"]["jct_mean"]
+    for bad, needle in (("nope.json", "nope.json"), (f"a100={tmp_path / 'slow.json'}",
+                                                      "a100")):
+        code, _, err = cli("simulate", trace, "--cluster", repo / "cluster.yaml",
+                           "--profile", bad)
+        assert code == 2 and needle in err and err.count("\n") == 1, err

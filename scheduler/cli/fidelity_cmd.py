@@ -26,11 +26,13 @@ from scheduler.cli.sim_cmd import (
     LIMIT,
     MEMORY_FRACTION,
     MODEL,
+    PROFILE,
     SEED,
     SPEED,
     TICK,
     TRACE_ARG,
     console,
+    parse_profiles,
     policy_folder,
 )
 from scheduler.errors import InputError
@@ -45,9 +47,7 @@ def fidelity_cmd(
                                  help="Comma-separated policies to run both ways."),
     model: str | None = MODEL, limit: int | None = LIMIT, seed: int = SEED,
     speed: float = SPEED, telemetry_interval: float = TICK,
-    profile: list[str] = typer.Option(
-        [], "--profile", help="Time devices with a calibrated profile: PATH (for the "
-                              "profile of the same name) or NAME=PATH (repeatable)."),
+    profile: list[str] = PROFILE,
     address: str | None = ADDRESS, emulate_gpus: int = EMULATE_GPUS,
     cpu_workers: int = CPU_WORKERS, memory_fraction: float = MEMORY_FRACTION,
     out: Path = typer.Option(Path("runs/fidelity"), "--out",
@@ -62,21 +62,16 @@ def fidelity_cmd(
     if not names or len(set(names)) != len(names):
         raise InputError("expected distinct comma-separated policy names", field="--policies")
     overrides = parse_profiles(profile)
-    config = dataclasses.replace(
-        live_config(address=address, emulate_gpus=emulate_gpus, cpu_workers=cpu_workers,
-                    speed=speed, memory_fraction=memory_fraction,
-                    telemetry_interval=telemetry_interval, seed=seed, slow={}),
-        profiles=overrides)
+    config = live_config(address=address, emulate_gpus=emulate_gpus, cpu_workers=cpu_workers,
+                         speed=speed, memory_fraction=memory_fraction,
+                         telemetry_interval=telemetry_interval, seed=seed, slow={},
+                         profiles=overrides)
     folders = {n: out / policy_folder(n) for n in names}
     specs = {n: RunSpec(trace=trace, policy=n, model=model, limit=limit, seed=seed,
                         telemetry_interval=telemetry_interval) for n in names}
     for spec in specs.values():
         check_options(spec)
     from policies.base import load_policy
-    from scheduler.profiles import load_profile
-
-    for file in overrides.values():
-        load_profile(file)  # a bad profile fails now, not after the live runs
     total = count_jobs(next(iter(specs.values())))
     runs: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
     from scheduler.pricing import load_profiles
@@ -112,21 +107,6 @@ def fidelity_cmd(
     fidelity.plot_jct(out, {n: (folders[n] / "live", folders[n] / "sim") for n in names})
     print_fidelity(result)
     console.print(f"fidelity: {path} (plot: {out / 'plots' / 'fidelity_jct.png'})")
-
-
-def parse_profiles(items: list[str]) -> dict[str, str]:
-    """``PATH`` (its own name) or ``NAME=PATH`` → {profile name: path}."""
-    from scheduler.profiles import load_profile
-
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, path = item.rpartition("=")
-        if not sep:
-            name, path = load_profile(item).name, item
-        if not name or not path:
-            raise InputError(f"expected PATH or NAME=PATH, got {item!r}", field="--profile")
-        out[name] = path
-    return out
 
 
 def print_fidelity(result: dict[str, Any]) -> None:

@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 
 def live_config(*, address: str | None, emulate_gpus: int, cpu_workers: int, speed: float,
                 memory_fraction: float, telemetry_interval: float, seed: int,
-                slow: Mapping[str, float]) -> LiveConfig:
+                slow: Mapping[str, float], profiles: Mapping[str, str] | None = None
+                ) -> LiveConfig:
     """Check the live options before anything starts; the config a run needs."""
     if not (math.isfinite(speed) and 0 < speed <= 1e6):
         raise InputError(f"expected a speed in (0, 1e6], got {speed}", field="--speed")
@@ -45,7 +46,8 @@ def live_config(*, address: str | None, emulate_gpus: int, cpu_workers: int, spe
 
     return LiveConfig(address=address, emulate_gpus=emulate_gpus, cpu_workers=cpu_workers,
                       speed=speed, telemetry_interval=telemetry_interval, seed=seed,
-                      memory_fraction=memory_fraction, slow=dict(slow))
+                      memory_fraction=memory_fraction, slow=dict(slow),
+                      profiles=dict(profiles or {}))
 
 
 def live_progress_bar() -> Progress:

@@ -15,6 +15,7 @@ from scheduler.cli.sim_cmd import (
     MEMORY_FRACTION,
     MODEL,
     OPTS,
+    PROFILE,
     SEED,
     SLOW,
     SPEED,
@@ -22,6 +23,7 @@ from scheduler.cli.sim_cmd import (
     TRACE_ARG,
     console,
     exit_for,
+    parse_profiles,
     parse_slow,
     print_summary,
 )
@@ -37,7 +39,7 @@ def run(
     model: str | None = MODEL, limit: int | None = LIMIT, seed: int = SEED,
     speed: float = SPEED, emulate_gpus: int = EMULATE_GPUS, cpu_workers: int = CPU_WORKERS,
     memory_fraction: float = MEMORY_FRACTION,
-    telemetry_interval: float = TICK, slow: list[str] = SLOW,
+    telemetry_interval: float = TICK, slow: list[str] = SLOW, profile: list[str] = PROFILE,
     out: Path | None = typer.Option(None, "--out", help="Write outputs and report here."),
 ) -> None:
     """Replay a trace live: real PyTorch attention on Ray worker actors.
@@ -50,7 +52,7 @@ def run(
     config = live_config(address=address, emulate_gpus=emulate_gpus, cpu_workers=cpu_workers,
                          speed=speed, memory_fraction=memory_fraction,
                          telemetry_interval=telemetry_interval, seed=seed,
-                         slow=parse_slow(slow))
+                         slow=parse_slow(slow), profiles=parse_profiles(profile))
     built = load_policy(policy, parse_options(policy_opt))
     spec = RunSpec(trace=trace, policy=policy, model=model, limit=limit,
                    telemetry_interval=telemetry_interval, out=out)

@@ -40,6 +40,11 @@ FAIL = typer.Option([], "--fail", help="Fail a device at a time: DEVICE@SECONDS.
 FAIL_NODE = typer.Option([], "--fail-node", help="Fail a node at a time: NODE@SECONDS.")
 SLOW = typer.Option([], "--slow", help="Run a device slower: DEVICE=FACTOR (test knob).")
 OPTS = typer.Option([], "--policy-opt", help="Policy option key=value (repeatable).")
+LIVE_COSTS = typer.Option(True, "--live-costs/--no-live-costs",
+                          help="Model the live path's own costs (Ray round trips, decisions, "
+                               "worker setup, CPU contention) from the profiles.")
+PROFILE = typer.Option([], "--profile", help="Time devices with a calibrated profile: PATH "
+                                             "(replaces the profile of its name) or NAME=PATH.")
 ADDRESS = typer.Option(None, "--address", help="Ray cluster to join (auto, ray://...); default: "
                                                "an embedded local Ray on 127.0.0.1.")
 SPEED = typer.Option(1.0, "--speed", help="Replay this many times faster than the trace's clock.")
@@ -67,10 +72,31 @@ def parse_slow(items: list[str]) -> dict[str, float]:
     return out
 
 
+def parse_profiles(items: list[str]) -> dict[str, str]:
+    """``PATH`` (for the profile of its own name) or ``NAME=PATH`` → {name: path}.
+
+    Each file is loaded here, so a bad one fails before anything runs.
+    """
+    from scheduler.profiles import load_profile
+
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.rpartition("=")
+        if not sep:
+            path = item
+        loaded = load_profile(path) if path else None
+        name = name if sep else (loaded.name if loaded else "")
+        if not name or not path:
+            raise InputError(f"expected PATH or NAME=PATH, got {item!r}", field="--profile")
+        out[name] = path
+    return out
+
+
 def _spec(trace: Path, policy: str, **kw: Any) -> RunSpec:
     from policies.base import parse_options
 
     return RunSpec(trace=trace, policy=policy, policy_options=parse_options(kw.pop("opts")),
+                   profiles=parse_profiles(kw.pop("profile", [])),
                    nodes=parse_node_counts(kw.pop("nodes")), slow=parse_slow(kw.pop("slow")),
                    fail=tuple(kw.pop("fail")), fail_node=tuple(kw.pop("fail_node")), **kw)
 
@@ -83,7 +109,8 @@ def simulate(
     cluster: Path = CLUSTER, nodes: list[str] = NODES, model: str | None = MODEL,
     load: float | None = LOAD, limit: int | None = LIMIT, seed: int = SEED, slots: int = SLOTS,
     telemetry_interval: float = TICK, fail: list[str] = FAIL, fail_node: list[str] = FAIL_NODE,
-    slow: list[str] = SLOW, decision_interval: float = QUANTUM,
+    slow: list[str] = SLOW, decision_interval: float = QUANTUM, profile: list[str] = PROFILE,
+    live_costs: bool = LIVE_COSTS,
     out: Path | None = typer.Option(None, "--out", help="Write outputs and report here."),
 ) -> None:
     """Replay a trace in the simulator with one policy.
@@ -94,7 +121,8 @@ def simulate(
     spec = _spec(trace, policy, opts=policy_opt, cluster=cluster, nodes=nodes, model=model,
                  load=load, limit=limit, seed=seed, slots=slots,
                  telemetry_interval=telemetry_interval, fail=fail, fail_node=fail_node,
-                 slow=slow, decision_interval=decision_interval, out=out)
+                 slow=slow, decision_interval=decision_interval, profile=profile,
+                 live_costs=live_costs, out=out)
     built = _validate(spec)  # bad input is reported before any progress bar draws
     total = count_jobs(spec)
     with progress_bar() as bar:
@@ -172,7 +200,7 @@ class Mode(str, Enum):
 
 # The options only the simulator reads, by parameter name: compare --mode live rejects them.
 SIM_ONLY = ("cluster", "nodes", "load", "slots", "fail", "fail_node", "decision_interval",
-            "jobs")
+            "jobs", "live_costs")
 
 
 def compare(
@@ -185,7 +213,8 @@ def compare(
     cluster: Path = CLUSTER, nodes: list[str] = NODES, model: str | None = MODEL,
     load: float | None = LOAD, limit: int | None = LIMIT, seed: int = SEED, slots: int = SLOTS,
     telemetry_interval: float = TICK, fail: list[str] = FAIL, fail_node: list[str] = FAIL_NODE,
-    slow: list[str] = SLOW, decision_interval: float = QUANTUM,
+    slow: list[str] = SLOW, decision_interval: float = QUANTUM, profile: list[str] = PROFILE,
+    live_costs: bool = LIVE_COSTS,
     out: Path = typer.Option(Path("runs/compare"), "--out", help="One folder per policy here."),
     jobs: int = typer.Option(0, "--jobs", min=0, help="Processes (0: one per core, at most one per "
                                                "policy)."),
@@ -214,7 +243,7 @@ def compare(
                                   cpu_workers=cpu_workers, speed=speed,
                                   memory_fraction=memory_fraction,
                                   telemetry_interval=telemetry_interval, seed=seed,
-                                  slow=parse_slow(slow))
+                                  slow=parse_slow(slow), profiles=parse_profiles(profile))
         live.compare_live(trace, names, model=model, limit=limit, seed=seed,
                           telemetry_interval=telemetry_interval, slow=parse_slow(slow),
                           out=out, config=config)
@@ -223,6 +252,7 @@ def compare(
                          load=load, limit=limit, seed=seed, slots=slots,
                          telemetry_interval=telemetry_interval, fail=fail,
                          fail_node=fail_node, slow=slow, decision_interval=decision_interval,
+                         profile=profile, live_costs=live_costs,
                          out=out / policy_folder(name))
              for name in names}
     for spec in specs.values():  # bad input fails here, once, before any process starts
