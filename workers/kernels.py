@@ -17,7 +17,7 @@ import logging
 import math
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -399,18 +399,24 @@ def decode_many(q_steps: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
         raise ValueError("rows must be ordered by steps, longest first")
     device = q_steps.device
     out = torch.zeros_like(q_steps)
-    lens = torch.tensor(kv_lens, device=device)
-    positions = torch.arange(k_cache.shape[-2], device=device)
+    # offset[r, p] = p − kv_lens[r]: at step s, row r sees position p iff offset < s.
+    offset = (torch.arange(k_cache.shape[-2], device=device).unsqueeze(0)
+              - torch.tensor(kv_lens, device=device).unsqueeze(1))[:, None, None, :]
     uniform = len(set(kv_lens)) == 1
+    longest = list(itertools.accumulate(kv_lens, max))  # longest cache among the first rows
     active, used = rows, ""
-    for s in range(max(steps, default=0)):
-        while active and steps[active - 1] <= s:
-            active -= 1
-        length = max(kv_lens[:active]) + s
-        mask = None
-        if not uniform:  # (active, 1, 1, length): True where the row's cache is real
-            mask = (positions[:length] < (lens[:active] + s).unsqueeze(1))[:, None, None, :]
-        o, used = attention(q_steps[:active, :, s:s + 1], k_cache[:active, :, :length],
-                            v_cache[:active, :, :length], False, mask, backend)
-        out[:active, :, s:s + 1] = o
+    with ExitStack() as stack:
+        for s in range(max(steps, default=0)):
+            while active and steps[active - 1] <= s:
+                active -= 1
+            length = longest[active - 1] + s
+            mask = None if uniform else offset[:active, :, :, :length] < s
+            q = q_steps[:active, :, s:s + 1]
+            k, v = k_cache[:active, :, :length], v_cache[:active, :, :length]
+            if s == 0:  # the first step finds the backend; the others run in its context
+                o, used = attention(q, k, v, False, mask, backend)
+                stack.enter_context(sdpa_kernel(BACKENDS[used]))
+            else:
+                o = _sdpa(q, k, v, False, mask)
+            out[:active, :, s:s + 1] = o
     return out, used
