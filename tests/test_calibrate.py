@@ -26,7 +26,7 @@ from tests.builders import attention_job
 from tests.simkit import Recorder, Scripted
 from workers import calibrate
 from workers.calibrate import Plan, build_profile, count_steps
-from workers.calibrate_live import fit_line, fit_worker_jobs, local_cluster
+from workers.calibrate_live import SHARING_ROUNDS, fit_line, fit_worker_jobs, local_cluster
 from workers.worker import BatchResult
 
 TINY = Plan(lengths=(64, 256), head_dims=(16, 32), dtypes=("fp32",), causal=(False, True),
@@ -133,7 +133,7 @@ def test_every_measurement_ticks_the_progress_bar_once() -> None:
     assert profile.actor_call_s == 0 and profile.node_sharing == ((1.0, 1.0),)
     assert data["worker_job_us"] == max(0.0, data["reference"]["worker_in_process"]
                                         ["per_job_us"])
-    assert count_steps(TINY) == count_steps(plan) + 4 + TINY.sharing_workers
+    assert count_steps(TINY) == count_steps(plan) + 4 + SHARING_ROUNDS * TINY.sharing_workers
 
 
 def test_fit_line_recovers_a_known_line() -> None:

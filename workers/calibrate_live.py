@@ -33,13 +33,14 @@ from workers.worker import AttentionWorker, BatchResult
 
 Runner = Callable[[str, list[AttentionJob], float, float], BatchResult]
 SHARING_LENGTH = 1024  # the tiny preset's median prompt: what local runs compute most
+SHARING_ROUNDS = 3
 
 
 def live_steps(plan: Plan) -> int:
     """Ticks :func:`measure_live` makes (see ``count_steps``)."""
     if not plan.ray:
         return 2  # per-job fit in process, decision time
-    return 6 + (plan.sharing_workers if plan.device == "cpu" else 0)
+    return 6 + (SHARING_ROUNDS * plan.sharing_workers if plan.device == "cpu" else 0)
 
 
 def fit_line(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
@@ -182,16 +183,30 @@ def telemetry_round_trip(worker: Any, min_time: float) -> float:
     return seconds_per_call(lambda: ray.get(worker.telemetry.remote(0.0, 0)), min_time)
 
 
-def sharing_job(plan: Plan, profile: DeviceProfile) -> AttentionJob:
-    """A tiny-preset prompt with as many layers as fill ``plan.sharing_batch_s`` alone."""
-    job = AttentionJob(id="share", submit_time=0.0, kind=JobKind.PREFILL, batch=1, heads=2,
-                       kv_heads=1, q_len=SHARING_LENGTH, kv_len=SHARING_LENGTH, head_dim=16,
-                       layers=1, dtype=DType(plan.reference_dtype), causal=True)
-    per_layer = costmodel.estimate(job, profile).seconds
-    return replace(job, layers=max(1, min(512, round(plan.sharing_batch_s / per_layer))))
+def sharing_jobs(plan: Plan, profile: DeviceProfile) -> list[AttentionJob]:
+    """A batch like a local run's: tiny-preset prompts and decodes, sized to fill
+    ``plan.sharing_batch_s`` alone. Python-heavy decode steps contend differently
+    from one long kernel, so the mix matters."""
+    dtype = DType(plan.reference_dtype)
+
+    def prompt(i: int, length: int) -> AttentionJob:
+        return AttentionJob(id=f"share-p{i}", submit_time=0.0, kind=JobKind.PREFILL, batch=1,
+                            heads=2, kv_heads=1, q_len=length, kv_len=length, head_dim=16,
+                            layers=1, dtype=dtype, causal=False)  # one batch: as decode
+
+    def decode(i: int) -> AttentionJob:
+        return AttentionJob(id=f"share-d{i}", submit_time=0.0, kind=JobKind.DECODE, batch=1,
+                            heads=2, kv_heads=1, q_len=1, kv_len=SHARING_LENGTH // 2 + i,
+                            head_dim=16, layers=1, dtype=dtype, causal=False, steps=64)
+
+    unit = [prompt(i, SHARING_LENGTH // 4 * (i + 1)) for i in range(4)] + \
+        [decode(i) for i in range(4)]
+    alone = costmodel.batch_estimate(unit, profile).seconds
+    copies = max(1, min(64, round(plan.sharing_batch_s / alone)))
+    return [replace(j, id=f"{j.id}-{c}") for c in range(copies) for j in unit]
 
 
-def busy_together(workers: Sequence[Any], job: AttentionJob, batches: int,
+def busy_together(workers: Sequence[Any], jobs: list[AttentionJob], batches: int,
                   estimate: costmodel.Estimate) -> list[float]:
     """Each worker runs ``batches`` batches back to back, all at once; returns the
     worker-timed seconds of the batches that ran while every peer was busy.
@@ -207,7 +222,7 @@ def busy_together(workers: Sequence[Any], job: AttentionJob, batches: int,
     pending: dict[Any, int] = {}
 
     def send(i: int) -> None:
-        ref = workers[i].run.remote(f"share-{len(workers)}-{i}-{sent[i]}", [job],
+        ref = workers[i].run.remote(f"share-{len(workers)}-{i}-{sent[i]}", jobs,
                                     estimate.seconds, estimate.flops)
         pending[ref] = i
         sent[i] += 1
@@ -226,17 +241,23 @@ def busy_together(workers: Sequence[Any], job: AttentionJob, batches: int,
 
 def node_sharing(workers: Sequence[Any], plan: Plan, profile: DeviceProfile,
                  tick: Tick) -> tuple[list[list[float]], list[dict[str, float]]]:
-    """``[[k, per-worker speed with k busy, relative to one alone], ...]`` and the raw medians."""
-    job = sharing_job(plan, profile)
-    estimate = costmodel.estimate(job, profile)
+    """``[[k, per-worker speed with k busy, relative to one alone], ...]`` and the raw medians.
+
+    Rounds interleave k = 1, 2, ...: a shared machine's speed drifts, and a
+    drift that hits every k alike cancels out of the ratio.
+    """
+    jobs = sharing_jobs(plan, profile)
+    estimate = costmodel.batch_estimate(jobs, profile)
+    times: dict[int, list[float]] = {k: [] for k in range(1, len(workers) + 1)}
+    for _ in range(SHARING_ROUNDS):
+        for k in times:
+            tick(f"node sharing, {k} busy worker(s)")
+            times[k] += busy_together(workers[:k], jobs, plan.sharing_batches, estimate)
+    alone = statistics.median(times[1])
     curve: list[list[float]] = []
     raw: list[dict[str, float]] = []
-    alone = 0.0
-    for k in range(1, len(workers) + 1):
-        tick(f"node sharing, {k} busy worker(s)")
-        median = statistics.median(busy_together(workers[:k], job, plan.sharing_batches,
-                                                 estimate))
-        alone = alone or median
+    for k, seconds in times.items():
+        median = statistics.median(seconds)
         # Noise can make k workers look faster than one; a worker never gains from peers.
         curve.append([k, round(min(1.0, alone / median), 4)])
         raw.append({"workers": k, "median_batch_s": round(median, 6)})
