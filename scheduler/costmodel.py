@@ -161,18 +161,35 @@ def _job_terms(job: AttentionJob, profile: DeviceProfile, backend: str | None
             launches * (2 if train else 1), total_flops(job, profile.backward_factor), used)
 
 
+def call_group(job: AttentionJob, kind: str) -> tuple[object, ...]:
+    """Jobs of one group share their launches in a worker (workers/worker.py).
+
+    Decode requests of one head layout decode together, one call per step; a
+    GPU packs prompts of one head layout into one call (jagged or padded); a
+    CPU worker runs each distinct shape in its own call, since padding and
+    jagged tensors measured slower there (docs/benchmarks.md).
+    """
+    if job.kind is JobKind.DECODE:
+        return ("decode", job.heads, job.kv_heads, job.layers)
+    if kind == "cpu":
+        return ("shape", job.heads, job.kv_heads, job.q_len, job.kv_len)
+    return ("layout", job.heads, job.kv_heads)
+
+
 class Pack:
     """Running totals of a packed batch on one device: adding a job is O(1).
 
-    Packed jobs share launches: the batch makes as many calls as its longest
-    member (layers × steps, twice for training), so host time is paid once
-    per call, while device time is each job's own work at its own rate, and
-    memory traffic each job's own bytes. A call never beats its host floor:
+    Packed jobs share launches within their call group (:func:`call_group`):
+    a group makes as many calls as its longest member (layers × steps, twice
+    for training) and the batch makes its groups' calls one after another,
+    so host time is paid once per call, while device time is each job's own
+    work at its own rate, and memory traffic each job's own bytes. A call
+    never beats its host floor:
     ``seconds = max(calls · host, Σ compute, Σ bytes / bandwidth)``.
     """
 
-    __slots__ = ("backend", "calls", "compute_s", "flops", "jobs", "memo", "nbytes", "profile",
-                 "rate", "want")
+    __slots__ = ("backend", "calls", "compute_s", "flops", "groups", "jobs", "memo", "nbytes",
+                 "profile", "rate", "want")
 
     def __init__(self, profile: DeviceProfile, backend: str | None = None,
                  memo: dict[str, tuple[float, float, int, float, str]] | None = None) -> None:
@@ -180,6 +197,7 @@ class Pack:
         self.memo = memo  # job id -> terms on this profile, shared across packs
         self.compute_s = self.nbytes = self.flops = 0.0
         self.calls = self.jobs = 0
+        self.groups: dict[tuple[object, ...], int] = {}  # call group -> its calls
         self.backend = ""
 
     def _terms(self, job: AttentionJob) -> tuple[float, float, int, float, str]:
@@ -198,14 +216,20 @@ class Pack:
         compute, nbytes, calls, flops, self.backend = self._terms(job)
         self.compute_s += compute
         self.nbytes += nbytes
-        self.calls = max(self.calls, calls)
+        group = call_group(job, self.profile.kind)
+        had = self.groups.get(group, 0)
+        if calls > had:
+            self.groups[group] = calls
+            self.calls += calls - had
         self.flops += flops
         self.jobs += 1
 
     def seconds_with(self, job: AttentionJob) -> float:
         """What the batch would take with ``job`` added, without adding it."""
         compute, nbytes, calls, _, _ = self._terms(job)
-        return max(max(self.calls, calls) * self.profile.call_host_s, self.compute_s + compute,
+        had = self.groups.get(call_group(job, self.profile.kind), 0)
+        total = self.calls + max(0, calls - had)
+        return max(total * self.profile.call_host_s, self.compute_s + compute,
                    (self.nbytes + nbytes) / self.profile.bandwidth_bytes_s)
 
     @property

@@ -168,3 +168,31 @@ def test_profile_file_errors(tmp_path) -> None:
         load_profile(bad)
     with pytest.raises(InputError, match="no profile 'a100'"):
         load_profile("a100")
+
+
+def test_a_batch_pays_the_calls_its_worker_makes() -> None:
+    """A CPU worker runs each prompt shape in its own call; a GPU packs one head layout
+    into one call; decode requests share one call per step everywhere."""
+    from scheduler import costmodel
+    from scheduler.profiles import load_profile
+    from tests.builders import attention_job
+
+    def prompts(*lengths: int) -> list:
+        return [attention_job(id=f"p{i}", q_len=n, kv_len=n, layers=4, dtype="fp32")
+                for i, n in enumerate(lengths)]
+
+    cpu, h100 = load_profile("cpu"), load_profile("h100")
+    assert costmodel.batch_estimate(prompts(64, 64, 64), cpu).calls == 4
+    assert costmodel.batch_estimate(prompts(64, 96, 128), cpu).calls == 12
+    bf16 = [attention_job(id=f"g{i}", q_len=n, kv_len=n, layers=4) for i, n in
+            enumerate((64, 96, 128))]
+    assert costmodel.batch_estimate(bf16, h100).calls == 4
+    decodes = [attention_job(id=f"d{i}", kind="decode", q_len=1, kv_len=100 + i, steps=10 + i,
+                             layers=2) for i in range(3)]
+    for profile in (cpu, h100):
+        pack = costmodel.Pack(profile)
+        for job in decodes:
+            before = pack.seconds_with(job)
+            pack.add(job)
+            assert pack.seconds == before  # seconds_with is what add then gives
+        assert pack.calls == 2 * 12
