@@ -163,7 +163,7 @@ class AttentionWorker:
         head = jobs[0]
         dtype = kernels.DTYPES[head.dtype.value]
         calls = [j.layers * (j.steps if j.kind is JobKind.TRAIN else 1) for j in jobs]
-        checksum, backend = 0.0, ""
+        checksum, backend = torch.zeros((), device=self.torch_device), ""
         for call in range(max(calls)):
             shapes: dict[tuple[int, int], list[AttentionJob]] = {}
             for j, n in zip(jobs, calls, strict=True):
@@ -180,8 +180,8 @@ class AttentionWorker:
             total = torch.stack([o.float().sum() for o in outs]).sum()
             if total.requires_grad:
                 total.backward()  # type: ignore[no-untyped-call]
-            checksum += float(total.detach())
-        return checksum, backend
+            checksum += total.detach()  # on the device: one sync per batch, not per call
+        return float(checksum), backend
 
     def _decode(self, jobs: list[AttentionJob]) -> tuple[float, str]:
         """Requests of one head layout decode together: one call per step and layer."""
