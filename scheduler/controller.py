@@ -30,18 +30,11 @@ from scheduler.decisions import (
 from scheduler.jobs import AttentionJob, ClusterJob, Job
 from scheduler.pricing import ClusterCost, shape_key
 from scheduler.state import Batch, DeviceState, JobRecord, JobState, NodeState
+from scheduler.units import size
 from scheduler.view import DeviceView, Telemetry, View
 
 GiB = 1 << 30
 OUT_OF_MEMORY = "out of memory"  # how executors start an out-of-memory error
-
-
-def size(n: float) -> str:
-    """Bytes for a message: small budgets must not read as 0.00 GiB."""
-    for unit, scale in (("GiB", GiB), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{int(n)} B"
 EMA = 0.3  # weight of the newest telemetry sample in the moving averages
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from scheduler.jobs import AttentionJob, JobKind
+from scheduler.units import size
 from scheduler.view import Telemetry
 from workers import kernels
 from workers.telemetry import Sampler, nvml_source
@@ -90,9 +91,9 @@ class AttentionWorker:
         """
         if self.budget and memory > self.budget - self.reserved:
             return BatchResult(batch_id, 0.0, "", 0.0,
-                               f"out of memory: batch needs {_size(memory)}, {self.device_id} "
-                               f"has {_size(self.budget - self.reserved)} of its "
-                               f"{_size(self.budget)} budget free (refused before running)")
+                               f"out of memory: batch needs {size(memory)}, {self.device_id} "
+                               f"has {size(self.budget - self.reserved)} of its "
+                               f"{size(self.budget)} budget free (refused before running)")
         start = time.perf_counter()
         self.running += 1
         self.reserved += memory
@@ -236,13 +237,6 @@ class Inputs:
             start = 0
         self.cursor[dtype] = start + n
         return pool[start:start + n].view(shape)
-
-
-def _size(n: int) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if abs(n) >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{n} B"
 
 
 def describe(result: BatchResult) -> dict[str, Any]:
