@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	@mkdir -p demo
-	$(BIN)/attnsched trace generate -o demo/trace.jsonl --jobs 2000 --seed 1 --rate 20 --model tiny
+	$(BIN)/attnsched trace generate -o demo/trace.jsonl --jobs 2000 --seed 1 --rate 12 --model tiny
 	$(BIN)/attnsched run demo/trace.jsonl --policy adaptive --emulate-gpus 2 --speed 4 --out demo/live
 	@echo "report: demo/live/report.md (plots in demo/live/plots/)"
 

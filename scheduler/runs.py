@@ -146,7 +146,8 @@ def run_sim(spec: RunSpec, progress: Callable[[int, float], None] | None = None,
         policy = load_policy(spec.policy, spec.policy_options)
     jobs: Iterator[Job] = trace_jobs(spec)
     context: dict[str, Any] = {"trace": str(spec.trace), "cluster": cluster.source,
-                               "devices": len(cluster.devices), "seed": spec.seed}
+                               "devices": len(cluster.devices), "seed": spec.seed,
+                               "live_costs": spec.live_costs}
     if spec.load is not None:
         factor, _ = time_scale(spec, cluster, ClusterCost(cluster, profiles))
         jobs = _scaled(jobs, factor)

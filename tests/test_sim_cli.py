@@ -84,3 +84,20 @@ def test_simulate_times_devices_with_a_calibrated_profile(cli, tmp_path, repo) -
         code, _, err = cli("simulate", trace, "--cluster", repo / "cluster.yaml",
                            "--profile", bad)
         assert code == 2 and needle in err and err.count("\n") == 1, err
+
+
+def test_live_costs_are_charged_by_default_and_recorded(cli, tmp_path, repo) -> None:
+    """Every batch pays the profile's Ray round trip unless --no-live-costs asks for the
+    plain device model; summary.json says which one ran."""
+    trace = tmp_path / "t.jsonl"
+    assert cli("trace", "generate", "-o", trace, "--jobs", "30", "--seed", "5", "--model",
+               "llama3-8b")[0] == 0
+    summaries = {}
+    for label, extra in (("live", []), ("ideal", ["--no-live-costs"])):
+        code, _, err = cli("simulate", trace, "--cluster", repo / "cluster.yaml", "--nodes",
+                           "cpu=0", "--out", tmp_path / label, *extra)
+        assert code == 0, err
+        summaries[label] = json.loads((tmp_path / label / "summary.json").read_text())
+    assert summaries["live"]["live_costs"] is True
+    assert summaries["ideal"]["live_costs"] is False
+    assert summaries["live"]["jct_mean"] > summaries["ideal"]["jct_mean"]
