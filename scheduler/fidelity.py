@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+import statistics
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,22 @@ def ranking(summaries: Mapping[str, Mapping[str, Any]], key: str = RANK_BY) -> l
         return value is None, value if value is not None else 0.0, name
 
     return sorted(summaries, key=order)
+
+
+def median_summary(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One summary from repeated live runs: the median of each figure fidelity compares.
+
+    A live run on a shared machine moves with the machine; the median of a few
+    runs is what the simulator should be held to, not one draw.
+    """
+    if not summaries:
+        raise ValueError("no summaries")
+    out = dict(summaries[0])
+    for src in FIGURES.values():
+        values = [s[src] for s in summaries if s.get(src) is not None]
+        out[src] = statistics.median(values) if values else None
+    out["repeats"] = len(summaries)
+    return out
 
 
 def assess(runs: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]]) -> dict[str, Any]:

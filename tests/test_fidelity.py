@@ -93,3 +93,14 @@ def test_write_and_plot(tmp_path: Path) -> None:
     assert plot is not None and plot.stat().st_size > 1000
     empty = jobs(tmp_path / "empty", {"j9": 1.0})
     assert fidelity.plot_jct(tmp_path / "none", {"p": (empty, sim)}) is None
+
+
+def test_repeated_live_runs_are_held_to_their_median() -> None:
+    runs = [summary(1.0, p99=4.0), summary(3.0, p99=2.0), summary(2.0, p99=None)]
+    merged = fidelity.median_summary(runs)
+    assert merged["jct_mean"] == 2.0
+    assert merged["jct_p99"] == 3.0  # missing values are left out, not counted as zero
+    assert merged["repeats"] == 3
+    assert fidelity.median_summary([summary(None)])["jct_mean"] is None
+    with pytest.raises(ValueError, match="no summaries"):
+        fidelity.median_summary([])

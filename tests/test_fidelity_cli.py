@@ -24,7 +24,7 @@ def test_fidelity_runs_each_policy_both_ways(cli, local_ray, tmp_path: Path) -> 
     trace = write_trace(tmp_path / "t.jsonl", 24)
     out = tmp_path / "fid"
     code, text, err = cli("fidelity", trace, "--policies", "static,adaptive", "--model", "tiny",
-                          "--speed", "2", "--out", out)
+                          "--speed", "2", "--repeats", "2", "--out", out)
     assert code == 0, err
     result = json.loads((out / "fidelity.json").read_text())
     assert set(result["policies"]) == {"static", "adaptive"}
@@ -34,10 +34,11 @@ def test_fidelity_runs_each_policy_both_ways(cli, local_ray, tmp_path: Path) -> 
         assert set(entry["error"]) == {"jct_mean", "jct_p50", "jct_p99", "makespan",
                                        "throughput"}
         assert all(e is None or e >= 0 for e in entry["error"].values())
-        for mode in ("live", "sim"):
+        for mode in ("live", "live-2", "sim"):
             assert (out / name / mode / "jobs.parquet").exists()
+        assert entry["live"]["repeats"] == 2
     assert isinstance(result["same_ranking"], bool)
-    assert result["speed"] == 2
+    assert result["speed"] == 2 and result["repeats"] == 2
     assert (out / "plots" / "fidelity_jct.png").stat().st_size > 1000
     assert "ranking by mean JCT" in text
 

@@ -48,6 +48,8 @@ def fidelity_cmd(
     model: str | None = MODEL, limit: int | None = LIMIT, seed: int = SEED,
     speed: float = SPEED, telemetry_interval: float = TICK,
     profile: list[str] = PROFILE,
+    repeats: int = typer.Option(1, "--repeats", min=1, max=20,
+                                help="Live runs per policy; each figure is their median."),
     address: str | None = ADDRESS, emulate_gpus: int = EMULATE_GPUS,
     cpu_workers: int = CPU_WORKERS, memory_fraction: float = MEMORY_FRACTION,
     out: Path = typer.Option(Path("runs/fidelity"), "--out",
@@ -56,7 +58,7 @@ def fidelity_cmd(
     """Run each policy live and simulated on one trace; report how well the simulator predicts.
 
     Example: attnsched fidelity trace.jsonl --policies static,greedy,adaptive --model tiny
-    --emulate-gpus 2 --speed 4 --profile profile.json --out runs/fidelity
+    --emulate-gpus 2 --speed 4 --profile profile.json --repeats 3 --out runs/fidelity
     """
     names = [p.strip() for p in policies.split(",") if p.strip()]
     if not names or len(set(names)) != len(names):
@@ -80,28 +82,32 @@ def fidelity_cmd(
     from workers.executor import close_session, open_session, run_live
 
     with live_progress_bar() as bar:
-        tasks = {n: bar.add_task(f"{n} live", total=total, start=False, **NO_PROGRESS)
-                 for n in names}
+        tasks = {(n, r): bar.add_task(f"{n} live" + (f" {r + 1}" if repeats > 1 else ""),
+                                      total=total, start=False, **NO_PROGRESS)
+                 for n in names for r in range(repeats)}
         session = open_session(config)
         try:
             profiles = load_profiles(session.spec, overrides)
             for name, spec in specs.items():
-                policy = load_policy(name)
-                label = str(getattr(policy, "name", name))
-                live = run_live(trace_jobs(spec), policy, label, folders[name] / "live",
-                                dataclasses.replace(config, progress=track(bar, tasks[name])),
-                                {"trace": str(trace)}, session=session)
+                label = str(getattr(load_policy(name), "name", name))
+                lives = []
+                for r in range(repeats):  # a fresh policy each time: a plugin may keep state
+                    folder = folders[name] / ("live" if r == 0 else f"live-{r + 1}")
+                    lives.append(run_live(
+                        trace_jobs(spec), load_policy(name), label, folder,
+                        dataclasses.replace(config, progress=track(bar, tasks[name, r])),
+                        {"trace": str(trace)}, session=session).summary)
                 sim = simulate(trace_jobs(spec), session.spec, profiles, load_policy(name),
                                label, folders[name] / "sim",
                                SimConfig(seed=seed, telemetry_interval=telemetry_interval,
                                          live=LiveCosts.from_profiles(profiles.values(),
                                                                       speed)),
                                {"trace": str(trace)})
-                runs[name] = (live.summary, sim.summary)
+                runs[name] = (fidelity.median_summary(lives), sim.summary)
         finally:
             close_session(session)
     result = fidelity.assess(runs)
-    result["speed"] = speed
+    result["speed"], result["repeats"] = speed, repeats
     result["profiles"] = {name: p.source for name, p in profiles.items()}
     path = fidelity.write(out, result)
     fidelity.plot_jct(out, {n: (folders[n] / "live", folders[n] / "sim") for n in names})
