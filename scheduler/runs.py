@@ -63,11 +63,17 @@ def count_jobs(spec: RunSpec) -> int:
     return sum(1 for _ in trace_jobs(spec))
 
 
-def best_seconds(cost: ClusterCost, groups: Mapping[str, str], job: Job) -> float:
-    """Run time of ``job`` alone on the fastest kind of device the cluster has."""
+def device_seconds(cost: ClusterCost, job: Job) -> float:
+    """Device-seconds of ``job`` on the fastest kind of device the cluster has.
+
+    A cluster job holds ``gpus × gpu_fraction`` devices for its duration; an
+    attention job one device for its best run time.
+    """
     if isinstance(job, ClusterJob):
         return job.duration * max(job.gpus * job.gpu_fraction, 0.0)
-    return min((cost.seconds([job], device) for device in groups.values()), default=math.inf)
+    seconds = cost.best_seconds(job)
+    cost.forget(job.id)  # a pass over the whole trace must not keep every job priced
+    return seconds
 
 
 def time_scale(spec: RunSpec, cluster: ClusterSpec, cost: ClusterCost) -> tuple[float, int]:
@@ -77,12 +83,11 @@ def time_scale(spec: RunSpec, cluster: ClusterSpec, cost: ClusterCost) -> tuple[
     the span of arrivals times the number of devices that can do that work.
     """
     assert spec.load is not None
-    groups = {d.profile: d.id for d in cluster.devices if d.profile and cost.profile(d.id)}
     work, first, last, count = 0.0, math.inf, 0.0, 0
     gpu_devices = sum(1 for d in cluster.devices if d.kind == "gpu")
     for job in trace_jobs(spec):
         count += 1
-        seconds = best_seconds(cost, groups, job)
+        seconds = device_seconds(cost, job)
         if math.isfinite(seconds):
             work += seconds
         first, last = min(first, job.submit_time), max(last, job.submit_time)

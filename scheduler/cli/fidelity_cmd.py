@@ -89,12 +89,13 @@ def fidelity_cmd(
         try:
             profiles = load_profiles(session.spec, overrides)
             for name, spec in specs.items():
-                label = str(getattr(load_policy(name), "name", name))
                 lives = []
                 for r in range(repeats):  # a fresh policy each time: a plugin may keep state
+                    policy = load_policy(name)
+                    label = str(getattr(policy, "name", name))
                     folder = folders[name] / ("live" if r == 0 else f"live-{r + 1}")
                     lives.append(run_live(
-                        trace_jobs(spec), load_policy(name), label, folder,
+                        trace_jobs(spec), policy, label, folder,
                         dataclasses.replace(config, progress=track(bar, tasks[name, r])),
                         {"trace": str(trace)}, session=session).summary)
                 sim = simulate(trace_jobs(spec), session.spec, profiles, load_policy(name),

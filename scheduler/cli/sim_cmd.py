@@ -82,13 +82,10 @@ def parse_profiles(items: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items:
         name, sep, path = item.rpartition("=")
-        if not sep:
-            path = item
-        loaded = load_profile(path) if path else None
-        name = name if sep else (loaded.name if loaded else "")
-        if not name or not path:
+        if not path or (sep and not name):
             raise InputError(f"expected PATH or NAME=PATH, got {item!r}", field="--profile")
-        out[name] = path
+        profile = load_profile(path)  # a bad file fails now, not mid-run
+        out[name or profile.name] = path
     return out
 
 
