@@ -33,7 +33,6 @@ from scheduler.state import Batch, DeviceState, JobRecord, JobState, NodeState
 from scheduler.units import size
 from scheduler.view import DeviceView, Telemetry, View
 
-GiB = 1 << 30
 OUT_OF_MEMORY = "out of memory"  # how executors start an out-of-memory error
 EMA = 0.3  # weight of the newest telemetry sample in the moving averages
 

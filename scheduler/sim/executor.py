@@ -181,7 +181,7 @@ class SimExecutor:
                 dev.predicted = dev.observed = 0.0
             out.append(Telemetry(
                 now, device_id, min(1.0, dev.busy_integral / interval),
-                state.spec.memory_bytes - state.memory_free, state.spec.memory_bytes,
+                state.memory_limit - state.memory_free, state.spec.memory_bytes,
                 queue_len, len(dev.running), dev.flops_done / interval, dev.speed))
             dev.busy_integral = 0.0
             dev.flops_done = 0.0
