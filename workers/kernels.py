@@ -366,15 +366,11 @@ def decode(q_steps: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     """Decode ``steps`` tokens: step ``s`` attends to the first ``kv_len + s`` cached keys.
 
     ``q_steps`` is (batch, heads, steps, d); the caches hold ``kv_len + steps - 1``
-    positions. Returns (batch, heads, steps, d), one call per step.
+    positions. Returns (batch, heads, steps, d), one call per step: one request
+    of :func:`decode_many`, every row alike.
     """
-    outs, used = [], ""
-    for s in range(q_steps.shape[-2]):
-        q = q_steps[:, :, s:s + 1]
-        out, used = attention(q, k_cache[:, :, :kv_len + s], v_cache[:, :, :kv_len + s],
-                              causal=False, backend=backend)
-        outs.append(out)
-    return torch.cat(outs, dim=-2), used
+    rows, steps = q_steps.shape[0], q_steps.shape[-2]
+    return decode_many(q_steps, k_cache, v_cache, [kv_len] * rows, [steps] * rows, backend)
 
 
 def decode_many(q_steps: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -238,7 +237,3 @@ class Inputs:
         self.cursor[dtype] = start + n
         return pool[start:start + n].view(shape)
 
-
-def describe(result: BatchResult) -> dict[str, Any]:
-    return {"batch": result.batch, "seconds": result.seconds, "backend": result.backend,
-            "error": result.error}
