@@ -37,7 +37,7 @@ def read_parquet(path: Path) -> Iterator[tuple[int, Job]]:
     """Yield ``(row_number, job)``; row numbers are 1-based, like lines."""
     try:
         handle = pq.ParquetFile(path)
-    except (OSError, pa.ArrowException) as e:
+    except (OSError, pa.ArrowException, UnicodeDecodeError) as e:
         raise InputError(f"not a readable Parquet file: {e}", path=path) from None
     unknown = [n for n in handle.schema_arrow.names if n not in FIELDS]
     if unknown:
@@ -55,7 +55,7 @@ def read_parquet(path: Path) -> Iterator[tuple[int, Job]]:
                     yield row, job_from_record(clean)
                 except InputError as e:
                     raise e.located(path=path, line=row) from None
-    except (OSError, pa.ArrowException) as e:
+    except (OSError, pa.ArrowException, UnicodeDecodeError) as e:
         raise InputError(f"corrupt Parquet data: {e}", path=path, line=row + 1) from None
 
 
