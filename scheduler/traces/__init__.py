@@ -102,7 +102,7 @@ def detect_format(path: Path, hint: str = "auto") -> str:
         return "csv"
     try:
         record = json.loads(head)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return "jsonl"  # the canonical reader reports the error with its line
     if isinstance(record, dict) and "input_length" in record:
         return "mooncake"

@@ -16,7 +16,7 @@ from typing import Any
 
 from scheduler.errors import InputError
 from scheduler.jobs import AttentionJob, ClusterJob, Job, JobKind
-from scheduler.traces.textio import iter_lines
+from scheduler.traces.textio import iter_lines, json_line
 
 MIB = 1 << 20
 IDENTITY = ("id", "submit_time", "kind", "tenant", "priority", "deadline", "depends_on")
@@ -123,10 +123,9 @@ def _located(e: InputError, path: Path, line: int) -> InputError:
 def read_jsonl(path: Path) -> Iterator[tuple[int, Job]]:
     for line, text in iter_lines(path):
         try:
-            record = json.loads(text)
-        except json.JSONDecodeError as e:
-            hint = " (truncated last line?)" if not text.endswith("\n") else ""
-            raise InputError(f"invalid JSON: {e.msg}{hint}", path=path, line=line) from None
+            record = json_line(text)
+        except InputError as e:
+            raise _located(e, path, line) from None
         if not isinstance(record, dict):
             raise InputError("expected a JSON object per line", path=path, line=line)
         try:

@@ -8,7 +8,6 @@ importer streams: one row in memory at a time.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 from scheduler.errors import InputError
 from scheduler.jobs import AttentionJob, ClusterJob, Job, JobKind
 from scheduler.presets import ModelPreset
-from scheduler.traces.textio import iter_lines
+from scheduler.traces.textio import iter_lines, json_line
 
 MIB = 1 << 20
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
@@ -118,11 +117,7 @@ def read_azure(path: Path, preset: ModelPreset) -> Iterator[tuple[int, Job]]:
 def read_mooncake(path: Path, preset: ModelPreset) -> Iterator[tuple[int, Job]]:
     for index, (line, text) in enumerate(iter_lines(path)):
         try:
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as e:
-                hint = " (truncated last line?)" if not text.endswith("\n") else ""
-                raise InputError(f"invalid JSON: {e.msg}{hint}") from None
+            row = json_line(text)
             if not isinstance(row, dict):
                 raise InputError("expected a JSON object per line")
             for key in ("timestamp", "input_length", "output_length"):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from scheduler.errors import InputError
 
@@ -43,3 +45,21 @@ def first_line(path: Path) -> str:
     for _, text in iter_lines(path):
         return text
     raise InputError("file is empty", path=path)  # pragma: no cover - iter_lines raises first
+
+
+def json_line(text: str) -> Any:
+    """One JSON value; every way ``json.loads`` refuses text becomes an InputError.
+
+    Beyond syntax errors it refuses integers of more than 4,300 digits
+    (ValueError) and nesting deeper than the interpreter's stack
+    (RecursionError); neither may escape as an internal error.
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        hint = " (truncated last line?)" if not text.endswith("\n") else ""
+        raise InputError(f"invalid JSON: {e.msg}{hint}") from None
+    except RecursionError:
+        raise InputError("invalid JSON: nested too deeply") from None
+    except ValueError:
+        raise InputError("invalid JSON: a number with too many digits") from None
