@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from scheduler.errors import InputError
-from scheduler.jobs import AttentionJob, ClusterJob, Job, JobKind
+from scheduler.jobs import MAX_TIME_S, AttentionJob, ClusterJob, Job, JobKind
 from scheduler.presets import ModelPreset
 from scheduler.traces.textio import iter_lines, json_line
 
@@ -24,6 +24,8 @@ ALIBABA_COLUMNS = ("name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli", "g
 # Alibaba QoS classes, most protected first: they become tenants and priorities.
 QOS_PRIORITY = {"Guaranteed": 3, "LS": 2, "Burstable": 1, "BE": 0}
 MIN_POD_SECONDS = 1.0
+# No request has 2^32 tokens; a bound keeps token_scale arithmetic in float range.
+MAX_TOKENS = 1 << 32
 
 
 def request_jobs(rid: str, submit: float, prompt: int, output: int, preset: ModelPreset,
@@ -50,8 +52,8 @@ def _int_cell(text: str, field: str, minimum: int = 1, what: str = "a positive t
         value = int(text)
     except ValueError:
         raise InputError(f"expected an integer, got {text!r}", field=field) from None
-    if value < minimum:
-        raise InputError(f"expected {what}, got {value}", field=field)
+    if not minimum <= value <= MAX_TOKENS:
+        raise InputError(f"expected {what} (at most 2^32), got {value}", field=field)
     return value
 
 
@@ -126,10 +128,10 @@ def read_mooncake(path: Path, preset: ModelPreset) -> Iterator[tuple[int, Job]]:
                     raise InputError(f"expected an integer, got {value!r}", field=key)
             if not isinstance(row.get("hash_ids", []), list):
                 raise InputError("expected a list of block ids", field="hash_ids")
-            if row["input_length"] < 1 or row["output_length"] < 1:
-                field = "input_length" if row["input_length"] < 1 else "output_length"
-                raise InputError(f"expected a positive token count, got {row[field]}",
-                                 field=field)
+            for key, lo, hi in (("timestamp", 0, MAX_TIME_S * 1000),
+                                ("input_length", 1, MAX_TOKENS), ("output_length", 1, MAX_TOKENS)):
+                if not lo <= row[key] <= hi:
+                    raise InputError(f"{row[key]} is outside [{lo}, {hi:.4g}]", field=key)
             jobs = request_jobs(f"r{index}", row["timestamp"] / 1000.0, row["input_length"],
                                 row["output_length"], preset, "mooncake")
         except InputError as e:
