@@ -227,7 +227,7 @@ SCHEMA: dict[str, Any] = {
         "device": {"type": "string"},
         "matches": {"type": "array", "items": {"type": "string"}},
         "source": {"type": "string"},
-        "memory_bytes": {"type": "integer", "minimum": 1},
+        "memory_bytes": {"type": "integer", "minimum": 1, "maximum": 1 << 50},
         "bandwidth_gb_s": _POS,
         "matmul_tflops": {"type": "object", "propertyNames": _DTYPE,
                           "additionalProperties": _POS},
@@ -268,10 +268,28 @@ SCHEMA: dict[str, Any] = {
 }
 
 
+def _non_finite(data: Any) -> tuple[str, ...] | None:
+    """Key path of a NaN or infinity: JSON Schema's bounds do not catch NaN."""
+    stack: list[tuple[tuple[str, ...], Any]] = [((), data)]
+    while stack:  # iterative: a deeply nested "reference" must not overflow the stack
+        keys, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return keys
+        if isinstance(value, dict):
+            stack += [((*keys, str(k)), v) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [((*keys, str(i)), v) for i, v in enumerate(value)]
+    return None
+
+
 def profile_from_dict(data: Any, path: str | Path | None = None) -> DeviceProfile:
     """Validate a parsed profile and build it; errors name the key path at fault."""
     import jsonschema  # deferred: only profile loading needs it
 
+    bad = _non_finite(data)
+    if bad is not None:
+        raise InputError("expected a finite number, got NaN or infinity", path=path,
+                         field=".".join(bad) or "(top level)")
     validator = jsonschema.Draft202012Validator(SCHEMA)
     error = jsonschema.exceptions.best_match(validator.iter_errors(data))
     if error is not None:
@@ -333,6 +351,10 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise InputError(f"invalid JSON: {e.msg}", path=p, line=e.lineno) from None
+    except RecursionError:
+        raise InputError("invalid JSON: nested too deeply", path=p) from None
+    except ValueError:  # an integer past Python's 4,300-digit limit
+        raise InputError("invalid JSON: a number with too many digits", path=p) from None
     return profile_from_dict(data, path=p)
 
 
