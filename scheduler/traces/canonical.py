@@ -51,6 +51,12 @@ def _coerce(name: str, value: Any, from_text: bool) -> Any:
                 return float(value.strip())
             except ValueError:
                 raise InputError(f"expected a number, got {value!r}", field=name) from None
+        if isinstance(value, int):
+            try:
+                float(value)  # JSON integers are unbounded; the job's checks need a float
+            except OverflowError:
+                raise InputError(f"an integer of {len(str(abs(value)))} digits is out of range",
+                                 field=name) from None
         return value
     if name == "causal" and from_text:
         lowered = value.strip().lower()
