@@ -20,6 +20,7 @@ from scheduler.cli import (
     cluster_cmd,
     fidelity_cmd,
     profile_cmd,
+    report_cmd,
     run_cmd,
     sim_cmd,
     trace_cmd,
@@ -43,6 +44,7 @@ app.command()(sim_cmd.explain)
 app.command("policies")(sim_cmd.policies_cmd)
 app.command()(calibrate_cmd.calibrate)
 app.command("fidelity")(fidelity_cmd.fidelity_cmd)
+app.command()(report_cmd.report)
 
 
 def _version(value: bool) -> None:
