@@ -13,9 +13,10 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scheduler.cluster import ClusterSpec
+from scheduler.deadline import Deadline
 from scheduler.decisions import (
     ACTION_TYPES,
     Action,
@@ -32,6 +33,9 @@ from scheduler.pricing import ClusterCost, shape_key
 from scheduler.state import Batch, DeviceState, JobRecord, JobState, NodeState
 from scheduler.units import size
 from scheduler.view import DeviceView, Telemetry, View
+
+if TYPE_CHECKING:
+    from scheduler.journal import Journal
 
 OUT_OF_MEMORY = "out of memory"  # how executors start an out-of-memory error
 EMA = 0.3  # weight of the newest telemetry sample in the moving averages
@@ -66,9 +70,12 @@ class Sink:
 class Controller:
     def __init__(self, spec: ClusterSpec, cost: ClusterCost, policy: Any, *,
                  policy_name: str, seed: int = 0, slots: int = 1, sink: Sink | None = None,
-                 max_policy_failures: int = 10, max_attempts: int = 5) -> None:
+                 max_policy_failures: int = 10, max_attempts: int = 5,
+                 journal: Journal | None = None, decide_timeout: float | None = None) -> None:
         self.spec, self.cost, self.policy, self.policy_name = spec, cost, policy, policy_name
-        self.seed, self.sink = seed, sink or Sink()
+        self.seed, self.sink, self.journal = seed, sink or Sink(), journal
+        self.late_results = 0  # completions of batches already given up on, ignored
+        self.deadline = Deadline(decide_timeout) if decide_timeout else None
         self.max_policy_failures, self.max_attempts = max_policy_failures, max_attempts
         self.now = 0.0
         self.records: dict[str, JobRecord] = {}
@@ -101,12 +108,15 @@ class Controller:
 
     # -- admission and dependencies ------------------------------------------------------
 
-    def submit(self, job: Job, now: float) -> None:
-        """Admit a job; one that can never run anywhere fails now, with the reason."""
+    def submit(self, job: Job, now: float, attempts: int = 0) -> None:
+        """Admit a job; one that can never run anywhere fails now, with the reason.
+
+        ``attempts``: runs the job already began before a resumed run's crash.
+        """
         self._tick(now)
         if job.id in self.records or job.id in self.finished:
             raise ValueError(f"job {job.id!r} submitted twice")
-        record = JobRecord(job, ready_time=now)
+        record = JobRecord(job, ready_time=now, attempts=attempts)
         self.records[job.id] = record
         misfit = self._never_fits(job)
         if misfit is not None:
@@ -176,7 +186,8 @@ class Controller:
         self.cost.forget(record.id)
         ok = state is JobState.DONE
         self.finished[record.id] = ok
-        self.sink.job_finished(record)
+        if self.journal is None or self.journal.finished(self.now, record):
+            self.sink.job_finished(record)
         for child_id in self.blocked.pop(record.id, ()):
             child = self.records[child_id]
             if ok:
@@ -229,7 +240,8 @@ class Controller:
                     self.seed * 1_000_003 + self.calls, self.policy_state, event, self.groups,
                     records)
         try:
-            answer = self.policy.decide(view)
+            answer = (self.policy.decide(view) if self.deadline is None
+                      else self.deadline.call(self.policy.decide, view))
             actions, state = self._unpack(answer)
         except Exception as e:  # a plugin's bug must not take the cluster down
             self._policy_error(f"{type(e).__name__}: {e}")
@@ -267,6 +279,13 @@ class Controller:
         if self.failures_in_row >= self.max_policy_failures:
             raise PolicyFailure(f"policy {self.policy_name!r} failed {self.failures_in_row} "
                                 f"times in a row; last error: {message}")
+
+    def switch_policy(self, policy: Any, name: str, why: str) -> None:
+        """Hand the decisions to ``policy`` from now on (a live run's fallback)."""
+        self.sink.decision({"t": self.now, "policy": self.policy_name, "action": "fallback",
+                            "outcome": "switched", "why": f"{why}; {name!r} decides from now"})
+        self.policy, self.policy_name = policy, name
+        self.policy_state, self.failures_in_row = None, 0
 
     def _record(self, action: Action, outcome: str, why: str | None) -> None:
         row: dict[str, Any] = {"t": self.now, "policy": self.policy_name,
@@ -420,6 +439,8 @@ class Controller:
             record.attempts += 1
             record.solo_seconds = self.cost.seconds([job], dev.spec.id) if len(jobs) > 1 \
                 else seconds
+            if self.journal is not None:
+                self.journal.transition(self.now, record)
         return batch
 
     def _update_free(self, dev: DeviceState) -> None:
@@ -467,6 +488,8 @@ class Controller:
         else:
             record.state, record.start, record.device, record.batch = (
                 JobState.QUEUED, None, None, None)
+            if self.journal is not None:
+                self.journal.transition(self.now, record, reason)
             self._enqueue(record)
 
     def _split(self, action: Split) -> None:
@@ -499,7 +522,8 @@ class Controller:
         self._tick(now)
         batch = self.batches.get(batch_id)
         if batch is None:
-            return []  # cancelled earlier, or a duplicate report
+            self.late_results += 1
+            return []  # given up on earlier (its device went down), or a duplicate report
         self._release(batch)
         if error is not None:
             if error.startswith(OUT_OF_MEMORY):
@@ -536,7 +560,21 @@ class Controller:
             self._requeue(batch, reason)
         dev.up = False
         self._update_free(dev)
+        self.sink.decision({"t": self.now, "policy": "controller", "action": "device_down",
+                            "outcome": "observed", "device": device_id,
+                            "jobs": [j for b in hit for j in b.jobs], "why": reason})
         return hit
+
+    def device_up(self, device_id: str, now: float) -> None:
+        """A device is back (its worker restarted): the policy may use it again."""
+        self._tick(now)
+        dev = self.devices[device_id]
+        if self.nodes[dev.spec.node].up and not dev.up:
+            dev.up = True
+            self._update_free(dev)
+            self.sink.decision({"t": self.now, "policy": "controller", "action": "device_up",
+                                "outcome": "observed", "device": device_id,
+                                "why": "its worker is back"})
 
     def node_down(self, node: str, now: float, reason: str) -> list[Batch]:
         self.nodes[node].up = False
@@ -544,6 +582,11 @@ class Controller:
         for device in self.nodes[node].spec.devices:
             hit += self.device_down(device.id, now, reason)
         return hit
+
+    def restore(self, record: JobRecord) -> None:
+        """A job a resumed run finished before its crash: counted, never run again."""
+        self.finished[record.id] = record.state is JobState.DONE
+        self.sink.job_finished(record)
 
     def refuse(self, job: Job, reason: str) -> None:
         """Account for a job the run will never admit (it stopped first)."""

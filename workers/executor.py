@@ -23,10 +23,13 @@ from scheduler.cluster import ClusterSpec, for_live_run, from_ray_nodes
 from scheduler.controller import Controller, PolicyFailure
 from scheduler.errors import InputError
 from scheduler.jobs import Job
+from scheduler.journal import FILE as JOURNAL_FILE
+from scheduler.journal import Journal
 from scheduler.metrics import RunOutputs
 from scheduler.pricing import ClusterCost, load_profiles
 from scheduler.sim.runner import RunResult
 from scheduler.state import Batch
+from workers.fleet import Fleet, create_workers
 
 log = logging.getLogger(__name__)
 IDLE_ROUNDS = 3
@@ -69,6 +72,12 @@ class LiveConfig:
     # Profile name -> file: time the devices with a calibrated profile instead of
     # the shipped one (e.g. ``{"cpu": "profile.json"}``).
     profiles: Mapping[str, str] = field(default_factory=dict)
+    # Continue the run journalled in the output folder instead of starting afresh.
+    resume: bool = False
+    # (policy, name) to switch to when the policy fails repeatedly; None: stop the run.
+    fallback: tuple[Any, str] | None = None
+    # Wall seconds a policy's decide() may take before it counts as a failure.
+    decide_timeout: float | None = 10.0
 
 
 def start_ray(config: LiveConfig) -> None:
@@ -138,35 +147,6 @@ def _has_cuda() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def create_workers(spec: ClusterSpec, config: LiveConfig) -> dict[str, Any]:
-    """One actor per device, pinned to its node; returns device id -> handle."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from workers.worker import AttentionWorker
-
-    remote = ray.remote(AttentionWorker)
-    workers: dict[str, Any] = {}
-    for node in spec.nodes:
-        for index, device in enumerate(d for d in node.devices):
-            strategy = NodeAffinitySchedulingStrategy(node.ray_id, soft=False) \
-                if node.ray_id else "DEFAULT"
-            options: dict[str, float] = (
-                {"num_gpus": 1, "num_cpus": 0} if device.kind == "gpu"
-                else {"num_cpus": device.cpus})
-            # Two threads: telemetry is answered while a batch runs (torch drops
-            # the GIL); the controller never sends a device a second batch.
-            workers[device.id] = remote.options(scheduling_strategy=strategy,
-                                                max_concurrency=2, **options).remote(
-                device.id, device.kind, max(1.0, device.cpus if device.kind == "cpu" else 1.0),
-                emulate=device.model == "emulated", gpu_index=index,
-                slowdown=config.slow.get(device.id, 1.0), seed=config.seed + index,
-                memory_budget=config.worker_budget.get(device.id, device.memory_bytes),
-                memory_fraction=config.memory_fraction)
-    ray.get([w.ping.remote() for w in workers.values()], timeout=120)
-    return workers
-
-
 @dataclass
 class LiveSession:
     """Ray joined, the cluster discovered and one warm worker per device."""
@@ -188,28 +168,68 @@ def close_session(session: LiveSession) -> None:
         ray.kill(worker)
 
 
+def _prepare_outputs(out: Path | None, resume: bool) -> int:
+    """On resume, move the interrupted session's partial outputs aside; returns its number.
+
+    The jobs table is rebuilt from the journal, so the new outputs cover the
+    whole trace; the earlier decisions and telemetry stay readable in
+    ``session-N/``.
+    """
+    if out is None or not resume:
+        return 0
+    n = 1
+    while (out / f"session-{n}").exists():
+        n += 1
+    aside = out / f"session-{n}"
+    aside.mkdir()
+    for name in ("jobs.parquet", "telemetry.parquet", "decisions.jsonl", "summary.json",
+                 "run.json", "report.md", "plots"):
+        if (out / name).exists():
+            (out / name).rename(aside / name)
+    return n
+
+
 def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | None,
              config: LiveConfig, context: Mapping[str, Any] | None = None,
              session: LiveSession | None = None) -> RunResult:
     """Replay ``jobs`` on real workers; writes the same outputs as the simulator.
 
     Without ``session`` it opens one (starting Ray and the workers) and closes
-    it at the end; with one, the workers are reused and left running.
+    it at the end; with one, the workers are reused and left running. With
+    ``out``, every job's state changes go to its journal first, and
+    ``config.resume`` continues the run that journal describes.
     """
     import ray
 
     wall0 = time.perf_counter()
+    if config.resume and out is None:
+        raise InputError("resuming needs the run's folder", field="--resume")
+    journal = None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        meta = {"policy": policy_name, "trace": str((context or {}).get("trace", ""))}
+        journal = Journal(out / JOURNAL_FILE, meta, resume=config.resume)
+    resumed = journal.resumed if journal is not None else None
+    aside = _prepare_outputs(out, config.resume)
     own = session is None
     live = session or open_session(config)
-    spec, workers = live.spec, live.workers
+    spec = live.spec
+    fleet = Fleet(spec, config, live.workers)
     if not own:
-        ray.get([w.reset.remote() for w in workers.values()], timeout=60)
+        ray.get([w.reset.remote() for w in fleet.handles.values()], timeout=60)
     profiles = load_profiles(spec, config.profiles)
     cost = ClusterCost(spec, profiles)
     outputs = RunOutputs(out, {d.id: d.node for d in spec.devices})
     controller = Controller(spec, cost, policy, policy_name=policy_name, seed=config.seed,
-                            sink=outputs)
-    stream: Iterator[Job] = iter(jobs)
+                            sink=outputs, journal=journal, decide_timeout=config.decide_timeout)
+    start_clock = 0.0
+    if resumed is not None:
+        for record in resumed.finished.values():
+            controller.restore(record)
+        start_clock = resumed.clock
+        controller.now = start_clock
+    skipped = set(resumed.finished) if resumed is not None else set()
+    stream: Iterator[Job] = (j for j in jobs if j.id not in skipped)
     upcoming = next(stream, None)
     in_flight: dict[Any, Batch] = {}
     probes: dict[Any, str] = {}
@@ -218,9 +238,10 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
     speed = config.speed
     t0 = time.monotonic()
     reported = t0 - PROGRESS_EVERY  # the first report goes out at once
+    fallbacks: list[str] = []
 
     def clock() -> float:
-        return max(controller.now, (time.monotonic() - t0) * speed)
+        return max(controller.now, start_clock + (time.monotonic() - t0) * speed)
 
     def report(force: bool = False) -> None:
         nonlocal reported
@@ -233,61 +254,125 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
         config.progress(LiveProgress(done, outputs.failed, clock(),
                                      done / max(wall - t0, 1e-9), util))
 
-    next_tick, submitted, idle, exit_code, message = config.telemetry_interval, 0, 0, 0, None
+    def forget_device(device: str) -> None:
+        for ref in [r for r, b in in_flight.items() if b.device == device]:
+            del in_flight[ref]
+        for ref in [r for r, d in probes.items() if d == device]:
+            del probes[ref]
+        latest.pop(device, None)
+
+    def worker_died(device: str, why: str) -> None:
+        """Take the device (or its whole node) from the controller; restart its worker."""
+        now = clock()
+        node = fleet.lost(device)
+        if node is None:
+            forget_device(device)
+            controller.device_down(device, now, f"worker died: {why}")
+        else:
+            node_gone(node, now)
+
+    def node_gone(node: str, now: float) -> None:
+        log.warning("node %s is gone; its work moves to the other nodes", node)
+        for device in controller.nodes[node].spec.devices:
+            forget_device(device.id)
+        controller.node_down(node, now, f"node {node} lost")
+
+    def decide(event: str) -> None:
+        try:
+            step = controller.decide(clock(), event)
+        except PolicyFailure as e:
+            if config.fallback is None or fallbacks:
+                raise
+            fallback, name = config.fallback
+            fallbacks.append(f"{e}; fell back to {name!r}")
+            log.warning("policy %r failed repeatedly (%s); falling back to %r", policy_name,
+                        e, name)
+            controller.switch_policy(fallback, name, str(e))
+            step = controller.decide(clock(), event)
+        if journal is not None:
+            journal.commit()  # what workers are about to run is on disk first
+        for batch in step.started:
+            jobs_ = [controller.records[j].job for j in batch.jobs]
+            ref = fleet.handles[batch.device].run.remote(batch.id, jobs_, batch.solo_seconds,
+                                                         batch.flops, batch.memory)
+            in_flight[ref] = batch
+
+    next_tick, submitted, idle, exit_code, message = (
+        start_clock + config.telemetry_interval, 0, 0, 0, None)
     try:
         while upcoming is not None or in_flight or controller.records:
             event: str | None = None
             now = clock()
             while upcoming is not None and upcoming.submit_time <= now:
-                controller.submit(upcoming, now)
+                attempts = resumed.attempts.get(upcoming.id, 0) if resumed else 0
+                controller.submit(upcoming, now, attempts)
                 submitted += 1
                 event = "arrival"
                 upcoming = next(stream, None)
-            refs = list(in_flight) + list(probes)
+            refs = [*in_flight, *probes, *fleet.restarts]
             done = ray.wait(refs, num_returns=len(refs), timeout=0)[0] if refs else []
             for ref in done:
-                if ref in probes:
-                    sample = ray.get(ref)
-                    del probes[ref]
+                if ref in fleet.restarts:
+                    restart = fleet.restarts.pop(ref)
+                    try:
+                        ray.get(ref)
+                    except ray.exceptions.RayError as e:
+                        worker_died(restart.device, type(e).__name__)
+                    else:
+                        controller.device_up(restart.device, clock())
+                        event = event or "device_up"
+                elif ref in probes:
+                    device = probes.pop(ref)
+                    try:
+                        sample = ray.get(ref)
+                    except ray.exceptions.RayActorError as e:
+                        worker_died(device, type(e).__name__)
+                        event = event or "device_down"
+                        continue
                     controller.observe([sample])
                     outputs.telemetry([sample])
                     utils.append(sample.util)
                     latest[sample.device] = sample.util
-                    continue
-                batch = in_flight.pop(ref)
-                try:
-                    result = ray.get(ref)
-                    error = result.error
-                except ray.exceptions.RayError as e:
-                    error = f"worker failed: {type(e).__name__}"
-                controller.batch_done(batch.id, clock(), error)
-                event = "completion"
+                elif ref in in_flight:
+                    batch = in_flight.pop(ref)
+                    try:
+                        error = ray.get(ref).error
+                    except ray.exceptions.RayActorError as e:
+                        worker_died(batch.device, type(e).__name__)
+                        event = "device_down"
+                        continue
+                    except ray.exceptions.RayError as e:
+                        error = f"worker failed: {type(e).__name__}"
+                    controller.batch_done(batch.id, clock(), error)
+                    event = "completion"
+            for node in fleet.overdue():
+                node_gone(node, clock())
+                event = event or "device_down"
             if now >= next_tick:
-                for device, worker in workers.items():
-                    probes[worker.telemetry.remote(now, len(controller.pending))] = device
+                for device, worker in fleet.handles.items():
+                    if controller.devices[device].up:
+                        probes[worker.telemetry.remote(now, len(controller.pending))] = device
                 next_tick = now + config.telemetry_interval
                 event = event or "telemetry"
             if event is not None:
-                step = controller.decide(clock(), event)
-                for batch in step.started:
-                    jobs_ = [controller.records[j].job for j in batch.jobs]
-                    ref = workers[batch.device].run.remote(batch.id, jobs_, batch.solo_seconds,
-                                                           batch.flops, batch.memory)
-                    in_flight[ref] = batch
-                if not in_flight and controller.pending and upcoming is None:
+                decide(event)
+                if not in_flight and not fleet.restarts and controller.pending \
+                        and upcoming is None:
                     idle += 1
                     if idle >= IDLE_ROUNDS:
                         message, exit_code = controller.give_up_idle(), 1
                         break
                 else:
                     idle = 0
+            if journal is not None:
+                journal.commit()
             report()
             # Sleep until something finishes, the next job is due or telemetry is.
             due = [next_tick]
             if upcoming is not None:
                 due.append(upcoming.submit_time)
             wait_s = max(0.0, (min(due) - clock()) / speed)
-            refs = list(in_flight) + list(probes)
+            refs = [*in_flight, *probes, *fleet.restarts]
             if refs:
                 ray.wait(refs, num_returns=1, timeout=min(wait_s, 1.0))
             elif wait_s > 0:
@@ -299,6 +384,8 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
             controller.refuse(job, f"run stopped before it arrived: {e}")
     except BaseException:
         outputs.abort()
+        if journal is not None:
+            journal.close()
         raise
     report(force=True)
     if not own and (in_flight or probes):
@@ -306,15 +393,28 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
         # must find them idle.
         ray.wait(list(in_flight) + list(probes), num_returns=len(in_flight) + len(probes),
                  timeout=120)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     summary = outputs.summary(policy=policy_name, mode="live",
                               device_util_mean=sum(utils) / len(utils) if utils else None,
                               **dict(context or {}), devices=len(spec.devices),
-                              speed=speed, memory_fraction=config.memory_fraction)
+                              speed=speed, memory_fraction=config.memory_fraction,
+                              peak_rss_mib=round(peak_rss, 1))
     run_info = {"wall_seconds": time.perf_counter() - wall0, "jobs_submitted": submitted,
-                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                "exit_code": exit_code, "message": message, "cluster": spec.source,
-                "workers": sorted(workers)}
+                "peak_rss_mib": peak_rss, "exit_code": exit_code, "message": message,
+                "cluster": spec.source, "workers": sorted(fleet.handles),
+                "worker_deaths": fleet.deaths, "worker_restarts": sum(fleet.count.values()),
+                "nodes_lost": sorted(fleet.dead_nodes),
+                "late_results_ignored": controller.late_results
+                + (journal.duplicates if journal else 0),
+                "policy_fallback": fallbacks[0] if fallbacks else None,
+                "resumed_from_session": aside or None,
+                "jobs_restored": len(resumed.finished) if resumed else 0}
     outputs.close(summary, run_info)
+    if journal is not None:
+        journal.close()
     if own:
+        live.workers = fleet.handles
         close_session(live)
+    elif session is not None:
+        session.workers = fleet.handles
     return RunResult(summary, run_info, exit_code, message)

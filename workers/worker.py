@@ -16,6 +16,7 @@ leave the allocator fragmented for every batch after it.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 
@@ -68,6 +69,10 @@ class AttentionWorker:
 
     def ping(self) -> str:
         return self.device_id
+
+    def pid(self) -> int:
+        """The worker's process id, for an operator (or a test) who must find it."""
+        return os.getpid()
 
     def reset(self) -> str:
         """Start a run afresh on a reused worker: no telemetry or RNG state from the last one.

@@ -27,6 +27,7 @@ from scheduler.cli.sim_cmd import (
     parse_slow,
     print_summary,
 )
+from scheduler.errors import InputError
 from scheduler.runs import RunSpec, check_options, count_jobs, trace_jobs
 
 
@@ -41,19 +42,43 @@ def run(
     memory_fraction: float = MEMORY_FRACTION,
     telemetry_interval: float = TICK, slow: list[str] = SLOW, profile: list[str] = PROFILE,
     out: Path | None = typer.Option(None, "--out", help="Write outputs and report here."),
+    resume: Path | None = typer.Option(
+        None, "--resume", metavar="RUN_DIR",
+        help="Continue the interrupted run whose outputs are in RUN_DIR (from its journal): "
+             "jobs it finished are not run again."),
+    fallback_policy: str | None = typer.Option(
+        None, "--fallback-policy",
+        help="Switch to this policy (e.g. greedy) when the policy fails repeatedly, instead "
+             "of stopping the run."),
+    decide_timeout: float = typer.Option(
+        10.0, "--decide-timeout", min=0.0,
+        help="Wall seconds a policy's decision may take before it counts as a failure "
+             "(0: no limit)."),
 ) -> None:
     """Replay a trace live: real PyTorch attention on Ray worker actors.
 
     Example: attnsched run trace.jsonl --policy adaptive --emulate-gpus 2 --speed 4
     --out runs/live
+
+    After a crash, run the same command again with --resume runs/live added.
     """
     from policies.base import load_policy, parse_options
+
+    if resume is not None:
+        if out is not None and out.resolve() != resume.resolve():
+            raise InputError(f"--out {out} and --resume {resume} name different folders",
+                             field="--resume")
+        out = resume
 
     config = live_config(address=address, emulate_gpus=emulate_gpus, cpu_workers=cpu_workers,
                          speed=speed, memory_fraction=memory_fraction,
                          telemetry_interval=telemetry_interval, seed=seed,
                          slow=parse_slow(slow), profiles=parse_profiles(profile))
     built = load_policy(policy, parse_options(policy_opt))
+    config.resume = resume is not None
+    config.decide_timeout = decide_timeout or None
+    if fallback_policy is not None:
+        config.fallback = (load_policy(fallback_policy), fallback_policy)
     spec = RunSpec(trace=trace, policy=policy, model=model, limit=limit,
                    telemetry_interval=telemetry_interval, out=out)
     check_options(spec)
