@@ -50,6 +50,12 @@ _BUILTINS: dict[str, str] = {
     "static": "policies.static:StaticPolicy",
     "greedy": "policies.greedy:GreedyPolicy",
     "adaptive": "policies.adaptive:AdaptivePolicy",
+    "fifo": "policies.fifo:FifoPolicy",
+    "sjf": "policies.sjf:SjfPolicy",
+    "las": "policies.las:LasPolicy",
+    "drf": "policies.drf:DrfPolicy",
+    "edf": "policies.edf:EdfPolicy",
+    "srtf": "policies.srtf:SrtfPolicy",
 }
 
 

@@ -100,3 +100,79 @@ def place_cluster_job(view: View, job: ClusterJob, used: set[str],
                 return Place((job.id,), members[0].id, reason,
                              tuple(m.id for m in members[1:]))
     return None
+
+
+class Round:
+    """What one decision round has handed out so far, for policies that place in an order.
+
+    The reference policies differ only in the order they offer jobs; each job
+    then goes where the cost model says it finishes first, with pending jobs
+    of exactly its shape packed in (as ``greedy`` does), so a comparison
+    between them measures the ordering and nothing else.
+    """
+
+    def __init__(self, view: View, max_batch: int = 64) -> None:
+        self.view, self.max_batch = view, max_batch
+        self.taken: dict[str, int] = {}
+        self.placed: set[str] = set()
+        self.used: set[str] = set()
+
+    def full(self) -> bool:
+        """No free device is left this round."""
+        return len(self.taken) >= len(self.view.free)
+
+    def place(self, job: Job, pool: Iterable[Job], reason: str) -> Place | None:
+        """Place ``job`` (plus same-shape jobs from ``pool``) on its earliest-finish device.
+
+        None when nothing free has room for it now; the round is unchanged then.
+        """
+        view = self.view
+        if job.id in self.placed:
+            return None
+        if isinstance(job, ClusterJob):
+            used = self.used | set(self.taken)
+            place = place_cluster_job(view, job, used, reason)
+            if place is not None:
+                self.used.update(used)
+                self.taken.update(dict.fromkeys(used, 1))  # its devices are spoken for
+                self.placed.add(job.id)
+            return place
+        best: tuple[float, DeviceView] | None = None
+        for device in view.free.values():
+            if device.id in self.taken or not fits(view, job, device, self.taken):
+                continue
+            seconds = view.cost.seconds([job], device.id)
+            if math.isfinite(seconds) and (best is None or seconds < best[0]):
+                best = (seconds, device)
+        if best is None:
+            return None
+        seconds, device = best
+        rest = (j for j in pool if j.id not in self.placed)
+        batch = pack(view, job, rest, device, self.max_batch, budget_s=float("inf"),
+                     same_shape=True)
+        self.placed.update(j.id for j in batch)
+        self.taken[device.id] = 1
+        return Place(tuple(j.id for j in batch), device.id,
+                     f"{reason}; predicted {seconds:.4g}s, {len(batch)} same-shape jobs")
+
+
+def place_in_order(view: View, ordered: Iterable[Job], pool: list[Job], max_batch: int,
+                   reason: str, strict: bool = False) -> list[Place]:
+    """Offer jobs in ``ordered``'s order until the free devices run out.
+
+    ``strict`` stops at the first job that cannot start now (head-of-line
+    blocking, as strict FCFS does); otherwise later jobs may pass it.
+    """
+    round_ = Round(view, max_batch)
+    actions: list[Place] = []
+    for job in ordered:
+        if round_.full():
+            break
+        if job.id in round_.placed:
+            continue
+        place = round_.place(job, pool, reason)
+        if place is not None:
+            actions.append(place)
+        elif strict:
+            break
+    return actions

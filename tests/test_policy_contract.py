@@ -78,6 +78,11 @@ clusters = st.builds(make_cluster, gpu_nodes=st.integers(1, 2), gpus_per_node=st
 @given(jobs=traces(), cluster=clusters, policy=st.sampled_from(sorted(available())),
        seed=st.integers(0, 3))
 def test_every_policy_keeps_the_invariants(jobs, cluster, policy, seed) -> None:
+    check_contract(jobs, cluster, policy, seed)
+
+
+def check_contract(jobs: list[Job], cluster: Any, policy: str, seed: int) -> None:
+    """Run ``policy`` twice on ``jobs`` and assert every invariant of the contract."""
     results = []
     for _ in range(2):
         recorder = Recorder()
