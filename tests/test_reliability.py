@@ -184,3 +184,109 @@ def test_a_killed_controller_resumes_from_its_journal(cli, tmp_path) -> None:
     info = json.loads((out / "run.json").read_text())
     assert info["jobs_restored"] == len(before) and info["resumed_from_session"] == 1
     assert (out / "session-1").is_dir()
+
+
+# -- policy faults ------------------------------------------------------------------------
+
+
+def test_a_hanging_decide_counts_as_a_failure_and_loses_nothing() -> None:
+    from scheduler.controller import PolicyFailure
+    from tests.builders import attention_job
+    from tests.simkit import Scripted, controller
+
+    release = __import__("threading").Event()
+
+    def hang(view: Any) -> list[Any]:
+        release.wait(30)
+        return []
+
+    ctl, sink = controller(Scripted(hang), max_policy_failures=2, decide_timeout=0.2)
+    try:
+        ctl.submit(attention_job(id="j0", submit_time=0.0), 0.0)
+        started = time.monotonic()
+        ctl.decide(0.0, "arrival")
+        assert time.monotonic() - started < 10  # the call was abandoned, not awaited
+        assert sink.rows[-1]["outcome"] == "error" and "ran past 0.2 s" in sink.rows[-1]["why"]
+        assert list(ctl.pending) == ["j0"]
+        with pytest.raises(PolicyFailure, match="2 times in a row"):
+            ctl.decide(1.0, "telemetry")
+    finally:
+        release.set()
+
+
+HANGING_PLUGIN = '''
+import time
+
+
+class Hangs:
+    name = "hangs"
+
+    def decide(self, view):
+        time.sleep(60)
+        return []
+'''
+
+
+def test_a_live_run_falls_back_to_greedy_when_its_policy_hangs(cli, tmp_path) -> None:
+    plugin = tmp_path / "hangs.py"
+    plugin.write_text(HANGING_PLUGIN)
+    trace = tmp_path / "t.jsonl"
+    assert cli("trace", "generate", "-o", trace, "--jobs", "40", "--seed", "8", "--rate", "20",
+               "--model", "tiny")[0] == 0
+    out = tmp_path / "run"
+    try:
+        code, _, err = cli("run", trace, "--policy", f"{plugin}:Hangs", "--emulate-gpus", "2",
+                           "--speed", "4", "--decide-timeout", "0.1", "--fallback-policy",
+                           "greedy", "--out", out)
+    finally:
+        import ray
+
+        ray.shutdown()
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["jobs_completed"] == 40
+    info = json.loads((out / "run.json").read_text())
+    assert "fell back to 'greedy'" in info["policy_fallback"]
+    rows = [json.loads(line) for line in (out / "decisions.jsonl").open()]
+    assert [r["outcome"] for r in rows[:10]] == ["error"] * 10
+    assert rows[10]["action"] == "fallback"
+    assert {r["policy"] for r in rows if r["outcome"] == "applied"} == {"greedy"}
+
+
+# -- the journal itself -------------------------------------------------------------------
+
+
+def test_an_outcome_is_journalled_once_and_a_second_is_counted(tmp_path) -> None:
+    from scheduler.journal import Journal
+    from scheduler.state import JobRecord, JobState
+    from tests.builders import attention_job
+
+    journal = Journal(tmp_path / FILE, {"policy": "p", "trace": "t"})
+    record = JobRecord(attention_job(id="a", submit_time=0.0), state=JobState.RUNNING,
+                       attempts=1, batch="b1", device="d")
+    journal.transition(0.5, record)
+    record.state, record.end = JobState.DONE, 1.0
+    assert journal.finished(1.0, record)
+    assert not journal.finished(1.2, record)
+    assert journal.duplicates == 1
+    pending = JobRecord(attention_job(id="b", submit_time=0.1), state=JobState.RUNNING,
+                        attempts=2, batch="b2", device="d")
+    journal.transition(1.5, pending)
+    journal.close()
+    resumed = Journal(tmp_path / FILE, {"policy": "p", "trace": "t"}, resume=True).resumed
+    assert set(resumed.finished) == {"a"} and resumed.finished["a"].end == 1.0
+    assert resumed.finished["a"].job == record.job
+    assert resumed.attempts == {"b": 2}
+    assert resumed.clock == 1.5 and resumed.session == 1
+
+
+def test_resume_refuses_another_runs_folder_with_exit_2(cli, tmp_path) -> None:
+    from scheduler.journal import Journal
+
+    Journal(tmp_path / FILE, {"policy": "greedy", "trace": "a.jsonl"}).close()
+    trace = tmp_path / "t.jsonl"
+    assert cli("trace", "generate", "-o", trace, "--jobs", "5", "--model", "tiny")[0] == 0
+    code, _, err = cli("run", trace, "--policy", "greedy", "--resume", tmp_path)
+    assert code == 2 and "trace 'a.jsonl'" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli("run", trace, "--resume", tmp_path / "nothing")
+    assert code == 2 and "no journal here" in err

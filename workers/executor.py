@@ -356,8 +356,10 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
                 event = event or "telemetry"
             if event is not None:
                 decide(event)
+                # Idle with work queued after an answer (not an error: errors lead to
+                # the fallback or stop the run) that placed nothing: the policy is stuck.
                 if not in_flight and not fleet.restarts and controller.pending \
-                        and upcoming is None:
+                        and upcoming is None and controller.failures_in_row == 0:
                     idle += 1
                     if idle >= IDLE_ROUNDS:
                         message, exit_code = controller.give_up_idle(), 1
