@@ -103,12 +103,10 @@ def available() -> dict[str, str]:
         cls = _load_target(target)
         out[name] = getattr(cls, "description", "")
     for name, ep in sorted(_plugins().items()):
-        if name in out:
-            continue
-        try:
-            out[name] = getattr(ep.load(), "description", "") + f"  [plugin {ep.value}]"
-        except Exception as e:  # a broken plugin must not hide the others
-            out[name] = f"(fails to load: {type(e).__name__}: {e})"
+        if name not in out:
+            # Listed from its metadata, never imported: installed code runs only when a
+            # user names it (a listing must not execute every plugin on the machine).
+            out[name] = f"plugin {ep.value} (imported only when named)"
     return out
 
 

@@ -107,7 +107,10 @@ def test_misbehaving_plugin_is_contained(cli, small_trace, tmp_path) -> None:
 def test_installed_entry_point_plugin_runs_by_name(small_trace, tmp_path) -> None:
     pkg = tmp_path / "pkg"
     (pkg / "fifo_plugin").mkdir(parents=True)
-    (pkg / "fifo_plugin" / "__init__.py").write_text(textwrap.dedent('''
+    marker = tmp_path / "imported"
+    (pkg / "fifo_plugin" / "__init__.py").write_text(textwrap.dedent(f'''
+        import pathlib
+        pathlib.Path({str(marker)!r}).touch()  # proves when the plugin was imported
         from scheduler.decisions import Place
         class Fifo:
             name = "fifo-plugin"
@@ -133,11 +136,13 @@ def test_installed_entry_point_plugin_runs_by_name(small_trace, tmp_path) -> Non
     listed = subprocess.run([sys.executable, "-m", "scheduler.cli", "policies"], env=env,
                             capture_output=True, text=True, check=True)
     assert "fifo-plugin" in listed.stdout
+    assert not marker.exists(), "listing the policies imported a plugin nobody named"
     result = subprocess.run([sys.executable, "-m", "scheduler.cli", "simulate",
                              str(small_trace), "--policy", "fifo-plugin", "--cluster",
                              str(REPO / "cluster.yaml"), "--out", str(tmp_path / "r"), *SMALL],
                             env=env, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
+    assert marker.exists()
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["policy"] == "fifo-plugin"
     assert summary["jobs_completed"] == 200

@@ -290,3 +290,29 @@ def test_resume_refuses_another_runs_folder_with_exit_2(cli, tmp_path) -> None:
     assert code == 2 and "trace 'a.jsonl'" in err and len(err.strip().splitlines()) == 1
     code, _, err = cli("run", trace, "--resume", tmp_path / "nothing")
     assert code == 2 and "no journal here" in err
+
+
+# -- safe defaults ------------------------------------------------------------------------
+
+
+def test_a_local_run_binds_loopback_keeps_token_auth_and_starts_no_dashboard(local_ray) -> None:
+    import ray
+    from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+    from workers.executor import LiveConfig, start_ray
+
+    start_ray(LiveConfig(num_cpus=1))
+    assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+    assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
+    assert is_token_auth_enabled()
+    assert not ray._private.worker.global_worker.node.address_info.get("webui_url")
+
+
+def test_the_cluster_launcher_config_keeps_the_dashboard_on_loopback() -> None:
+    import yaml
+
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    head = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head
+    everything = json.dumps(config)
+    assert "RAY_AUTH_MODE=disabled" not in everything and "0.0.0.0" not in everything
