@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -29,6 +30,10 @@ from scheduler.cli.sim_cmd import (
 )
 from scheduler.errors import InputError
 from scheduler.runs import RunSpec, check_options, count_jobs, trace_jobs
+from scheduler.sim.runner import RunResult
+
+if TYPE_CHECKING:
+    from workers.executor import LiveConfig
 
 
 def run(
@@ -62,6 +67,35 @@ def run(
 
     After a crash, run the same command again with --resume runs/live added.
     """
+    spec, built, config = live_setup(
+        trace, policy, policy_opt=policy_opt, address=address, model=model, limit=limit,
+        seed=seed, speed=speed, emulate_gpus=emulate_gpus, cpu_workers=cpu_workers,
+        memory_fraction=memory_fraction, telemetry_interval=telemetry_interval, slow=slow,
+        profile=profile, out=out, resume=resume, fallback_policy=fallback_policy,
+        decide_timeout=decide_timeout)
+    out = spec.out
+    total = count_jobs(spec)  # also validates the whole trace before Ray starts
+    with live_progress_bar() as bar:
+        task = bar.add_task(f"run {policy}", total=total, start=False, **NO_PROGRESS)
+        config.progress = track(bar, task)
+        result = live_run(spec, built, config)
+    print_summary({policy: result})
+    if out is not None:
+        console.print(f"outputs in {out}/ (report: {out / 'report.md'})")
+    exit_for(result)
+
+
+def live_setup(trace: Path, policy: str, *, policy_opt: list[str], address: str | None,
+               model: str | None, limit: int | None, seed: int, speed: float,
+               emulate_gpus: int, cpu_workers: int, memory_fraction: float,
+               telemetry_interval: float, slow: list[str], profile: list[str],
+               out: Path | None, resume: Path | None, fallback_policy: str | None,
+               decide_timeout: float, built: Any = None) -> tuple[RunSpec, Any, LiveConfig]:
+    """Check ``run``'s options, in their command-line forms, before anything starts.
+
+    Returns the run, the built policy (``built`` when the caller has one) and the
+    live config; the Python API's ``run`` goes through here too.
+    """
     from policies.base import load_policy, parse_options
 
     if resume is not None:
@@ -74,7 +108,8 @@ def run(
                          speed=speed, memory_fraction=memory_fraction,
                          telemetry_interval=telemetry_interval, seed=seed,
                          slow=parse_slow(slow), profiles=parse_profiles(profile))
-    built = load_policy(policy, parse_options(policy_opt))
+    if built is None:
+        built = load_policy(policy, parse_options(policy_opt))
     config.resume = resume is not None
     config.decide_timeout = decide_timeout or None
     if fallback_policy is not None:
@@ -82,20 +117,20 @@ def run(
     spec = RunSpec(trace=trace, policy=policy, model=model, limit=limit,
                    telemetry_interval=telemetry_interval, out=out)
     check_options(spec)
-    total = count_jobs(spec)  # also validates the whole trace before Ray starts
-    jobs = trace_jobs(spec)
+    return spec, built, config
+
+
+def live_run(spec: RunSpec, policy: Any, config: LiveConfig, report: bool = True) -> RunResult:
+    """Replay ``spec``'s trace live with a built policy: ``attnsched run`` and the API's ``run``.
+
+    Writes the run's outputs when ``spec.out`` is set, and its report too with ``report``.
+    """
     from workers.executor import run_live
 
-    with live_progress_bar() as bar:
-        task = bar.add_task(f"run {policy}", total=total, start=False, **NO_PROGRESS)
-        config.progress = track(bar, task)
-        result = run_live(jobs, built, str(getattr(built, "name", policy)), out, config,
-                          {"trace": str(trace)})
-    if out is not None:
+    result = run_live(trace_jobs(spec), policy, str(getattr(policy, "name", spec.policy)),
+                      spec.out, config, {"trace": str(spec.trace)})
+    if spec.out is not None and report:
         from scheduler.report import write_report
 
-        write_report(out)
-    print_summary({policy: result})
-    if out is not None:
-        console.print(f"outputs in {out}/ (report: {out / 'report.md'})")
-    exit_for(result)
+        write_report(spec.out)
+    return result

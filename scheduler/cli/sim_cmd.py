@@ -89,7 +89,12 @@ def parse_profiles(items: list[str]) -> dict[str, str]:
     return out
 
 
-def _spec(trace: Path, policy: str, **kw: Any) -> RunSpec:
+def sim_spec(trace: Path, policy: str, **kw: Any) -> RunSpec:
+    """The run the options describe, parsed from their command-line forms.
+
+    The Python API hands its arguments over in the same forms, so both check
+    them with the same parsers and messages.
+    """
     from policies.base import parse_options
 
     return RunSpec(trace=trace, policy=policy, policy_options=parse_options(kw.pop("opts")),
@@ -115,12 +120,12 @@ def simulate(
     Example: attnsched simulate ../shared/traces/azure_llm_2023_conv.csv --policy adaptive
     --load 0.9 --out runs/adaptive
     """
-    spec = _spec(trace, policy, opts=policy_opt, cluster=cluster, nodes=nodes, model=model,
-                 load=load, limit=limit, seed=seed, slots=slots,
-                 telemetry_interval=telemetry_interval, fail=fail, fail_node=fail_node,
-                 slow=slow, decision_interval=decision_interval, profile=profile,
-                 live_costs=live_costs, out=out)
-    built = _validate(spec)  # bad input is reported before any progress bar draws
+    spec = sim_spec(trace, policy, opts=policy_opt, cluster=cluster, nodes=nodes, model=model,
+                    load=load, limit=limit, seed=seed, slots=slots,
+                    telemetry_interval=telemetry_interval, fail=fail, fail_node=fail_node,
+                    slow=slow, decision_interval=decision_interval, profile=profile,
+                    live_costs=live_costs, out=out)
+    built = validate_spec(spec)  # bad input is reported before any progress bar draws
     total = count_jobs(spec)
     with progress_bar() as bar:
         task = bar.add_task(f"simulate {policy}", total=total, t=0.0)
@@ -131,7 +136,7 @@ def simulate(
     exit_for(result)
 
 
-def _validate(spec: RunSpec) -> Any:
+def validate_spec(spec: RunSpec) -> Any:
     """Check the whole spec up front; returns the built policy."""
     from policies.base import load_policy
     from scheduler.runs import prepare
@@ -245,34 +250,55 @@ def compare(
                           telemetry_interval=telemetry_interval, slow=parse_slow(slow),
                           out=out, config=config)
         return
-    specs = {name: _spec(trace, name, opts=[], cluster=cluster, nodes=nodes, model=model,
-                         load=load, limit=limit, seed=seed, slots=slots,
-                         telemetry_interval=telemetry_interval, fail=fail,
-                         fail_node=fail_node, slow=slow, decision_interval=decision_interval,
-                         profile=profile, live_costs=live_costs,
-                         out=out / policy_folder(name))
+    specs = {name: sim_spec(trace, name, opts=[], cluster=cluster, nodes=nodes, model=model,
+                            load=load, limit=limit, seed=seed, slots=slots,
+                            telemetry_interval=telemetry_interval, fail=fail,
+                            fail_node=fail_node, slow=slow, decision_interval=decision_interval,
+                            profile=profile, live_costs=live_costs,
+                            out=out / policy_folder(name))
              for name in names}
-    for spec in specs.values():  # bad input fails here, once, before any process starts
-        _validate(spec)
-    workers = jobs or min(len(names), os.cpu_count() or 1)
+    results = compare_sims(specs, out, jobs, progress=True)
+    print_summary(results)
+    console.print(f"comparison: {out / 'comparison.md'}")
+    failed = [r for r in results.values() if r.exit_code]
+    if failed:
+        raise typer.Exit(_stop(failed[0]))
+
+
+def compare_sims(specs: dict[str, RunSpec], out: Path, processes: int = 0,
+                 progress: bool = False) -> dict[str, RunResult]:
+    """Simulate each spec in its own process, then write ``comparison.md`` into ``out``.
+
+    Every spec is checked first, so bad input fails once, before any process
+    starts. The simulator is single-threaded, hence one process per policy (at
+    most one per core, or ``processes``).
+    """
+    for spec in specs.values():
+        validate_spec(spec)
+    workers = processes or min(len(specs), os.cpu_count() or 1)
+    if progress:
+        results = _run_with_progress(specs, workers)
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            futures = {name: pool.submit(_run_one, spec) for name, spec in specs.items()}
+            results = {name: f.result() for name, f in futures.items()}
+    from scheduler.report import write_comparison
+
+    write_comparison({n: s.out for n, s in specs.items() if s.out}, out)
+    return results
+
+
+def _run_with_progress(specs: dict[str, RunSpec], workers: int) -> dict[str, RunResult]:
     total = count_jobs(next(iter(specs.values())))
     with progress_bar() as bar, multiprocessing.Manager() as manager:
-        tasks = {name: bar.add_task(name, total=total, t=0.0) for name in names}
+        tasks = {name: bar.add_task(name, total=total, t=0.0) for name in specs}
         updates = manager.Queue()
         with ProcessPoolExecutor(workers) as pool:
             futures = {name: pool.submit(_run_one, spec, updates) for name, spec in specs.items()}
             while not all(f.done() for f in futures.values()):
                 _drain(updates, bar, tasks, timeout=0.2)
             _drain(updates, bar, tasks, timeout=0.0)
-            results = {name: f.result() for name, f in futures.items()}
-    from scheduler.report import write_comparison
-
-    report = write_comparison({n: s.out for n, s in specs.items() if s.out}, out)
-    print_summary(results)
-    console.print(f"comparison: {report}")
-    failed = [r for r in results.values() if r.exit_code]
-    if failed:
-        raise typer.Exit(_stop(failed[0]))
+            return {name: f.result() for name, f in futures.items()}
 
 
 def _reject_given(ctx: typer.Context, names: tuple[str, ...], mode: Mode) -> None:

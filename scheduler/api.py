@@ -1,0 +1,321 @@
+"""The Python API for notebooks and scripts: ``simulate``, ``compare``, ``run``, ``load_trace``.
+
+Each function runs exactly what its command runs (``attnsched simulate``,
+``compare``, ``run``): the arguments are handed to the CLI's own parsers in
+their command-line forms, so a notebook and a shell see the same checks, the
+same messages and the same outputs. What differs is the return value: a result
+object holding the summary and the per-job table, instead of a printed table.
+
+Bad input raises :class:`scheduler.errors.InputError` (a ``ValueError``) with
+the same one-line message the CLI prints. ``run`` starts Ray (or joins one
+already started in the process); nothing here imports Ray or torch until then.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from scheduler.runs import RunSpec
+    from scheduler.sim.runner import RunResult
+
+Pairs = Mapping[str, Any] | Sequence[str] | None
+
+
+@dataclass(frozen=True)
+class Result:
+    """One finished run: its figures and its tables, read back from the run's folder.
+
+    ``jobs`` and ``telemetry`` are the run's ``jobs.parquet`` and
+    ``telemetry.parquet`` as pyarrow tables (``.to_pandas()`` where pandas is
+    installed), so a notebook works on the same data the reports are drawn from.
+    ``out`` is the folder, or ``None`` when the run wrote to a temporary one.
+    ``exit_code`` is what the command would exit with: 0, or 1 when the run
+    stopped early (``message`` says why).
+    """
+
+    summary: dict[str, Any]
+    jobs: pa.Table
+    telemetry: pa.Table
+    run_info: dict[str, Any]
+    exit_code: int = 0
+    message: str | None = None
+    out: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    def __repr__(self) -> str:
+        s = self.summary
+        return (f"Result(policy={s.get('policy')!r}, mode={s.get('mode')!r}, "
+                f"jobs={s.get('jobs_completed')}/{s.get('jobs_total')}, "
+                f"jct_mean={s.get('jct_mean')!r}, exit_code={self.exit_code}, out={self.out!r})")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Several policies on one trace; ``results`` keeps the order they were given in."""
+
+    results: dict[str, Result]
+    out: Path | None = None
+
+    @property
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Policy → its summary; ``comparison.json`` holds the same."""
+        return {name: r.summary for name, r in self.results.items()}
+
+    @property
+    def jobs(self) -> pa.Table:
+        """Every policy's jobs in one table, with a leading ``policy`` column to group by."""
+        import pyarrow as pa
+
+        tables = [r.jobs.add_column(0, "policy", pa.array([name] * r.jobs.num_rows,
+                                                          pa.string()))
+                  for name, r in self.results.items()]
+        return pa.concat_tables(tables)
+
+    def __getitem__(self, policy: str) -> Result:
+        return self.results[policy]
+
+    def __repr__(self) -> str:
+        return f"Comparison({list(self.results)}, out={self.out!r})"
+
+
+@dataclass(frozen=True)
+class LoadedTrace:
+    """A trace read whole: its jobs as a table in the canonical columns, and its statistics.
+
+    Pass it to :func:`simulate`, :func:`compare` or :func:`run` in place of a
+    path: they replay the file it came from, read the same way.
+    """
+
+    path: Path
+    format: str
+    model: str | None
+    jobs: pa.Table
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.jobs.num_rows)
+
+    def __repr__(self) -> str:
+        return f"LoadedTrace({str(self.path)!r}, format={self.format!r}, jobs={len(self)})"
+
+
+def load_trace(path: str | Path, *, model: str | None = None, fmt: str = "auto",
+               token_scale: float = 1.0, limit: int | None = None) -> LoadedTrace:
+    """Read a trace (canonical JSONL/CSV/Parquet, Azure, Mooncake, Alibaba) to look at it.
+
+    The table holds the jobs the simulator would replay, after the importer and
+    the model preset (``model``, for token traces) turned rows into attention
+    jobs; ``summary`` is ``attnsched trace stats``.
+    """
+    import itertools
+
+    import pyarrow as pa
+
+    from scheduler.traces import open_trace
+    from scheduler.traces.canonical import FIELDS, record_from_job
+    from scheduler.traces.parquet import SCHEMA
+    from scheduler.traces.stats import trace_stats
+
+    trace = open_trace(path, fmt, model, token_scale)
+    jobs = list(itertools.islice(trace.jobs(), limit) if limit else trace.jobs())
+    rows = [record_from_job(job) for job in jobs]
+    table = pa.table({name: [row.get(name) for row in rows] for name in FIELDS}, schema=SCHEMA)
+    return LoadedTrace(Path(path), trace.format, model, table, trace_stats(jobs))
+
+
+def simulate(trace: str | Path | LoadedTrace, policy: Any = "adaptive", *,
+             policy_options: Mapping[str, Any] | None = None,
+             cluster: str | Path = "cluster.yaml", nodes: Pairs = None,
+             model: str | None = None, load: float | None = None, limit: int | None = None,
+             seed: int = 0, slots: int = 1, telemetry_interval: float = 1.0,
+             decision_interval: float = 0.0, fail: Sequence[str] = (),
+             fail_node: Sequence[str] = (), slow: Pairs = None, profiles: Pairs = None,
+             live_costs: bool = True, out: str | Path | None = None) -> Result:
+    """Replay a trace in the simulator with one policy, as ``attnsched simulate`` does.
+
+    ``policy`` is a registered name, ``module:Class``, ``path.py:Class``, or a
+    policy object (a class defined in the notebook works). ``nodes``, ``slow``
+    and ``profiles`` take mappings (``{"gpu_h100": 2}``) or the CLI's
+    ``"KEY=VALUE"`` strings; ``fail`` takes ``"DEVICE@SECONDS"``. Without
+    ``out`` the outputs go to a temporary folder that is gone on return.
+    """
+    from scheduler.cli.sim_cmd import validate_spec
+    from scheduler.runs import prepare, run_sim
+
+    name, built = _policy(policy, policy_options)
+    spec = _sim_spec(trace, name, policy_options, cluster=cluster, nodes=nodes, model=model,
+                     load=load, limit=limit, seed=seed, slots=slots,
+                     telemetry_interval=telemetry_interval, fail=fail, fail_node=fail_node,
+                     slow=slow, decision_interval=decision_interval, profiles=profiles,
+                     live_costs=live_costs)
+    with _folder(out) as folder:
+        spec = replace(spec, out=folder, report=out is not None)
+        if built is None:
+            built = validate_spec(spec)
+        else:
+            prepare(spec)
+        return _result(run_sim(spec, None, built), folder, out is not None)
+
+
+def compare(trace: str | Path | LoadedTrace,
+            policies: Sequence[str] | str = ("static", "greedy", "adaptive"), *,
+            cluster: str | Path = "cluster.yaml", nodes: Pairs = None,
+            model: str | None = None, load: float | None = None, limit: int | None = None,
+            seed: int = 0, slots: int = 1, telemetry_interval: float = 1.0,
+            decision_interval: float = 0.0, fail: Sequence[str] = (),
+            fail_node: Sequence[str] = (), slow: Pairs = None, profiles: Pairs = None,
+            live_costs: bool = True, processes: int = 0,
+            out: str | Path | None = None) -> Comparison:
+    """Simulate several policies on the same trace, in parallel, as ``attnsched compare``.
+
+    Each policy runs in its own process (``processes``: at most this many at
+    once; 0: one per core), so policies are given by name or ``module:Class``
+    / ``path.py:Class``, which a fresh process can load. With ``out``, each
+    policy's folder and ``comparison.md`` are written there, ready for
+    ``attnsched report``. Live comparisons: ``attnsched compare --mode live``.
+    """
+    from scheduler.cli.sim_cmd import compare_sims, policy_folder
+    from scheduler.errors import InputError
+
+    names = [p.strip() for p in (policies.split(",") if isinstance(policies, str) else policies)
+             if p.strip()]
+    if not names or len(set(names)) != len(names):
+        raise InputError("expected distinct policy names", field="policies")
+    specs = {name: _sim_spec(trace, name, None, cluster=cluster, nodes=nodes, model=model,
+                             load=load, limit=limit, seed=seed, slots=slots,
+                             telemetry_interval=telemetry_interval, fail=fail,
+                             fail_node=fail_node, slow=slow,
+                             decision_interval=decision_interval, profiles=profiles,
+                             live_costs=live_costs)
+             for name in names}
+    with _folder(out) as folder:
+        specs = {name: replace(spec, out=folder / policy_folder(name), report=out is not None)
+                 for name, spec in specs.items()}
+        results = compare_sims(specs, folder, processes)
+        return Comparison({name: _result(results[name], folder / policy_folder(name),
+                                         out is not None) for name in names},
+                          folder if out is not None else None)
+
+
+def run(trace: str | Path | LoadedTrace, policy: Any = "adaptive", *,
+        policy_options: Mapping[str, Any] | None = None, address: str | None = None,
+        model: str | None = None, limit: int | None = None, seed: int = 0,
+        speed: float = 1.0, emulate_gpus: int = 0, cpu_workers: int = 0,
+        memory_fraction: float = 0.9, telemetry_interval: float = 1.0, slow: Pairs = None,
+        profiles: Pairs = None, resume: str | Path | None = None,
+        fallback_policy: str | None = None, decide_timeout: float = 10.0,
+        num_cpus: int | None = None, out: str | Path | None = None) -> Result:
+    """Replay a trace live on Ray worker actors, as ``attnsched run`` does.
+
+    Real PyTorch attention runs on one worker per device. Ray starts locally
+    on 127.0.0.1 (``num_cpus`` caps what it may use) unless one is already up
+    in this process or ``address`` names a cluster; the workers are stopped on
+    return, Ray is left running for the next call. The options mean what the
+    CLI's do (``resume`` continues the interrupted run in that folder);
+    ``policy`` may also be a policy object, as for :func:`simulate`.
+    """
+    from scheduler.cli.run_cmd import live_run, live_setup
+    from scheduler.errors import InputError
+    from scheduler.runs import count_jobs
+
+    if not decide_timeout >= 0:  # the CLI's option has min=0
+        raise InputError(f"expected 0 or more seconds, got {decide_timeout}",
+                         field="--decide-timeout")
+    name, built = _policy(policy, policy_options)
+    path, _, model = _trace(trace, model)
+    if resume is not None and out is None:
+        out = resume
+    with _folder(out) as folder:
+        spec, built, config = live_setup(
+            path, name, policy_opt=_pairs(policy_options), address=address, model=model,
+            limit=limit, seed=seed, speed=speed, emulate_gpus=emulate_gpus,
+            cpu_workers=cpu_workers, memory_fraction=memory_fraction,
+            telemetry_interval=telemetry_interval, slow=_pairs(slow), profile=_pairs(profiles),
+            out=folder, resume=None if resume is None else Path(resume),
+            fallback_policy=fallback_policy, decide_timeout=decide_timeout, built=built)
+        if num_cpus is not None:
+            config.num_cpus = num_cpus
+        count_jobs(spec)  # validates the whole trace before Ray starts, as the CLI does
+        result = live_run(spec, built, config, report=out is not None)
+        return _result(result, folder, out is not None)
+
+
+def _pairs(value: Pairs) -> list[str]:
+    """A mapping or the CLI's ``KEY=VALUE`` strings, as the strings the CLI parses."""
+    if value is None:
+        return []
+    if isinstance(value, Mapping):
+        return [f"{k}={_text(v)}" for k, v in value.items()]
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
+
+
+def _text(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def _policy(policy: Any, options: Mapping[str, Any] | None) -> tuple[str, Any]:
+    """(name, built policy or None): a name is loaded later, by the command's own code."""
+    from scheduler.errors import InputError
+
+    if isinstance(policy, str):
+        return policy, None
+    if not callable(getattr(policy, "decide", None)):
+        raise InputError(f"expected a policy name or an object with decide(view), got "
+                         f"{type(policy).__name__}", field="policy")
+    if options:
+        raise InputError("options configure a policy loaded by name; pass them to the "
+                         "object's constructor instead", field="policy_options")
+    return str(getattr(policy, "name", type(policy).__name__)), policy
+
+
+def _trace(trace: str | Path | LoadedTrace, model: str | None) -> tuple[Path, str, str | None]:
+    if isinstance(trace, LoadedTrace):
+        return trace.path, "auto", model or trace.model
+    return Path(trace), "auto", model
+
+
+def _sim_spec(trace: str | Path | LoadedTrace, policy: str,
+              policy_options: Mapping[str, Any] | None, *, cluster: str | Path, nodes: Pairs,
+              fail: Sequence[str], fail_node: Sequence[str], slow: Pairs, profiles: Pairs,
+              model: str | None, **kw: Any) -> RunSpec:
+    from scheduler.cli.sim_cmd import sim_spec
+
+    path, fmt, model = _trace(trace, model)
+    return sim_spec(path, policy, opts=_pairs(policy_options), cluster=Path(cluster),
+                    nodes=_pairs(nodes), fail=list(fail), fail_node=list(fail_node),
+                    slow=_pairs(slow), profile=_pairs(profiles), model=model, fmt=fmt, **kw)
+
+
+@contextlib.contextmanager
+def _folder(out: str | Path | None) -> Iterator[Path]:
+    """``out``, or a temporary folder: results are always read back from a run's files."""
+    if out is not None:
+        yield Path(out)
+        return
+    with tempfile.TemporaryDirectory(prefix="attnsched-") as tmp:
+        yield Path(tmp)
+
+
+def _result(result: RunResult, folder: Path, keep: bool) -> Result:
+    """Read the run's tables into memory (the folder may be temporary)."""
+    import pyarrow.parquet as pq
+
+    jobs = pq.read_table(folder / "jobs.parquet", memory_map=False)
+    telemetry = pq.read_table(folder / "telemetry.parquet", memory_map=False)
+    summary = json.loads(json.dumps(result.summary))  # a plain copy, as summary.json holds it
+    return Result(summary, jobs, telemetry, dict(result.run_info), result.exit_code,
+                  result.message, folder if keep else None)

@@ -1,0 +1,167 @@
+"""The Python API: the CLI's runs, returned as objects instead of printed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+import scheduler
+from scheduler.errors import InputError
+from tests.conftest import REPO
+
+GPUS = 2
+
+
+@pytest.fixture(scope="module")
+def trace(tmp_path_factory) -> Path:
+    from scheduler.presets import get_preset
+    from scheduler.traces import write_trace
+    from scheduler.traces.synth import SynthSpec, generate
+
+    path = tmp_path_factory.mktemp("api") / "trace.jsonl"
+    write_trace(generate(SynthSpec(jobs=120, seed=4, rate=30.0), get_preset("tiny")), path)
+    return path
+
+
+def test_importing_scheduler_loads_no_api_until_used() -> None:
+    probe = ("import sys, scheduler; from scheduler import simulate, run, compare, load_trace; "
+             "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'torch', 'pyarrow'}),"
+             " 'scheduler.api' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
+                            text=True, check=True)
+    assert result.stdout.split() == ["[]", "True"]
+    bare = subprocess.run([sys.executable, "-c", "import sys, scheduler; "
+                           "print('scheduler.api' in sys.modules)"],
+                          cwd=REPO, capture_output=True, text=True, check=True)
+    assert bare.stdout.strip() == "False"
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = scheduler.nope  # type: ignore[attr-defined]
+
+
+def test_load_trace_gives_the_jobs_as_a_table_and_the_stats(trace: Path) -> None:
+    loaded = scheduler.load_trace(trace)
+    assert len(loaded) == 120
+    assert loaded.jobs.column("id").to_pylist()[:2] == ["j0", "j1"]
+    assert {"submit_time", "kind", "tenant", "q_len", "kv_len"} <= set(loaded.jobs.column_names)
+    assert loaded.summary["jobs"] == 120
+    assert len(scheduler.load_trace(trace, limit=7)) == 7
+
+
+def test_simulate_matches_the_cli_run_byte_for_byte(trace: Path, cli, tmp_path: Path) -> None:
+    result = scheduler.simulate(trace, "greedy", nodes={"gpu_h100": 1}, out=tmp_path / "api")
+    code, _, err = cli("simulate", trace, "--policy", "greedy", "--nodes", "gpu_h100=1",
+                       "--out", tmp_path / "cli")
+    assert code == 0, err
+    for name in ("summary.json", "jobs.parquet", "telemetry.parquet", "decisions.jsonl"):
+        assert (tmp_path / "api" / name).read_bytes() == (tmp_path / "cli" / name).read_bytes()
+    assert result.ok and result.out == tmp_path / "api"
+    assert result.summary == json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert isinstance(result.jobs, pa.Table) and result.jobs.num_rows == 120
+    assert (tmp_path / "api" / "report.md").exists()
+
+
+def test_simulate_without_out_keeps_the_tables_and_leaves_no_folder(trace: Path) -> None:
+    result = scheduler.simulate(scheduler.load_trace(trace), "static", limit=40, seed=1)
+    assert result.out is None
+    assert result.summary["jobs_total"] == 40 and result.summary["policy"] == "static"
+    assert result.jobs.num_rows == 40 and result.telemetry.num_rows > 0
+    assert set(result.jobs.column("status").to_pylist()) == {"done"}
+    assert "jct_mean" in repr(result)
+
+
+def test_simulate_takes_a_policy_object(trace: Path) -> None:
+    from policies.greedy import GreedyPolicy
+
+    by_object = scheduler.simulate(trace, GreedyPolicy(), limit=30)
+    by_name = scheduler.simulate(trace, "greedy", limit=30)
+    assert by_object.summary["policy"] == "greedy"
+    assert by_object.jobs.equals(by_name.jobs)
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"nodes": {"gpu_h100": "x"}}, "--nodes"),
+    ({"slots": 0}, "--slots"),
+    ({"policy": "nope"}, "--policy"),
+    ({"policy": object()}, "policy"),
+    ({"fail": ["gpu_h100-0/gpu0"]}, "--fail"),
+    ({"policy_options": {"a": 1}, "policy": "greedy", "slow": ["bad"]}, "--slow"),
+])
+def test_bad_arguments_raise_the_clis_input_error(trace: Path, kwargs, field) -> None:
+    with pytest.raises(InputError) as info:
+        scheduler.simulate(trace, **kwargs)
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"speed": 0}, "--speed"),
+    ({"memory_fraction": 1.5}, "--memory-fraction"),
+    ({"decide_timeout": -1}, "--decide-timeout"),
+    ({"out": "a", "resume": "b"}, "--resume"),
+])
+def test_bad_live_options_fail_before_ray_starts(trace: Path, tmp_path: Path, kwargs,
+                                                 field) -> None:
+    import ray
+
+    with pytest.raises(InputError) as info:
+        scheduler.run(trace, **kwargs)
+    assert info.value.field == field
+    assert not ray.is_initialized()
+
+
+def test_missing_trace_raises_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError):
+        scheduler.load_trace(tmp_path / "none.jsonl")
+    with pytest.raises(InputError):
+        scheduler.simulate(tmp_path / "none.jsonl")
+
+
+def test_compare_runs_each_policy_and_writes_the_comparison(trace: Path, tmp_path: Path) -> None:
+    both = scheduler.compare(trace, ["static", "adaptive"], limit=60, processes=1,
+                             out=tmp_path / "cmp")
+    assert list(both.summary) == ["static", "adaptive"]
+    assert both["adaptive"].summary["policy"] == "adaptive"
+    assert (tmp_path / "cmp" / "comparison.md").exists()
+    assert (tmp_path / "cmp" / "static" / "jobs.parquet").exists()
+    jobs = both.jobs
+    assert jobs.column_names[0] == "policy" and jobs.num_rows == 120
+    assert sorted(set(jobs.column("policy").to_pylist())) == ["adaptive", "static"]
+    alone = scheduler.simulate(trace, "adaptive", limit=60)
+    assert alone.jobs.equals(both["adaptive"].jobs)  # same run as simulate's
+    with pytest.raises(InputError):
+        scheduler.compare(trace, ["static", "static"])
+
+
+def test_run_live_on_local_ray(trace: Path, tmp_path: Path) -> None:
+    import ray
+
+    ray.init(num_cpus=2, num_gpus=GPUS, include_dashboard=False, log_to_driver=False,
+             configure_logging=False, _node_ip_address="127.0.0.1")
+    try:
+        result = scheduler.run(trace, "adaptive", limit=30, emulate_gpus=GPUS, speed=8,
+                               out=tmp_path / "live")
+        again = scheduler.run(trace, "greedy", limit=10, emulate_gpus=GPUS, speed=8)
+    finally:
+        ray.shutdown()
+    assert result.ok, result.message
+    assert result.summary["mode"] == "live" and result.summary["jobs_total"] == 30
+    assert result.jobs.num_rows == 30
+    assert set(result.jobs.column("status").to_pylist()) == {"done"}
+    assert (tmp_path / "live" / "report.md").exists()
+    assert again.out is None and again.summary["jobs_completed"] == 10
+
+
+def test_api_tour_example_runs(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "examples/api_tour.py", "--jobs", "80", "--out",
+                             str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("LoadedTrace(") and "jobs=80" in lines[0]
+    assert any(line.startswith("lowest mean JCT: ") for line in lines)
+    assert lines[-1] == f"report: {tmp_path / 'report' / 'report.html'}"
+    assert (tmp_path / "compare" / "comparison.md").exists()
