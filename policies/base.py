@@ -77,16 +77,19 @@ def _load_target(spec: str) -> Any:
         sys.modules[name] = module
         try:
             module_spec.loader.exec_module(module)
-        except Exception as e:
+        except (Exception, SystemExit) as e:  # a plugin's sys.exit() must not end the CLI
             raise InputError(f"importing the plugin failed: {type(e).__name__}: {e}",
                              path=path, field="--policy") from None
     else:
         try:
             module = importlib.import_module(target)
-        except Exception as e:
+        except (Exception, SystemExit) as e:
             raise InputError(f"cannot import module {target!r}: {type(e).__name__}: {e}",
                              field="--policy") from None
-    obj = getattr(module, attr, None)
+    try:
+        obj = getattr(module, attr, None)
+    except Exception:  # a module __getattr__ may raise anything, not just AttributeError
+        obj = None
     if obj is None:
         raise InputError(f"{target} has no {attr!r}", field="--policy")
     return obj
@@ -117,7 +120,7 @@ def load_policy(spec: str, options: Mapping[str, str] | None = None) -> Policy:
     elif spec in (plugins := _plugins()):
         try:
             factory = plugins[spec].load()
-        except Exception as e:
+        except (Exception, SystemExit) as e:
             raise InputError(f"plugin {spec!r} fails to load: {type(e).__name__}: {e}",
                              field="--policy") from None
     elif ":" in spec:
@@ -147,7 +150,7 @@ def _instantiate(spec: str, factory: Any, options: Mapping[str, str]) -> Policy:
         policy = factory(**kwargs)
     except InputError:
         raise
-    except Exception as e:
+    except (Exception, SystemExit) as e:
         raise InputError(f"{spec} could not be built: {type(e).__name__}: {e}",
                          field="--policy") from None
     if not callable(getattr(policy, "decide", None)):
