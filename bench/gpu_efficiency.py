@@ -200,7 +200,7 @@ def main() -> None:
     # The actor and the naive tasks share the device but never run at once:
     # half the GPU (Ray hands out fractions of one GPU id) or the CPUs twice
     # over, so neither waits for the other's reservation.
-    ray.init(num_cpus=2 * args.cpus, num_gpus=1 if device == "cuda" else 0,
+    ray.init(address="local", num_cpus=2 * args.cpus, num_gpus=1 if device == "cuda" else 0,
              include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     options = {"num_gpus": 0.5, "num_cpus": 0} if device == "cuda" else {"num_cpus": args.cpus}
     actor: Any = ray.remote(AttentionWorker).options(**options).remote("dev0", kind, args.cpus)

@@ -58,7 +58,7 @@ def main() -> None:
     spec = SynthSpec(jobs=args.jobs, seed=3, rate=1e6, mix={"prefill": 0.5, "decode": 0.5})
     jobs = [dataclasses.replace(j, submit_time=0.0)
             for j in generate(spec, get_preset("tiny", token_scale=0.25))]
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
              _node_ip_address="127.0.0.1")
     ray.get([one_job.remote(jobs[0], time.time()) for _ in range(2)])  # warm the workers
     t0 = time.time()

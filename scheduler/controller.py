@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +47,28 @@ class PolicyFailure(RuntimeError):
 
 class Rejected(Exception):
     """An action failed validation; the message is the reason recorded."""
+
+
+def _wrong_field(action: Action) -> str | None:
+    """Which field of ``action`` has the wrong type, if any.
+
+    Actions are plain dataclasses, so a plugin can put anything in them; a
+    list for a job id or a float for ``parts`` must be refused here, before it
+    reaches a dict, a set or the decision log.
+    """
+    for f in fields(action):
+        value = getattr(action, f.name)
+        if f.name in ("jobs", "gang"):
+            ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+        elif f.name == "parts":
+            ok = type(value) is int
+        else:
+            ok = isinstance(value, str) or (value is None and isinstance(action, Defer))
+        if not ok:
+            kind = "int" if f.name == "parts" else "tuple of str" if f.name in (
+                "jobs", "gang") else "str"
+            return f"{f.name} is not a {kind}"
+    return None
 
 
 @dataclass
@@ -270,6 +292,9 @@ class Controller:
         for a in actions:
             if not isinstance(a, ACTION_TYPES):
                 raise TypeError(f"decide() returned {a!r}, which is not an action")
+            wrong = _wrong_field(a)
+            if wrong is not None:
+                raise TypeError(f"decide() returned {a!r}, whose {wrong}")
         return actions, state
 
     def _policy_error(self, message: str) -> None:
@@ -618,12 +643,46 @@ class Controller:
                     JobState.DONE, JobState.FAILED):
                 self.fail(record.id, reason)
 
-    def give_up_idle(self) -> str:
-        """Fail what the policy left unplaced on an idle cluster; returns the message."""
+    def give_up_idle(self) -> str | None:
+        """The cluster is idle and work is queued: end it, each job with its reason.
+
+        A job that no device that is up can hold any more (out-of-memory errors
+        shrank what the devices plan with, or its devices are gone) fails with
+        that reason, and the run has done all it could; anything else the
+        policy left unplaced fails with a message that blames the policy,
+        which is returned.
+        """
+        for job in list(self.pending.values()):
+            reason = self._fits_nothing_up(job) if job.id in self.pending else None
+            if reason is not None:  # (failing a part can take its queued siblings along)
+                self.fail(job.id, reason)
+        if not self.pending:
+            self.fail_unfinished("its dependency never ran")  # blocked on failed jobs
+            return None
         message = (f"policy {self.policy_name!r} left {len(self.pending)} jobs unplaced on "
                    "an idle cluster")
         self.fail_unfinished(message)
         return message
+
+    def _fits_nothing_up(self, job: Job) -> str | None:
+        if not isinstance(job, AttentionJob):
+            return None
+        largest, least = 0, None
+        for dev in self.devices.values():
+            seconds, need, _ = self.cost.solo(job, dev.spec.id)
+            if not dev.up or not math.isfinite(seconds):
+                continue
+            if need <= dev.memory_limit:
+                return None
+            largest = max(largest, dev.memory_limit)
+            least = need if least is None else min(least, need)
+        if least is None:
+            return "no device that can run it is up (lost devices)"
+        need_s, most_s = size(least), size(largest)
+        if need_s == most_s:
+            need_s, most_s = f"{least:,} bytes", f"{largest:,} bytes"
+        return (f"fits no device that is up: needs {need_s}, the most any holds now is "
+                f"{most_s} (out-of-memory errors shrank what they plan with)")
 
     def observe(self, samples: Iterable[Telemetry]) -> None:
         """Fold telemetry into the latest-sample view with moving averages."""

@@ -14,8 +14,9 @@ from tests.test_live_cli import write_trace
 def local_ray():
     import ray
 
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False, _node_ip_address="127.0.0.1")
+    ray.init(address="local", num_cpus=2, num_gpus=2,
+             include_dashboard=False, log_to_driver=False, configure_logging=False,
+             _node_ip_address="127.0.0.1")
     yield ray
     ray.shutdown()
 

@@ -316,3 +316,34 @@ def test_the_cluster_launcher_config_keeps_the_dashboard_on_loopback() -> None:
     assert "--dashboard-host=127.0.0.1" in head
     everything = json.dumps(config)
     assert "RAY_AUTH_MODE=disabled" not in everything and "0.0.0.0" not in everything
+
+
+# -- out of memory ------------------------------------------------------------------------
+
+
+def test_jobs_no_device_can_hold_fail_with_their_reason_and_the_workers_survive(
+        tmp_path, local_ray) -> None:
+    """Every worker's budget is one byte (devices far smaller than the spec says): each
+    batch comes back out of memory, the controller learns, and once no device can hold
+    a job it fails with that reason; nothing is lost and the workers stay up."""
+    import ray
+
+    from policies.base import load_policy
+    from workers.executor import LiveConfig, close_session, open_session, run_live
+
+    config = LiveConfig(emulate_gpus=2, speed=4.0, telemetry_interval=0.25,
+                        worker_budget={"head/gpu0": 1, "head/gpu1": 1})
+    session = open_session(config)
+    try:
+        jobs = tiny_jobs(12, seed=1, rate=20.0)
+        result = run_live(jobs, load_policy("adaptive"), "adaptive", tmp_path / "oom", config,
+                          session=session)
+        assert result.exit_code == 0, result.message
+        rows = pq.read_table(tmp_path / "oom" / "jobs.parquet").to_pylist()
+        assert sorted(r["id"] for r in rows) == sorted(j.id for j in jobs)
+        assert all(r["status"] == "failed" and r["reason"].startswith("fits no device that is up")
+                   for r in rows), [r["reason"] for r in rows]
+        assert any(r["attempts"] >= 1 for r in rows)  # it was tried, then given up on
+        assert ray.get([w.ping.remote() for w in session.workers.values()], timeout=30)
+    finally:
+        close_session(session)

@@ -126,8 +126,9 @@ def start_ray() -> bool:
 
     if ray.is_initialized():
         return False
-    ray.init(num_cpus=max(2, cores()), include_dashboard=False, log_to_driver=False,
-             configure_logging=False, _node_ip_address="127.0.0.1")
+    ray.init(address="local", num_cpus=max(2, cores()),
+             include_dashboard=False, log_to_driver=False, configure_logging=False,
+             _node_ip_address="127.0.0.1")
     return True
 
 

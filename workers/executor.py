@@ -91,7 +91,10 @@ def start_ray(config: LiveConfig) -> None:
         if config.address:
             ray.init(address=config.address, log_to_driver=False, configure_logging=False)
         else:
-            ray.init(num_cpus=config.num_cpus, num_gpus=config.emulate_gpus or None,
+            # address="local": always a new embedded Ray, never a cluster someone else
+            # started on this machine (ray.init() alone would join the latest one).
+            ray.init(address="local", num_cpus=config.num_cpus,
+                     num_gpus=config.emulate_gpus or None,
                      include_dashboard=False, log_to_driver=False, configure_logging=False,
                      _node_ip_address="127.0.0.1")
     except (ConnectionError, RuntimeError, ValueError) as e:
@@ -362,7 +365,8 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
                         and upcoming is None and controller.failures_in_row == 0:
                     idle += 1
                     if idle >= IDLE_ROUNDS:
-                        message, exit_code = controller.give_up_idle(), 1
+                        message = controller.give_up_idle()
+                        exit_code = 0 if message is None else 1
                         break
                 else:
                     idle = 0

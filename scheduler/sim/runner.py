@@ -151,7 +151,8 @@ def simulate(jobs: Iterable[Job], spec: ClusterSpec, profiles: Mapping[str, Devi
             # Nothing runs, nothing will arrive: only the policy can make progress.
             idle += 1
             if idle >= IDLE_ROUNDS:
-                message, exit_code = controller.give_up_idle(), 1
+                message = controller.give_up_idle()
+                exit_code = 0 if message is None else 1
                 break
             if config.telemetry_interval <= 0:
                 events.push(now + 1.0, TELEMETRY, None)
