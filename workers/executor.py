@@ -30,6 +30,7 @@ from scheduler.pricing import ClusterCost, load_profiles
 from scheduler.sim.runner import RunResult
 from scheduler.state import Batch
 from workers.fleet import Fleet, create_workers
+from workers.ray_metrics import RayMetrics
 
 log = logging.getLogger(__name__)
 IDLE_ROUNDS = 3
@@ -78,6 +79,8 @@ class LiveConfig:
     fallback: tuple[Any, str] | None = None
     # Wall seconds a policy's decide() may take before it counts as a failure.
     decide_timeout: float | None = 10.0
+    # Port of the local Ray's Prometheus endpoint (attnsched's metrics); None: Ray picks.
+    metrics_port: int | None = None
 
 
 def start_ray(config: LiveConfig) -> None:
@@ -93,14 +96,26 @@ def start_ray(config: LiveConfig) -> None:
         else:
             # address="local": always a new embedded Ray, never a cluster someone else
             # started on this machine (ray.init() alone would join the latest one).
+            extra: dict[str, Any] = {}
+            if config.metrics_port:
+                extra["_metrics_export_port"] = config.metrics_port
             ray.init(address="local", num_cpus=config.num_cpus,
-                     num_gpus=config.emulate_gpus or None,
+                     num_gpus=config.emulate_gpus or None, **extra,
                      include_dashboard=False, log_to_driver=False, configure_logging=False,
                      _node_ip_address="127.0.0.1")
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = config.address or "a local Ray"
         raise InputError(f"cannot start or reach Ray at {where}: {e}".splitlines()[0],
                          field="--address") from None
+
+
+def metrics_endpoints() -> list[str]:
+    """Where each node serves its Prometheus metrics, attnsched's among them."""
+    import ray
+
+    return sorted(f"http://{n['NodeManagerAddress']}:{n['MetricsExportPort']}/metrics"
+                  for n in ray.nodes() if n.get("Alive")  # type: ignore[no-untyped-call]
+                  and n.get("MetricsExportPort"))
 
 
 def discover(config: LiveConfig) -> ClusterSpec:
@@ -222,7 +237,8 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
         ray.get([w.reset.remote() for w in fleet.handles.values()], timeout=60)
     profiles = load_profiles(spec, config.profiles)
     cost = ClusterCost(spec, profiles)
-    outputs = RunOutputs(out, {d.id: d.node for d in spec.devices})
+    metrics = RayMetrics(policy_name)
+    outputs = RunOutputs(out, {d.id: d.node for d in spec.devices}, observer=metrics)
     controller = Controller(spec, cost, policy, policy_name=policy_name, seed=config.seed,
                             sink=outputs, journal=journal, decide_timeout=config.decide_timeout)
     start_clock = 0.0
@@ -373,6 +389,7 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
             if journal is not None:
                 journal.commit()
             report()
+            metrics.sample(controller)
             # Sleep until something finishes, the next job is due or telemetry is.
             due = [next_tick]
             if upcoming is not None:
@@ -394,6 +411,7 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
             journal.close()
         raise
     report(force=True)
+    metrics.sample(controller, force=True)
     if not own and (in_flight or probes):
         # A stopped run may leave batches running; the next run on these workers
         # must find them idle.
@@ -414,7 +432,8 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
                 + (journal.duplicates if journal else 0),
                 "policy_fallback": fallbacks[0] if fallbacks else None,
                 "resumed_from_session": aside or None,
-                "jobs_restored": len(resumed.finished) if resumed else 0}
+                "jobs_restored": len(resumed.finished) if resumed else 0,
+                "metrics_endpoints": metrics_endpoints()}
     outputs.close(summary, run_info)
     if journal is not None:
         journal.close()

@@ -55,6 +55,10 @@ def run(
         None, "--fallback-policy",
         help="Switch to this policy (e.g. greedy) when the policy fails repeatedly, instead "
              "of stopping the run."),
+    metrics_port: int | None = typer.Option(
+        None, "--metrics-port", min=1, max=65535,
+        help="Serve the local Ray's Prometheus metrics (attnsched's gauges among them) on "
+             "this port of 127.0.0.1; run.json lists every node's endpoint."),
     decide_timeout: float = typer.Option(
         10.0, "--decide-timeout", min=0.0,
         help="Wall seconds a policy's decision may take before it counts as a failure "
@@ -72,7 +76,7 @@ def run(
         seed=seed, speed=speed, emulate_gpus=emulate_gpus, cpu_workers=cpu_workers,
         memory_fraction=memory_fraction, telemetry_interval=telemetry_interval, slow=slow,
         profile=profile, out=out, resume=resume, fallback_policy=fallback_policy,
-        decide_timeout=decide_timeout)
+        decide_timeout=decide_timeout, metrics_port=metrics_port)
     out = spec.out
     total = count_jobs(spec)  # also validates the whole trace before Ray starts
     with live_progress_bar() as bar:
@@ -90,7 +94,8 @@ def live_setup(trace: Path, policy: str, *, policy_opt: list[str], address: str 
                emulate_gpus: int, cpu_workers: int, memory_fraction: float,
                telemetry_interval: float, slow: list[str], profile: list[str],
                out: Path | None, resume: Path | None, fallback_policy: str | None,
-               decide_timeout: float, built: Any = None) -> tuple[RunSpec, Any, LiveConfig]:
+               decide_timeout: float, metrics_port: int | None = None,
+               built: Any = None) -> tuple[RunSpec, Any, LiveConfig]:
     """Check ``run``'s options, in their command-line forms, before anything starts.
 
     Returns the run, the built policy (``built`` when the caller has one) and the
@@ -110,6 +115,10 @@ def live_setup(trace: Path, policy: str, *, policy_opt: list[str], address: str 
                          slow=parse_slow(slow), profiles=parse_profiles(profile))
     if built is None:
         built = load_policy(policy, parse_options(policy_opt))
+    if metrics_port is not None and address:
+        raise InputError("a cluster's nodes serve metrics on their own ports (see run.json)",
+                         field="--metrics-port")
+    config.metrics_port = metrics_port
     config.resume = resume is not None
     config.decide_timeout = decide_timeout or None
     if fallback_policy is not None:

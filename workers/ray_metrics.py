@@ -1,0 +1,105 @@
+"""A live run's figures as Ray metrics: the Ray dashboard and Prometheus show them.
+
+Ray exports what ``ray.util.metrics`` records in any process of a node
+through that node's metrics agent, in Prometheus text format (names get
+Ray's ``ray_`` prefix), at the node's ``MetricsExportPort``. The driver
+records:
+
+| metric | type | tags |
+| --- | --- | --- |
+| ``attnsched_queue_jobs`` | gauge: jobs queued in the controller | policy |
+| ``attnsched_device_running_jobs`` | gauge: jobs running on the device | device, node |
+| ``attnsched_device_utilization`` | gauge: latest telemetry, 0–1 | device, node |
+| ``attnsched_device_memory_used_bytes`` | gauge: latest telemetry | device, node |
+| ``attnsched_device_up`` | gauge: 1 while its worker is up | device, node |
+| ``attnsched_decisions_total`` | counter: actions by outcome | action, outcome |
+| ``attnsched_rejections_total`` | counter: rejected actions by reason | reason |
+| ``attnsched_jobs_finished_total`` | counter | status |
+| ``attnsched_job_latency_seconds`` | histogram: JCT of completed jobs | kind |
+
+Rejection reasons are folded into a handful of classes: the free text names
+jobs and devices, and a tag per job would flood Prometheus.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from scheduler.controller import Sink
+from scheduler.state import JobRecord, JobState
+
+if TYPE_CHECKING:
+    from scheduler.controller import Controller
+
+LATENCY_BUCKETS = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0]
+EVERY = 1.0  # wall seconds between gauge updates
+_REASONS = (("not queued", "job_not_queued"), ("unknown", "unknown_job"),
+            ("no device", "unknown_device"), ("no free slot", "device_busy"),
+            ("compute free", "device_busy"), (" free", "memory"), ("cannot run", "no_profile"),
+            ("split", "bad_split"), ("gang", "bad_gang"), ("not running", "job_not_running"))
+
+
+def reason_class(why: str) -> str:
+    for needle, name in _REASONS:
+        if needle in why:
+            return name
+    return "other"
+
+
+class RayMetrics(Sink):
+    """Records the controller's events as they happen and its state once a second."""
+
+    def __init__(self, policy: str) -> None:
+        from ray.util.metrics import Counter, Gauge, Histogram
+
+        device_tags = ("device", "node")
+        self.policy = policy
+        self.queue = Gauge("attnsched_queue_jobs", "jobs queued in the controller",
+                           tag_keys=("policy",))
+        self.running = Gauge("attnsched_device_running_jobs", "jobs running on the device",
+                             tag_keys=device_tags)
+        self.util = Gauge("attnsched_device_utilization", "latest utilization sample, 0-1",
+                          tag_keys=device_tags)
+        self.memory = Gauge("attnsched_device_memory_used_bytes", "latest memory sample",
+                            tag_keys=device_tags)
+        self.up = Gauge("attnsched_device_up", "1 while the device's worker is up",
+                        tag_keys=device_tags)
+        self.decisions = Counter("attnsched_decisions_total", "policy actions by outcome",
+                                 tag_keys=("action", "outcome"))
+        self.rejections = Counter("attnsched_rejections_total", "rejected actions by reason",
+                                  tag_keys=("reason",))
+        self.finished = Counter("attnsched_jobs_finished_total", "jobs done or failed",
+                                tag_keys=("status",))
+        self.latency = Histogram("attnsched_job_latency_seconds", "job completion time",
+                                 boundaries=LATENCY_BUCKETS, tag_keys=("kind",))
+        self.last = 0.0
+
+    def job_finished(self, record: JobRecord) -> None:
+        done = record.state is JobState.DONE
+        self.finished.inc(1.0, tags={"status": "done" if done else "failed"})
+        if done and record.end is not None:
+            self.latency.observe(max(0.0, record.end - record.job.submit_time),
+                                 tags={"kind": record.job.kind.value})
+
+    def decision(self, row: dict[str, Any]) -> None:
+        self.decisions.inc(1.0, tags={"action": str(row.get("action")),
+                                      "outcome": str(row.get("outcome"))})
+        if row.get("outcome") == "rejected":
+            self.rejections.inc(1.0, tags={"reason": reason_class(str(row.get("why", "")))})
+
+    def sample(self, controller: Controller, force: bool = False) -> None:
+        """The gauges, at most every ``EVERY`` seconds (or now, with ``force``)."""
+        wall = time.monotonic()
+        if wall - self.last < EVERY and not force:
+            return
+        self.last = wall
+        self.queue.set(len(controller.pending), tags={"policy": self.policy})
+        for device_id, dev in controller.devices.items():
+            tags = {"device": device_id, "node": dev.spec.node}
+            self.running.set(sum(len(b.jobs) for b in dev.running.values()), tags=tags)
+            self.up.set(1.0 if dev.up else 0.0, tags=tags)
+            sample = controller.telemetry.get(device_id)
+            if sample is not None:
+                self.util.set(sample.util, tags=tags)
+                self.memory.set(float(sample.mem_used), tags=tags)
