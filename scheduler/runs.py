@@ -19,7 +19,14 @@ from scheduler.jobs import AttentionJob, ClusterJob, Job
 from scheduler.pricing import ClusterCost, load_profiles
 from scheduler.profiles import DeviceProfile
 from scheduler.sim.executor import LiveCosts
-from scheduler.sim.runner import Fault, RunResult, SimConfig, parse_faults, simulate
+from scheduler.sim.runner import (
+    Fault,
+    RunResult,
+    SimConfig,
+    SimProgress,
+    parse_faults,
+    simulate,
+)
 from scheduler.traces import open_trace
 
 
@@ -137,7 +144,7 @@ def prepare(spec: RunSpec) -> tuple[ClusterSpec, dict[str, DeviceProfile], tuple
     return cluster, profiles, faults
 
 
-def run_sim(spec: RunSpec, progress: Callable[[int, float], None] | None = None,
+def run_sim(spec: RunSpec, progress: Callable[[SimProgress], None] | None = None,
             policy: Any = None) -> RunResult:
     """Run one simulation as the CLI would; writes outputs and a report when ``out`` is set.
 

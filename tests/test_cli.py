@@ -135,3 +135,22 @@ def test_profile_show(cli) -> None:
     best = {(r["head_dim"], r["causal"], r["seq"]): r for r in summary["best"]}
     assert best[(128, False, 16384)]["tflops"] == 629.9
     assert best[(128, False, 16384)]["backend"] == "cudnn"
+
+
+def test_json_logs_are_one_object_per_line(tmp_path) -> None:
+    from tests.conftest import REPO
+
+    trace = tmp_path / "t.jsonl"
+    result = subprocess.run(
+        [sys.executable, "-m", "scheduler.cli", "--log-format", "json", "--log-level", "info",
+         "trace", "generate", "-o", str(trace), "--jobs", "20", "--model", "tiny"],
+        cwd=REPO, capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "scheduler.cli", "--log-format", "json", "--log-level", "info",
+         "simulate", str(trace), "--policy", "greedy", "--out", str(tmp_path / "r")],
+        cwd=REPO, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    entries = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert any(e["logger"] == "scheduler.report" and e["message"].startswith("wrote ")
+               for e in entries), result.stderr
+    assert all({"time", "level", "logger", "message"} <= set(e) for e in entries)

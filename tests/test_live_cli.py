@@ -142,9 +142,20 @@ def test_live_bar_shows_jobs_done_rate_utilization_and_failures() -> None:
     task = bar.add_task("run adaptive", total=10, start=False, **NO_PROGRESS)
     assert "0/10 jobs, 0.0 jobs/s, util -" in shown(bar)
     assert bar.tasks[0].start_time is None  # Ray's start-up is not the run's time
-    track(bar, task)(LiveProgress(7, 2, 3.0, 12.5, 0.436))
-    assert "7/10 jobs, 12.5 jobs/s, util 44%, 2 failed" in shown(bar)
+    track(bar, task)(LiveProgress(7, 2, 3.0, 12.5, 0.436, 5, {
+        "head/gpu0": (0.5, 2, True), "head/gpu1": (None, 0, False)}))
+    assert "7/10 jobs, 12.5 jobs/s, util 44%, queue 5, 2 failed" in shown(bar)
     assert bar.tasks[0].start_time is not None
+    from rich.console import Console
+
+    console = Console(record=True, width=100)
+    for renderable in bar.get_renderables():
+        console.print(renderable)
+    lines = console.export_text().splitlines()
+    gpu0 = next(line for line in lines if "head/gpu0" in line)
+    gpu1 = next(line for line in lines if "head/gpu1" in line)
+    assert "50%" in gpu0 and "2 running" in gpu0
+    assert "down" in gpu1
 
 
 # -- reused workers --------------------------------------------------------------------------

@@ -46,6 +46,9 @@ class LiveProgress:
     clock: float  # trace seconds
     rate: float  # jobs finished per wall-clock second since the run began
     util: float | None  # mean over devices of each one's latest telemetry sample
+    queued: int = 0  # jobs waiting in the controller
+    # device -> (latest utilization or None, jobs running there, worker up)
+    devices: Mapping[str, tuple[float | None, int, bool]] = field(default_factory=dict)
 
 
 @dataclass
@@ -241,8 +244,13 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
     outputs = RunOutputs(out, {d.id: d.node for d in spec.devices}, observer=metrics)
     controller = Controller(spec, cost, policy, policy_name=policy_name, seed=config.seed,
                             sink=outputs, journal=journal, decide_timeout=config.decide_timeout)
+    log.info("live run: policy %s on %d devices of %d nodes%s", policy_name,
+             len(spec.devices), len(spec.nodes),
+             f", journal {journal.path}" if journal is not None else "")
     start_clock = 0.0
     if resumed is not None:
+        log.info("resuming session %d: %d jobs already finished, clock at %.3f s",
+                 resumed.session, len(resumed.finished), resumed.clock)
         for record in resumed.finished.values():
             controller.restore(record)
         start_clock = resumed.clock
@@ -270,8 +278,11 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
         reported = wall
         done = outputs.completed + outputs.failed
         util = sum(latest.values()) / len(latest) if latest else None
+        devices = {d: (latest.get(d), sum(len(b.jobs) for b in dev.running.values()), dev.up)
+                   for d, dev in controller.devices.items()}
         config.progress(LiveProgress(done, outputs.failed, clock(),
-                                     done / max(wall - t0, 1e-9), util))
+                                     done / max(wall - t0, 1e-9), util,
+                                     len(controller.pending), devices))
 
     def forget_device(device: str) -> None:
         for ref in [r for r, b in in_flight.items() if b.device == device]:

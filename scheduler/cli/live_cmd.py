@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich.console import RenderableType
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress_bar import ProgressBar
+from rich.table import Table
 
 from scheduler.cli.sim_cmd import (
     console,
@@ -50,28 +53,50 @@ def live_config(*, address: str | None, emulate_gpus: int, cpu_workers: int, spe
                       profiles=dict(profiles or {}))
 
 
-def live_progress_bar() -> Progress:
-    """Jobs finished, their rate on the wall clock and the devices' latest utilization.
+class LiveView(Progress):
+    """The progress bars, and below them one line per device: a utilization bar,
+    the jobs running there, and whether its worker is up."""
+
+    devices: Mapping[str, tuple[float | None, int, bool]] = {}
+
+    def get_renderables(self) -> Iterator[RenderableType]:
+        yield self.make_tasks_table(self.tasks)
+        if self.devices:
+            yield device_table(self.devices)
+
+
+def device_table(devices: Mapping[str, tuple[float | None, int, bool]]) -> Table:
+    table = Table.grid(padding=(0, 1))
+    for device, (util, running, up) in devices.items():
+        bar = ProgressBar(total=1.0, completed=util or 0.0, width=20)
+        state = f"{running} running" if up else "[red]down[/red]"
+        table.add_row(f"[dim]{device:>16}[/dim]", bar,
+                      "  -" if util is None else f"{util:4.0%}", state)
+    return table
+
+
+def live_progress_bar() -> LiveView:
+    """Jobs finished, their rate on the wall clock, the queue and each device's state.
 
     Unlike the simulator's bar (jobs submitted, trace time), a live run's
     interesting figures are real throughput and how busy the devices are.
     """
-    return Progress(TextColumn("[bold]{task.description:>12}"), BarColumn(bar_width=10),
+    return LiveView(TextColumn("[bold]{task.description:>12}"), BarColumn(bar_width=10),
                     TextColumn("{task.completed:>5,}/{task.total:,} jobs, "
-                               "{task.fields[rate]:,.1f} jobs/s, util {task.fields[util]}"
-                               "{task.fields[failed]}"),
+                               "{task.fields[rate]:,.1f} jobs/s, util {task.fields[util]}, "
+                               "queue {task.fields[queue]:,}{task.fields[failed]}"),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
                     transient=True)
 
 
-NO_PROGRESS: dict[str, Any] = {"rate": 0.0, "util": "-", "failed": ""}
+NO_PROGRESS: dict[str, Any] = {"rate": 0.0, "util": "-", "failed": "", "queue": 0}
 
 
 def progress_fields(p: LiveProgress) -> dict[str, Any]:
     """The bar's fields for one report: ``completed`` and the columns' texts."""
     return {"completed": p.done, "rate": p.rate,
             "util": "-" if p.util is None else f"{p.util:.0%}",
-            "failed": f", {p.failed:,} failed" if p.failed else ""}
+            "failed": f", {p.failed:,} failed" if p.failed else "", "queue": p.queued}
 
 
 def track(bar: Progress, task: Any) -> Callable[[LiveProgress], None]:
@@ -86,6 +111,8 @@ def track(bar: Progress, task: Any) -> Callable[[LiveProgress], None]:
             bar.start_task(task)
             started = True
         bar.update(task, **progress_fields(p))
+        if isinstance(bar, LiveView):
+            bar.devices = p.devices
 
     return update
 

@@ -7,6 +7,7 @@ shows one for internal errors).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -57,14 +58,34 @@ def _version(value: bool) -> None:
 def root(
     version: bool = typer.Option(False, "--version", help="Print the version and exit.",
                                  callback=_version, is_eager=True),
-    log_level: str = typer.Option("WARNING", "--log-level", help="Python logging level."),
+    log_level: str = typer.Option("WARNING", "--log-level",
+                                  help="Python logging level: DEBUG, INFO, WARNING, ERROR."),
+    log_format: str = typer.Option("text", "--log-format",
+                                   help="text, or json: one JSON object per line (for log "
+                                        "shippers)."),
 ) -> None:
     """Schedule attention jobs on Ray: replay traces in a simulator or live."""
     level = logging.getLevelName(log_level.upper())
     if not isinstance(level, int):
         raise InputError(f"expected DEBUG, INFO, WARNING or ERROR, got {log_level!r}",
                          field="--log-level")
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if log_format not in ("text", "json"):
+        raise InputError(f"expected text or json, got {log_format!r}", field="--log-format")
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if log_format == "json" else
+                         logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message (and the exception)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": round(record.created, 6), "level": record.levelname,
+                 "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
 
 
 def _fail(message: str, code: int) -> int:

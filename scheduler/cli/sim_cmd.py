@@ -20,7 +20,7 @@ from rich.table import Table
 from scheduler.cluster import parse_node_counts
 from scheduler.errors import InputError
 from scheduler.runs import RunSpec, count_jobs, run_sim
-from scheduler.sim.runner import RunResult
+from scheduler.sim.runner import RunResult, SimProgress
 
 console = Console()
 err_console = Console(stderr=True)
@@ -128,8 +128,8 @@ def simulate(
     built = validate_spec(spec)  # bad input is reported before any progress bar draws
     total = count_jobs(spec)
     with progress_bar() as bar:
-        task = bar.add_task(f"simulate {policy}", total=total, t=0.0)
-        result = run_sim(spec, lambda n, t: bar.update(task, completed=n, t=t), built)
+        task = bar.add_task(f"simulate {policy}", total=total, **NO_SIM_PROGRESS)
+        result = run_sim(spec, lambda p: bar.update(task, **sim_fields(p)), built)
     print_summary({policy: result})
     if out is not None:
         console.print(f"outputs in {out}/ (report: {out / 'report.md'})")
@@ -179,19 +179,29 @@ def print_summary(results: dict[str, RunResult]) -> None:
 
 
 def progress_bar() -> Progress:
+    """Jobs arrived (with an ETA), trace time, the queue and how many devices are busy."""
     return Progress(TextColumn("[bold]{task.description:>18}"), BarColumn(),
                     TextColumn("{task.completed:>9,}/{task.total:,} jobs, "
-                               "t={task.fields[t]:,.0f}s"),
+                               "t={task.fields[t]:,.0f}s, queue {task.fields[queue]:,}, "
+                               "busy {task.fields[busy]}"),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
                     transient=True)
+
+
+NO_SIM_PROGRESS: dict[str, Any] = {"t": 0.0, "queue": 0, "busy": "-"}
+
+
+def sim_fields(p: SimProgress) -> dict[str, Any]:
+    return {"completed": p.submitted, "t": p.clock, "queue": p.queued,
+            "busy": f"{p.busy}/{p.devices} devices"}
 
 
 def _run_one(spec: RunSpec, updates: Any = None) -> RunResult:
     """One policy's run in a worker process; progress goes back through ``updates``."""
     report = None
     if updates is not None:
-        def report(n: int, t: float) -> None:
-            updates.put((spec.policy, n, t))
+        def report(p: SimProgress) -> None:
+            updates.put((spec.policy, p))
     return run_sim(spec, report)
 
 
@@ -291,7 +301,7 @@ def compare_sims(specs: dict[str, RunSpec], out: Path, processes: int = 0,
 def _run_with_progress(specs: dict[str, RunSpec], workers: int) -> dict[str, RunResult]:
     total = count_jobs(next(iter(specs.values())))
     with progress_bar() as bar, multiprocessing.Manager() as manager:
-        tasks = {name: bar.add_task(name, total=total, t=0.0) for name in specs}
+        tasks = {name: bar.add_task(name, total=total, **NO_SIM_PROGRESS) for name in specs}
         updates = manager.Queue()
         with ProcessPoolExecutor(workers) as pool:
             futures = {name: pool.submit(_run_one, spec, updates) for name, spec in specs.items()}
@@ -314,11 +324,11 @@ def _reject_given(ctx: typer.Context, names: tuple[str, ...], mode: Mode) -> Non
 
 def _drain(updates: Any, bar: Progress, tasks: dict[str, Any], timeout: float) -> None:
     try:
-        name, n, t = updates.get(timeout=timeout) if timeout else updates.get_nowait()
-        bar.update(tasks[name], completed=n, t=t)
+        name, p = updates.get(timeout=timeout) if timeout else updates.get_nowait()
+        bar.update(tasks[name], **sim_fields(p))
         while True:
-            name, n, t = updates.get_nowait()
-            bar.update(tasks[name], completed=n, t=t)
+            name, p = updates.get_nowait()
+            bar.update(tasks[name], **sim_fields(p))
     except queue.Empty:
         return
 

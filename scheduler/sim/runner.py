@@ -17,7 +17,7 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from scheduler.cluster import ClusterSpec
 from scheduler.controller import Controller, PolicyFailure, Sink
@@ -42,6 +42,16 @@ class Fault:
     time: float
 
 
+class SimProgress(NamedTuple):
+    """What a simulation's progress bar shows (a tuple: it crosses process queues)."""
+
+    submitted: int  # jobs that have arrived
+    clock: float  # trace seconds
+    queued: int  # jobs waiting in the controller
+    busy: int  # devices running a batch
+    devices: int
+
+
 @dataclass
 class SimConfig:
     seed: int = 0
@@ -50,7 +60,7 @@ class SimConfig:
     faults: tuple[Fault, ...] = ()
     slow: Mapping[str, float] = field(default_factory=dict)
     max_policy_failures: int = 10
-    progress: Callable[[int, float], None] | None = None
+    progress: Callable[[SimProgress], None] | None = None
     observer: Sink | None = None
     # Scheduling quantum: consult the policy at most once per this many simulated
     # seconds (0: after every instant with events). Real schedulers run in
@@ -124,7 +134,10 @@ def simulate(jobs: Iterable[Job], spec: ClusterSpec, profiles: Mapping[str, Devi
                 submitted += 1
                 arrivals_left = _push_next(stream, events)
                 if config.progress and submitted % 4096 == 0:
-                    config.progress(submitted, now)
+                    config.progress(SimProgress(
+                        submitted, now, len(controller.pending),
+                        sum(bool(d.running) for d in controller.devices.values()),
+                        len(controller.devices)))
             if kind == DECIDE:
                 decide_queued = False
             if events.peek_time() == now:
