@@ -266,6 +266,9 @@ def plot_device_timeline(telemetry: pa.Table, jobs: pa.Table, path: Path, title:
     else:
         _note(util, "no telemetry recorded")
     util.set(ylabel="utilization", xlabel="time (s)")
+    # The colorbars narrowed the heatmaps: narrow the queue panel alike so times line up.
+    top_box, ref = top.get_position(), waiting.get_position()
+    top.set_position((top_box.x0, top_box.y0, ref.width, top_box.height))
     _finish(fig, path)
 
 
