@@ -216,23 +216,28 @@ def run(trace: str | Path | LoadedTrace, policy: Any = "adaptive", *,
         memory_fraction: float = 0.9, telemetry_interval: float = 1.0, slow: Pairs = None,
         profiles: Pairs = None, resume: str | Path | None = None,
         fallback_policy: str | None = None, decide_timeout: float = 10.0,
-        num_cpus: int | None = None, out: str | Path | None = None) -> Result:
+        metrics_port: int | None = None, num_cpus: int | None = None,
+        out: str | Path | None = None) -> Result:
     """Replay a trace live on Ray worker actors, as ``attnsched run`` does.
 
     Real PyTorch attention runs on one worker per device. Ray starts locally
     on 127.0.0.1 (``num_cpus`` caps what it may use) unless one is already up
     in this process or ``address`` names a cluster; the workers are stopped on
     return, Ray is left running for the next call. The options mean what the
-    CLI's do (``resume`` continues the interrupted run in that folder);
-    ``policy`` may also be a policy object, as for :func:`simulate`.
+    CLI's do (``resume`` continues the interrupted run in that folder;
+    ``metrics_port`` serves Ray's Prometheus metrics on 127.0.0.1); ``policy``
+    may also be a policy object, as for :func:`simulate`.
     """
     from scheduler.cli.run_cmd import live_run, live_setup
     from scheduler.errors import InputError
     from scheduler.runs import count_jobs
 
-    if not decide_timeout >= 0:  # the CLI's option has min=0
+    if not decide_timeout >= 0:  # the CLI's options have these bounds
         raise InputError(f"expected 0 or more seconds, got {decide_timeout}",
                          field="--decide-timeout")
+    if metrics_port is not None and not 1 <= metrics_port <= 65535:
+        raise InputError(f"expected a port in 1..65535, got {metrics_port}",
+                         field="--metrics-port")
     name, built = _policy(policy, policy_options)
     path, _, model = _trace(trace, model)
     if resume is not None and out is None:
@@ -244,7 +249,8 @@ def run(trace: str | Path | LoadedTrace, policy: Any = "adaptive", *,
             cpu_workers=cpu_workers, memory_fraction=memory_fraction,
             telemetry_interval=telemetry_interval, slow=_pairs(slow), profile=_pairs(profiles),
             out=folder, resume=None if resume is None else Path(resume),
-            fallback_policy=fallback_policy, decide_timeout=decide_timeout, built=built)
+            fallback_policy=fallback_policy, decide_timeout=decide_timeout,
+            metrics_port=metrics_port, built=built)
         if num_cpus is not None:
             config.num_cpus = num_cpus
         count_jobs(spec)  # validates the whole trace before Ray starts, as the CLI does

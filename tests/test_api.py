@@ -102,6 +102,8 @@ def test_bad_arguments_raise_the_clis_input_error(trace: Path, kwargs, field) ->
     ({"memory_fraction": 1.5}, "--memory-fraction"),
     ({"decide_timeout": -1}, "--decide-timeout"),
     ({"out": "a", "resume": "b"}, "--resume"),
+    ({"metrics_port": 0}, "--metrics-port"),
+    ({"metrics_port": 9000, "address": "auto"}, "--metrics-port"),
 ])
 def test_bad_live_options_fail_before_ray_starts(trace: Path, tmp_path: Path, kwargs,
                                                  field) -> None:
