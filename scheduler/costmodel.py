@@ -161,6 +161,18 @@ def _job_terms(job: AttentionJob, profile: DeviceProfile, backend: str | None
             launches * (2 if train else 1), total_flops(job, profile.backward_factor), used)
 
 
+def scale_kind(job: AttentionJob) -> str:
+    """How ``DeviceProfile.worker_scale`` groups a job: prefill, decode or train."""
+    if job.kind is JobKind.DECODE:
+        return "decode"
+    return "train" if job.kind is JobKind.TRAIN else "prefill"
+
+
+def _joined(a: str, b: str) -> str:
+    """A batch's scale kind: its jobs' kind when they share one, else prefill's."""
+    return b if not a or a == b else "prefill"
+
+
 def call_group(job: AttentionJob, kind: str) -> tuple[object, ...]:
     """Jobs of one group share their launches in a worker (workers/worker.py).
 
@@ -188,8 +200,8 @@ class Pack:
     ``seconds = max(calls · host, Σ compute, Σ bytes / bandwidth)``.
     """
 
-    __slots__ = ("backend", "calls", "compute_s", "flops", "groups", "jobs", "memo", "nbytes",
-                 "profile", "rate", "want")
+    __slots__ = ("backend", "calls", "compute_s", "flops", "groups", "jobs", "kind", "memo",
+                 "nbytes", "profile", "rate", "want")
 
     def __init__(self, profile: DeviceProfile, backend: str | None = None,
                  memo: dict[str, tuple[float, float, int, float, str]] | None = None) -> None:
@@ -199,6 +211,7 @@ class Pack:
         self.calls = self.jobs = 0
         self.groups: dict[tuple[object, ...], int] = {}  # call group -> its calls
         self.backend = ""
+        self.kind = ""  # scale kind of the batch (see scale_kind)
 
     def _terms(self, job: AttentionJob) -> tuple[float, float, int, float, str]:
         if self.memo is not None:
@@ -223,19 +236,26 @@ class Pack:
             self.calls += calls - had
         self.flops += flops
         self.jobs += 1
+        self.kind = _joined(self.kind, scale_kind(job))
 
     def seconds_with(self, job: AttentionJob) -> float:
         """What the batch would take with ``job`` added, without adding it."""
         compute, nbytes, calls, _, _ = self._terms(job)
         had = self.groups.get(call_group(job, self.profile.kind), 0)
         total = self.calls + max(0, calls - had)
-        return max(total * self.profile.call_host_s, self.compute_s + compute,
-                   (self.nbytes + nbytes) / self.profile.bandwidth_bytes_s)
+        device = max(self.compute_s + compute,
+                     (self.nbytes + nbytes) / self.profile.bandwidth_bytes_s)
+        raw = max(total * self.profile.call_host_s, device)
+        if not self.profile.worker_scale:
+            return raw
+        return raw * self.profile.scale(_joined(self.kind, scale_kind(job)), device)
 
     @property
     def seconds(self) -> float:
-        return max(self.calls * self.profile.call_host_s, self.compute_s,
-                   self.nbytes / self.profile.bandwidth_bytes_s)
+        device = max(self.compute_s, self.nbytes / self.profile.bandwidth_bytes_s)
+        raw = max(self.calls * self.profile.call_host_s, device)
+        return raw * self.profile.scale(self.kind, device) if self.profile.worker_scale \
+            else raw
 
     def estimate(self) -> Estimate:
         return Estimate(self.seconds, self.backend, self.flops, self.calls)
@@ -312,5 +332,15 @@ def estimate(job: Job, profile: DeviceProfile, backend: str | None = None) -> Es
     # A batch of one, without the batch's checks and running totals: the
     # simulator prices every new shape through here.
     compute, nbytes, calls, flops, used = _job_terms(job, profile, backend)
-    seconds = max(calls * profile.call_host_s, compute, nbytes / profile.bandwidth_bytes_s)
+    device = max(compute, nbytes / profile.bandwidth_bytes_s)
+    seconds = max(calls * profile.call_host_s, device)
+    if profile.worker_scale:
+        seconds *= profile.scale(scale_kind(job), device)
     return Estimate(seconds, used, flops, calls)
+
+
+def device_seconds(job: AttentionJob, profile: DeviceProfile) -> float:
+    """The device's share of a lone job's time (no host floor): what ``worker_scale``
+    is keyed on, since it grows with the job where the floor does not."""
+    compute, nbytes, *_ = _job_terms(job, profile, None)
+    return max(compute, nbytes / profile.bandwidth_bytes_s)

@@ -112,6 +112,10 @@ class DeviceProfile:
     telemetry_s: float = 0.0
     decision_s: float = 0.0
     node_sharing: tuple[tuple[float, float], ...] = ((1.0, 1.0),)
+    # Kind (prefill, decode, train) -> ((device s, measured/predicted), ...): what the
+    # worker's own call path takes against the grid's prediction, by the job's device time.
+    worker_scale: Mapping[str, tuple[tuple[float, float], ...]] = field(
+        default_factory=lambda: MappingProxyType({}))
     source: str = ""
 
     @cached_property
@@ -196,6 +200,20 @@ class DeviceProfile:
         xs, ys = zip(*self.sharing, strict=True)
         return _loglog(xs, ys, max(1.0, workers))
 
+    def scale(self, kind: str, seconds: float) -> float:
+        """Measured over predicted for a ``kind`` batch of ``seconds`` device time (the
+        cost model's compute or memory time, without the host floor).
+
+        The SDPA grid times saturating calls in a tight loop; a worker runs a
+        lone request's few heads with its own bookkeeping, which calibration
+        measures on the job mix itself (``worker_scale``). 1 where unmeasured.
+        """
+        curve = self.worker_scale.get(kind)
+        if not curve or seconds <= 0:
+            return 1.0
+        xs, ys = zip(*curve, strict=True)
+        return _loglog(xs, ys, seconds)
+
     def node_efficiency(self, busy: float) -> float:
         """Per-worker speed with ``busy`` workers of one node computing at once."""
         xs, ys = zip(*self.node_sharing, strict=True)
@@ -212,6 +230,7 @@ def _interp_dims(dims: list[int], head_dim: int, rate_at: Any) -> float:
     return _loglog([dims[i - 1], dims[i]], [rate_at(dims[i - 1]), rate_at(dims[i])], head_dim)
 
 
+SCALE_KINDS = ("prefill", "decode", "train")  # how worker_scale groups jobs
 _POS = {"type": "number", "exclusiveMinimum": 0, "maximum": 1e18}
 _NONNEG = {"type": "number", "minimum": 0, "maximum": 1e6}
 _DTYPE = {"enum": [d.value for d in DType]}
@@ -249,6 +268,12 @@ SCHEMA: dict[str, Any] = {
                                               "maximum": 1}],
             "minItems": 2, "maxItems": 2}},
         "worker_job_us": _NONNEG,
+        "worker_scale": {"type": "object", "propertyNames": {"enum": list(SCALE_KINDS)},
+                         "additionalProperties": {"type": "array", "minItems": 1, "items": {
+                             "type": "array", "prefixItems": [
+                                 _POS, {"type": "number", "exclusiveMinimum": 0,
+                                        "maximum": 1000}],
+                             "minItems": 2, "maxItems": 2}}},
         "batch_call_us": _NONNEG,
         "telemetry_us": _NONNEG,
         "decision_us": _NONNEG,
@@ -305,6 +330,11 @@ def profile_from_dict(data: Any, path: str | Path | None = None) -> DeviceProfil
         if not any(p.dtype is target for p in pts):
             raise InputError(f"{alias.value} is aliased to {target.value}, which has no points",
                              path=path, field=f"dtype_aliases.{alias.value}")
+    for kind, curve in data.get("worker_scale", {}).items():
+        xs = sorted(float(x) for x, _ in curve)
+        if len(set(xs)) != len(xs):
+            raise InputError("two points at the same device seconds", path=path,
+                             field=f"worker_scale.{kind}")
     return DeviceProfile(
         name=data["name"], kind=data["kind"], device=data["device"],
         matches=tuple(data.get("matches", ())),
@@ -327,6 +357,9 @@ def profile_from_dict(data: Any, path: str | Path | None = None) -> DeviceProfil
         decision_s=float(data.get("decision_us", 0.0)) * 1e-6,
         node_sharing=tuple(sorted((float(k), float(e))
                                   for k, e in data.get("node_sharing", [[1, 1]]))),
+        worker_scale=MappingProxyType({
+            kind: tuple(sorted((float(x), float(r)) for x, r in curve))
+            for kind, curve in data.get("worker_scale", {}).items()}),
         source=data.get("source", ""),
     )
 

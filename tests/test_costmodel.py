@@ -196,3 +196,47 @@ def test_a_batch_pays_the_calls_its_worker_makes() -> None:
             pack.add(job)
             assert pack.seconds == before  # seconds_with is what add then gives
         assert pack.calls == 2 * 12
+
+
+def _with_scale(curves: dict) -> object:
+    base = json.loads((__import__("pathlib").Path(cm.__file__).parent / "profile_data"
+                       / "cpu.json").read_text())
+    base["worker_scale"] = curves
+    return profile_from_dict(base)
+
+
+def test_worker_scale_multiplies_what_the_grid_predicts_by_kind_and_size() -> None:
+    plain = load_profile("cpu")
+    scaled = _with_scale({"prefill": [[1e-4, 2.0], [1e-2, 1.0]], "decode": [[1e-4, 0.5]]})
+    small = attention_job(q_len=64, kv_len=64, heads=2, kv_heads=1, head_dim=16, dtype="fp32")
+    big = attention_job(q_len=4096, kv_len=4096, heads=2, kv_heads=1, head_dim=16,
+                        dtype="fp32")
+    for job in (small, big):
+        device = cm.device_seconds(job, plain)
+        ratio = cm.estimate(job, scaled).seconds / cm.estimate(job, plain).seconds
+        assert ratio == pytest.approx(scaled.scale("prefill", device))
+        # a batch of one is the job alone, scaled alike
+        assert cm.batch_estimate([job], scaled).seconds == pytest.approx(
+            cm.estimate(job, scaled).seconds)
+    assert cm.device_seconds(small, plain) < 1e-4
+    assert cm.device_seconds(big, plain) > 1e-2
+    assert scaled.scale("prefill", cm.device_seconds(small, plain)) == 2.0  # clamped ends
+    assert scaled.scale("prefill", cm.device_seconds(big, plain)) == 1.0
+    decode = attention_job(kind="decode", q_len=1, kv_len=512, heads=2, kv_heads=1,
+                           head_dim=16, dtype="fp32", causal=False, steps=8)
+    assert cm.estimate(decode, scaled).seconds == pytest.approx(
+        0.5 * cm.estimate(decode, plain).seconds)
+    train = attention_job(kind="train", q_len=256, kv_len=256, heads=2, kv_heads=1,
+                          head_dim=16, dtype="fp32")
+    assert cm.estimate(train, scaled).seconds == cm.estimate(train, plain).seconds  # no curve
+
+
+@pytest.mark.parametrize(("curves", "field"), [
+    ({"prompt": [[1e-3, 1.0]]}, "worker_scale"),
+    ({"decode": [[1e-3, 1.0], [1e-3, 2.0]]}, "worker_scale.decode"),
+    ({"decode": [[1e-3, 0.0]]}, "worker_scale.decode.0.1"),
+])
+def test_worker_scale_is_validated(curves, field) -> None:
+    with pytest.raises(InputError) as e:
+        _with_scale(curves)
+    assert e.value.field == field

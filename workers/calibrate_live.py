@@ -95,6 +95,55 @@ def fit_worker_jobs(run: Runner, plan: Plan, profile: DeviceProfile) -> dict[str
             "residual_us": [[int(n), round(r * 1e6, 3)] for n, r in residuals]}
 
 
+SCALE_SIZES = {  # job sizes the worker scale is measured at: prompt, KV or sequence length
+    "prefill": (32, 128, 512, 2048, 4096),
+    "decode": (64, 512, 4096),
+    "train": (64, 512, 2048),
+}
+DECODE_STEPS = 64
+
+
+def layout_job(kind: str, size: int, dtype: DType) -> AttentionJob:
+    """One job of ``kind`` with the ``tiny`` preset's head layout (2 heads, 1 KV head of 16):
+    the job mix a CPU worker is given."""
+    decode = kind == "decode"
+    return AttentionJob(id=f"scale-{kind}-{size}", submit_time=0.0, kind=JobKind(kind),
+                        batch=1, heads=2, kv_heads=1, q_len=1 if decode else size, kv_len=size,
+                        head_dim=16, layers=1, dtype=dtype, causal=not decode,
+                        steps=DECODE_STEPS if decode else 1)
+
+
+def fit_worker_scale(run: Runner, plan: Plan, profile: DeviceProfile, job_s: float
+                     ) -> dict[str, list[list[float]]]:
+    """Per kind: (device s, measured/predicted) of lone jobs run by the worker itself.
+
+    The grid times saturating SDPA calls in a tight loop; a lone request's
+    call has two heads, its GQA expansion and the worker's own loop around
+    it. ``job_s`` (the per-job cost the simulator charges apart) is taken off
+    the measured time first, so nothing is counted twice.
+    """
+    profile = replace(profile, worker_scale={})  # predictions of the grid alone
+    dtype = DType(plan.reference_dtype)
+    jobs = [layout_job(kind, size, dtype) for kind, sizes in SCALE_SIZES.items()
+            for size in sizes]
+    predicted = {j.id: costmodel.estimate(j, profile).seconds for j in jobs}
+    device = {j.id: costmodel.device_seconds(j, profile) for j in jobs}
+    for j in jobs:  # warm each shape once
+        _checked(run("warm-up", [j], predicted[j.id], 0.0))
+    times: dict[str, list[float]] = {j.id: [] for j in jobs}
+    for rep in range(plan.worker_repeats):
+        for j in jobs:  # interleaved, so a burst of load elsewhere hits every size alike
+            start = time.perf_counter()
+            _checked(run(f"scale-{rep}", [j], predicted[j.id], 0.0))
+            times[j.id].append(time.perf_counter() - start)
+    out: dict[str, list[list[float]]] = {}
+    for j in jobs:
+        kind = j.kind.value
+        ratio = max(0.05, (statistics.median(times[j.id]) - job_s) / predicted[j.id])
+        out.setdefault(kind, []).append([float(f"{device[j.id]:.6g}"), round(ratio, 4)])
+    return out
+
+
 def _checked(result: BatchResult) -> BatchResult:
     if result.error:
         raise RuntimeError(f"a calibration batch failed on the worker: {result.error}")
@@ -108,10 +157,14 @@ def _local_worker(plan: Plan) -> AttentionWorker:
 
 
 def fit_in_process(plan: Plan, profile: DeviceProfile) -> dict[str, Any]:
+    """The per-job fit and the worker scale, on a worker in this process."""
     old_threads = torch.get_num_threads()  # the worker sets this process's thread count
     try:
         worker = _local_worker(plan)
-        return fit_worker_jobs(worker.run, plan, profile)
+        fit = fit_worker_jobs(worker.run, plan, profile)
+        fit["worker_scale"] = fit_worker_scale(worker.run, plan, profile,
+                                               max(0.0, fit["per_job_us"]) * 1e-6)
+        return fit
     finally:
         torch.set_num_threads(old_threads)
 
@@ -356,7 +409,8 @@ def measure_live(plan: Plan, profile: DeviceProfile, tick: Tick) -> dict[str, An
     tick("worker per-job cost, in process")
     in_process = fit_in_process(plan, profile)
     out: dict[str, Any] = {"decision_us": decision["median_us"],
-                           "worker_job_us": max(0.0, in_process["per_job_us"])}
+                           "worker_job_us": max(0.0, in_process["per_job_us"]),
+                           "worker_scale": in_process.pop("worker_scale")}
     reference: dict[str, Any] = {"decision": decision, "worker_in_process": in_process}
     if not plan.ray:
         out["live_reference"] = reference
