@@ -8,6 +8,7 @@ at telemetry: a device that runs slow keeps getting work.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 from policies.common import fits, pack, place_cluster_job, window
@@ -46,6 +47,8 @@ class GreedyPolicy:
                 if device.id in taken or not fits(view, job, device, taken):
                     continue
                 seconds = view.cost.seconds([job], device.id)
+                if not math.isfinite(seconds):
+                    continue  # this device's profile cannot run the job (e.g. fp32 on H100)
                 if best is None or seconds < best[0]:
                     best = (seconds, device)
             if best is None:

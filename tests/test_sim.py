@@ -107,3 +107,16 @@ def test_without_telemetry_an_idle_policy_still_ends() -> None:
     result = run(trace(n=2), Scripted(lambda v: []), telemetry_interval=0)
     assert result.exit_code == 1
     assert result.summary["jobs_failed"] == 2
+
+
+def test_greedy_never_picks_a_device_that_cannot_run_the_job(cli, shared_trace, tmp_path) -> None:
+    """The tiny preset's fp32 jobs on cluster.yaml (H100s, whose profile has no fp32, and
+    one CPU) at load 0.9: while the CPU is busy, greedy must wait for it, not hand the
+    queue to a GPU that cannot time it (it did, raising, until the run stopped)."""
+    trace = shared_trace("azure_llm_2023_conv.csv")
+    out = tmp_path / "g"
+    code, _, err = cli("simulate", trace, "--model", "tiny", "--policy", "greedy", "--limit",
+                       "3000", "--load", "0.9", "--out", out)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["jobs_completed"] == 3000 and summary["decisions"]["error"] == 0
