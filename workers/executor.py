@@ -107,9 +107,15 @@ def start_ray(config: LiveConfig) -> None:
                      include_dashboard=False, log_to_driver=False, configure_logging=False,
                      _node_ip_address="127.0.0.1")
     except (ConnectionError, RuntimeError, ValueError) as e:
-        where = config.address or "a local Ray"
-        raise InputError(f"cannot start or reach Ray at {where}: {e}".splitlines()[0],
-                         field="--address") from None
+        cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if config.address:
+            hint = (f"cannot reach Ray at {config.address} ({cause}); start it first (`ray "
+                    "start --head` here, `ray up cluster.yaml` for a cluster) or leave out "
+                    "--address to run on a private local Ray")
+        else:
+            hint = (f"cannot start a local Ray ({cause}); check free memory and /tmp space, "
+                    "or join a running one with --address auto")
+        raise InputError(hint, field="--address") from None
 
 
 def metrics_endpoints() -> list[str]:

@@ -11,7 +11,9 @@ from rich.table import Table
 
 from scheduler.cluster import ClusterSpec, load_cluster, parse_node_counts
 
-app = typer.Typer(help="Describe clusters (cluster.yaml or a node list).", no_args_is_help=True)
+app = typer.Typer(help="Describe clusters (cluster.yaml or a node list).",
+                  epilog="Example: attnsched cluster show cluster.yaml --nodes gpu_h100=4",
+                  no_args_is_help=True)
 console = Console()
 GIB = 1 << 30
 

@@ -25,6 +25,7 @@ from scheduler.cli.sim_cmd import (
     print_summary,
 )
 from scheduler.errors import InputError
+from scheduler.jobs import ClusterJob
 from scheduler.runs import RunSpec, check_options, count_jobs, trace_jobs
 from scheduler.sim.runner import RunResult
 
@@ -51,6 +52,27 @@ def live_config(*, address: str | None, emulate_gpus: int, cpu_workers: int, spe
                       speed=speed, telemetry_interval=telemetry_interval, seed=seed,
                       memory_fraction=memory_fraction, slow=dict(slow),
                       profiles=dict(profiles or {}))
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def check_gpus(spec: RunSpec, config: LiveConfig) -> None:
+    """A local run without GPUs would fail every job that needs one ("fits no node")
+    after starting Ray: say up front what to do instead."""
+    if config.address or config.emulate_gpus:
+        return
+    needs = next((job for job in trace_jobs(spec) if isinstance(job, ClusterJob) and job.gpus),
+                 None)
+    if needs is None or has_cuda():
+        return
+    raise InputError(f"job {needs.id} needs {needs.gpus} GPU(s) and this machine has none; add "
+                     "--emulate-gpus N to declare N GPU slots that compute on the CPU, or run "
+                     "on a GPU machine or cluster (--address auto)", path=spec.trace,
+                     field="--emulate-gpus")
 
 
 class LiveView(Progress):
@@ -133,6 +155,7 @@ def compare_live(trace: Path, names: list[str], *, model: str | None, limit: int
              for name in names}
     for spec in specs.values():  # bad input fails here, once, before Ray starts
         check_options(spec)
+    check_gpus(next(iter(specs.values())), config)
     built = {name: load_policy(name) for name in names}
     total = count_jobs(next(iter(specs.values())))
     from scheduler.report import write_comparison, write_report

@@ -28,9 +28,27 @@ from scheduler.cli import (
 )
 from scheduler.errors import InputError
 
+EXAMPLES = """Examples:
+
+  attnsched trace generate -o trace.jsonl --jobs 1000 --seed 1 --model tiny
+
+  attnsched compare trace.jsonl --policies static,greedy,adaptive --out runs/x
+
+  attnsched run trace.jsonl --policy adaptive --emulate-gpus 2 --out runs/live
+
+  attnsched report runs/x runs/live --out runs/report
+
+Each command's --help shows its own examples."""
+
+# What to do when a command is given no trace: where one is, or how to make one.
+TRACE_HINT = ("give a trace file (.csv, .jsonl or .parquet), e.g. "
+              "../shared/traces/azure_llm_2023_conv.csv, or make one: attnsched trace "
+              "generate -o trace.jsonl --jobs 1000 --model tiny")
+
 app = typer.Typer(
     name="attnsched",
     help="Schedule attention jobs on Ray: replay traces in a simulator or live.",
+    epilog=EXAMPLES,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -114,6 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         message = e.format_message() if hasattr(e, "format_message") else str(e)
+        missing = getattr(getattr(e, "param", None), "name", None)
+        if type(e).__name__ == "MissingParameter" and missing in ("trace", "run_dirs"):
+            message = message.rstrip(".") + "; " + (
+                TRACE_HINT if missing == "trace" else
+                "give the --out folder of a simulate, run or compare")
         return _fail(f"{message}{hint}", int(getattr(e, "exit_code", 1)))
     except BrokenPipeError:
         return 0

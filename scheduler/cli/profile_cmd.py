@@ -12,13 +12,16 @@ from rich.table import Table
 from scheduler.profiles import DeviceProfile, load_profile, shipped_profiles
 
 app = typer.Typer(help="Inspect device profiles (measured attention throughput).",
-                  no_args_is_help=True)
+                  epilog="Example: attnsched profile show h100", no_args_is_help=True)
 console = Console()
 
 
 @app.command("list")
 def list_cmd() -> None:
-    """The profiles shipped with attnsched."""
+    """The profiles shipped with attnsched.
+
+    Example: attnsched profile list
+    """
     for name in shipped_profiles():
         p = load_profile(name)
         console.print(f"{name:8} {p.kind:4} {p.device}")

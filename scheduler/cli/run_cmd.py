@@ -7,7 +7,13 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from scheduler.cli.live_cmd import NO_PROGRESS, live_config, live_progress_bar, track
+from scheduler.cli.live_cmd import (
+    NO_PROGRESS,
+    check_gpus,
+    live_config,
+    live_progress_bar,
+    track,
+)
 from scheduler.cli.sim_cmd import (
     ADDRESS,
     CPU_WORKERS,
@@ -79,6 +85,7 @@ def run(
         decide_timeout=decide_timeout, metrics_port=metrics_port)
     out = spec.out
     total = count_jobs(spec)  # also validates the whole trace before Ray starts
+    check_gpus(spec, config)
     with live_progress_bar() as bar:
         task = bar.add_task(f"run {policy}", total=total, start=False, **NO_PROGRESS)
         config.progress = track(bar, task)

@@ -25,7 +25,18 @@ from scheduler.sim.runner import RunResult, SimProgress
 console = Console()
 err_console = Console(stderr=True)
 
-TRACE_ARG = typer.Argument(..., help="Trace file (.csv, .jsonl or .parquet).")
+
+def _trace_exists(path: Path) -> Path:
+    """A missing trace is the commonest first mistake: say where traces are, or how to make one."""
+    if path is not None and not path.exists():
+        raise InputError("no such file; give a trace (.csv, .jsonl or .parquet), e.g. "
+                         "../shared/traces/azure_llm_2023_conv.csv, or make one: attnsched "
+                         "trace generate -o trace.jsonl --jobs 1000 --model tiny", path=path)
+    return path
+
+
+TRACE_ARG = typer.Argument(..., help="Trace file (.csv, .jsonl or .parquet).",
+                           callback=_trace_exists)
 CLUSTER = typer.Option(Path("cluster.yaml"), "--cluster", help="cluster.yaml or a node list.")
 NODES = typer.Option([], "--nodes", help="Override a node type's count: TYPE=N (repeatable).")
 MODEL = typer.Option(None, "--model", help="Model preset for token traces (default llama3-8b).")
@@ -342,7 +353,10 @@ def explain(
     run_dir: Path = typer.Argument(..., help="A run's --out folder."),
     job: str = typer.Argument(..., help="The job id to explain."),
 ) -> None:
-    """Every decision that touched a job, and why, and how the job ended."""
+    """Every decision that touched a job, and why, and how the job ended.
+
+    Example: attnsched explain runs/adaptive r42-decode
+    """
     decisions = run_dir / "decisions.jsonl"
     if not decisions.exists():
         raise InputError("no decisions.jsonl here; is this a run folder?", path=run_dir)
@@ -378,7 +392,12 @@ def explain(
 
 
 def policies_cmd() -> None:
-    """List the policies available by name, with what they do."""
+    """List the policies available by name, with what they do.
+
+    Installed plugins (entry point group attnsched.policies) are listed too.
+
+    Example: attnsched policies
+    """
     from policies.base import available
 
     for name, description in available().items():

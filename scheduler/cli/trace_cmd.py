@@ -17,7 +17,10 @@ from scheduler.traces import FORMATS, open_trace, write_trace
 from scheduler.traces.stats import trace_stats
 from scheduler.traces.synth import SynthSpec, generate, parse_mix
 
-app = typer.Typer(help="Inspect, convert and generate job traces.", no_args_is_help=True)
+app = typer.Typer(help="Inspect, convert and generate job traces.",
+                  epilog="Example: attnsched trace stats "
+                         "../shared/traces/azure_llm_2023_conv.csv --model llama3-8b",
+                  no_args_is_help=True)
 console = Console()
 
 FORMAT_HELP = f"Input format: {', '.join(FORMATS)} (auto: from the extension and header)."
