@@ -150,6 +150,8 @@ class Controller:
                 self._finish(record, JobState.FAILED, f"depends on unknown job {parent!r}")
                 return
             record.state = JobState.BLOCKED
+            if self.journal is not None:
+                self.journal.transition(now, record, f"waits for {parent!r}")
             self.blocked.setdefault(parent, []).append(job.id)
             return
         if parent is not None and not self.finished[parent]:
@@ -185,8 +187,10 @@ class Controller:
         self._fit_memo[key] = reason
         return reason
 
-    def _enqueue(self, record: JobRecord) -> None:
+    def _enqueue(self, record: JobRecord, reason: str | None = None) -> None:
         record.state = JobState.QUEUED
+        if self.journal is not None:
+            self.journal.transition(self.now, record, reason)
         job = record.job
         self.pending[job.id] = job
         self.tenants.setdefault(job.tenant, {})[job.id] = job
@@ -513,9 +517,7 @@ class Controller:
         else:
             record.state, record.start, record.device, record.batch = (
                 JobState.QUEUED, None, None, None)
-            if self.journal is not None:
-                self.journal.transition(self.now, record, reason)
-            self._enqueue(record)
+            self._enqueue(record, reason)
 
     def _split(self, action: Split) -> None:
         job = self._pending_job(action.job)
