@@ -59,13 +59,13 @@ def _wrong_field(action: Action) -> str | None:
     for f in fields(action):
         value = getattr(action, f.name)
         if f.name in ("jobs", "gang"):
-            ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+            ok = isinstance(value, tuple | list) and all(isinstance(v, str) for v in value)
         elif f.name == "parts":
             ok = type(value) is int
         else:
             ok = isinstance(value, str) or (value is None and isinstance(action, Defer))
         if not ok:
-            kind = "int" if f.name == "parts" else "tuple of str" if f.name in (
+            kind = "int" if f.name == "parts" else "tuple or list of str" if f.name in (
                 "jobs", "gang") else "str"
             return f"{f.name} is not a {kind}"
     return None
