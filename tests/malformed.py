@@ -1,4 +1,6 @@
-"""Hypothesis strategies that produce input files guaranteed to be malformed.
+"""Hypothesis strategies that produce input files guaranteed to be malformed,
+and what every bad-input and fuzz test shares: settings, the in-process CLI
+and the check of the bad-input contract.
 
 Each strategy returns ``(file name, bytes, expect_line)``: ``expect_line`` says
 whether the error must point at a line (it cannot for, say, an empty file).
@@ -6,9 +8,77 @@ whether the error must point at a line (it cannot for, say, an empty file).
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import json
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from unittest import mock
 
+import typer
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
+
+# Fuzz settings: reproducible (derandomized), no per-example deadline (a CI box
+# can stall), fixtures shared across examples (each writes its own file name).
+FUZZ = settings(deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                       HealthCheck.too_slow, HealthCheck.data_too_large,
+                                       HealthCheck.filter_too_much])
+
+
+
+def examples(n: int) -> int:
+    """``n`` cases, times ATTNSCHED_FUZZ_SCALE (set it to hunt longer than CI does)."""
+    return n * int(os.environ.get("ATTNSCHED_FUZZ_SCALE", "1"))
+
+
+_build: Callable[[typer.Typer], Any] = typer.main.get_command
+
+
+@functools.cache
+def _command(app: typer.Typer) -> Any:
+    return _build(app)
+
+
+def run_cli(*args: object) -> tuple[int, str]:
+    """The real CLI in-process: ``(exit code, stderr + stdout)``.
+
+    The click command is built once and reused (building it is most of an
+    error case's cost); ``main`` still parses, runs and maps errors as usual.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    from scheduler.cli.main import main
+
+    with mock.patch.object(typer.main, "get_command", _command), \
+            contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return code, err.getvalue() + out.getvalue()
+
+
+def assert_clean(code: int, text: str, path: Path | str | None, *, must_fail: bool = False,
+                 line: bool = False) -> None:
+    """The bad-input contract: success, or exit 2 with one located line; never a crash.
+
+    ``path``: the file the message must start with (None: any location);
+    ``line``: the message must also carry ``path:LINE:``.
+    """
+    event(f"exit {code}")  # --hypothesis-show-statistics: how often inputs pass
+    assert "Traceback" not in text, text
+    assert "internal error" not in text, text
+    if code == 0 and not must_fail:
+        return
+    assert code == 2, (code, text[:500])
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, text[:2000]
+    prefix = "attnsched: error: " + ("" if path is None else str(path))
+    assert lines[0].startswith(prefix), text[:500]
+    if line:
+        assert re.match(rf"{re.escape(prefix)}:\d+: ", lines[0]), text[:500]
 
 GOOD_ROW = {"id": "a", "submit_time": 1.0, "kind": "prefill", "tenant": "t", "priority": 0,
             "batch": 1, "heads": 8, "kv_heads": 2, "q_len": 64, "kv_len": 64, "head_dim": 64,

@@ -8,29 +8,20 @@ may print a traceback. Over 500 files run in total.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 
-from scheduler.cli.main import main
 from tests import malformed
 from tests.conftest import REPO
+from tests.malformed import run_cli
 
-SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                           HealthCheck.too_slow])
-
-
-def run_cli(*args: str) -> tuple[int, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(args))
-    return code, err.getvalue() + out.getvalue()
+SETTINGS = settings(malformed.FUZZ, max_examples=150)
 
 
 def check_rejected(folder: Path, case: tuple[str, bytes, bool], *command: str,
@@ -93,3 +84,27 @@ def test_garbage_in_any_format(tmp_path: Path, suffix: str) -> None:
     assert code == 2
     assert text.startswith(f"attnsched: error: {path}")
     assert "Traceback" not in text
+
+
+@pytest.mark.parametrize("case", ["trace", "policy"])
+def test_real_entry_point_prints_no_traceback(tmp_path: Path, case: str) -> None:
+    """The installed ``attnsched`` script, in its own process: exit 2, one line.
+
+    ``policy``: a plugin that calls sys.exit() must not end the CLI with its code.
+    """
+    script = Path(sys.executable).with_name("attnsched")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "scheduler.cli"]
+    trace = tmp_path / "t.jsonl"
+    if case == "trace":
+        trace.write_bytes(b'{"id": "a", "submit_time": 1' + b"0" * 5000 + b"}\n")
+        args = ["trace", "stats", str(trace)]
+    else:
+        trace.write_text(json.dumps({**malformed.GOOD_ROW}) + "\n")
+        args = ["simulate", str(trace), "--policy", "sys:exit", "--cluster",
+                str(REPO / "cluster.yaml")]
+    result = subprocess.run([*command, *args], capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("attnsched: error: "), result.stderr
