@@ -137,7 +137,7 @@ def test_parquet_columns_of_any_type(tmp_path: Path, column: str,
     path = tmp_path / "t.parquet"
     pq.write_table(pa.Table.from_arrays(arrays, names=names), path)
     code, text = stats(path)
-    assert_clean(code, text, path)
+    assert_clean(code, text, path, must_fail=column in base and duplicate)
     if code == 0:
         assert jobs_reported(text) == 2
 

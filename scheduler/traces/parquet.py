@@ -39,7 +39,11 @@ def read_parquet(path: Path) -> Iterator[tuple[int, Job]]:
         handle = pq.ParquetFile(path)
     except (OSError, pa.ArrowException, UnicodeDecodeError) as e:
         raise InputError(f"not a readable Parquet file: {e}", path=path) from None
-    unknown = [n for n in handle.schema_arrow.names if n not in FIELDS]
+    names = handle.schema_arrow.names
+    twice = [n for n in names if names.count(n) > 1]
+    if twice:  # a row would keep one of the values silently (CSV refuses this too)
+        raise InputError("duplicate column", path=path, field=twice[0])
+    unknown = [n for n in names if n not in FIELDS]
     if unknown:
         raise InputError(f"unknown column; expected some of {', '.join(FIELDS)}", path=path,
                          field=unknown[0])
