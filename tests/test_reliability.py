@@ -347,3 +347,27 @@ def test_jobs_no_device_can_hold_fail_with_their_reason_and_the_workers_survive(
         assert ray.get([w.ping.remote() for w in session.workers.values()], timeout=30)
     finally:
         close_session(session)
+
+
+def test_a_reused_session_whose_worker_died_between_runs_still_runs(tmp_path, local_ray) -> None:
+    """compare --mode live reuses workers across policies: one dead since the last run is
+    restarted, not a crash."""
+    import ray
+
+    from policies.base import load_policy
+    from workers.executor import LiveConfig, close_session, open_session, run_live
+
+    config = LiveConfig(emulate_gpus=2, speed=4.0, telemetry_interval=0.25)
+    session = open_session(config)
+    try:
+        ray.kill(session.workers["head/gpu0"])
+        jobs = tiny_jobs(60, seed=5, rate=20.0)
+        result = run_live(jobs, load_policy("greedy"), "greedy", tmp_path / "r", config,
+                          session=session)
+        assert result.exit_code == 0, result.message
+        assert_exactly_once(tmp_path / "r", jobs)
+        info = json.loads((tmp_path / "r" / "run.json").read_text())
+        assert info["worker_restarts"] == 1
+        assert ray.get(session.workers["head/gpu0"].ping.remote(), timeout=30) == "head/gpu0"
+    finally:
+        close_session(session)

@@ -116,7 +116,7 @@ def test_greedy_never_picks_a_device_that_cannot_run_the_job(cli, shared_trace, 
     trace = shared_trace("azure_llm_2023_conv.csv")
     out = tmp_path / "g"
     code, _, err = cli("simulate", trace, "--model", "tiny", "--policy", "greedy", "--limit",
-                       "3000", "--load", "0.9", "--out", out)
+                       "600", "--load", "0.9", "--out", out)
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["jobs_completed"] == 3000 and summary["decisions"]["error"] == 0
+    assert summary["jobs_completed"] == 600 and summary["decisions"]["error"] == 0

@@ -242,8 +242,13 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
     live = session or open_session(config)
     spec = live.spec
     fleet = Fleet(spec, config, live.workers)
+    dead_at_start: list[str] = []  # a reused worker that died in an earlier run
     if not own:
-        ray.get([w.reset.remote() for w in fleet.handles.values()], timeout=60)
+        for device, ref in [(d, w.reset.remote()) for d, w in fleet.handles.items()]:
+            try:
+                ray.get(ref, timeout=60)
+            except ray.exceptions.RayActorError:
+                dead_at_start.append(device)
     profiles = load_profiles(spec, config.profiles)
     cost = ClusterCost(spec, profiles)
     metrics = RayMetrics(policy_name)
@@ -333,6 +338,8 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
                                                          batch.flops, batch.memory)
             in_flight[ref] = batch
 
+    for device in dead_at_start:
+        worker_died(device, "dead before this run")
     next_tick, submitted, idle, exit_code, message = (
         start_clock + config.telemetry_interval, 0, 0, 0, None)
     try:
