@@ -93,10 +93,12 @@ class Controller:
     def __init__(self, spec: ClusterSpec, cost: ClusterCost, policy: Any, *,
                  policy_name: str, seed: int = 0, slots: int = 1, sink: Sink | None = None,
                  max_policy_failures: int = 10, max_attempts: int = 5,
-                 journal: Journal | None = None, decide_timeout: float | None = None) -> None:
+                 journal: Journal | None = None, decide_timeout: float | None = None,
+                 can_preempt: bool = True) -> None:
         self.spec, self.cost, self.policy, self.policy_name = spec, cost, policy, policy_name
         self.seed, self.sink, self.journal = seed, sink or Sink(), journal
         self.late_results = 0  # completions of batches already given up on, ignored
+        self.can_preempt = can_preempt  # whether the executor can stop a running batch
         self.deadline = Deadline(decide_timeout) if decide_timeout else None
         self.max_policy_failures, self.max_attempts = max_policy_failures, max_attempts
         self.now = 0.0
@@ -337,6 +339,13 @@ class Controller:
                 raise Rejected(f"offload target {action.device!r} is not a CPU device")
             gang = action.gang if isinstance(action, Place) else ()
             step.started.append(self._place(action.jobs, action.device, gang))
+        elif isinstance(action, Preempt | Migrate) and not self.can_preempt:
+            # A live worker cannot be stopped mid-batch: freeing its device here would
+            # put a second batch on it while the first still runs.
+            self._running(action.job)
+            raise Rejected("this executor cannot stop a running batch (live workers run a "
+                           "batch to its end); preemption and migration run in the "
+                           "simulator only")
         elif isinstance(action, Preempt):
             step.cancelled.append(self._preempt(action.job))
         elif isinstance(action, Migrate):

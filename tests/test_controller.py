@@ -276,3 +276,17 @@ def test_out_of_memory_shrinks_what_the_controller_plans_with_on_that_device() -
     before = ctl.devices[other.device].memory_limit
     ctl.batch_done(other.id, 0.4, "worker failed: RayActorError")
     assert ctl.devices[other.device].memory_limit == before
+
+
+def test_an_executor_that_cannot_stop_batches_rejects_preempt_and_migrate() -> None:
+    """Live workers run a batch to its end: freeing the device would double-book it."""
+    ctl, sink = controller(Scripted(one_each), can_preempt=False)
+    ctl.submit(job(0), 0.0)
+    step = ctl.decide(0.0, "arrival")
+    batch = step.started[0]
+    ctl.policy = Scripted(lambda view: [Preempt("j0"), Migrate("j0", GPU1)])
+    step = ctl.decide(0.1, "telemetry")
+    assert not step.cancelled and not step.started
+    assert [r["outcome"] for r in sink.rows[-2:]] == ["rejected", "rejected"]
+    assert "simulator only" in sink.rows[-1]["why"]
+    assert ctl.batches[batch.id].device == batch.device  # still running where it was

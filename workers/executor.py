@@ -254,7 +254,8 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
     metrics = RayMetrics(policy_name)
     outputs = RunOutputs(out, {d.id: d.node for d in spec.devices}, observer=metrics)
     controller = Controller(spec, cost, policy, policy_name=policy_name, seed=config.seed,
-                            sink=outputs, journal=journal, decide_timeout=config.decide_timeout)
+                            sink=outputs, journal=journal, decide_timeout=config.decide_timeout,
+                            can_preempt=False)
     log.info("live run: policy %s on %d devices of %d nodes%s", policy_name,
              len(spec.devices), len(spec.nodes),
              f", journal {journal.path}" if journal is not None else "")
