@@ -10,10 +10,10 @@ time left — if that job is more than ``preempt_ratio`` times shorter than the
 time left, and the batch has not yet run as long as it still has to (else
 restarting it wastes more than it saves). Cluster jobs are never preempted.
 
-The controller and the simulator honour ``Preempt``; the live Ray executor
-releases the device but does not yet stop the actor call (the work runs on,
-its result is dropped), so ``preempt_ratio=0`` is the choice for live runs:
-it makes the policy non-preemptive, SRTF at batch boundaries (= ``sjf``).
+The simulator honours ``Preempt``; live workers cannot stop a batch mid-run,
+so a live controller rejects it (with that reason) and the batch runs on:
+``preempt_ratio=0`` is the choice for live runs, making the policy
+non-preemptive, SRTF at batch boundaries (= ``sjf``).
 The policy learns which job runs where from its own placements, kept in
 ``Decisions.state`` until their predicted end.
 """
