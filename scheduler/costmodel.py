@@ -245,17 +245,16 @@ class Pack:
         total = self.calls + max(0, calls - had)
         device = max(self.compute_s + compute,
                      (self.nbytes + nbytes) / self.profile.bandwidth_bytes_s)
-        raw = max(total * self.profile.call_host_s, device)
-        if not self.profile.worker_scale:
-            return raw
-        return raw * self.profile.scale(_joined(self.kind, scale_kind(job)), device)
+        if self.profile.worker_scale:
+            device *= self.profile.scale(_joined(self.kind, scale_kind(job)), device)
+        return max(total * self.profile.call_host_s, device)
 
     @property
     def seconds(self) -> float:
         device = max(self.compute_s, self.nbytes / self.profile.bandwidth_bytes_s)
-        raw = max(self.calls * self.profile.call_host_s, device)
-        return raw * self.profile.scale(self.kind, device) if self.profile.worker_scale \
-            else raw
+        if self.profile.worker_scale:
+            device *= self.profile.scale(self.kind, device)
+        return max(self.calls * self.profile.call_host_s, device)
 
     def estimate(self) -> Estimate:
         return Estimate(self.seconds, self.backend, self.flops, self.calls)
@@ -333,14 +332,15 @@ def estimate(job: Job, profile: DeviceProfile, backend: str | None = None) -> Es
     # simulator prices every new shape through here.
     compute, nbytes, calls, flops, used = _job_terms(job, profile, backend)
     device = max(compute, nbytes / profile.bandwidth_bytes_s)
-    seconds = max(calls * profile.call_host_s, device)
     if profile.worker_scale:
-        seconds *= profile.scale(scale_kind(job), device)
-    return Estimate(seconds, used, flops, calls)
+        device *= profile.scale(scale_kind(job), device)
+    return Estimate(max(calls * profile.call_host_s, device), used, flops, calls)
 
 
 def device_seconds(job: AttentionJob, profile: DeviceProfile) -> float:
-    """The device's share of a lone job's time (no host floor): what ``worker_scale``
-    is keyed on, since it grows with the job where the floor does not."""
+    """The device's share of a lone job's time (no host floor), as the grid predicts it:
+    what ``worker_scale`` is keyed on and scales, since it grows with the job where the
+    host floor does not (the floor and the per-call and per-job costs are measured
+    apart)."""
     compute, nbytes, *_ = _job_terms(job, profile, None)
     return max(compute, nbytes / profile.bandwidth_bytes_s)

@@ -101,6 +101,10 @@ SCALE_SIZES = {  # job sizes the worker scale is measured at: prompt, KV or sequ
     "train": (64, 512, 2048),
 }
 DECODE_STEPS = 64
+# A size tells of the device's rate only where the grid's device time is at least this
+# share of the host floor; below, overheads the per-call and per-job fit covers dominate
+# and the ratio is noise (tens to a hundred on a 32-token prompt).
+FLOOR_SHARE = 8
 
 
 def layout_job(kind: str, size: int, dtype: DType) -> AttentionJob:
@@ -113,34 +117,40 @@ def layout_job(kind: str, size: int, dtype: DType) -> AttentionJob:
                         steps=DECODE_STEPS if decode else 1)
 
 
-def fit_worker_scale(run: Runner, plan: Plan, profile: DeviceProfile, job_s: float
-                     ) -> dict[str, list[list[float]]]:
-    """Per kind: (device s, measured/predicted) of lone jobs run by the worker itself.
+def fit_worker_scale(run: Runner, plan: Plan, profile: DeviceProfile, per_call_s: float,
+                     per_job_s: float) -> dict[str, list[list[float]]]:
+    """Per kind: (device s, measured/predicted device time) of lone jobs run by the worker.
 
     The grid times saturating SDPA calls in a tight loop; a lone request's
-    call has two heads, its GQA expansion and the worker's own loop around
-    it. ``job_s`` (the per-job cost the simulator charges apart) is taken off
-    the measured time first, so nothing is counted twice.
+    call has two heads, its GQA expansion and the worker's loop around it.
+    The per-call and per-job costs of the worker path (fitted apart, and
+    charged apart by the simulator) come off the measured time first, and a
+    size is kept only where what is left exceeds the host floor and the grid's
+    device time is not negligible beside it: elsewhere the floor and the
+    overheads explain the time and say nothing of the device's rate.
     """
     profile = replace(profile, worker_scale={})  # predictions of the grid alone
     dtype = DType(plan.reference_dtype)
     jobs = [layout_job(kind, size, dtype) for kind, sizes in SCALE_SIZES.items()
             for size in sizes]
-    predicted = {j.id: costmodel.estimate(j, profile).seconds for j in jobs}
+    predicted = {j.id: costmodel.estimate(j, profile) for j in jobs}
     device = {j.id: costmodel.device_seconds(j, profile) for j in jobs}
     for j in jobs:  # warm each shape once
-        _checked(run("warm-up", [j], predicted[j.id], 0.0))
+        _checked(run("warm-up", [j], predicted[j.id].seconds, 0.0))
     times: dict[str, list[float]] = {j.id: [] for j in jobs}
     for rep in range(plan.worker_repeats):
         for j in jobs:  # interleaved, so a burst of load elsewhere hits every size alike
             start = time.perf_counter()
-            _checked(run(f"scale-{rep}", [j], predicted[j.id], 0.0))
+            _checked(run(f"scale-{rep}", [j], predicted[j.id].seconds, 0.0))
             times[j.id].append(time.perf_counter() - start)
     out: dict[str, list[list[float]]] = {}
     for j in jobs:
-        kind = j.kind.value
-        ratio = max(0.05, (statistics.median(times[j.id]) - job_s) / predicted[j.id])
-        out.setdefault(kind, []).append([float(f"{device[j.id]:.6g}"), round(ratio, 4)])
+        left = statistics.median(times[j.id]) - per_call_s - per_job_s
+        floor = predicted[j.id].calls * profile.call_host_s
+        if left <= floor or device[j.id] < floor / FLOOR_SHARE:
+            continue
+        out.setdefault(j.kind.value, []).append(
+            [float(f"{device[j.id]:.6g}"), round(left / device[j.id], 4)])
     return out
 
 
@@ -163,6 +173,7 @@ def fit_in_process(plan: Plan, profile: DeviceProfile) -> dict[str, Any]:
         worker = _local_worker(plan)
         fit = fit_worker_jobs(worker.run, plan, profile)
         fit["worker_scale"] = fit_worker_scale(worker.run, plan, profile,
+                                               max(0.0, fit["per_call_us"]) * 1e-6,
                                                max(0.0, fit["per_job_us"]) * 1e-6)
         return fit
     finally:
