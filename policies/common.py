@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Mapping
+from typing import ClassVar
 
-from scheduler.decisions import Place
+from scheduler.decisions import Decisions, Place
 from scheduler.jobs import AttentionJob, ClusterJob, Job
 from scheduler.pricing import shape_key
 from scheduler.view import DeviceView, View
@@ -176,3 +177,28 @@ def place_in_order(view: View, ordered: Iterable[Job], pool: list[Job], max_batc
         elif strict:
             break
     return actions
+
+
+class OrderedPolicy:
+    """A policy that only orders the queue: ``key`` ranks each job, lowest first, and
+    the jobs are placed in that order as :func:`place_in_order` does (earliest-finish
+    device, same-shape packing). Subclasses set ``name``, ``description`` and
+    ``reason`` and define ``key``."""
+
+    reason: ClassVar[str] = ""
+
+    def __init__(self, lookahead: int = 256, max_batch: int = 64) -> None:
+        if lookahead < 1 or max_batch < 1:
+            raise ValueError("lookahead and max_batch must be at least 1")
+        self.lookahead, self.max_batch = lookahead, max_batch
+
+    def key(self, view: View, job: Job) -> float:
+        raise NotImplementedError
+
+    def decide(self, view: View) -> Decisions:
+        if not view.free:
+            return Decisions()
+        jobs = list(window(view.pending, self.lookahead))
+        order = sorted(range(len(jobs)), key=lambda i: (self.key(view, jobs[i]), i))
+        return Decisions(tuple(place_in_order(view, [jobs[i] for i in order], jobs,
+                                              self.max_batch, self.reason)))

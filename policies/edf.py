@@ -14,8 +14,7 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
-from policies.common import place_in_order, window
-from scheduler.decisions import Decisions
+from policies.common import OrderedPolicy
 from scheduler.jobs import Job
 from scheduler.view import View
 
@@ -25,19 +24,10 @@ def due(job: Job) -> float:
     return math.inf if job.deadline is None else job.submit_time + job.deadline
 
 
-class EdfPolicy:
+class EdfPolicy(OrderedPolicy):
     name: ClassVar[str] = "edf"
     description: ClassVar[str] = "earliest deadline (submit + SLO) first, same-shape packing"
+    reason: ClassVar[str] = "earliest deadline first"
 
-    def __init__(self, lookahead: int = 256, max_batch: int = 64) -> None:
-        if lookahead < 1 or max_batch < 1:
-            raise ValueError("lookahead and max_batch must be at least 1")
-        self.lookahead, self.max_batch = lookahead, max_batch
-
-    def decide(self, view: View) -> Decisions:
-        if not view.free:
-            return Decisions()
-        jobs = list(window(view.pending, self.lookahead))
-        order = sorted(range(len(jobs)), key=lambda i: (due(jobs[i]), i))
-        return Decisions(tuple(place_in_order(view, [jobs[i] for i in order], jobs,
-                                              self.max_batch, "earliest deadline first")))
+    def key(self, view: View, job: Job) -> float:
+        return due(job)

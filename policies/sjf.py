@@ -13,24 +13,15 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from policies.common import place_in_order, window
-from scheduler.decisions import Decisions
+from policies.common import OrderedPolicy
+from scheduler.jobs import Job
 from scheduler.view import View
 
 
-class SjfPolicy:
+class SjfPolicy(OrderedPolicy):
     name: ClassVar[str] = "sjf"
     description: ClassVar[str] = "shortest predicted job first (cost model), same-shape packing"
+    reason: ClassVar[str] = "shortest predicted first"
 
-    def __init__(self, lookahead: int = 256, max_batch: int = 64) -> None:
-        if lookahead < 1 or max_batch < 1:
-            raise ValueError("lookahead and max_batch must be at least 1")
-        self.lookahead, self.max_batch = lookahead, max_batch
-
-    def decide(self, view: View) -> Decisions:
-        if not view.free:
-            return Decisions()
-        jobs = list(window(view.pending, self.lookahead))
-        order = sorted(range(len(jobs)), key=lambda i: (view.cost.best_seconds(jobs[i]), i))
-        return Decisions(tuple(place_in_order(view, [jobs[i] for i in order], jobs,
-                                              self.max_batch, "shortest predicted first")))
+    def key(self, view: View, job: Job) -> float:
+        return view.cost.best_seconds(job)
