@@ -20,6 +20,7 @@ they covered simply run again.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Mapping
 from contextlib import closing
@@ -30,6 +31,7 @@ from scheduler.errors import InputError
 from scheduler.state import JobRecord, JobState
 from scheduler.traces.canonical import job_from_record, record_from_job
 
+log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 FILE = "journal.sqlite"
 
@@ -80,6 +82,9 @@ class Journal:
         self.path = path
         self.duplicates = 0  # outcomes refused because the job already had one
         if not resume:
+            if path.exists():
+                log.warning("%s holds an earlier run's journal; starting afresh replaces it "
+                            "(add --resume %s to continue that run instead)", path, path.parent)
             for stale in (path, path.with_name(path.name + "-wal"),
                           path.with_name(path.name + "-shm")):
                 stale.unlink(missing_ok=True)

@@ -371,3 +371,12 @@ def test_a_reused_session_whose_worker_died_between_runs_still_runs(tmp_path, lo
         assert ray.get(session.workers["head/gpu0"].ping.remote(), timeout=30) == "head/gpu0"
     finally:
         close_session(session)
+
+
+def test_a_fresh_run_over_a_journal_says_it_replaces_it(tmp_path, caplog) -> None:
+    from scheduler.journal import Journal
+
+    Journal(tmp_path / FILE, {"policy": "p", "trace": "t"}).close()
+    with caplog.at_level("WARNING", logger="scheduler.journal"):
+        Journal(tmp_path / FILE, {"policy": "p", "trace": "t"}).close()
+    assert "add --resume" in caplog.text
