@@ -175,19 +175,28 @@ class Controller:
                 f"fits no node: needs {job.gpus} GPUs, {job.cpus:g} CPUs and "
                 f"{size(job.memory_bytes)} on one node")
         else:
-            best = 0
-            reason = "no device can run it (no profile measures its dtype)"
-            for device in self.spec.devices:
-                seconds, need, _ = self.cost.solo(job, device.id)
-                if math.isfinite(seconds):
-                    if need <= device.memory_bytes:
-                        reason = None
-                        break
-                    best = max(best, device.memory_bytes)
-                    reason = (f"fits no device: needs {size(need)}, the largest "
-                              f"device that runs it has {size(best)}")
+            short = self._memory_short(job, ((d.id, d.memory_bytes) for d in self.spec.devices))
+            reason = None if short is None else (
+                "no device can run it (no profile measures its dtype)" if short[0] == 0 else
+                f"fits no device: needs {size(short[0])}, the largest device that runs it "
+                f"has {size(short[1])}")
         self._fit_memo[key] = reason
         return reason
+
+    def _memory_short(self, job: AttentionJob, capacity: Iterable[tuple[str, int]]
+                      ) -> tuple[int, int] | None:
+        """None when one of the ``(device, bytes)`` that can run ``job`` holds it; else
+        (the least it needs on them, the most any holds), or (0, 0) when none can run it."""
+        least, largest = 0, 0
+        for device_id, room in capacity:
+            seconds, need, _ = self.cost.solo(job, device_id)
+            if not math.isfinite(seconds):
+                continue
+            if need <= room:
+                return None
+            least = need if least == 0 else min(least, need)
+            largest = max(largest, room)
+        return least, largest
 
     def _enqueue(self, record: JobRecord, reason: str | None = None) -> None:
         record.state = JobState.QUEUED
@@ -678,16 +687,12 @@ class Controller:
     def _fits_nothing_up(self, job: Job) -> str | None:
         if not isinstance(job, AttentionJob):
             return None
-        largest, least = 0, None
-        for dev in self.devices.values():
-            seconds, need, _ = self.cost.solo(job, dev.spec.id)
-            if not dev.up or not math.isfinite(seconds):
-                continue
-            if need <= dev.memory_limit:
-                return None
-            largest = max(largest, dev.memory_limit)
-            least = need if least is None else min(least, need)
-        if least is None:
+        short = self._memory_short(job, ((d.spec.id, d.memory_limit)
+                                         for d in self.devices.values() if d.up))
+        if short is None:
+            return None
+        least, largest = short
+        if least == 0:
             return "no device that can run it is up (lost devices)"
         need_s, most_s = size(least), size(largest)
         if need_s == most_s:

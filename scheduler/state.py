@@ -93,3 +93,8 @@ class DeviceState:
     @property
     def slots_free(self) -> int:
         return self.slots - self.elastic
+
+    @property
+    def running_jobs(self) -> int:
+        """Jobs in the batches running here (what live views and metrics show)."""
+        return sum(len(b.jobs) for b in self.running.values())

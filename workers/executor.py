@@ -267,8 +267,8 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
             controller.restore(record)
         start_clock = resumed.clock
         controller.now = start_clock
-    skipped = set(resumed.finished) if resumed is not None else set()
-    stream: Iterator[Job] = (j for j in jobs if j.id not in skipped)
+    done_before: Mapping[str, Any] = resumed.finished if resumed is not None else {}
+    stream: Iterator[Job] = (j for j in jobs if j.id not in done_before)
     upcoming = next(stream, None)
     in_flight: dict[Any, Batch] = {}
     probes: dict[Any, str] = {}
@@ -290,7 +290,7 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
         reported = wall
         done = outputs.completed + outputs.failed
         util = sum(latest.values()) / len(latest) if latest else None
-        devices = {d: (latest.get(d), sum(len(b.jobs) for b in dev.running.values()), dev.up)
+        devices = {d: (latest.get(d), dev.running_jobs, dev.up)
                    for d, dev in controller.devices.items()}
         config.progress(LiveProgress(done, outputs.failed, clock(),
                                      done / max(wall - t0, 1e-9), util,

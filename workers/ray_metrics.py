@@ -97,7 +97,7 @@ class RayMetrics(Sink):
         self.queue.set(len(controller.pending), tags={"policy": self.policy})
         for device_id, dev in controller.devices.items():
             tags = {"device": device_id, "node": dev.spec.node}
-            self.running.set(sum(len(b.jobs) for b in dev.running.values()), tags=tags)
+            self.running.set(dev.running_jobs, tags=tags)
             self.up.set(1.0 if dev.up else 0.0, tags=tags)
             sample = controller.telemetry.get(device_id)
             if sample is not None:
