@@ -32,7 +32,7 @@ from scheduler.jobs import AttentionJob, ClusterJob, Job
 from scheduler.pricing import ClusterCost, shape_key
 from scheduler.state import Batch, DeviceState, JobRecord, JobState, NodeState
 from scheduler.units import size
-from scheduler.view import DeviceView, Telemetry, View
+from scheduler.view import DeviceView, NodeView, Telemetry, View
 
 if TYPE_CHECKING:
     from scheduler.journal import Journal
@@ -129,6 +129,7 @@ class Controller:
         self._proxies = (MappingProxyType(self.pending), MappingProxyType(self.tenants),
                          MappingProxyType(self._views), MappingProxyType(self.free),
                          MappingProxyType(self.telemetry), MappingProxyType(self.records))
+        self._node_views = MappingProxyType({k: NodeView(n) for k, n in self.nodes.items()})
 
     # -- admission and dependencies ------------------------------------------------------
 
@@ -275,7 +276,7 @@ class Controller:
         pending, tenants, devices, free, telemetry, records = self._proxies
         view = View(now, pending, tenants, devices, free, telemetry, self.cost,
                     self.seed * 1_000_003 + self.calls, self.policy_state, event, self.groups,
-                    records)
+                    records, self._node_views)
         try:
             answer = (self.policy.decide(view) if self.deadline is None
                       else self.deadline.call(self.policy.decide, view))

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from scheduler.cluster import DeviceSpec
 from scheduler.costmodel import Pack
 from scheduler.jobs import Job
-from scheduler.state import DeviceState, JobRecord
+from scheduler.state import DeviceState, JobRecord, NodeState
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +106,44 @@ class DeviceView:
                 f"memory_free={self.memory_free})")
 
 
+class NodeView:
+    """Read-only face of a node's host resources: what cluster jobs need besides GPUs.
+
+    A pod asks for CPUs and memory of its node as well as GPU share; a policy
+    that sees only the devices would place it where the GPUs are free but the
+    host is full, and have it rejected.
+    """
+
+    __slots__ = ("_state",)
+
+    def __init__(self, state: NodeState) -> None:
+        self._state = state
+
+    @property
+    def name(self) -> str:
+        return self._state.spec.name
+
+    @property
+    def up(self) -> bool:
+        return self._state.up
+
+    @property
+    def cpus_free(self) -> float:
+        return max(0.0, self._state.cpus_free)
+
+    @property
+    def memory_free(self) -> int:
+        return max(0, self._state.memory_free)
+
+    def fits(self, cpus: float, memory: int) -> bool:
+        """Room for ``cpus`` and ``memory`` bytes (the controller's own check)."""
+        return self.up and self._state.cpus_free + 1e-9 >= cpus and \
+            self._state.memory_free >= memory
+
+    def __repr__(self) -> str:
+        return f"NodeView({self.name}, up={self.up}, cpus_free={self.cpus_free:g})"
+
+
 class CostOracle(Protocol):
     """The cost model as policies use it, bound to the cluster's device profiles."""
 
@@ -155,6 +193,8 @@ class View:
         state: what the policy returned as ``Decisions.state`` last time.
         event: what triggered this call: arrival, completion, telemetry, failure.
         groups: device ids grouped by profile, in cluster order (fixed for a run).
+        nodes: every node by name: its free CPUs and host memory, which cluster
+            jobs (pods) need on the node that holds their GPUs.
     """
 
     now: float
@@ -169,6 +209,7 @@ class View:
     event: str
     groups: Mapping[str, tuple[str, ...]]
     _records: Mapping[str, JobRecord]
+    nodes: Mapping[str, NodeView] = field(default_factory=dict)
     _rng: list[random.Random] = field(default_factory=list)
 
     @property
