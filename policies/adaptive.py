@@ -5,6 +5,12 @@ urgency, so capacity is shared the way attention shares weight: every tenant
 gets some, the most urgent gets most, and waiting raises urgency (aging) so
 nothing starves. Within the tenant it runs the most urgent of the first few
 jobs: priority, deadline slack and predicted run time (short jobs first).
+Aging is measured against a job's own size as well as the clock (one unit of
+urgency per ``aging_s + aging_rel × run time`` seconds waited), so one default
+serves millisecond decodes and day-long pods: with the clock alone, a pod's
+hour in the queue swamps the short-first term and the policy degrades to FIFO.
+A job that cannot start this round (a gang no node has room for) does not hold
+back the rest of its tenant's queue.
 
 It then packs compatible jobs with it while the batch fits the device's
 memory and a latency budget, and routes the batch to the free device with the
@@ -12,7 +18,9 @@ earliest predicted finish, *discounted by measured speed* from telemetry: a
 device that runs slower than its profile gets less work. It declines a slow
 device when waiting for a fast one would finish sooner. Jobs that fit no
 device whole are split along batch or heads; small jobs go to CPU workers
-when no GPU is free.
+when no GPU is free. Cluster jobs (pods) are placed best fit, on the node
+whose GPUs are fullest and whose host still has their CPUs and memory
+(:class:`policies.common.BestFit`).
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import math
 from collections.abc import Mapping
 from typing import ClassVar
 
-from policies.common import fits, pack, place_cluster_job, reference_seconds, window
+from policies.common import BestFit, fits, pack, reference_seconds, window
 from scheduler.decisions import Action, Decisions, Offload, Place, Split
 from scheduler.jobs import AttentionJob, ClusterJob, Job
 from scheduler.view import DeviceView, View
@@ -33,25 +41,33 @@ class AdaptivePolicy:
                                   "split and CPU offload")
 
     def __init__(self, max_batch: int = 64, head: int = 32, temperature: float = 1.0,
-                 aging_s: float = 10.0, budget_factor: float = 2.0, min_budget_s: float = 0.05,
-                 offload_max_s: float = 0.05, slow_speed: float = 0.8) -> None:
+                 aging_s: float = 10.0, aging_rel: float = 10.0, budget_factor: float = 2.0,
+                 min_budget_s: float = 0.05, offload_max_s: float = 0.05,
+                 slow_speed: float = 0.8) -> None:
         positive = {"max_batch": max_batch, "head": head, "temperature": temperature,
                     "aging_s": aging_s, "budget_factor": budget_factor}
         for key, value in positive.items():
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{key} must be a positive number, got {value}")
-        if not (min_budget_s >= 0 and offload_max_s >= 0 and 0 <= slow_speed <= 1):
-            raise ValueError("min_budget_s and offload_max_s must be >= 0, slow_speed in [0, 1]")
+        if not (min_budget_s >= 0 and offload_max_s >= 0 and 0 <= slow_speed <= 1
+                and math.isfinite(aging_rel) and aging_rel >= 0):
+            raise ValueError("min_budget_s, offload_max_s and aging_rel must be >= 0, "
+                             "slow_speed in [0, 1]")
         self.max_batch, self.head, self.temperature = max_batch, head, temperature
         self.aging_s, self.budget_factor, self.min_budget_s = aging_s, budget_factor, min_budget_s
         self.offload_max_s, self.slow_speed = offload_max_s, slow_speed
+        self.aging_rel = aging_rel
 
     # -- urgency ---------------------------------------------------------------------------
 
     def urgency(self, view: View, job: Job, seconds: float) -> float:
-        """Higher is more urgent: priority, aging, deadline slack, then short jobs."""
+        """Higher is more urgent: priority, aging, deadline slack, then short jobs.
+
+        Aging divides the wait by ``aging_s + aging_rel × seconds``: short jobs
+        age on the clock, long ones relative to their own run time.
+        """
         waited = view.now - view.ready_time(job.id)
-        score = float(job.priority) + waited / self.aging_s
+        score = float(job.priority) + waited / (self.aging_s + self.aging_rel * seconds)
         if job.deadline is not None:
             slack = job.submit_time + job.deadline - view.now - seconds
             score += 2.0 / (1.0 + math.exp(slack))  # near or past its deadline: up to +2
@@ -144,13 +160,13 @@ class AdaptivePolicy:
 
     # -- the decision ----------------------------------------------------------------------
 
-    def _head(self, view: View, jobs: Mapping[str, Job], placed: set[str]
-              ) -> tuple[float, Job] | None:
-        """The most urgent of a tenant's first ``head`` jobs not yet placed this round."""
+    def _head(self, view: View, jobs: Mapping[str, Job], placed: set[str],
+              skipped: set[str] = frozenset()) -> tuple[float, Job] | None:  # type: ignore[assignment]
+        """The most urgent of a tenant's first ``head`` jobs not placed or tried this round."""
         best: tuple[float, Job] | None = None
         seen = 0
         for job in jobs.values():
-            if job.id in placed:
+            if job.id in placed or job.id in skipped:
                 continue
             score = self.urgency(view, job, reference_seconds(view, job))
             if best is None or score > best[0]:
@@ -166,6 +182,8 @@ class AdaptivePolicy:
             return Decisions()
         taken: dict[str, int] = {}
         placed: set[str] = set()
+        skipped: set[str] = set()  # tried this round and could not start
+        fit: BestFit | None = None
         # Each tenant's head is computed once and refreshed only for the tenant
         # that was served: a placement touches no other tenant's queue.
         heads: dict[str, tuple[float, Job]] = {}
@@ -177,12 +195,18 @@ class AdaptivePolicy:
         while heads and len(taken) < len(view.free) and rounds < 4 * len(view.free) + 8:
             rounds += 1
             tenant = self._pick_tenant(view, heads)
-            action = self._place_one(view, heads[tenant][1], taken, placed)
-            if action is None:
-                del heads[tenant]  # nothing of this tenant's fits this round
-                continue
-            actions.append(action)
-            best = self._head(view, view.tenants.get(tenant, {}), placed)
+            job = heads[tenant][1]
+            if fit is None and isinstance(job, ClusterJob):
+                fit = BestFit(view)  # built once a round, only when a gang job comes up
+            action = self._place_one(view, job, taken, placed, fit)
+            if action is not None:
+                actions.append(action)
+            else:
+                # It cannot start now (a gang no node has room for, a job too big for
+                # what is free): the tenant's next most urgent job may, rather than the
+                # whole tenant waiting behind it this round.
+                skipped.add(job.id)
+            best = self._head(view, view.tenants.get(tenant, {}), placed, skipped)
             if best is None:
                 del heads[tenant]
             else:
@@ -190,10 +214,11 @@ class AdaptivePolicy:
         return Decisions(tuple(actions))
 
     def _place_one(self, view: View, job: Job, taken: dict[str, int],
-                   placed: set[str]) -> Action | None:
+                   placed: set[str], fit: BestFit | None) -> Action | None:
         if isinstance(job, ClusterJob):
+            assert fit is not None
             used = set(taken)
-            place = place_cluster_job(view, job, used, "adaptive first fit")
+            place = fit.place(job, used, "adaptive best fit")
             if place is not None:
                 placed.add(job.id)
                 taken.update(dict.fromkeys(used, 1))
