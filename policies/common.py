@@ -135,7 +135,8 @@ class BestFit:
 
     Nodes are kept sorted by free share, so a placement tries the fullest node
     first and stops at the first that fits; the index is built once per round
-    (the view is frozen) and follows the round's own placements.
+    (the view is frozen) and follows the round's own placements, host CPUs and
+    memory included, so two pods of one round never share a host's last CPUs.
     """
 
     def __init__(self, view: View) -> None:
@@ -146,8 +147,15 @@ class BestFit:
                 devices.setdefault(device.node, []).append(device)
                 free[device.node] = free.get(device.node, 0.0) + (
                     device.share_free if device.kind == "gpu" else 0.0)
-        self.view, self.devices = view, devices
+        self.devices = devices
         self.order = sorted((share, node) for node, share in free.items())
+        # Host room left this round; a node the view does not describe is not limited.
+        self.host = {name: (n.cpus_free, n.memory_free) for name, n in view.nodes.items()
+                     if n.up}
+
+    def _host_fits(self, node: str, job: ClusterJob) -> bool:
+        room = self.host.get(node)
+        return room is None or (room[0] + 1e-9 >= job.cpus and room[1] >= job.memory_bytes)
 
     def place(self, job: ClusterJob, used: set[str], reason: str) -> Place | None:
         """Like :func:`place_cluster_job`, best fit. A job without GPUs goes to the node
@@ -155,9 +163,8 @@ class BestFit:
         of nodes with free GPUs for the jobs that need those GPUs."""
         need = max(job.gpus, 1)
         share = job.gpu_fraction if job.gpus else 0.0
-        hosts = host_room(self.view, job)
         for i, (free, node) in enumerate(self.order):
-            if free + 1e-9 < need * share or not hosts(node):
+            if free + 1e-9 < need * share or not self._host_fits(node, job):
                 continue
             members = [d for d in self.devices[node] if d.id not in used and
                        (not job.gpus or d.kind == "gpu") and d.share_free + 1e-9 >= share]
@@ -167,6 +174,9 @@ class BestFit:
             if share:
                 del self.order[i]
                 bisect.insort(self.order, (free - need * share, node))
+            if node in self.host:
+                cpus, memory = self.host[node]
+                self.host[node] = (cpus - job.cpus, memory - job.memory_bytes)
             return _gang(job, members[:need], used, reason)
         return None
 

@@ -132,3 +132,26 @@ def test_adaptive_does_not_hold_a_tenant_behind_a_gang_that_cannot_start() -> No
                        cluster_job(id="solo", submit_time=1.1, duration=1.0, tenant="a")]
     starts, _ = starts_and_rejections(jobs, load_policy("adaptive"), one_node)
     assert starts == {"blocker": 0.0, "gang": 10.0, "solo": 1.1}
+
+
+def test_best_fit_counts_the_hosts_cpus_its_round_already_gave_out() -> None:
+    # Each pod fits gpu-0's 8 CPUs alone, not both together: the second of one round
+    # goes to gpu-1 (the view is frozen for the round; BestFit keeps the tally).
+    chosen: list[str] = []
+
+    def decide(view: Any) -> Decisions:
+        fit = BestFit(view)
+        actions = []
+        for job in view.pending.values():
+            place = fit.place(job, set(chosen), "best fit")
+            assert place is not None
+            chosen.append(place.device)
+            actions.append(place)
+        return Decisions(tuple(actions))
+
+    ctl, sink = controller(Scripted(decide), TWO_BY_TWO)
+    ctl.submit(cluster_job(id="p1", cpus=5.0), 0.0)
+    ctl.submit(cluster_job(id="p2", cpus=5.0), 0.0)
+    ctl.decide(0.0, "arrival")
+    assert chosen == ["gpu-0/gpu0", "gpu-1/gpu0"]
+    assert [row["outcome"] for row in sink.rows] == ["applied", "applied"]
