@@ -26,14 +26,23 @@ from tests.builders import attention_job
 from tests.simkit import Recorder, Scripted
 from workers import calibrate
 from workers.calibrate import Plan, build_profile, count_steps
-from workers.calibrate_live import SHARING_ROUNDS, fit_line, fit_worker_jobs, local_cluster
+from workers.calibrate_live import (
+    REPLAY_LOAD,
+    SHARING_ROUNDS,
+    fit_line,
+    fit_worker_jobs,
+    fold_scale,
+    local_cluster,
+    replay_jobs,
+)
 from workers.worker import BatchResult
 
+SHIPPED_CPU = Path(__file__).resolve().parents[1] / "scheduler" / "profile_data" / "cpu.json"
 TINY = Plan(lengths=(64, 256), head_dims=(16, 32), dtypes=("fp32",), causal=(False, True),
             point_flops=2.0**21, min_time=0.01, batch_sizes=(1, 4), packing_lengths=(64,),
             worker_batches=(1, 4, 8), worker_repeats=3, sharing_workers=2,
             sharing_batch_s=0.01, sharing_batches=3, decision_devices=2, decision_queue=8,
-            decision_rounds=10)
+            decision_rounds=10, replay_jobs=80)
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +80,37 @@ def test_quick_calibration_writes_a_profile_that_validates(calibrated) -> None:
     curve = data["reference"]["batching_heads8_headdim64"]
     assert [row["jobs"] for row in curve] == list(TINY.batch_sizes)
     assert data["reference"]["decision"]["jobs_placed"] > 0
+    # The live replay ran through the real live path and set each kind's level.
+    replay = data["reference"]["live_replay"]
+    assert replay["jobs"] == TINY.replay_jobs and sum(replay["lone_batches"].values()) > 0
+    ratios = replay["worker_over_predicted"]
+    assert ratios and all(r > 0 for r in ratios.values())
+    lone = data["reference"]["worker_scale_lone"]
+    for kind, curve in data["worker_scale"].items():
+        if kind in lone:
+            assert curve == [[x, round(y * ratios.get(kind, 1.0), 4)] for x, y in lone[kind]]
+        else:
+            assert [y for _, y in curve] == [ratios[kind]]
+
+
+def test_the_replay_sets_each_kinds_level_and_keeps_its_shape() -> None:
+    lone = {"prefill": [[0.001, 1.2], [0.01, 1.0]], "train": [[0.01, 1.1]]}
+    folded = fold_scale(lone, {"prefill": 1.5, "decode": 0.9}, {"decode": 0.002, "train": 1.0})
+    assert folded == {"prefill": [[0.001, 1.8], [0.01, 1.5]], "train": [[0.01, 1.1]],
+                      "decode": [[0.002, 0.9]]}
+    assert lone["prefill"] == [[0.001, 1.2], [0.01, 1.0]]  # the input is not changed
+
+
+def test_the_replay_offers_the_load_it_aims_at() -> None:
+    profile = load_profile(SHIPPED_CPU)
+    plan = replace(TINY, replay_jobs=400)
+    jobs = replay_jobs(plan, profile)
+    per_batch = profile.batch_call_s + profile.decision_s + profile.worker_job_s
+    work = sum(costmodel.estimate(j, profile).seconds + per_batch for j in jobs)
+    span = jobs[-1].submit_time - jobs[0].submit_time
+    # Poisson arrivals: the span of n arrivals is n/rate give or take a few percent.
+    assert work / (plan.sharing_workers * span) == pytest.approx(REPLAY_LOAD, rel=0.15)
+    assert jobs == replay_jobs(plan, profile)  # seeded: the same jobs every time
 
 
 def test_the_cost_model_prices_a_small_job_with_it(calibrated) -> None:
@@ -133,7 +173,7 @@ def test_every_measurement_ticks_the_progress_bar_once() -> None:
     assert profile.actor_call_s == 0 and profile.node_sharing == ((1.0, 1.0),)
     assert data["worker_job_us"] == max(0.0, data["reference"]["worker_in_process"]
                                         ["per_job_us"])
-    assert count_steps(TINY) == count_steps(plan) + 4 + SHARING_ROUNDS * TINY.sharing_workers
+    assert count_steps(TINY) == count_steps(plan) + 5 + SHARING_ROUNDS * TINY.sharing_workers
 
 
 def test_fit_line_recovers_a_known_line() -> None:

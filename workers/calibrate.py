@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import sdpa_kernel
 
+from scheduler import costmodel
 from scheduler.profiles import (
     FORMAT,
     SCHEMA,
@@ -85,6 +86,7 @@ class Plan:
     decision_queue: int = 32
     decision_rounds: int = 200
     ray: bool = True
+    replay_jobs: int = 600  # a live replay's jobs (0: none); see calibrate_live.replay_scale
 
     def __post_init__(self) -> None:
         if not (self.lengths and self.head_dims and self.dtypes and self.backends
@@ -119,7 +121,7 @@ def quick_plan(device: str = "cpu", threads: int = 1) -> Plan:
                    (512, 4096), head_dims=(16, 64) if device == "cpu" else (64, 128),
                    point_flops=full_plan(device).point_flops / 4, min_time=0.1,
                    packing_lengths=(128, 512), worker_repeats=5, sharing_batch_s=0.05,
-                   sharing_batches=4, decision_rounds=60)
+                   sharing_batches=4, decision_rounds=60, replay_jobs=300)
 
 
 def count_steps(plan: Plan) -> int:
@@ -369,7 +371,18 @@ def build_profile(plan: Plan, name: str, tick: Tick = _no_tick) -> dict[str, Any
     partial_profile: DeviceProfile = profile_from_dict(data)  # the live fits predict with it
     data.update(calibrate_live.measure_live(plan, partial_profile, tick))
     data["reference"].update(data.pop("live_reference"))
-    profile_from_dict(data)
+    profile = profile_from_dict(data)
+    if plan.ray and plan.device == "cpu" and plan.replay_jobs:
+        ratios, data["reference"]["live_replay"] = calibrate_live.replay_scale(plan, data, tick)
+        sizes: dict[str, list[float]] = {}
+        for job in calibrate_live.replay_jobs(plan, profile):
+            sizes.setdefault(costmodel.scale_kind(job), []).append(
+                costmodel.device_seconds(job, profile))
+        typical = {kind: statistics.median(v) for kind, v in sizes.items()}
+        data["reference"]["worker_scale_lone"] = data.get("worker_scale", {})
+        data["worker_scale"] = calibrate_live.fold_scale(data.get("worker_scale", {}), ratios,
+                                                         typical)
+        profile_from_dict(data)
     return data
 
 

@@ -42,7 +42,8 @@ def live_steps(plan: Plan) -> int:
     """Ticks :func:`measure_live` makes (see ``count_steps``)."""
     if not plan.ray:
         return 2  # per-job fit in process, decision time
-    return 6 + (SHARING_ROUNDS * plan.sharing_workers if plan.device == "cpu" else 0)
+    cpu = plan.device == "cpu"
+    return 6 + (SHARING_ROUNDS * plan.sharing_workers + bool(plan.replay_jobs) if cpu else 0)
 
 
 def fit_line(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
@@ -464,4 +465,98 @@ def measure_live(plan: Plan, profile: DeviceProfile, tick: Tick) -> dict[str, An
                worker_job_us=max(0.0, via_ray["per_job_us"]),
                telemetry_us=round(telemetry_s * 1e6, 3), node_sharing=sharing,
                live_reference=reference)
+    return out
+
+
+# -- a live replay ----------------------------------------------------------------------------
+
+REPLAY_SEED = 7919  # the replay's own jobs: not a trace anyone evaluates on
+REPLAY_LOAD = 0.5  # offered load of the replay on its workers
+REPLAY_MIN = 10  # lone jobs of a kind needed to correct that kind
+
+
+def replay_jobs(plan: Plan, profile: DeviceProfile) -> list[AttentionJob]:
+    """``plan.replay_jobs`` tiny-preset jobs (the mix a CPU worker is given), arriving at
+    ``REPLAY_LOAD`` of ``plan.sharing_workers`` workers as the profile prices them."""
+    from scheduler.presets import get_preset
+    from scheduler.traces.synth import SynthSpec, generate
+
+    jobs = list(generate(SynthSpec(jobs=plan.replay_jobs, seed=REPLAY_SEED, rate=1.0),
+                         get_preset("tiny")))
+    per_batch = profile.batch_call_s + profile.decision_s + profile.worker_job_s
+    mean_s = statistics.fmean(costmodel.estimate(j, profile).seconds + per_batch for j in jobs)
+    rate = REPLAY_LOAD * max(1, plan.sharing_workers) / mean_s  # jobs per second
+    return [replace(j, submit_time=j.submit_time / rate) for j in jobs]
+
+
+def replay_scale(plan: Plan, data: dict[str, Any], tick: Tick
+                 ) -> tuple[dict[str, float], dict[str, Any]]:
+    """Per kind, what a live run's workers take over what the profile predicts.
+
+    The grid and the lone-job fit time one worker on a quiet node, each shape
+    run again and again. A live run is not that: its workers compute side by
+    side while the driver decides, journals and sends, and every prompt has its
+    own length. A short replay through the real live path (``run_live`` with
+    the static policy, so every batch is one job, on emulated GPUs as a local
+    run uses) measures the difference: for each kind, the median of the
+    worker-timed seconds over the profile's prediction for the same job. The
+    caller folds it into ``worker_scale``. Returns the ratios and the raw figures.
+    """
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import ray
+
+    from policies.base import load_policy
+    from scheduler.costmodel import scale_kind
+    from scheduler.profiles import profile_from_dict
+    from workers.executor import LiveConfig, run_live
+
+    tick("live replay")
+    profile = profile_from_dict(data)
+    jobs = replay_jobs(plan, profile)
+    kinds = {j.id: scale_kind(j) for j in jobs}
+    seen: dict[str, list[float]] = {}
+
+    def record(batch: Any, seconds: float) -> None:
+        if len(batch.jobs) == 1 and batch.solo_seconds > 0:
+            seen.setdefault(kinds[batch.jobs[0]], []).append(seconds / batch.solo_seconds)
+
+    started = not ray.is_initialized()
+    with tempfile.TemporaryDirectory(prefix="attnsched-replay-") as tmp:
+        path = Path(tmp) / "profile.json"
+        path.write_text(json.dumps(data))
+        config = LiveConfig(emulate_gpus=max(1, plan.sharing_workers), speed=1.0,
+                            profiles={"cpu": str(path)}, on_batch=record, decide_timeout=None)
+        try:
+            # A run folder as a real run has: the journal and outputs cost the driver time.
+            result = run_live(jobs, load_policy("static"), "static", Path(tmp) / "run", config)
+        finally:
+            if started:
+                ray.shutdown()
+    if result.exit_code != 0:
+        raise RuntimeError(f"the calibration replay failed: {result.message}")
+    ratios = {k: round(statistics.median(v), 4) for k, v in seen.items() if len(v) >= REPLAY_MIN}
+    reference = {"jobs": len(jobs), "load": REPLAY_LOAD, "workers": config.emulate_gpus,
+                 "lone_batches": {k: len(v) for k, v in seen.items()},
+                 "worker_over_predicted": ratios,
+                 "jct_mean_s": result.summary.get("jct_mean")}
+    return ratios, reference
+
+
+def fold_scale(worker_scale: dict[str, list[list[float]]], ratios: dict[str, float],
+               devices: dict[str, float]) -> dict[str, list[list[float]]]:
+    """``worker_scale`` with each kind's curve multiplied by the replay's ratio for it.
+
+    The lone-job curve keeps its shape across sizes; the replay sets its level
+    under a live run's conditions. A kind the lone-job fit kept no point for
+    gets a flat curve at the replay's ratio (``devices``: a typical device time).
+    """
+    out = {k: [list(p) for p in v] for k, v in worker_scale.items()}
+    for kind, ratio in ratios.items():
+        if kind in out:
+            out[kind] = [[x, round(y * ratio, 4)] for x, y in out[kind]]
+        elif kind in devices:
+            out[kind] = [[float(f"{devices[kind]:.6g}"), ratio]]
     return out

@@ -84,6 +84,9 @@ class LiveConfig:
     decide_timeout: float | None = 10.0
     # Port of the local Ray's Prometheus endpoint (attnsched's metrics); None: Ray picks.
     metrics_port: int | None = None
+    # Called with each batch that ran and the seconds its worker timed it: how
+    # calibration sees what a live run's workers really spend (workers/calibrate_live.py).
+    on_batch: Callable[[Batch, float], None] | None = None
 
 
 def start_ray(config: LiveConfig) -> None:
@@ -380,7 +383,10 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
                 elif ref in in_flight:
                     batch = in_flight.pop(ref)
                     try:
-                        error = ray.get(ref).error
+                        result = ray.get(ref)
+                        error = result.error
+                        if config.on_batch is not None and error is None:
+                            config.on_batch(batch, result.seconds)
                     except ray.exceptions.RayActorError as e:
                         worker_died(batch.device, type(e).__name__)
                         event = "device_down"
