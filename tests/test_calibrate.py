@@ -33,6 +33,7 @@ from workers.calibrate_live import (
     fit_worker_jobs,
     fold_scale,
     local_cluster,
+    net_of_sharing,
     replay_jobs,
 )
 from workers.worker import BatchResult
@@ -99,6 +100,19 @@ def test_the_replay_sets_each_kinds_level_and_keeps_its_shape() -> None:
     assert folded == {"prefill": [[0.001, 1.8], [0.01, 1.5]], "train": [[0.01, 1.1]],
                       "decode": [[0.002, 0.9]]}
     assert lone["prefill"] == [[0.001, 1.2], [0.01, 1.0]]  # the input is not changed
+
+
+def test_the_replay_takes_out_the_node_sharing_the_simulator_adds() -> None:
+    # Node sharing halves a worker's speed with two busy. a1 and b1 overlap wholly, so
+    # each ran at half speed: their ratio is net of that. a2 ran alone: as measured.
+    profile = replace(load_profile(SHIPPED_CPU), node_sharing=((1.0, 1.0), (2.0, 0.5)))
+    runs = [("prefill", "a", 0.0, 2.0, 1.0), ("prefill", "b", 0.0, 2.0, 1.0),
+            ("train", "a", 10.0, 13.0, 2.0), ("train", "b", 12.0, 13.0, 1.0)]
+    ratios = net_of_sharing(runs, profile)
+    assert ratios["prefill"] == pytest.approx([1.0, 1.0])
+    # a's train run overlapped b's for a third of its time: 1⅓ busy workers on average.
+    share = profile.node_efficiency(1 + 1 / 3)
+    assert ratios["train"] == pytest.approx([3.0 * share / 2.0, 0.5])
 
 
 def test_the_replay_offers_the_load_it_aims_at() -> None:

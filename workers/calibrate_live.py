@@ -517,11 +517,13 @@ def replay_scale(plan: Plan, data: dict[str, Any], tick: Tick
     profile = profile_from_dict(data)
     jobs = replay_jobs(plan, profile)
     kinds = {j.id: scale_kind(j) for j in jobs}
-    seen: dict[str, list[float]] = {}
+    runs: list[tuple[str, str, float, float, float]] = []  # kind, device, start, end, solo
 
     def record(batch: Any, seconds: float) -> None:
         if len(batch.jobs) == 1 and batch.solo_seconds > 0:
-            seen.setdefault(kinds[batch.jobs[0]], []).append(seconds / batch.solo_seconds)
+            end = time.perf_counter()
+            runs.append((kinds[batch.jobs[0]], batch.device, end - seconds, end,
+                         batch.solo_seconds))
 
     started = not ray.is_initialized()
     with tempfile.TemporaryDirectory(prefix="attnsched-replay-") as tmp:
@@ -537,12 +539,34 @@ def replay_scale(plan: Plan, data: dict[str, Any], tick: Tick
                 ray.shutdown()
     if result.exit_code != 0:
         raise RuntimeError(f"the calibration replay failed: {result.message}")
+    seen = net_of_sharing(runs, profile)
     ratios = {k: round(statistics.median(v), 4) for k, v in seen.items() if len(v) >= REPLAY_MIN}
     reference = {"jobs": len(jobs), "load": REPLAY_LOAD, "workers": config.emulate_gpus,
                  "lone_batches": {k: len(v) for k, v in seen.items()},
                  "worker_over_predicted": ratios,
                  "jct_mean_s": result.summary.get("jct_mean")}
     return ratios, reference
+
+
+def net_of_sharing(runs: Sequence[tuple[str, str, float, float, float]],
+                   profile: DeviceProfile) -> dict[str, list[float]]:
+    """Per kind, worker-timed over predicted seconds with the node sharing taken out.
+
+    The simulator slows a worker by ``node_sharing`` while its node's other
+    workers compute, so a ratio that kept that slowdown would be charged
+    twice. Each run's busy peers are counted from the replay's own compute
+    intervals (time-averaged overlap with the other devices' runs), and the
+    ratio is multiplied by the efficiency the simulator would apply at that
+    count. ``runs``: (kind, device, start, end, predicted seconds).
+    """
+    out: dict[str, list[float]] = {}
+    for kind, device, start, end, solo in runs:
+        length = max(end - start, 1e-12)
+        peers = sum(max(0.0, min(end, e) - max(start, s)) for _, d, s, e, _ in runs
+                    if d != device) / length
+        efficiency = profile.node_efficiency(1.0 + peers)
+        out.setdefault(kind, []).append((end - start) * efficiency / solo)
+    return out
 
 
 def fold_scale(worker_scale: dict[str, list[list[float]]], ratios: dict[str, float],
