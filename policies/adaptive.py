@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from typing import ClassVar
 
 from policies.common import BestFit, fits, pack, reference_seconds, window
@@ -160,8 +161,8 @@ class AdaptivePolicy:
 
     # -- the decision ----------------------------------------------------------------------
 
-    def _head(self, view: View, jobs: Mapping[str, Job], placed: set[str],
-              skipped: set[str] = frozenset()) -> tuple[float, Job] | None:  # type: ignore[assignment]
+    def _head(self, view: View, jobs: Mapping[str, Job], placed: AbstractSet[str],
+              skipped: AbstractSet[str] = frozenset()) -> tuple[float, Job] | None:
         """The most urgent of a tenant's first ``head`` jobs not placed or tried this round."""
         best: tuple[float, Job] | None = None
         seen = 0
