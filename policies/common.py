@@ -10,6 +10,7 @@ from typing import ClassVar
 from scheduler.decisions import Decisions, Place
 from scheduler.jobs import AttentionJob, ClusterJob, Job
 from scheduler.pricing import shape_key
+from scheduler.state import host_fits
 from scheduler.view import DeviceView, View
 
 
@@ -155,7 +156,7 @@ class BestFit:
 
     def _host_fits(self, node: str, job: ClusterJob) -> bool:
         room = self.host.get(node)
-        return room is None or (room[0] + 1e-9 >= job.cpus and room[1] >= job.memory_bytes)
+        return room is None or host_fits(*room, job.cpus, job.memory_bytes)
 
     def place(self, job: ClusterJob, used: set[str], reason: str) -> Place | None:
         """Like :func:`place_cluster_job`, best fit. A job without GPUs goes to the node

@@ -457,7 +457,7 @@ class Controller:
                 raise Rejected(f"device {m.spec.id!r} has {m.share_free:.2f} of a GPU free, "
                                f"needs {share:.2f}")
         node = self.nodes[dev.spec.node]
-        if node.cpus_free + 1e-9 < job.cpus or node.memory_free < job.memory_bytes:
+        if not node.fits(job.cpus, job.memory_bytes):
             raise Rejected(f"node {node.spec.name!r} has {node.cpus_free:g} CPUs and "
                            f"{size(node.memory_free)} free")
         return self._launch(jobs, dev, tuple(gang), job.duration, share, 0, 0.0, job.cpus,

@@ -73,6 +73,15 @@ class NodeState:
     memory_free: int
     up: bool = True
 
+    def fits(self, cpus: float, memory: int) -> bool:
+        """Room on the host for ``cpus`` and ``memory`` bytes."""
+        return host_fits(self.cpus_free, self.memory_free, cpus, memory)
+
+
+def host_fits(cpus_free: float, memory_free: int, cpus: float, memory: int) -> bool:
+    """The one host-room rule (CPU counts are floats: a tolerance for their sums)."""
+    return cpus_free + 1e-9 >= cpus and memory_free >= memory
+
 
 @dataclass(slots=True)
 class DeviceState:

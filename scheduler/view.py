@@ -137,8 +137,7 @@ class NodeView:
 
     def fits(self, cpus: float, memory: int) -> bool:
         """Room for ``cpus`` and ``memory`` bytes (the controller's own check)."""
-        return self.up and self._state.cpus_free + 1e-9 >= cpus and \
-            self._state.memory_free >= memory
+        return self.up and self._state.fits(cpus, memory)
 
     def __repr__(self) -> str:
         return f"NodeView({self.name}, up={self.up}, cpus_free={self.cpus_free:g})"
