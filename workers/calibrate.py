@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import sdpa_kernel
 
-from scheduler import costmodel
 from scheduler.profiles import (
     FORMAT,
     SCHEMA,
@@ -373,15 +372,10 @@ def build_profile(plan: Plan, name: str, tick: Tick = _no_tick) -> dict[str, Any
     data["reference"].update(data.pop("live_reference"))
     profile = profile_from_dict(data)
     if plan.ray and plan.device == "cpu" and plan.replay_jobs:
-        ratios, data["reference"]["live_replay"] = calibrate_live.replay_scale(plan, data, tick)
-        sizes: dict[str, list[float]] = {}
-        for job in calibrate_live.replay_jobs(plan, profile):
-            sizes.setdefault(costmodel.scale_kind(job), []).append(
-                costmodel.device_seconds(job, profile))
-        typical = {kind: statistics.median(v) for kind, v in sizes.items()}
+        scale, data["reference"]["live_replay"] = calibrate_live.replay_scale(
+            plan, data, profile, tick)
         data["reference"]["worker_scale_lone"] = data.get("worker_scale", {})
-        data["worker_scale"] = calibrate_live.fold_scale(data.get("worker_scale", {}), ratios,
-                                                         typical)
+        data["worker_scale"] = scale
         profile_from_dict(data)
     return data
 

@@ -489,9 +489,10 @@ def replay_jobs(plan: Plan, profile: DeviceProfile) -> list[AttentionJob]:
     return [replace(j, submit_time=j.submit_time / rate) for j in jobs]
 
 
-def replay_scale(plan: Plan, data: dict[str, Any], tick: Tick
-                 ) -> tuple[dict[str, float], dict[str, Any]]:
-    """Per kind, what a live run's workers take over what the profile predicts.
+def replay_scale(plan: Plan, data: dict[str, Any], profile: DeviceProfile, tick: Tick
+                 ) -> tuple[dict[str, list[list[float]]], dict[str, Any]]:
+    """``worker_scale`` set to what a live run's workers take over what ``profile``
+    (``data`` parsed) predicts, per kind; and the raw figures.
 
     The grid and the lone-job fit time one worker on a quiet node, each shape
     run again and again. A live run is not that: its workers compute side by
@@ -499,8 +500,8 @@ def replay_scale(plan: Plan, data: dict[str, Any], tick: Tick
     own length. A short replay through the real live path (``run_live`` with
     the static policy, so every batch is one job, on emulated GPUs as a local
     run uses) measures the difference: for each kind, the median of the
-    worker-timed seconds over the profile's prediction for the same job. The
-    caller folds it into ``worker_scale``. Returns the ratios and the raw figures.
+    worker-timed seconds over the profile's prediction for the same job, folded
+    into ``worker_scale`` (:func:`fold_scale`).
     """
     import json
     import tempfile
@@ -509,14 +510,14 @@ def replay_scale(plan: Plan, data: dict[str, Any], tick: Tick
     import ray
 
     from policies.base import load_policy
-    from scheduler.costmodel import scale_kind
-    from scheduler.profiles import profile_from_dict
     from workers.executor import LiveConfig, run_live
 
     tick("live replay")
-    profile = profile_from_dict(data)
     jobs = replay_jobs(plan, profile)
-    kinds = {j.id: scale_kind(j) for j in jobs}
+    kinds = {j.id: costmodel.scale_kind(j) for j in jobs}
+    sizes: dict[str, list[float]] = {}
+    for job in jobs:
+        sizes.setdefault(kinds[job.id], []).append(costmodel.device_seconds(job, profile))
     runs: list[tuple[str, str, float, float, float]] = []  # kind, device, start, end, solo
 
     def record(batch: Any, seconds: float) -> None:
@@ -545,7 +546,9 @@ def replay_scale(plan: Plan, data: dict[str, Any], tick: Tick
                  "lone_batches": {k: len(v) for k, v in seen.items()},
                  "worker_over_predicted": ratios,
                  "jct_mean_s": result.summary.get("jct_mean")}
-    return ratios, reference
+    lone = data.get("worker_scale", {})
+    typical = {kind: statistics.median(v) for kind, v in sizes.items()}
+    return fold_scale(lone, ratios, typical), reference
 
 
 def net_of_sharing(runs: Sequence[tuple[str, str, float, float, float]],
