@@ -16,6 +16,7 @@ compute at the measured SDPA rate and memory traffic at the device bandwidth.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -151,14 +152,69 @@ def _call_seconds(profile: DeviceProfile, rate_tflops: float, flops: float, nbyt
 def _job_terms(job: AttentionJob, profile: DeviceProfile, backend: str | None
                ) -> tuple[float, float, int, float, str]:
     """One job's share of a packed batch: (compute s, bytes, calls, flops, backend)."""
+    launches = job.layers * job.steps
+    if job.kind is JobKind.DECODE:
+        compute, nbytes, _, used = _decode_terms(job, ((job.steps, job.kv_len, job.batch),),
+                                                 profile, backend)  # one request: no mask
+        return compute, nbytes, launches, total_flops(job, profile.backward_factor), used
     kv = _mean_kv(job)
     rate, used = profile.sdpa_tflops(job.q_len, round(kv), job.head_dim, job.dtype,
                                      job.causal, backend)
-    launches = job.layers * job.steps
     train = job.kind is JobKind.TRAIN
     work = call_flops(job, round(kv)) * (1.0 + profile.backward_factor if train else 1)
     return (work * launches / (rate * 1e12), call_bytes(job, kv) * launches * (3 if train else 1),
             launches * (2 if train else 1), total_flops(job, profile.backward_factor), used)
+
+
+DecodeRow = tuple[int, int, int]  # (steps, kv_len, rows) of one decode request
+
+
+def padded_positions(rows: Sequence[DecodeRow]) -> tuple[float, float]:
+    """Key positions a packed decode attends to, padding included, and its query rows × steps.
+
+    This is the worker's loop (``kernels.decode_many``): ``rows`` ordered by
+    steps, longest first; at step ``s`` the requests still running form a
+    prefix, and each of them attends to the longest cache among that prefix
+    plus ``s``. A shorter request's cache is padded to that length, and the
+    padding costs as much as real keys.
+    """
+    total = 0.0
+    active = longest = work = 0
+    for i, (steps, kv, n) in enumerate(rows):
+        active += n
+        longest = max(longest, kv)
+        work += n * steps
+        after = rows[i + 1][0] if i + 1 < len(rows) else 0
+        if steps > after:  # steps after..steps-1 run the first i+1 requests
+            total += active * (steps - after) * (longest + (after + steps - 1) / 2)
+    return total, float(work)
+
+
+def _decode_terms(job: AttentionJob, rows: Sequence[DecodeRow], profile: DeviceProfile,
+                  backend: str | None) -> tuple[float, float, float, str]:
+    """(compute s, bytes, mask s, backend) of one decode call group: ``job``'s head layout
+    over ``rows`` (see :func:`padded_positions`) at the rate of the mean padded cache, and
+    the profile's measured cost of the mask when the caches differ in length.
+
+    The mask is measured on the worker's own decode loop, not derived from the
+    grid, so ``worker_scale`` (the grid's error) does not apply to it.
+    """
+    positions, work = padded_positions(rows)
+    mean = positions / work
+    rate, used = profile.sdpa_tflops(job.q_len, max(1, round(mean)), job.head_dim, job.dtype,
+                                     job.causal, backend)
+    per = 4.0 * job.heads * job.q_len * job.head_dim * job.layers
+    if job.causal:
+        per *= causal_fraction(job.q_len, max(1, round(mean)))
+    compute = per * positions / (rate * 1e12)
+    mask = 0.0
+    if len({kv for _, kv, _ in rows}) > 1:  # the worker masks only then (decode_many)
+        mask = rows[0][0] * job.layers * profile.decode_mask_call_s \
+            + positions * job.heads * job.layers * profile.decode_mask_score_s
+    s = job.dtype.itemsize
+    nbytes = (2.0 * job.heads * job.q_len * work + 2.0 * job.kv_heads * positions) \
+        * job.head_dim * job.layers * s
+    return compute, nbytes, mask, used
 
 
 def scale_kind(job: AttentionJob) -> str:
@@ -188,28 +244,41 @@ def call_group(job: AttentionJob, kind: str) -> tuple[object, ...]:
     return ("layout", job.heads, job.kv_heads)
 
 
+@dataclass(frozen=True, slots=True)
+class _DecodeGroup:
+    """One decode call group of a pack: its requests, longest first, and what they cost."""
+
+    rows: tuple[DecodeRow, ...]
+    compute_s: float
+    nbytes: float
+    mask_s: float
+
+
 class Pack:
-    """Running totals of a packed batch on one device: adding a job is O(1).
+    """Running totals of a packed batch on one device: adding a job is O(1), a decode O(group).
 
     Packed jobs share launches within their call group (:func:`call_group`):
     a group makes as many calls as its longest member (layers × steps, twice
     for training) and the batch makes its groups' calls one after another,
     so host time is paid once per call, while device time is each job's own
-    work at its own rate, and memory traffic each job's own bytes. A call
-    never beats its host floor:
-    ``seconds = max(calls · host, Σ compute, Σ bytes / bandwidth)``.
+    work at its own rate, and memory traffic each job's own bytes. Decodes
+    are the exception: a decode group runs over caches padded to its longest
+    (:func:`padded_positions`) and pays a mask when they differ, so it is
+    priced as a whole. A call never beats its host floor:
+    ``seconds = max(calls · host, Σ compute, Σ bytes / bandwidth) + Σ mask``.
     """
 
-    __slots__ = ("backend", "calls", "compute_s", "flops", "groups", "jobs", "kind", "memo",
-                 "nbytes", "profile", "rate", "want")
+    __slots__ = ("backend", "calls", "compute_s", "decodes", "flops", "groups", "jobs", "kind",
+                 "mask_s", "memo", "nbytes", "profile", "want")
 
     def __init__(self, profile: DeviceProfile, backend: str | None = None,
                  memo: dict[str, tuple[float, float, int, float, str]] | None = None) -> None:
         self.profile, self.want = profile, backend
         self.memo = memo  # job id -> terms on this profile, shared across packs
-        self.compute_s = self.nbytes = self.flops = 0.0
+        self.compute_s = self.nbytes = self.flops = self.mask_s = 0.0
         self.calls = self.jobs = 0
         self.groups: dict[tuple[object, ...], int] = {}  # call group -> its calls
+        self.decodes: dict[tuple[object, ...], _DecodeGroup] = {}
         self.backend = ""
         self.kind = ""  # scale kind of the batch (see scale_kind)
 
@@ -224,12 +293,32 @@ class Pack:
     def _compute_terms(self, job: AttentionJob) -> tuple[float, float, int, float, str]:
         return _job_terms(job, self.profile, self.want)
 
+    def _joining(self, job: AttentionJob, group: tuple[object, ...], compute: float,
+                 nbytes: float) -> tuple[_DecodeGroup | None, float, float, float]:
+        """(the group ``job`` makes, and the compute, bytes and mask it adds to the pack);
+        no group unless ``job`` is a decode, whose own terms are ``compute``/``nbytes``."""
+        if job.kind is not JobKind.DECODE:
+            return None, compute, nbytes, 0.0
+        row = (job.steps, job.kv_len, job.batch)
+        old = self.decodes.get(group)
+        if old is None:
+            return _DecodeGroup((row,), compute, nbytes, 0.0), compute, nbytes, 0.0
+        rows = list(old.rows)
+        bisect.insort(rows, row, key=lambda r: -r[0])  # the worker's order (decode_many)
+        new = _DecodeGroup(tuple(rows), *_decode_terms(job, rows, self.profile, self.want)[:3])
+        return (new, new.compute_s - old.compute_s, new.nbytes - old.nbytes,
+                new.mask_s - old.mask_s)
+
     def add(self, job: AttentionJob) -> None:
         """Account for one more job; raises InputError if the profile cannot time it."""
         compute, nbytes, calls, flops, self.backend = self._terms(job)
+        group = call_group(job, self.profile.kind)
+        decodes, compute, nbytes, mask = self._joining(job, group, compute, nbytes)
+        if decodes is not None:
+            self.decodes[group] = decodes
         self.compute_s += compute
         self.nbytes += nbytes
-        group = call_group(job, self.profile.kind)
+        self.mask_s += mask
         had = self.groups.get(group, 0)
         if calls > had:
             self.groups[group] = calls
@@ -241,20 +330,23 @@ class Pack:
     def seconds_with(self, job: AttentionJob) -> float:
         """What the batch would take with ``job`` added, without adding it."""
         compute, nbytes, calls, _, _ = self._terms(job)
-        had = self.groups.get(call_group(job, self.profile.kind), 0)
-        total = self.calls + max(0, calls - had)
-        device = max(self.compute_s + compute,
-                     (self.nbytes + nbytes) / self.profile.bandwidth_bytes_s)
+        group = call_group(job, self.profile.kind)
+        _, compute, nbytes, mask = self._joining(job, group, compute, nbytes)
+        had = self.groups.get(group, 0)
+        return self._seconds(self.calls + max(0, calls - had), self.compute_s + compute,
+                             self.nbytes + nbytes, self.mask_s + mask,
+                             _joined(self.kind, scale_kind(job)))
+
+    def _seconds(self, calls: int, compute: float, nbytes: float, mask: float,
+                 kind: str) -> float:
+        device = max(compute, nbytes / self.profile.bandwidth_bytes_s)
         if self.profile.worker_scale:
-            device *= self.profile.scale(_joined(self.kind, scale_kind(job)), device)
-        return max(total * self.profile.call_host_s, device)
+            device *= self.profile.scale(kind, device)
+        return max(calls * self.profile.call_host_s, device) + mask
 
     @property
     def seconds(self) -> float:
-        device = max(self.compute_s, self.nbytes / self.profile.bandwidth_bytes_s)
-        if self.profile.worker_scale:
-            device *= self.profile.scale(self.kind, device)
-        return max(self.calls * self.profile.call_host_s, device)
+        return self._seconds(self.calls, self.compute_s, self.nbytes, self.mask_s, self.kind)
 
     def estimate(self) -> Estimate:
         return Estimate(self.seconds, self.backend, self.flops, self.calls)

@@ -90,6 +90,10 @@ class DeviceProfile:
         node_sharing: ``(busy workers, efficiency)``: per-worker speed when
             that many workers of one node compute at once, relative to one
             alone (CPU contention between workers sharing cores).
+        decode_mask_call_s / decode_mask_score_s: what a packed decode pays
+            when its requests' caches differ in length and a mask must hide the
+            padding: per call (one step of one layer), and per masked score
+            (row × head × key position), beyond the same call unmasked.
     """
 
     name: str
@@ -112,6 +116,8 @@ class DeviceProfile:
     telemetry_s: float = 0.0
     decision_s: float = 0.0
     node_sharing: tuple[tuple[float, float], ...] = ((1.0, 1.0),)
+    decode_mask_call_s: float = 0.0
+    decode_mask_score_s: float = 0.0
     # Kind (prefill, decode, train) -> ((device s, measured/predicted), ...): what the
     # worker's own call path takes against the grid's prediction, by the job's device time.
     worker_scale: Mapping[str, tuple[tuple[float, float], ...]] = field(
@@ -267,6 +273,8 @@ SCHEMA: dict[str, Any] = {
                                              {"type": "number", "exclusiveMinimum": 0,
                                               "maximum": 1}],
             "minItems": 2, "maxItems": 2}},
+        "decode_mask_call_us": _NONNEG,
+        "decode_mask_score_ns": _NONNEG,
         "worker_job_us": _NONNEG,
         "worker_scale": {"type": "object", "propertyNames": {"enum": list(SCALE_KINDS)},
                          "additionalProperties": {"type": "array", "minItems": 1, "items": {
@@ -357,6 +365,8 @@ def profile_from_dict(data: Any, path: str | Path | None = None) -> DeviceProfil
         decision_s=float(data.get("decision_us", 0.0)) * 1e-6,
         node_sharing=tuple(sorted((float(k), float(e))
                                   for k, e in data.get("node_sharing", [[1, 1]]))),
+        decode_mask_call_s=float(data.get("decode_mask_call_us", 0.0)) * 1e-6,
+        decode_mask_score_s=float(data.get("decode_mask_score_ns", 0.0)) * 1e-9,
         worker_scale=MappingProxyType({
             kind: tuple(sorted((float(x), float(r)) for x, r in curve))
             for kind, curve in data.get("worker_scale", {}).items()}),

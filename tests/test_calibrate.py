@@ -75,6 +75,8 @@ def test_quick_calibration_writes_a_profile_that_validates(calibrated) -> None:
     # The per-job figure is the slope of the Ray-path fit, kept with its data.
     assert data["worker_job_us"] == max(0.0, data["reference"]["worker_through_ray"]
                                         ["per_job_us"])
+    assert data["decode_mask_call_us"] >= 0 and data["decode_mask_score_ns"] >= 0
+    assert profile.decode_mask_call_s == data["decode_mask_call_us"] * 1e-6
     assert [k for k, _ in profile.node_sharing] == [1.0, 2.0]
     assert profile.node_sharing[0] == (1.0, 1.0)
     assert all(0 < e <= 1 for _, e in profile.node_sharing)
@@ -181,13 +183,45 @@ def test_every_measurement_ticks_the_progress_bar_once() -> None:
     plan = replace(TINY, ray=False)
     ticks: list[str] = []
     data = build_profile(plan, "noray", ticks.append)
-    assert len(ticks) == count_steps(plan) == len(plan.grid()) + 7
+    assert len(ticks) == count_steps(plan) == len(plan.grid()) + 8
     assert len(set(ticks)) == len(ticks)
     profile = profile_from_dict(data)
     assert profile.actor_call_s == 0 and profile.node_sharing == ((1.0, 1.0),)
     assert data["worker_job_us"] == max(0.0, data["reference"]["worker_in_process"]
                                         ["per_job_us"])
     assert count_steps(TINY) == count_steps(plan) + 5 + SHARING_ROUNDS * TINY.sharing_workers
+
+
+def test_paired_difference_takes_the_median_of_back_to_back_pairs(monkeypatch) -> None:
+    """On a clock only the timed calls move, one pair disturbed by 50 s: 2 s exactly."""
+    now = [0.0]
+    monkeypatch.setattr(calibrate.time, "perf_counter", lambda: now[0])
+    calls = [0]
+
+    def base() -> None:
+        calls[0] += 1
+        now[0] += 50.0 if calls[0] == 4 else 1.0
+
+    def other() -> None:
+        now[0] += 3.0
+
+    assert calibrate.paired_difference(base, other, min_time=0.0, pairs=5) == 2.0
+    assert calls[0] == 6  # a warm-up call, then five pairs
+
+
+def test_the_mask_cost_fit_recovers_a_known_line(monkeypatch) -> None:
+    """Masked minus plain per step = call + score × rows × heads × keys: two lengths give
+    both terms back."""
+    call, score = 40e-6, 2e-9
+    lengths = iter(calibrate.MASK_LENGTHS)
+
+    def difference(plain, masked, min_time, sync) -> float:
+        keys = next(lengths) + (calibrate.MASK_STEPS - 1) / 2
+        return calibrate.MASK_STEPS * (call + score * 2 * 2 * keys)
+
+    monkeypatch.setattr(calibrate, "paired_difference", difference)
+    got = calibrate.measure_decode_mask(TINY)
+    assert got == pytest.approx((call, score))
 
 
 def test_fit_line_recovers_a_known_line() -> None:

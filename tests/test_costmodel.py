@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scheduler import costmodel as cm
@@ -239,3 +239,96 @@ def test_worker_scale_is_validated(curves, field) -> None:
     with pytest.raises(InputError) as e:
         _with_scale(curves)
     assert e.value.field == field
+
+
+def test_padded_positions_hand_worked() -> None:
+    """Two requests: (3 steps, cache 10) and (1 step, cache 20). Step 0 runs both over the
+    longer cache (2 × 20); steps 1 and 2 run the first alone over 11 and 12 keys."""
+    assert cm.padded_positions([(3, 10, 1), (1, 20, 1)]) == (63.0, 4.0)
+    # a lone request attends to its own growing cache: Σ (kv + s), s < steps
+    assert cm.padded_positions([(5, 100, 2)]) == (2 * sum(100 + s for s in range(5)), 10.0)
+
+
+@settings(deadline=None, max_examples=60)  # the first call warms torch up
+@given(st.lists(st.tuples(st.integers(1, 12), st.integers(1, 40), st.integers(1, 3)),
+                min_size=1, max_size=6))
+def test_padded_positions_are_the_workers_calls(requests) -> None:
+    """What the cost model counts is what ``kernels.decode_many`` computes: the key
+    positions of every call it makes, each row of each call."""
+    import torch
+
+    from workers import kernels
+
+    seen: list[tuple[int, int]] = []
+    real = kernels._sdpa
+
+    def spy(q, k, v, causal, mask):
+        seen.append((q.shape[0], k.shape[-2]))
+        return real(q, k, v, causal, mask)
+
+    rows = sorted(requests, key=lambda r: -r[0])
+    kv = [n for _, n, b in rows for _ in range(b)]
+    steps = [s for s, _, b in rows for _ in range(b)]
+    length = max(n + s - 1 for n, s in zip(kv, steps, strict=True))
+    q = torch.randn(len(kv), 2, steps[0], 4)
+    k = torch.randn(len(kv), 1, length, 4)
+    kernels._sdpa = spy
+    try:
+        with torch.nn.attention.sdpa_kernel(kernels.BACKENDS["math"]):
+            kernels.decode_many(q, k, k, kv, steps, backend="math")
+    finally:
+        kernels._sdpa = real
+    assert len(seen) == steps[0]  # one call per step
+    positions, work = cm.padded_positions(rows)
+    assert positions == sum(r * n for r, n in seen)
+    assert work == sum(steps)
+
+
+def test_packed_decodes_pay_padding_and_the_mask() -> None:
+    """A short cache packed with a long one is priced at the long one's length, and the
+    profile's measured mask cost is added (outside worker_scale, which is the grid's
+    error) only when the caches differ; a lone decode is unchanged."""
+    base = json.loads((__import__("pathlib").Path(cm.__file__).parent / "profile_data"
+                       / "cpu.json").read_text())
+    plain = profile_from_dict(base)
+    masked = profile_from_dict({**base, "decode_mask_call_us": 50.0, "decode_mask_score_ns": 2.0,
+                                "worker_scale": {"decode": [[1e-3, 3.0]]}})
+
+    def decode(i: int, kv: int, steps: int = 64) -> object:
+        return attention_job(id=f"d{i}", kind="decode", q_len=1, kv_len=kv, steps=steps,
+                             heads=8, kv_heads=8, head_dim=64, layers=2, dtype="fp32")
+
+    short, long = decode(0, 64), decode(1, 8192)
+    pack = cm.Pack(plain)
+    pack.add(short)
+    pack.add(long)
+    rows = [(64, 64, 1), (64, 8192, 1)]
+    positions, work = cm.padded_positions(rows)
+    assert positions == 2 * 64 * (8192 + 31.5)  # both rows over the long cache
+    rate, _ = plain.sdpa_tflops(1, round(positions / work), 64, short.dtype, False)
+    assert pack.compute_s == pytest.approx(4 * 8 * 64 * 2 * positions / (rate * 1e12))
+    assert pack.compute_s > cm._job_terms(short, plain, None)[0] \
+        + cm._job_terms(long, plain, None)[0]
+    assert pack.mask_s == 0.0  # the plain profile measured no mask cost
+
+    both = cm.batch_estimate([short, long], masked).seconds
+    mask = 64 * 2 * 50e-6 + positions * 8 * 2 * 2e-9
+    device = max(pack.compute_s, pack.nbytes / masked.bandwidth_bytes_s)
+    device *= masked.scale("decode", device)
+    assert both == pytest.approx(max(pack.calls * masked.call_host_s, device) + mask)
+    same = [decode(2, 8192), decode(3, 8192)]  # equal caches: no mask
+    equal = cm.Pack(masked)
+    for job in same:
+        equal.add(job)
+    assert equal.mask_s == 0.0
+    # a batch of one is the job alone, as the simulator prices a lone job
+    assert cm.batch_estimate([long], masked).seconds == cm.estimate(long, masked).seconds
+
+
+@pytest.mark.parametrize("key", ["decode_mask_call_us", "decode_mask_score_ns"])
+def test_decode_mask_costs_are_validated(key) -> None:
+    base = json.loads((__import__("pathlib").Path(cm.__file__).parent / "profile_data"
+                       / "cpu.json").read_text())
+    with pytest.raises(InputError) as e:
+        profile_from_dict({**base, key: -1})
+    assert e.value.field == key

@@ -127,8 +127,8 @@ def count_steps(plan: Plan) -> int:
     """How many times :func:`build_profile` calls its ``tick``: the progress bar's total."""
     from workers.calibrate_live import live_steps
 
-    # host cost, the grid, matmul and bandwidth, the batching curve, the packing reference
-    device = 1 + len(plan.grid()) + 1 + len(plan.batch_sizes) + len(plan.packing_lengths)
+    # host cost, decode mask, the grid, matmul and bandwidth, the batching curve, packing
+    device = 2 + len(plan.grid()) + 1 + len(plan.batch_sizes) + len(plan.packing_lengths)
     return device + live_steps(plan)
 
 
@@ -158,6 +158,30 @@ def seconds_per_call(fn: Callable[[], object], min_time: float,
         if len(samples) >= 3 and time.perf_counter() - start >= min_time:
             return statistics.median(samples)
         chunk = max(1, int(min_time / 10 / max(statistics.median(samples), 1e-9)))
+
+
+def paired_difference(base: Callable[[], object], other: Callable[[], object], min_time: float,
+                      sync: Callable[[], None] | None = None, pairs: int = 15) -> float:
+    """Median over back-to-back pairs of ``other``'s seconds minus ``base``'s.
+
+    Two medians timed apart each carry the machine's drift; a pair shares it,
+    so a difference of a few percent of a call still comes out steady.
+    """
+    wait = sync or (lambda: None)
+
+    def timed(fn: Callable[[], object]) -> float:
+        t = time.perf_counter()
+        fn()
+        wait()
+        return time.perf_counter() - t
+
+    timed(base)
+    timed(other)
+    diffs: list[float] = []
+    start = time.perf_counter()
+    while len(diffs) < pairs or time.perf_counter() - start < min_time:
+        diffs.append(-timed(base) + timed(other))
+    return statistics.median(diffs)
 
 
 def _sync(device: str) -> Callable[[], None] | None:
@@ -236,6 +260,42 @@ def measure_host(plan: Plan) -> tuple[float, float]:
             F.scaled_dot_product_attention(tiny[i:i + 1], tiny[i:i + 1], tiny[i:i + 1])
 
     return call, seconds_per_call(loop, plan.min_time, sync) / 64
+
+
+MASK_LENGTHS = (256, 4096)  # cache lengths of the two masked-decode timings
+MASK_STEPS = 32
+
+
+def measure_decode_mask(plan: Plan) -> tuple[float, float]:
+    """What the mask of a packed decode costs: seconds per call, and per masked score.
+
+    A worker masks a decode batch only when its caches differ in length
+    (``kernels.decode_many``); building the mask each step and the masked
+    kernel cost more than the padding's own scores, which the cost model
+    already counts. Two requests of 2 heads (one KV head) decode 32 steps,
+    caches of equal shape, once with equal lengths and once with lengths one
+    apart, at a short and a long cache: the differences per step fit
+    ``call + score · rows · heads · keys``. The difference is a small share
+    of each call, so it is timed in pairs (:func:`paired_difference`).
+    """
+    dtype = kernels.DTYPES[plan.reference_dtype]
+    sync = _sync(plan.device)
+    extra = []
+    for length in MASK_LENGTHS:
+        q = torch.randn(2, 2, MASK_STEPS, plan.head_dims[0], dtype=dtype, device=plan.device)
+        k = torch.randn(2, 1, length + MASK_STEPS, plan.head_dims[0], dtype=dtype,
+                        device=plan.device)
+        v = torch.randn_like(k)
+        steps = [MASK_STEPS, MASK_STEPS]
+        added = paired_difference(
+            partial(kernels.decode_many, q, k, v, [length, length], steps),
+            partial(kernels.decode_many, q, k, v, [length, length - 1], steps),
+            2 * plan.min_time, sync)
+        scores = 2 * 2 * (length + (MASK_STEPS - 1) / 2)  # rows × heads × mean keys, per step
+        extra.append((scores, max(0.0, added) / MASK_STEPS))
+    (s0, e0), (s1, e1) = extra
+    per_score = max(0.0, (e1 - e0) / (s1 - s0))
+    return max(0.0, e0 - per_score * s0), per_score
 
 
 def _packed_vs_alone(plan: Plan, n: int, length: int) -> dict[str, float]:
@@ -338,6 +398,8 @@ def measure_device(plan: Plan, name: str, tick: Tick = _no_tick) -> dict[str, An
     try:
         tick("host cost per call")
         call_host, job_host = measure_host(plan)
+        tick("mask cost of a packed decode")
+        mask_call, mask_score = measure_decode_mask(plan)
         sdpa = measure_sdpa(plan, tick)
         tick("matmul and bandwidth")
         matmul, bandwidth = measure_matmul_and_bandwidth(plan)
@@ -356,6 +418,8 @@ def measure_device(plan: Plan, name: str, tick: Tick = _no_tick) -> dict[str, An
                           else {}),
         "call_host_us": round(call_host * 1e6, 3),
         "unpacked_job_host_us": [[1, round(job_host * 1e6, 3)]],
+        "decode_mask_call_us": round(mask_call * 1e6, 3),
+        "decode_mask_score_ns": round(mask_score * 1e9, 4),
         "sharing": [[1, 1.0]], "backward_factor": 2.5, "sdpa": sdpa,
         "reference": {"threads": plan.threads, "batching_heads8_headdim64": curve,
                       "packing_batch1_heads8_headdim64": packing},
