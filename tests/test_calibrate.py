@@ -29,12 +29,14 @@ from workers.calibrate import Plan, build_profile, count_steps
 from workers.calibrate_live import (
     REPLAY_LOAD,
     SHARING_ROUNDS,
+    busy_peers,
     fit_line,
+    fit_sharing,
     fit_worker_jobs,
     fold_scale,
     local_cluster,
-    net_of_sharing,
     replay_jobs,
+    sharing_curve,
 )
 from workers.worker import BatchResult
 
@@ -94,6 +96,14 @@ def test_quick_calibration_writes_a_profile_that_validates(calibrated) -> None:
             assert curve == [[x, round(y * ratios.get(kind, 1.0), 4)] for x, y in lone[kind]]
         else:
             assert [y for _, y in curve] == [ratios[kind]]
+    # node sharing is what the replay's workers did to each other; the looped one is kept
+    assert data["node_sharing"] == sharing_curve(replay["slowdown_per_busy_peer"], 2)
+    assert len(data["reference"]["node_sharing_looped"]) == 2
+    # a batch's round trip is what the replay's batches took beyond their workers' timing
+    assert replay["round_trip_beyond_worker_us"] > 0
+    assert data["batch_call_us"] == max(data["actor_call_us"],
+                                        replay["round_trip_beyond_worker_us"])
+    assert data["reference"]["batch_call_fit_us"] > 0
 
 
 def test_the_replay_sets_each_kinds_level_and_keeps_its_shape() -> None:
@@ -104,17 +114,43 @@ def test_the_replay_sets_each_kinds_level_and_keeps_its_shape() -> None:
     assert lone["prefill"] == [[0.001, 1.2], [0.01, 1.0]]  # the input is not changed
 
 
-def test_the_replay_takes_out_the_node_sharing_the_simulator_adds() -> None:
-    # Node sharing halves a worker's speed with two busy. a1 and b1 overlap wholly, so
-    # each ran at half speed: their ratio is net of that. a2 ran alone: as measured.
-    profile = replace(load_profile(SHIPPED_CPU), node_sharing=((1.0, 1.0), (2.0, 0.5)))
+def test_busy_peers_are_the_time_averaged_overlap_with_other_devices() -> None:
     runs = [("prefill", "a", 0.0, 2.0, 1.0), ("prefill", "b", 0.0, 2.0, 1.0),
-            ("train", "a", 10.0, 13.0, 2.0), ("train", "b", 12.0, 13.0, 1.0)]
-    ratios = net_of_sharing(runs, profile)
-    assert ratios["prefill"] == pytest.approx([1.0, 1.0])
-    # a's train run overlapped b's for a third of its time: 1⅓ busy workers on average.
-    share = profile.node_efficiency(1 + 1 / 3)
-    assert ratios["train"] == pytest.approx([3.0 * share / 2.0, 0.5])
+            ("train", "a", 10.0, 13.0, 2.0), ("train", "b", 12.0, 13.0, 1.0),
+            ("decode", "a", 20.0, 21.0, 1.0)]
+    # a and b overlap wholly; a's train run overlaps b's for a third of its length;
+    # a run on the same device never counts as a peer.
+    assert busy_peers(runs) == pytest.approx([1.0, 1.0, 1 / 3, 1.0, 0.0])
+
+
+def test_the_sharing_fit_recovers_the_slowdown_per_busy_peer() -> None:
+    """Runs made to the model ratio = level(kind) · (1 + c · peers) give back c and each
+    kind's level; the replay's ratios come out net of the sharing the simulator adds."""
+    c, levels = 0.25, {"prefill": 1.4, "train": 0.9}
+    runs: list = []
+    t = 0.0
+    for i in range(12):  # alternate alone and overlapped runs of both kinds
+        kind = "prefill" if i % 2 else "train"
+        solo = 0.5 + 0.1 * i
+        if i % 3 == 0:  # alone
+            runs.append((kind, "a", t, t + solo * levels[kind], solo))
+        else:  # both devices busy for the whole run
+            length = solo * levels[kind] * (1 + c)
+            runs.append((kind, "a", t, t + length, solo))
+            runs.append((kind, "b", t, t + length, solo))
+        t += 100.0
+    net, fitted = fit_sharing(runs)
+    assert fitted == pytest.approx(c)
+    for kind, ratios in net.items():
+        assert ratios == pytest.approx([levels[kind]] * len(ratios))
+    assert sharing_curve(fitted, 3) == [[1, 1.0], [2, 0.8], [3, round(1 / 1.5, 4)]]
+
+
+def test_a_replay_without_sharing_fits_none() -> None:
+    runs = [("prefill", "a", 0.0, 1.0, 1.0), ("prefill", "b", 0.5, 1.5, 1.0)]
+    net, fitted = fit_sharing(runs)  # overlapped, but no slower: c is 0, never negative
+    assert fitted == 0.0 and net["prefill"] == [1.0, 1.0]
+    assert sharing_curve(0.0, 1) == [[1, 1.0], [2, 1.0]]
 
 
 def test_the_replay_offers_the_load_it_aims_at() -> None:

@@ -85,7 +85,7 @@ class Plan:
     decision_queue: int = 32
     decision_rounds: int = 200
     ray: bool = True
-    replay_jobs: int = 600  # a live replay's jobs (0: none); see calibrate_live.replay_scale
+    replay_jobs: int = 600  # a live replay's jobs (0: none); see calibrate_live.replay_fit
 
     def __post_init__(self) -> None:
         if not (self.lengths and self.head_dims and self.dtypes and self.backends
@@ -246,12 +246,13 @@ def measure_host(plan: Plan) -> tuple[float, float]:
     tiny = torch.randn(64, 1, 1, 16, device=plan.device)
     sync = _sync(plan.device)
     # The floor of a call as the worker makes it (backend choice included), and of a
-    # step of its packed decode (mask and slicing included): the larger is the floor.
+    # step of its packed decode (slicing included; caches of one length, so no mask:
+    # the mask is measured apart, measure_decode_mask): the larger is the floor.
     call = seconds_per_call(lambda: kernels.attention(tiny[:1], tiny[:1], tiny[:1], False),
                             plan.min_time, sync)
     rows = torch.randn(2, 1, 16, 16, device=plan.device)
     cache = torch.randn(2, 1, 32, 16, device=plan.device)
-    step = seconds_per_call(lambda: kernels.decode_many(rows, cache, cache, [1, 2], [16, 16]),
+    step = seconds_per_call(lambda: kernels.decode_many(rows, cache, cache, [2, 2], [16, 16]),
                             plan.min_time, sync) / 16
     call = max(call, step)
 
@@ -436,10 +437,13 @@ def build_profile(plan: Plan, name: str, tick: Tick = _no_tick) -> dict[str, Any
     data["reference"].update(data.pop("live_reference"))
     profile = profile_from_dict(data)
     if plan.ray and plan.device == "cpu" and plan.replay_jobs:
-        scale, data["reference"]["live_replay"] = calibrate_live.replay_scale(
+        updates, data["reference"]["live_replay"] = calibrate_live.replay_fit(
             plan, data, profile, tick)
+        # what the replay replaces is kept: the lone-job curve, the looped sharing, the fit
         data["reference"]["worker_scale_lone"] = data.get("worker_scale", {})
-        data["worker_scale"] = scale
+        data["reference"]["node_sharing_looped"] = data.get("node_sharing", [[1, 1.0]])
+        data["reference"]["batch_call_fit_us"] = data.get("batch_call_us", 0.0)
+        data.update(updates)
         profile_from_dict(data)
     return data
 

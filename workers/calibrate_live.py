@@ -489,10 +489,16 @@ def replay_jobs(plan: Plan, profile: DeviceProfile) -> list[AttentionJob]:
     return [replace(j, submit_time=j.submit_time / rate) for j in jobs]
 
 
-def replay_scale(plan: Plan, data: dict[str, Any], profile: DeviceProfile, tick: Tick
-                 ) -> tuple[dict[str, list[list[float]]], dict[str, Any]]:
-    """``worker_scale`` set to what a live run's workers take over what ``profile``
-    (``data`` parsed) predicts, per kind; and the raw figures.
+def replay_fit(plan: Plan, data: dict[str, Any], profile: DeviceProfile, tick: Tick
+               ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The profile's live-path figures as a live run pays them, and the raw figures.
+
+    ``profile`` is ``data`` parsed. The updates: ``worker_scale`` set to what
+    the run's workers took over what ``profile`` predicts, per kind;
+    ``node_sharing`` as they slowed each other (:func:`fit_sharing`); and
+    ``batch_call_us``, the median wall round trip of a batch beyond its
+    worker's own timing (sending, the result's way back, the driver's loop
+    noticing it), which the Ray-path fit of step 4 measures on an idle driver.
 
     The grid and the lone-job fit time one worker on a quiet node, each shape
     run again and again. A live run is not that: its workers compute side by
@@ -518,9 +524,12 @@ def replay_scale(plan: Plan, data: dict[str, Any], profile: DeviceProfile, tick:
     sizes: dict[str, list[float]] = {}
     for job in jobs:
         sizes.setdefault(kinds[job.id], []).append(costmodel.device_seconds(job, profile))
-    runs: list[tuple[str, str, float, float, float]] = []  # kind, device, start, end, solo
+    runs: list[Run] = []
 
-    def record(batch: Any, seconds: float) -> None:
+    beyond: list[float] = []  # each batch's wall round trip beyond its worker's timing
+
+    def record(batch: Any, seconds: float, round_trip: float) -> None:
+        beyond.append(max(0.0, round_trip - seconds))
         if len(batch.jobs) == 1 and batch.solo_seconds > 0:
             end = time.perf_counter()
             runs.append((kinds[batch.jobs[0]], batch.device, end - seconds, end,
@@ -540,36 +549,87 @@ def replay_scale(plan: Plan, data: dict[str, Any], profile: DeviceProfile, tick:
                 ray.shutdown()
     if result.exit_code != 0:
         raise RuntimeError(f"the calibration replay failed: {result.message}")
-    seen = net_of_sharing(runs, profile)
+    seen, per_peer = fit_sharing(runs)
+    per_peer = round(per_peer, 4)
     ratios = {k: round(statistics.median(v), 4) for k, v in seen.items() if len(v) >= REPLAY_MIN}
+    round_trip_us = round(statistics.median(beyond) * 1e6, 3)
     reference = {"jobs": len(jobs), "load": REPLAY_LOAD, "workers": config.emulate_gpus,
                  "lone_batches": {k: len(v) for k, v in seen.items()},
                  "worker_over_predicted": ratios,
+                 "slowdown_per_busy_peer": per_peer,
+                 "round_trip_beyond_worker_us": round_trip_us,
                  "jct_mean_s": result.summary.get("jct_mean")}
     lone = data.get("worker_scale", {})
     typical = {kind: statistics.median(v) for kind, v in sizes.items()}
-    return fold_scale(lone, ratios, typical), reference
+    updates = {"worker_scale": fold_scale(lone, ratios, typical),
+               "node_sharing": sharing_curve(per_peer, config.emulate_gpus),
+               # never below an empty actor call, as the fit's intercept is not
+               "batch_call_us": max(float(data.get("actor_call_us", 0.0)), round_trip_us)}
+    return updates, reference
 
 
-def net_of_sharing(runs: Sequence[tuple[str, str, float, float, float]],
-                   profile: DeviceProfile) -> dict[str, list[float]]:
-    """Per kind, worker-timed over predicted seconds with the node sharing taken out.
+Run = tuple[str, str, float, float, float]  # kind, device, start, end, predicted seconds
+FIT_ROUNDS = 2000  # most alternations of the sharing fit (levels, then c)
 
-    The simulator slows a worker by ``node_sharing`` while its node's other
-    workers compute, so a ratio that kept that slowdown would be charged
-    twice. Each run's busy peers are counted from the replay's own compute
-    intervals (time-averaged overlap with the other devices' runs), and the
-    ratio is multiplied by the efficiency the simulator would apply at that
-    count. ``runs``: (kind, device, start, end, predicted seconds).
-    """
-    out: dict[str, list[float]] = {}
-    for kind, device, start, end, solo in runs:
+
+def busy_peers(runs: Sequence[Run]) -> list[float]:
+    """Each run's busy peers, time-averaged: its overlap with other devices' runs over its
+    length (1.0: one other worker computed the whole time)."""
+    out = []
+    for _, device, start, end, _ in runs:
         length = max(end - start, 1e-12)
-        peers = sum(max(0.0, min(end, e) - max(start, s)) for _, d, s, e, _ in runs
-                    if d != device) / length
-        efficiency = profile.node_efficiency(1.0 + peers)
-        out.setdefault(kind, []).append((end - start) * efficiency / solo)
+        out.append(sum(max(0.0, min(end, e) - max(start, s)) for _, d, s, e, _ in runs
+                       if d != device) / length)
     return out
+
+
+def fit_sharing(runs: Sequence[Run]) -> tuple[dict[str, list[float]], float]:
+    """Per kind, each run's worker-timed over predicted seconds as if no peer had been busy;
+    and ``c``, the slowdown each busy peer adds: ``ratio = level(kind) · (1 + c · peers)``.
+
+    The simulator slows a worker while its node's other workers compute (the
+    ``node_sharing`` curve), so the replay's ratios must be net of that, and
+    the curve is best measured where it applies: inside this live run, on its
+    own job mix. A synthetic measurement (k workers each looping one batch)
+    slows every job by the same share, but here a short prompt or decode
+    hardly slows while a long training step does; so the model is fitted by
+    least squares weighted by predicted seconds, and ``c`` is the slowdown of
+    the work that fills a node. Levels and ``c`` are solved in turn (each is
+    linear given the other). A level must be a mean here, not a median: with
+    most runs overlapped, a median level would take the slowdown in and leave
+    ``c`` at 0. Each ratio is clipped to 0.25–4× its kind's median first, so
+    one disturbed run cannot set the slope.
+    """
+    peers = busy_peers(runs)
+    raw: dict[str, list[float]] = {}
+    for kind, _, start, end, solo in runs:
+        raw.setdefault(kind, []).append((end - start) / solo)
+    middle = {k: statistics.median(v) for k, v in raw.items()}
+    points = [(kind, solo, p, min(4.0, max(0.25, (end - start) / solo / middle[kind]))
+               * middle[kind]) for (kind, _, start, end, solo), p in zip(runs, peers, strict=True)]
+    c, before = 0.0, -1.0
+    for _ in range(FIT_ROUNDS):
+        if abs(c - before) < 1e-9:
+            break
+        before = c
+        num: dict[str, float] = {}
+        den: dict[str, float] = {}
+        for kind, w, p, y in points:
+            num[kind] = num.get(kind, 0.0) + w * y * (1 + c * p)
+            den[kind] = den.get(kind, 0.0) + w * (1 + c * p) ** 2
+        level = {k: num[k] / den[k] for k in num}
+        top = sum(w * level[k] * p * (y - level[k]) for k, w, p, y in points)
+        bottom = sum(w * (level[k] * p) ** 2 for k, w, p, _ in points)
+        c = max(0.0, top / bottom) if bottom > 0 else 0.0
+    net: dict[str, list[float]] = {}
+    for (kind, _, start, end, solo), p in zip(runs, peers, strict=True):
+        net.setdefault(kind, []).append((end - start) / solo / (1 + c * p))
+    return net, c
+
+
+def sharing_curve(c: float, workers: int) -> list[list[float]]:
+    """``node_sharing`` for ``workers`` workers of a node, ``c`` slower per busy peer."""
+    return [[k, round(1.0 / (1.0 + c * (k - 1)), 4)] for k in range(1, max(2, workers) + 1)]
 
 
 def fold_scale(worker_scale: dict[str, list[list[float]]], ratios: dict[str, float],

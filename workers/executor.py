@@ -84,9 +84,10 @@ class LiveConfig:
     decide_timeout: float | None = 10.0
     # Port of the local Ray's Prometheus endpoint (attnsched's metrics); None: Ray picks.
     metrics_port: int | None = None
-    # Called with each batch that ran and the seconds its worker timed it: how
-    # calibration sees what a live run's workers really spend (workers/calibrate_live.py).
-    on_batch: Callable[[Batch, float], None] | None = None
+    # Called with each batch that ran, the seconds its worker timed it and the wall
+    # seconds from sending it to its result: how calibration sees what a live run's
+    # workers and round trips really cost (workers/calibrate_live.py).
+    on_batch: Callable[[Batch, float, float], None] | None = None
 
 
 def start_ray(config: LiveConfig) -> None:
@@ -274,6 +275,7 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
     stream: Iterator[Job] = (j for j in jobs if j.id not in done_before)
     upcoming = next(stream, None)
     in_flight: dict[Any, Batch] = {}
+    sent: dict[Any, float] = {}  # wall clock at each batch's send, for on_batch
     probes: dict[Any, str] = {}
     utils: list[float] = []
     latest: dict[str, float] = {}  # device -> utilization in its latest sample
@@ -341,6 +343,8 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
             ref = fleet.handles[batch.device].run.remote(batch.id, jobs_, batch.solo_seconds,
                                                          batch.flops, batch.memory)
             in_flight[ref] = batch
+            if config.on_batch is not None:
+                sent[ref] = time.perf_counter()
 
     for device in dead_at_start:
         worker_died(device, "dead before this run")
@@ -382,11 +386,13 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
                     latest[sample.device] = sample.util
                 elif ref in in_flight:
                     batch = in_flight.pop(ref)
+                    sent_at = sent.pop(ref, None)
                     try:
                         result = ray.get(ref)
                         error = result.error
-                        if config.on_batch is not None and error is None:
-                            config.on_batch(batch, result.seconds)
+                        if config.on_batch is not None and error is None and sent_at:
+                            config.on_batch(batch, result.seconds,
+                                            time.perf_counter() - sent_at)
                     except ray.exceptions.RayActorError as e:
                         worker_died(batch.device, type(e).__name__)
                         event = "device_down"
