@@ -201,11 +201,12 @@ def _decode_terms(job: AttentionJob, rows: Sequence[DecodeRow], profile: DeviceP
     """
     positions, work = padded_positions(rows)
     mean = positions / work
-    rate, used = profile.sdpa_tflops(job.q_len, max(1, round(mean)), job.head_dim, job.dtype,
-                                     job.causal, backend)
+    keys = max(1, round(mean))
+    rate, used = profile.sdpa_tflops(job.q_len, keys, job.head_dim, job.dtype, job.causal,
+                                     backend)
     per = 4.0 * job.heads * job.q_len * job.head_dim * job.layers
     if job.causal:
-        per *= causal_fraction(job.q_len, max(1, round(mean)))
+        per *= causal_fraction(job.q_len, keys)
     compute = per * positions / (rate * 1e12)
     mask = 0.0
     if len({kv for _, kv, _ in rows}) > 1:  # the worker masks only then (decode_many)

@@ -600,13 +600,14 @@ def fit_sharing(runs: Sequence[Run]) -> tuple[dict[str, list[float]], float]:
     ``c`` at 0. Each ratio is clipped to 0.25–4× its kind's median first, so
     one disturbed run cannot set the slope.
     """
-    peers = busy_peers(runs)
+    seen = [(kind, solo, p, (end - start) / solo)
+            for (kind, _, start, end, solo), p in zip(runs, busy_peers(runs), strict=True)]
     raw: dict[str, list[float]] = {}
-    for kind, _, start, end, solo in runs:
-        raw.setdefault(kind, []).append((end - start) / solo)
+    for kind, _, _, ratio in seen:
+        raw.setdefault(kind, []).append(ratio)
     middle = {k: statistics.median(v) for k, v in raw.items()}
-    points = [(kind, solo, p, min(4.0, max(0.25, (end - start) / solo / middle[kind]))
-               * middle[kind]) for (kind, _, start, end, solo), p in zip(runs, peers, strict=True)]
+    points = [(kind, solo, p, min(4.0, max(0.25, ratio / middle[kind])) * middle[kind])
+              for kind, solo, p, ratio in seen]
     c, before = 0.0, -1.0
     for _ in range(FIT_ROUNDS):
         if abs(c - before) < 1e-9:
@@ -622,8 +623,8 @@ def fit_sharing(runs: Sequence[Run]) -> tuple[dict[str, list[float]], float]:
         bottom = sum(w * (level[k] * p) ** 2 for k, w, p, _ in points)
         c = max(0.0, top / bottom) if bottom > 0 else 0.0
     net: dict[str, list[float]] = {}
-    for (kind, _, start, end, solo), p in zip(runs, peers, strict=True):
-        net.setdefault(kind, []).append((end - start) / solo / (1 + c * p))
+    for kind, _, p, ratio in seen:
+        net.setdefault(kind, []).append(ratio / (1 + c * p))
     return net, c
 
 

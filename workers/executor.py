@@ -390,7 +390,8 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
                     try:
                         result = ray.get(ref)
                         error = result.error
-                        if config.on_batch is not None and error is None and sent_at:
+                        if config.on_batch is not None and error is None \
+                                and sent_at is not None:
                             config.on_batch(batch, result.seconds,
                                             time.perf_counter() - sent_at)
                     except ray.exceptions.RayActorError as e:
