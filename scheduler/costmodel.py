@@ -156,7 +156,9 @@ def _job_terms(job: AttentionJob, profile: DeviceProfile, backend: str | None
     if job.kind is JobKind.DECODE:
         compute, nbytes, _, used = _decode_terms(job, ((job.steps, job.kv_len, job.batch),),
                                                  profile, backend)  # one request: no mask
-        return compute, nbytes, launches, total_flops(job, profile.backward_factor), used
+        # A timed decode step is a whole step, host included: no separate floor.
+        calls = 0 if profile.decode_step_s > 0 else launches
+        return compute, nbytes, calls, total_flops(job, profile.backward_factor), used
     kv = _mean_kv(job)
     rate, used = profile.sdpa_tflops(job.q_len, round(kv), job.head_dim, job.dtype,
                                      job.causal, backend)
@@ -193,7 +195,8 @@ def padded_positions(rows: Sequence[DecodeRow]) -> tuple[float, float]:
 def _decode_terms(job: AttentionJob, rows: Sequence[DecodeRow], profile: DeviceProfile,
                   backend: str | None) -> tuple[float, float, float, str]:
     """(compute s, bytes, mask s, backend) of one decode call group: ``job``'s head layout
-    over ``rows`` (see :func:`padded_positions`) at the rate of the mean padded cache, and
+    over ``rows`` (see :func:`padded_positions`), by the profile's timing of the worker's
+    decode step where it has one (else at the grid's rate of the mean padded cache), and
     the profile's measured cost of the mask when the caches differ in length.
 
     The mask is measured on the worker's own decode loop, not derived from the
@@ -204,10 +207,21 @@ def _decode_terms(job: AttentionJob, rows: Sequence[DecodeRow], profile: DeviceP
     keys = max(1, round(mean))
     rate, used = profile.sdpa_tflops(job.q_len, keys, job.head_dim, job.dtype, job.causal,
                                      backend)
-    per = 4.0 * job.heads * job.q_len * job.head_dim * job.layers
-    if job.causal:
-        per *= causal_fraction(job.q_len, keys)
-    compute = per * positions / (rate * 1e12)
+    if profile.decode_step_s > 0:
+        # Timed on the worker's decode loop: a step's fixed cost and its cost per element
+        # read, the latter at another dtype's rate as the grid compares the two.
+        element = profile.decode_element_s
+        if profile.decode_dtype is not None and profile.decode_dtype != job.dtype:
+            measured, _ = profile.sdpa_tflops(job.q_len, keys, job.head_dim,
+                                              profile.decode_dtype, job.causal, used)
+            element *= measured / rate
+        compute = job.layers * (rows[0][0] * profile.decode_step_s + positions * job.q_len
+                                * job.heads * job.head_dim * element)
+    else:
+        per = 4.0 * job.heads * job.q_len * job.head_dim * job.layers
+        if job.causal:
+            per *= causal_fraction(job.q_len, keys)
+        compute = per * positions / (rate * 1e12)
     mask = 0.0
     if len({kv for _, kv, _ in rows}) > 1:  # the worker masks only then (decode_many)
         mask = rows[0][0] * job.layers * profile.decode_mask_call_s \

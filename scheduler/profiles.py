@@ -94,6 +94,12 @@ class DeviceProfile:
             when its requests' caches differ in length and a mask must hide the
             padding: per call (one step of one layer), and per masked score
             (row × head × key position), beyond the same call unmasked.
+        decode_step_s / decode_element_s / decode_dtype: one unmasked step of
+            the worker's packed decode loop, timed on it: per call (one step of
+            one layer) and per element read (row × query head × key ×
+            head-dim), in ``decode_dtype``. When measured (``decode_step_s >
+            0``), decode groups are priced by it instead of by the SDPA grid,
+            whose square shapes say little about one query against a cache.
     """
 
     name: str
@@ -118,6 +124,9 @@ class DeviceProfile:
     node_sharing: tuple[tuple[float, float], ...] = ((1.0, 1.0),)
     decode_mask_call_s: float = 0.0
     decode_mask_score_s: float = 0.0
+    decode_step_s: float = 0.0
+    decode_element_s: float = 0.0
+    decode_dtype: DType | None = None
     # Kind (prefill, decode, train) -> ((device s, measured/predicted), ...): what the
     # worker's own call path takes against the grid's prediction, by the job's device time.
     worker_scale: Mapping[str, tuple[tuple[float, float], ...]] = field(
@@ -275,6 +284,9 @@ SCHEMA: dict[str, Any] = {
             "minItems": 2, "maxItems": 2}},
         "decode_mask_call_us": _NONNEG,
         "decode_mask_score_ns": _NONNEG,
+        "decode_step_us": _NONNEG,
+        "decode_element_ns": _NONNEG,
+        "decode_dtype": _DTYPE,
         "worker_job_us": _NONNEG,
         "worker_scale": {"type": "object", "propertyNames": {"enum": list(SCALE_KINDS)},
                          "additionalProperties": {"type": "array", "minItems": 1, "items": {
@@ -367,6 +379,9 @@ def profile_from_dict(data: Any, path: str | Path | None = None) -> DeviceProfil
                                   for k, e in data.get("node_sharing", [[1, 1]]))),
         decode_mask_call_s=float(data.get("decode_mask_call_us", 0.0)) * 1e-6,
         decode_mask_score_s=float(data.get("decode_mask_score_ns", 0.0)) * 1e-9,
+        decode_step_s=float(data.get("decode_step_us", 0.0)) * 1e-6,
+        decode_element_s=float(data.get("decode_element_ns", 0.0)) * 1e-9,
+        decode_dtype=DType(data["decode_dtype"]) if "decode_dtype" in data else None,
         worker_scale=MappingProxyType({
             kind: tuple(sorted((float(x), float(r)) for x, r in curve))
             for kind, curve in data.get("worker_scale", {}).items()}),
@@ -376,6 +391,12 @@ def profile_from_dict(data: Any, path: str | Path | None = None) -> DeviceProfil
 
 def load_profile(name_or_path: str | Path) -> DeviceProfile:
     """A shipped profile by name (``h100``, ``cpu``) or any profile file by path."""
+    data, path = load_profile_data(name_or_path)
+    return profile_from_dict(data, path=path)
+
+
+def load_profile_data(name_or_path: str | Path) -> tuple[Any, Path]:
+    """A profile's parsed JSON, not yet validated, and the path to name in errors."""
     text: str
     p = Path(name_or_path)
     if p.suffix == ".json" or p.exists():
@@ -391,14 +412,13 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
         p = Path(f"{name_or_path}.json")
         text = resources.files("scheduler.profile_data").joinpath(p.name).read_text("utf-8")
     try:
-        data = json.loads(text)
+        return json.loads(text), p
     except json.JSONDecodeError as e:
         raise InputError(f"invalid JSON: {e.msg}", path=p, line=e.lineno) from None
     except RecursionError:
         raise InputError("invalid JSON: nested too deeply", path=p) from None
     except ValueError:  # an integer past Python's 4,300-digit limit
         raise InputError("invalid JSON: a number with too many digits", path=p) from None
-    return profile_from_dict(data, path=p)
 
 
 def shipped_profiles() -> tuple[str, ...]:

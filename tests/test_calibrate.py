@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,10 @@ from workers.calibrate import Plan, build_profile, count_steps
 from workers.calibrate_live import (
     REPLAY_LOAD,
     SHARING_ROUNDS,
+    ReplayRound,
     busy_peers,
+    can_retime,
+    combine_rounds,
     fit_line,
     fit_sharing,
     fit_worker_jobs,
@@ -45,7 +49,7 @@ TINY = Plan(lengths=(64, 256), head_dims=(16, 32), dtypes=("fp32",), causal=(Fal
             point_flops=2.0**21, min_time=0.01, batch_sizes=(1, 4), packing_lengths=(64,),
             worker_batches=(1, 4, 8), worker_repeats=3, sharing_workers=2,
             sharing_batch_s=0.01, sharing_batches=3, decision_devices=2, decision_queue=8,
-            decision_rounds=10, replay_jobs=80)
+            decision_rounds=10, replay_jobs=80, replay_rounds=2)
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +82,8 @@ def test_quick_calibration_writes_a_profile_that_validates(calibrated) -> None:
     assert data["worker_job_us"] == max(0.0, data["reference"]["worker_through_ray"]
                                         ["per_job_us"])
     assert data["decode_mask_call_us"] >= 0 and data["decode_mask_score_ns"] >= 0
+    assert data["decode_step_us"] > 0 and data["decode_element_ns"] >= 0
+    assert profile.decode_dtype is DType.FP32 and profile.decode_step_s > 0
     assert profile.decode_mask_call_s == data["decode_mask_call_us"] * 1e-6
     assert [k for k, _ in profile.node_sharing] == [1.0, 2.0]
     assert profile.node_sharing[0] == (1.0, 1.0)
@@ -90,6 +96,15 @@ def test_quick_calibration_writes_a_profile_that_validates(calibrated) -> None:
     assert replay["jobs"] == TINY.replay_jobs and sum(replay["lone_batches"].values()) > 0
     ratios = replay["worker_over_predicted"]
     assert ratios and all(r > 0 for r in ratios.values())
+    # replays back to back, each figure their median (of two: the mean of the pair)
+    rounds = replay["per_round"]
+    assert replay["rounds"] == len(rounds) == TINY.replay_rounds
+    for kind, ratio in ratios.items():
+        assert ratio == pytest.approx(statistics.median(
+            r["worker_over_predicted"][kind] for r in rounds
+            if kind in r["worker_over_predicted"]), abs=1e-4)
+    assert replay["round_trip_beyond_worker_us"] == pytest.approx(statistics.median(
+        r["round_trip_beyond_worker_us"] for r in rounds), abs=1e-3)
     lone = data["reference"]["worker_scale_lone"]
     for kind, curve in data["worker_scale"].items():
         if kind in lone:
@@ -112,6 +127,25 @@ def test_the_replay_sets_each_kinds_level_and_keeps_its_shape() -> None:
     assert folded == {"prefill": [[0.001, 1.8], [0.01, 1.5]], "train": [[0.01, 1.1]],
                       "decode": [[0.002, 0.9]]}
     assert lone["prefill"] == [[0.001, 1.2], [0.01, 1.0]]  # the input is not changed
+
+
+def test_replays_combine_by_their_median_so_one_disturbed_replay_moves_nothing() -> None:
+    def one(prefill: float, c: float, trip: float, decode: float | None = None) -> ReplayRound:
+        ratios = {"prefill": prefill} | ({"decode": decode} if decode is not None else {})
+        return ReplayRound(ratios, c, trip, {"prefill": 20, "decode": 5}, 0.4)
+
+    got = combine_rounds([one(1.10, 0.10, 3800.0, 1.0), one(9.0, 0.90, 90000.0),
+                          one(1.12, 0.12, 3900.0, 1.2)])
+    assert got.ratios == {"prefill": 1.12, "decode": 1.1}  # a kind only some replays had
+    assert got.per_peer == 0.12 and got.round_trip_us == 3900.0
+    assert got.lone_batches == {"decode": 15, "prefill": 60} and got.jct_mean_s == 0.4
+
+
+def test_only_a_profile_calibrated_with_a_replay_is_retimed() -> None:
+    shipped = json.loads(SHIPPED_CPU.read_text())
+    assert not can_retime(shipped)
+    assert can_retime({**shipped, "reference": {"live_replay": {"jobs": 600}}})
+    assert not can_retime([]) and not can_retime({"reference": None})
 
 
 def test_busy_peers_are_the_time_averaged_overlap_with_other_devices() -> None:
@@ -219,13 +253,14 @@ def test_every_measurement_ticks_the_progress_bar_once() -> None:
     plan = replace(TINY, ray=False)
     ticks: list[str] = []
     data = build_profile(plan, "noray", ticks.append)
-    assert len(ticks) == count_steps(plan) == len(plan.grid()) + 8
+    assert len(ticks) == count_steps(plan) == len(plan.grid()) + 9
     assert len(set(ticks)) == len(ticks)
     profile = profile_from_dict(data)
     assert profile.actor_call_s == 0 and profile.node_sharing == ((1.0, 1.0),)
     assert data["worker_job_us"] == max(0.0, data["reference"]["worker_in_process"]
                                         ["per_job_us"])
-    assert count_steps(TINY) == count_steps(plan) + 5 + SHARING_ROUNDS * TINY.sharing_workers
+    assert count_steps(TINY) == (count_steps(plan) + 4 + TINY.replay_rounds
+                                 + SHARING_ROUNDS * TINY.sharing_workers)
 
 
 def test_paired_difference_takes_the_median_of_back_to_back_pairs(monkeypatch) -> None:
@@ -258,6 +293,20 @@ def test_the_mask_cost_fit_recovers_a_known_line(monkeypatch) -> None:
     monkeypatch.setattr(calibrate, "paired_difference", difference)
     got = calibrate.measure_decode_mask(TINY)
     assert got == pytest.approx((call, score))
+
+
+def test_the_decode_step_fit_recovers_a_known_line(monkeypatch) -> None:
+    """Per step = call + element × rows × heads × keys × head-dim, timed at two caches."""
+    call, element = 30e-6, 0.8e-9
+    rows, heads, _ = calibrate.STEP_LAYOUT["cpu"]
+    lengths = iter(calibrate.STEP_LENGTHS["cpu"])
+
+    def timed(fn, min_time, sync) -> float:
+        keys = next(lengths) + (calibrate.MASK_STEPS - 1) / 2
+        return calibrate.MASK_STEPS * (call + element * rows * heads * keys * TINY.head_dims[0])
+
+    monkeypatch.setattr(calibrate, "seconds_per_call", timed)
+    assert calibrate.measure_decode_step(TINY) == pytest.approx((call, element))
 
 
 def test_fit_line_recovers_a_known_line() -> None:

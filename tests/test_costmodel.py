@@ -325,7 +325,46 @@ def test_packed_decodes_pay_padding_and_the_mask() -> None:
     assert cm.batch_estimate([long], masked).seconds == cm.estimate(long, masked).seconds
 
 
-@pytest.mark.parametrize("key", ["decode_mask_call_us", "decode_mask_score_ns"])
+def test_a_timed_decode_step_prices_decode_groups_without_the_grid() -> None:
+    """With the worker's decode step timed, a group costs per layer: its longest request's
+    steps × the step's fixed cost + every element it reads (padding included) × the
+    per-element cost; no host floor on top (the step includes it), and another dtype's
+    elements at the grid's ratio of the two dtypes' rates."""
+    base = json.loads((__import__("pathlib").Path(cm.__file__).parent / "profile_data"
+                       / "cpu.json").read_text())
+    timed = profile_from_dict({**base, "decode_step_us": 40.0, "decode_element_ns": 0.5,
+                               "decode_dtype": "fp32"})
+
+    def decode(i: int, kv: int, steps: int, dtype: str = "fp32") -> object:
+        return attention_job(id=f"d{i}", kind="decode", q_len=1, kv_len=kv, steps=steps,
+                             heads=4, kv_heads=2, head_dim=32, layers=3, dtype=dtype)
+
+    jobs = [decode(0, 100, 10), decode(1, 1000, 4)]
+    positions, _ = cm.padded_positions([(10, 100, 1), (4, 1000, 1)])
+    expected = 3 * (10 * 40e-6 + positions * 4 * 32 * 0.5e-9)
+    pack = cm.Pack(timed)
+    for job in jobs:
+        pack.add(job)
+    assert pack.compute_s == pytest.approx(expected)
+    assert pack.calls == 0  # no host floor for the timed steps
+    nbytes = pack.nbytes / timed.bandwidth_bytes_s
+    assert cm.batch_estimate(jobs, timed).seconds == pytest.approx(max(expected, nbytes))
+    lone = decode(2, 100, 10)
+    assert cm.estimate(lone, timed).seconds == pytest.approx(
+        max(3 * (10 * 40e-6 + 10 * (100 + 4.5) * 4 * 32 * 0.5e-9),
+            cm._job_terms(lone, timed, None)[1] / timed.bandwidth_bytes_s))
+    half = decode(3, 100, 10, "bf16")
+    keys = round(10 * (100 + 4.5) / 10)
+    fp32, used = timed.sdpa_tflops(1, keys, 32, cm.DType.FP32, False)
+    bf16, _ = timed.sdpa_tflops(1, keys, 32, cm.DType.BF16, False, used)
+    element = cm._job_terms(half, timed, None)[0] / 3 - 10 * 40e-6
+    assert element == pytest.approx(10 * (100 + 4.5) * 4 * 32 * 0.5e-9 * fp32 / bf16)
+    # without the timing, the grid prices it as before
+    assert cm._job_terms(lone, profile_from_dict(base), None)[2] == 3 * 10
+
+
+@pytest.mark.parametrize("key", ["decode_mask_call_us", "decode_mask_score_ns",
+                                 "decode_step_us", "decode_element_ns", "decode_dtype"])
 def test_decode_mask_costs_are_validated(key) -> None:
     base = json.loads((__import__("pathlib").Path(cm.__file__).parent / "profile_data"
                        / "cpu.json").read_text())

@@ -86,6 +86,7 @@ class Plan:
     decision_rounds: int = 200
     ray: bool = True
     replay_jobs: int = 600  # a live replay's jobs (0: none); see calibrate_live.replay_fit
+    replay_rounds: int = 3  # replays back to back; each figure is their median
 
     def __post_init__(self) -> None:
         if not (self.lengths and self.head_dims and self.dtypes and self.backends
@@ -120,15 +121,17 @@ def quick_plan(device: str = "cpu", threads: int = 1) -> Plan:
                    (512, 4096), head_dims=(16, 64) if device == "cpu" else (64, 128),
                    point_flops=full_plan(device).point_flops / 4, min_time=0.1,
                    packing_lengths=(128, 512), worker_repeats=5, sharing_batch_s=0.05,
-                   sharing_batches=4, decision_rounds=60, replay_jobs=300)
+                   sharing_batches=4, decision_rounds=60, replay_jobs=300,
+                   replay_rounds=1)
 
 
 def count_steps(plan: Plan) -> int:
     """How many times :func:`build_profile` calls its ``tick``: the progress bar's total."""
     from workers.calibrate_live import live_steps
 
-    # host cost, decode mask, the grid, matmul and bandwidth, the batching curve, packing
-    device = 2 + len(plan.grid()) + 1 + len(plan.batch_sizes) + len(plan.packing_lengths)
+    # host cost, decode step, decode mask, the grid, matmul and bandwidth, the batching
+    # curve, packing
+    device = 3 + len(plan.grid()) + 1 + len(plan.batch_sizes) + len(plan.packing_lengths)
     return device + live_steps(plan)
 
 
@@ -265,6 +268,39 @@ def measure_host(plan: Plan) -> tuple[float, float]:
 
 MASK_LENGTHS = (256, 4096)  # cache lengths of the two masked-decode timings
 MASK_STEPS = 32
+# (rows, query heads, KV heads) of the decode-step timing: the tiny preset's layout on a
+# CPU; on a GPU enough rows and heads that the per-element cost shows above the launch.
+STEP_LAYOUT = {"cpu": (2, 2, 1), "cuda": (16, 32, 8)}
+STEP_LENGTHS = {"cpu": (256, 4096), "cuda": (1024, 16384)}
+
+
+def measure_decode_step(plan: Plan) -> tuple[float, float]:
+    """One unmasked step of the worker's packed decode loop: seconds per call (a step of one
+    layer), and per element read (row × query head × key × head-dim).
+
+    The SDPA grid times square shapes that saturate the device; a decode step
+    is one query per row against a cache, where the fixed cost of the step
+    (slicing, the kernel's set-up) and reading the cache dominate, and the
+    grid's rate at such shapes missed by 2–5× on a CPU. So the loop itself
+    (``kernels.decode_many``, caches of one length) is timed at a short and a
+    long cache and the per-step times fit a line.
+    """
+    dtype = kernels.DTYPES[plan.reference_dtype]
+    rows, heads, kv_heads = STEP_LAYOUT.get(plan.device, STEP_LAYOUT["cpu"])
+    d = plan.head_dims[0]
+    sync = _sync(plan.device)
+    points = []
+    for length in STEP_LENGTHS.get(plan.device, STEP_LENGTHS["cpu"]):
+        q = torch.randn(rows, heads, MASK_STEPS, d, dtype=dtype, device=plan.device)
+        k = torch.randn(rows, kv_heads, length + MASK_STEPS, d, dtype=dtype, device=plan.device)
+        v = torch.randn_like(k)
+        seconds = seconds_per_call(partial(kernels.decode_many, q, k, v, [length] * rows,
+                                           [MASK_STEPS] * rows), 2 * plan.min_time, sync)
+        elements = rows * heads * (length + (MASK_STEPS - 1) / 2) * d  # per step, mean keys
+        points.append((elements, seconds / MASK_STEPS))
+    (x0, y0), (x1, y1) = points
+    per_element = max(0.0, (y1 - y0) / (x1 - x0))
+    return max(0.0, y0 - per_element * x0), per_element
 
 
 def measure_decode_mask(plan: Plan) -> tuple[float, float]:
@@ -399,6 +435,8 @@ def measure_device(plan: Plan, name: str, tick: Tick = _no_tick) -> dict[str, An
     try:
         tick("host cost per call")
         call_host, job_host = measure_host(plan)
+        tick("decode step cost")
+        step, element = measure_decode_step(plan)
         tick("mask cost of a packed decode")
         mask_call, mask_score = measure_decode_mask(plan)
         sdpa = measure_sdpa(plan, tick)
@@ -419,6 +457,9 @@ def measure_device(plan: Plan, name: str, tick: Tick = _no_tick) -> dict[str, An
                           else {}),
         "call_host_us": round(call_host * 1e6, 3),
         "unpacked_job_host_us": [[1, round(job_host * 1e6, 3)]],
+        "decode_step_us": round(step * 1e6, 3),
+        "decode_element_ns": round(element * 1e9, 6),
+        "decode_dtype": plan.reference_dtype,
         "decode_mask_call_us": round(mask_call * 1e6, 3),
         "decode_mask_score_ns": round(mask_score * 1e9, 4),
         "sharing": [[1, 1.0]], "backward_factor": 2.5, "sdpa": sdpa,

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -28,9 +28,9 @@ from scheduler.cluster import ClusterSpec, DeviceSpec, NodeSpec
 from scheduler.controller import Controller
 from scheduler.jobs import AttentionJob, DType, JobKind
 from scheduler.pricing import ClusterCost
-from scheduler.profiles import DeviceProfile
+from scheduler.profiles import DeviceProfile, profile_from_dict
 from scheduler.view import Telemetry
-from workers.calibrate import Plan, Tick, cores, seconds_per_call
+from workers.calibrate import Plan, Tick, cores, full_plan, seconds_per_call
 from workers.worker import AttentionWorker, BatchResult
 
 Runner = Callable[[str, list[AttentionJob], float, float], BatchResult]
@@ -43,7 +43,8 @@ def live_steps(plan: Plan) -> int:
     if not plan.ray:
         return 2  # per-job fit in process, decision time
     cpu = plan.device == "cpu"
-    return 6 + (SHARING_ROUNDS * plan.sharing_workers + bool(plan.replay_jobs) if cpu else 0)
+    replays = plan.replay_rounds if plan.replay_jobs else 0
+    return 6 + (SHARING_ROUNDS * plan.sharing_workers + replays if cpu else 0)
 
 
 def fit_line(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
@@ -489,7 +490,76 @@ def replay_jobs(plan: Plan, profile: DeviceProfile) -> list[AttentionJob]:
     return [replace(j, submit_time=j.submit_time / rate) for j in jobs]
 
 
-def replay_fit(plan: Plan, data: dict[str, Any], profile: DeviceProfile, tick: Tick
+@dataclass(frozen=True)
+class ReplayRound:
+    """What one live replay measured (see :func:`replay_fit`)."""
+
+    ratios: dict[str, float]  # kind -> median worker-timed / predicted, net of sharing
+    per_peer: float  # c: the slowdown each busy peer adds
+    round_trip_us: float  # median wall round trip of a batch beyond its worker's timing
+    lone_batches: dict[str, int]
+    jct_mean_s: float | None
+
+
+def replay_once(jobs: Sequence[AttentionJob], data: dict[str, Any], session: Any,
+                profile_name: str = "cpu") -> ReplayRound:
+    """Replay ``jobs`` with the static policy on ``session``'s workers, priced by ``data``."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from policies.base import load_policy
+    from workers.executor import LiveConfig, run_live
+
+    profile_from_dict(data)  # a bad profile fails before any worker is busy
+    kinds = {j.id: costmodel.scale_kind(j) for j in jobs}
+    runs: list[Run] = []
+    beyond: list[float] = []
+
+    def record(batch: Any, seconds: float, round_trip: float) -> None:
+        beyond.append(max(0.0, round_trip - seconds))
+        if len(batch.jobs) == 1 and batch.solo_seconds > 0:
+            end = time.perf_counter()
+            runs.append((kinds[batch.jobs[0]], batch.device, end - seconds, end,
+                         batch.solo_seconds))
+
+    with tempfile.TemporaryDirectory(prefix="attnsched-replay-") as tmp:
+        path = Path(tmp) / "profile.json"
+        path.write_text(json.dumps(data))
+        config = LiveConfig(speed=1.0, profiles={profile_name: str(path)}, on_batch=record,
+                            decide_timeout=None)
+        # A run folder as a real run has: the journal and outputs cost the driver time.
+        result = run_live(list(jobs), load_policy("static"), "static", Path(tmp) / "run",
+                          config, session=session)
+    if result.exit_code != 0:
+        raise RuntimeError(f"the calibration replay failed: {result.message}")
+    seen, per_peer = fit_sharing(runs)
+    return ReplayRound(
+        ratios={k: round(statistics.median(v), 4) for k, v in seen.items()
+                if len(v) >= REPLAY_MIN},
+        per_peer=round(per_peer, 4),
+        round_trip_us=round(statistics.median(beyond) * 1e6, 3) if beyond else 0.0,
+        lone_batches={k: len(v) for k, v in seen.items()},
+        jct_mean_s=result.summary.get("jct_mean"))
+
+
+def combine_rounds(rounds: Sequence[ReplayRound]) -> ReplayRound:
+    """Each figure's median over the replays: one replay disturbed by the machine (a
+    neighbour's burst on a shared VM) moves a median of three little, a mean a lot."""
+    kinds = sorted({k for r in rounds for k in r.ratios})
+    jcts = [r.jct_mean_s for r in rounds if r.jct_mean_s is not None]
+    return ReplayRound(
+        ratios={k: round(statistics.median(r.ratios[k] for r in rounds if k in r.ratios), 4)
+                for k in kinds},
+        per_peer=round(statistics.median(r.per_peer for r in rounds), 4),
+        round_trip_us=round(statistics.median(r.round_trip_us for r in rounds), 3),
+        lone_batches={k: sum(r.lone_batches.get(k, 0) for r in rounds)
+                      for k in sorted({k for r in rounds for k in r.lone_batches})},
+        jct_mean_s=statistics.median(jcts) if jcts else None)
+
+
+def replay_fit(plan: Plan, data: dict[str, Any], profile: DeviceProfile, tick: Tick,
+               session: Any = None, profile_name: str = "cpu"
                ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The profile's live-path figures as a live run pays them, and the raw figures.
 
@@ -507,65 +577,91 @@ def replay_fit(plan: Plan, data: dict[str, Any], profile: DeviceProfile, tick: T
     the static policy, so every batch is one job, on emulated GPUs as a local
     run uses) measures the difference: for each kind, the median of the
     worker-timed seconds over the profile's prediction for the same job, folded
-    into ``worker_scale`` (:func:`fold_scale`).
-    """
-    import json
-    import tempfile
-    from pathlib import Path
+    into ``worker_scale`` (:func:`fold_scale`). ``plan.replay_rounds`` replays
+    run back to back and each figure is their median: one replay's levels move
+    by 5–10% from the next on a shared VM.
 
+    With ``session`` the replay runs on those workers (``attnsched fidelity``
+    re-times a profile on its own session); without, it opens one.
+    """
     import ray
 
-    from policies.base import load_policy
-    from workers.executor import LiveConfig, run_live
+    from workers.executor import LiveConfig, close_session, open_session
 
-    tick("live replay")
     jobs = replay_jobs(plan, profile)
-    kinds = {j.id: costmodel.scale_kind(j) for j in jobs}
     sizes: dict[str, list[float]] = {}
     for job in jobs:
-        sizes.setdefault(kinds[job.id], []).append(costmodel.device_seconds(job, profile))
-    runs: list[Run] = []
-
-    beyond: list[float] = []  # each batch's wall round trip beyond its worker's timing
-
-    def record(batch: Any, seconds: float, round_trip: float) -> None:
-        beyond.append(max(0.0, round_trip - seconds))
-        if len(batch.jobs) == 1 and batch.solo_seconds > 0:
-            end = time.perf_counter()
-            runs.append((kinds[batch.jobs[0]], batch.device, end - seconds, end,
-                         batch.solo_seconds))
-
+        sizes.setdefault(costmodel.scale_kind(job), []).append(
+            costmodel.device_seconds(job, profile))
     started = not ray.is_initialized()
-    with tempfile.TemporaryDirectory(prefix="attnsched-replay-") as tmp:
-        path = Path(tmp) / "profile.json"
-        path.write_text(json.dumps(data))
-        config = LiveConfig(emulate_gpus=max(1, plan.sharing_workers), speed=1.0,
-                            profiles={"cpu": str(path)}, on_batch=record, decide_timeout=None)
-        try:
-            # A run folder as a real run has: the journal and outputs cost the driver time.
-            result = run_live(jobs, load_policy("static"), "static", Path(tmp) / "run", config)
-        finally:
+    own = session is None
+    if own:
+        session = open_session(LiveConfig(emulate_gpus=max(1, plan.sharing_workers)))
+    try:
+        rounds = []
+        for i in range(max(1, plan.replay_rounds)):
+            tick("live replay" if plan.replay_rounds <= 1
+                 else f"live replay {i + 1}/{plan.replay_rounds}")
+            rounds.append(replay_once(jobs, data, session, profile_name))
+    finally:
+        if own:
+            close_session(session)
             if started:
                 ray.shutdown()
-    if result.exit_code != 0:
-        raise RuntimeError(f"the calibration replay failed: {result.message}")
-    seen, per_peer = fit_sharing(runs)
-    per_peer = round(per_peer, 4)
-    ratios = {k: round(statistics.median(v), 4) for k, v in seen.items() if len(v) >= REPLAY_MIN}
-    round_trip_us = round(statistics.median(beyond) * 1e6, 3)
-    reference = {"jobs": len(jobs), "load": REPLAY_LOAD, "workers": config.emulate_gpus,
-                 "lone_batches": {k: len(v) for k, v in seen.items()},
-                 "worker_over_predicted": ratios,
-                 "slowdown_per_busy_peer": per_peer,
-                 "round_trip_beyond_worker_us": round_trip_us,
-                 "jct_mean_s": result.summary.get("jct_mean")}
+    got = combine_rounds(rounds)
+    reference = {"jobs": len(jobs), "load": REPLAY_LOAD, "workers": len(session.workers),
+                 "rounds": len(rounds),
+                 "lone_batches": got.lone_batches,
+                 "worker_over_predicted": got.ratios,
+                 "slowdown_per_busy_peer": got.per_peer,
+                 "round_trip_beyond_worker_us": got.round_trip_us,
+                 "jct_mean_s": got.jct_mean_s,
+                 "per_round": [{"worker_over_predicted": r.ratios,
+                                "slowdown_per_busy_peer": r.per_peer,
+                                "round_trip_beyond_worker_us": r.round_trip_us}
+                               for r in rounds]}
     lone = data.get("worker_scale", {})
     typical = {kind: statistics.median(v) for kind, v in sizes.items()}
-    updates = {"worker_scale": fold_scale(lone, ratios, typical),
-               "node_sharing": sharing_curve(per_peer, config.emulate_gpus),
+    updates = {"worker_scale": fold_scale(lone, got.ratios, typical),
+               "node_sharing": sharing_curve(got.per_peer, len(session.workers)),
                # never below an empty actor call, as the fit's intercept is not
-               "batch_call_us": max(float(data.get("actor_call_us", 0.0)), round_trip_us)}
+               "batch_call_us": max(float(data.get("actor_call_us", 0.0)), got.round_trip_us)}
     return updates, reference
+
+
+RETIME_JOBS = 600  # the replay attnsched fidelity re-times a profile with: calibration's
+
+
+def can_retime(data: Any) -> bool:
+    """Whether ``data`` (a profile's JSON) was calibrated with a live replay to re-time."""
+    return isinstance(data, dict) and "live_replay" in (data.get("reference") or {})
+
+
+def retimed(data: dict[str, Any], session: Any, profile_name: str = "cpu",
+            rounds: int = 1) -> dict[str, Any]:
+    """``data`` with its live-path figures re-timed now on ``session``'s workers.
+
+    A profile describes the machine when it was calibrated; a shared VM's speed
+    drifts by 10–20% over hours, which at a queueing load moves mean JCT by
+    more than a simulator's own error. The same replay calibration ends with,
+    run against the profile as it is, measures how far the workers have moved
+    from it and folds that in (a ratio of 1: nothing moved). The replay's jobs
+    are its own (``REPLAY_SEED``), never the trace being evaluated.
+    """
+    profile = profile_from_dict(data)
+    plan = replace(full_plan(), sharing_workers=max(1, len(session.workers)),
+                   replay_jobs=RETIME_JOBS, replay_rounds=rounds)
+    updates, reference = replay_fit(plan, data, profile, _quiet, session, profile_name)
+    out = {**data, **updates}
+    out["reference"] = {**data.get("reference", {}), "retimed": reference}
+    when = time.strftime("%Y-%m-%d %H:%M")
+    out["source"] = f"{data.get('source', '')}; live path re-timed {when}"
+    profile_from_dict(out)
+    return out
+
+
+def _quiet(_: str) -> None:
+    pass
 
 
 Run = tuple[str, str, float, float, float]  # kind, device, start, end, predicted seconds
