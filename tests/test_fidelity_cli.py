@@ -9,6 +9,8 @@ import pytest
 
 from tests.test_live_cli import write_trace
 
+SHIPPED_CPU = Path(__file__).resolve().parents[1] / "scheduler" / "profile_data" / "cpu.json"
+
 
 @pytest.fixture(scope="module")
 def local_ray():
@@ -42,6 +44,56 @@ def test_fidelity_runs_each_policy_both_ways(cli, local_ray, tmp_path: Path) -> 
     assert result["speed"] == 2 and result["repeats"] == 2
     assert (out / "plots" / "fidelity_jct.png").stat().st_size > 1000
     assert "ranking by mean JCT" in text
+    # the shipped profile was not calibrated with a replay: used as given, simulated once
+    assert result["retimed"] is None and "as_given" not in result
+    assert not (out / "profiles").exists() and not (out / "static" / "sim-2").exists()
+    assert [set(r) for r in result["rounds"]] == [{"static", "adaptive"}] * 2
+
+
+def test_fidelity_retimes_a_replay_calibrated_profile_before_each_round(
+        cli, local_ray, tmp_path: Path, monkeypatch) -> None:
+    from workers import calibrate_live
+
+    monkeypatch.setattr(calibrate_live, "RETIME_JOBS", 40)
+    data = json.loads(SHIPPED_CPU.read_text())
+    data["reference"] = {**data.get("reference", {}), "live_replay": {"jobs": 600}}
+    given = tmp_path / "cpu.json"
+    given.write_text(json.dumps(data))
+    trace = write_trace(tmp_path / "t.jsonl", 16)
+    out = tmp_path / "fid"
+    code, text, err = cli("fidelity", trace, "--policies", "static,greedy", "--model", "tiny",
+                          "--speed", "2", "--repeats", "2", "--profile", given, "--out", out)
+    assert code == 0, err
+    result = json.loads((out / "fidelity.json").read_text())
+    assert result["retimed"] == "cpu"
+    for r in (1, 2):  # each round's profile: the given one with the replay's figures folded in
+        redone = json.loads((out / "profiles" / f"round-{r}.json").read_text())
+        replay = redone["reference"]["retimed"]
+        assert replay["jobs"] == 40 and replay["rounds"] == 1
+        assert redone["reference"]["live_replay"] == data["reference"]["live_replay"]
+        assert redone["sdpa"] == data["sdpa"]  # the device's rates are the calibration's
+        assert redone["node_sharing"] == calibrate_live.sharing_curve(
+            replay["slowdown_per_busy_peer"], 2)
+        assert redone["batch_call_us"] == max(data["actor_call_us"],
+                                              replay["round_trip_beyond_worker_us"])
+        assert {k: [y for _, y in v] for k, v in redone["worker_scale"].items()} == {
+            k: [v] for k, v in replay["worker_over_predicted"].items()}
+    # Each round's simulation is its own; the figure compared is their median.
+    for name, entry in result["policies"].items():
+        sims = [json.loads((out / name / m / "summary.json").read_text())["jct_mean"]
+                for m in ("sim", "sim-2")]
+        assert entry["sim"]["jct_mean"] == pytest.approx(sum(sims) / 2)
+        assert [r[name]["sim"] for r in result["rounds"]] == pytest.approx(sims)
+        assert (out / name / "sim-as-given" / "jobs.parquet").exists()
+        given_sim = json.loads((out / name / "sim-as-given" / "summary.json").read_text())
+        assert result["as_given"]["policies"][name]["sim"]["jct_mean"] == given_sim["jct_mean"]
+        assert result["as_given"]["policies"][name]["live"] == entry["live"]
+    # Rounds, not policy after policy: round 2's runs all come after round 1's.
+    done = {(n, m): (out / n / m / "jobs.parquet").stat().st_mtime
+            for n in ("static", "greedy") for m in ("live", "live-2")}
+    assert max(done["static", "live"], done["greedy", "live"]) < min(
+        done["static", "live-2"], done["greedy", "live-2"])
+    assert "re-timed before each round" in text
 
 
 @pytest.mark.parametrize(("args", "field"), [
