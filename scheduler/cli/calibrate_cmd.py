@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from scheduler.cli.consoles import make_console
 from scheduler.errors import InputError
 from scheduler.profiles import SCHEMA, profile_from_dict
 
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 NAME_PATTERN = re.compile(SCHEMA["properties"]["name"]["pattern"])
 
 

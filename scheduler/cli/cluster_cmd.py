@@ -6,15 +6,15 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from scheduler.cli.consoles import make_console
 from scheduler.cluster import ClusterSpec, load_cluster, parse_node_counts
 
 app = typer.Typer(help="Describe clusters (cluster.yaml or a node list).",
                   epilog="Example: attnsched cluster show cluster.yaml --nodes gpu_h100=4",
                   no_args_is_help=True)
-console = Console()
+console = make_console()
 GIB = 1 << 30
 
 

@@ -6,14 +6,14 @@ import json
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from scheduler.cli.consoles import make_console
 from scheduler.profiles import DeviceProfile, load_profile, shipped_profiles
 
 app = typer.Typer(help="Inspect device profiles (measured attention throughput).",
                   epilog="Example: attnsched profile show h100", no_args_is_help=True)
-console = Console()
+console = make_console()
 
 
 @app.command("list")

@@ -13,17 +13,17 @@ from typing import Any
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from scheduler.cli.consoles import make_console
 from scheduler.cluster import parse_node_counts
 from scheduler.errors import InputError
 from scheduler.runs import RunSpec, count_jobs, run_sim
 from scheduler.sim.runner import RunResult, SimProgress
 
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 
 
 def _trace_exists(path: Path) -> Path:

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from scheduler.cli.consoles import make_console
 from scheduler.errors import InputError
 from scheduler.presets import PRESETS, get_preset
 from scheduler.traces import FORMATS, open_trace, write_trace
@@ -21,7 +21,7 @@ app = typer.Typer(help="Inspect, convert and generate job traces.",
                   epilog="Example: attnsched trace stats "
                          "../shared/traces/azure_llm_2023_conv.csv --model llama3-8b",
                   no_args_is_help=True)
-console = Console()
+console = make_console()
 
 FORMAT_HELP = f"Input format: {', '.join(FORMATS)} (auto: from the extension and header)."
 MODEL_HELP = f"Model preset that shapes token traces: {', '.join(PRESETS)}."
