@@ -39,6 +39,7 @@ from workers.calibrate_live import (
     fit_worker_jobs,
     fold_scale,
     local_cluster,
+    per_peer_slowdown,
     replay_jobs,
     sharing_curve,
 )
@@ -146,6 +147,20 @@ def test_only_a_profile_calibrated_with_a_replay_is_retimed() -> None:
     assert not can_retime(shipped)
     assert can_retime({**shipped, "reference": {"live_replay": {"jobs": 600}}})
     assert not can_retime([]) and not can_retime({"reference": None})
+
+
+def test_a_fixed_sharing_takes_the_ratios_net_of_it_and_fits_nothing() -> None:
+    # two kinds, each 1.2 alone and 1.2 × 1.5 with the other device busy throughout
+    runs = [("prefill", "a", 0.0, 1.8, 1.0), ("prefill", "b", 0.0, 1.8, 1.0),
+            ("train", "a", 10.0, 11.2, 1.0)]
+    net, c = fit_sharing(runs, fixed_c=0.5)
+    assert c == 0.5
+    assert net["prefill"] == pytest.approx([1.2, 1.2]) and net["train"] == [pytest.approx(1.2)]
+    data = json.loads(SHIPPED_CPU.read_text())
+    for curve, want in (([[1, 1.0], [2, 0.8]], 0.25), ([[1, 1.0], [2, 1.0], [4, 0.5]], 1 / 3),
+                        ([[1, 1.0]], 0.0)):
+        profile = profile_from_dict({**data, "node_sharing": curve})
+        assert per_peer_slowdown(profile) == pytest.approx(want)
 
 
 def test_busy_peers_are_the_time_averaged_overlap_with_other_devices() -> None:

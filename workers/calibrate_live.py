@@ -502,8 +502,9 @@ class ReplayRound:
 
 
 def replay_once(jobs: Sequence[AttentionJob], data: dict[str, Any], session: Any,
-                profile_name: str = "cpu") -> ReplayRound:
-    """Replay ``jobs`` with the static policy on ``session``'s workers, priced by ``data``."""
+                profile_name: str = "cpu", fixed_c: float | None = None) -> ReplayRound:
+    """Replay ``jobs`` with the static policy on ``session``'s workers, priced by ``data``
+    (``fixed_c``: see :func:`fit_sharing`)."""
     import json
     import tempfile
     from pathlib import Path
@@ -533,7 +534,7 @@ def replay_once(jobs: Sequence[AttentionJob], data: dict[str, Any], session: Any
                           config, session=session)
     if result.exit_code != 0:
         raise RuntimeError(f"the calibration replay failed: {result.message}")
-    seen, per_peer = fit_sharing(runs)
+    seen, per_peer = fit_sharing(runs, fixed_c)
     return ReplayRound(
         ratios={k: round(statistics.median(v), 4) for k, v in seen.items()
                 if len(v) >= REPLAY_MIN},
@@ -559,7 +560,7 @@ def combine_rounds(rounds: Sequence[ReplayRound]) -> ReplayRound:
 
 
 def replay_fit(plan: Plan, data: dict[str, Any], profile: DeviceProfile, tick: Tick,
-               session: Any = None, profile_name: str = "cpu"
+               session: Any = None, profile_name: str = "cpu", fixed_c: float | None = None
                ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The profile's live-path figures as a live run pays them, and the raw figures.
 
@@ -582,7 +583,9 @@ def replay_fit(plan: Plan, data: dict[str, Any], profile: DeviceProfile, tick: T
     by 5–10% from the next on a shared VM.
 
     With ``session`` the replay runs on those workers (``attnsched fidelity``
-    re-times a profile on its own session); without, it opens one.
+    re-times a profile on its own session); without, it opens one. With
+    ``fixed_c`` the profile's node sharing is kept and the levels are taken
+    net of it.
     """
     import ray
 
@@ -602,7 +605,7 @@ def replay_fit(plan: Plan, data: dict[str, Any], profile: DeviceProfile, tick: T
         for i in range(max(1, plan.replay_rounds)):
             tick("live replay" if plan.replay_rounds <= 1
                  else f"live replay {i + 1}/{plan.replay_rounds}")
-            rounds.append(replay_once(jobs, data, session, profile_name))
+            rounds.append(replay_once(jobs, data, session, profile_name, fixed_c))
     finally:
         if own:
             close_session(session)
@@ -623,9 +626,10 @@ def replay_fit(plan: Plan, data: dict[str, Any], profile: DeviceProfile, tick: T
     lone = data.get("worker_scale", {})
     typical = {kind: statistics.median(v) for kind, v in sizes.items()}
     updates = {"worker_scale": fold_scale(lone, got.ratios, typical),
-               "node_sharing": sharing_curve(got.per_peer, len(session.workers)),
                # never below an empty actor call, as the fit's intercept is not
                "batch_call_us": max(float(data.get("actor_call_us", 0.0)), got.round_trip_us)}
+    if fixed_c is None:
+        updates["node_sharing"] = sharing_curve(got.per_peer, len(session.workers))
     return updates, reference
 
 
@@ -638,26 +642,40 @@ def can_retime(data: Any) -> bool:
 
 
 def retimed(data: dict[str, Any], session: Any, profile_name: str = "cpu",
-            rounds: int = 1) -> dict[str, Any]:
-    """``data`` with its live-path figures re-timed now on ``session``'s workers.
+            rounds: int | None = None) -> dict[str, Any]:
+    """``data`` with its live-path levels and round trip re-timed now on ``session``'s
+    workers.
 
     A profile describes the machine when it was calibrated; a shared VM's speed
     drifts by 10–20% over hours, which at a queueing load moves mean JCT by
-    more than a simulator's own error. The same replay calibration ends with,
-    run against the profile as it is, measures how far the workers have moved
-    from it and folds that in (a ratio of 1: nothing moved). The replay's jobs
-    are its own (``REPLAY_SEED``), never the trace being evaluated.
+    more than a simulator's own error. The replays calibration ends with
+    (``rounds`` of them; calibration's count by default), run against the
+    profile as it is, measure how far the workers have moved from it (a ratio
+    of 1: nothing moved) and that is folded in. Node sharing is kept: one
+    replay's fitted slowdown moved between 0.06 and 0.24 per busy peer, and
+    the simulator's mean JCT more than doubles across that range, so it stays
+    the calibration's median. The replay's jobs are its own (``REPLAY_SEED``),
+    never the trace being evaluated.
     """
     profile = profile_from_dict(data)
-    plan = replace(full_plan(), sharing_workers=max(1, len(session.workers)),
-                   replay_jobs=RETIME_JOBS, replay_rounds=rounds)
-    updates, reference = replay_fit(plan, data, profile, _quiet, session, profile_name)
+    plan = full_plan()
+    plan = replace(plan, sharing_workers=max(1, len(session.workers)),
+                   replay_jobs=RETIME_JOBS, replay_rounds=rounds or plan.replay_rounds)
+    updates, reference = replay_fit(plan, data, profile, _quiet, session, profile_name,
+                                    fixed_c=per_peer_slowdown(profile))
     out = {**data, **updates}
     out["reference"] = {**data.get("reference", {}), "retimed": reference}
     when = time.strftime("%Y-%m-%d %H:%M")
     out["source"] = f"{data.get('source', '')}; live path re-timed {when}"
     profile_from_dict(out)
     return out
+
+
+def per_peer_slowdown(profile: DeviceProfile) -> float:
+    """``c`` of the profile's ``node_sharing`` (the inverse of :func:`sharing_curve`), read
+    at its most workers: ``efficiency = 1 / (1 + c · (k − 1))``."""
+    k, efficiency = max(profile.node_sharing)
+    return 0.0 if k <= 1 else max(0.0, (1.0 / efficiency - 1.0) / (k - 1))
 
 
 def _quiet(_: str) -> None:
@@ -679,7 +697,8 @@ def busy_peers(runs: Sequence[Run]) -> list[float]:
     return out
 
 
-def fit_sharing(runs: Sequence[Run]) -> tuple[dict[str, list[float]], float]:
+def fit_sharing(runs: Sequence[Run], fixed_c: float | None = None
+                ) -> tuple[dict[str, list[float]], float]:
     """Per kind, each run's worker-timed over predicted seconds as if no peer had been busy;
     and ``c``, the slowdown each busy peer adds: ``ratio = level(kind) · (1 + c · peers)``.
 
@@ -694,7 +713,8 @@ def fit_sharing(runs: Sequence[Run]) -> tuple[dict[str, list[float]], float]:
     linear given the other). A level must be a mean here, not a median: with
     most runs overlapped, a median level would take the slowdown in and leave
     ``c`` at 0. Each ratio is clipped to 0.25–4× its kind's median first, so
-    one disturbed run cannot set the slope.
+    one disturbed run cannot set the slope. With ``fixed_c`` the ratios are
+    taken net of that slowdown and nothing is fitted.
     """
     seen = [(kind, solo, p, (end - start) / solo)
             for (kind, _, start, end, solo), p in zip(runs, busy_peers(runs), strict=True)]
@@ -704,7 +724,7 @@ def fit_sharing(runs: Sequence[Run]) -> tuple[dict[str, list[float]], float]:
     middle = {k: statistics.median(v) for k, v in raw.items()}
     points = [(kind, solo, p, min(4.0, max(0.25, ratio / middle[kind])) * middle[kind])
               for kind, solo, p, ratio in seen]
-    c, before = 0.0, -1.0
+    c, before = (0.0, -1.0) if fixed_c is None else (fixed_c, fixed_c)
     for _ in range(FIT_ROUNDS):
         if abs(c - before) < 1e-9:
             break

@@ -52,10 +52,10 @@ def fidelity_cmd(
     profile: list[str] = PROFILE,
     retime: bool = typer.Option(
         True, "--retime/--no-retime",
-        help="Before each round of live runs, re-time the profile's live-path figures with "
-             "calibration's live replay (its own jobs; ~30 s on a CPU) and simulate that "
-             "round with them, so a profile's age on a drifting machine is not counted as "
-             "the simulator's error. Only for a profile calibrated with a live replay; "
+        help="Before the live runs, re-time the profile's live-path levels and round trip "
+             "with calibration's live replays (their own jobs; ~90 s on a CPU), and run and "
+             "simulate with them, so a profile's age on a drifting machine is not counted "
+             "as the simulator's error. Only for a profile calibrated with a live replay; "
              "the profile as given is simulated too ('as_given')."),
     repeats: int = typer.Option(1, "--repeats", min=1, max=20,
                                 help="Live runs per policy; each figure is their median."),
@@ -85,7 +85,7 @@ def fidelity_cmd(
     from policies.base import load_policy
     total = count_jobs(next(iter(specs.values())))
     from scheduler.pricing import load_profiles
-    from scheduler.profiles import load_profile_data, profile_from_dict
+    from scheduler.profiles import profile_from_dict
     from scheduler.sim.executor import LiveCosts
     from scheduler.sim.runner import SimConfig, simulate
     from workers import calibrate_live
@@ -93,7 +93,7 @@ def fidelity_cmd(
 
     lives: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     given: dict[str, DeviceProfile] = {}
-    rounds: list[dict[str, DeviceProfile]] = []  # each round's profiles, when re-timed
+    retimed: dict[str, DeviceProfile] | None = None  # the profiles re-timed, when they were
     retimed_name: str | None = None
     with live_progress_bar() as bar:
         tasks = {(n, r): bar.add_task(f"{n} live" + (f" {r + 1}" if repeats > 1 else ""),
@@ -102,29 +102,29 @@ def fidelity_cmd(
         session = open_session(config)
         try:
             given = load_profiles(session.spec, overrides)
+            run_config = config
             if retime:
-                retimed_name, base = _retimable(session.spec, overrides, load_profile_data)
+                retimed_name, base = _retimable(session.spec, overrides)
+            if retimed_name is not None:
+                bar.console.print(f"re-timing profile {retimed_name!r} with calibration's "
+                                  "live replays")
+                data = calibrate_live.retimed(base, session, retimed_name)
+                path = out / "profiles" / "retimed.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(data, indent=1) + "\n")
+                retimed = {**given, retimed_name: profile_from_dict(data, path=path)}
+                run_config = dataclasses.replace(
+                    config, profiles={**config.profiles, retimed_name: str(path)})
             # Rounds, not policy after policy: a shared machine drifts over the minutes a
             # fidelity run takes, and each round's policies see the same machine.
             for r in range(repeats):
-                round_config = config
-                if retimed_name is not None:
-                    bar.console.print(f"round {r + 1}: re-timing profile {retimed_name!r} "
-                                      "with calibration's live replay")
-                    data = calibrate_live.retimed(base, session, retimed_name)
-                    path = out / "profiles" / f"round-{r + 1}.json"
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_text(json.dumps(data, indent=1) + "\n")
-                    rounds.append({**given, retimed_name: profile_from_dict(data, path=path)})
-                    round_config = dataclasses.replace(
-                        config, profiles={**config.profiles, retimed_name: str(path)})
                 for name, spec in specs.items():
                     policy = load_policy(name)  # a fresh policy each time: plugins keep state
                     label = str(getattr(policy, "name", name))
                     folder = folders[name] / ("live" if r == 0 else f"live-{r + 1}")
                     lives[name].append(run_live(
                         trace_jobs(spec), policy, label, folder,
-                        dataclasses.replace(round_config, progress=track(bar, tasks[name, r])),
+                        dataclasses.replace(run_config, progress=track(bar, tasks[name, r])),
                         {"trace": str(trace)}, session=session).summary)
         finally:
             close_session(session)
@@ -138,41 +138,38 @@ def fidelity_cmd(
                         {"trace": str(trace)}).summary
 
     runs: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
-    sims: dict[str, list[dict[str, Any]]] = {}
     as_given: dict[str, dict[str, Any]] = {}
     for name in names:
-        sims[name] = [sim(name, p, folders[name] / ("sim" if r == 0 else f"sim-{r + 1}"))
-                      for r, p in enumerate(rounds or [given])]
         runs[name] = (fidelity.median_summary(lives[name]),
-                      fidelity.median_summary(sims[name]))
-        if rounds:
+                      sim(name, retimed or given, folders[name] / "sim"))
+        if retimed:
             as_given[name] = sim(name, given, folders[name] / "sim-as-given")
     result = fidelity.assess(runs)
     result["speed"], result["repeats"] = speed, repeats
     result["profiles"] = {name: p.source for name, p in given.items()}
     result["retimed"] = retimed_name
-    if rounds:
-        result["as_given"] = fidelity.assess(
-            {n: (runs[n][0], as_given[n]) for n in names})
-    # Each round's mean JCT both ways: how much of the error is one round's machine.
-    result["rounds"] = [{n: {"live": lives[n][r].get("jct_mean"),
-                             "sim": sims[n][min(r, len(sims[n]) - 1)].get("jct_mean")}
-                         for n in names} for r in range(repeats)]
+    if retimed:
+        result["as_given"] = fidelity.assess({n: (runs[n][0], as_given[n]) for n in names})
+    # Each round's live mean JCT: how far one round's machine moves the median.
+    result["rounds"] = [{n: lives[n][r].get("jct_mean") for n in names}
+                        for r in range(repeats)]
     path = fidelity.write(out, result)
     fidelity.plot_jct(out, {n: (folders[n] / "live", folders[n] / "sim") for n in names})
     print_fidelity(result)
     console.print(f"fidelity: {path} (plot: {out / 'plots' / 'fidelity_jct.png'})")
 
 
-def _retimable(spec: Any, overrides: dict[str, str], read: Any) -> tuple[str | None, Any]:
-    """The one profile every device uses, and its JSON, when it can be re-timed."""
+def _retimable(spec: Any, overrides: dict[str, str]) -> tuple[str | None, Any]:
+    """The one profile every device uses and its JSON, when it can be re-timed; else
+    (None, None)."""
+    from scheduler.profiles import load_profile_data
     from workers.calibrate_live import can_retime
 
     names = {d.profile for d in spec.devices}
     if len(names) != 1 or None in names:
         return None, None
     name = str(next(iter(names)))
-    data, _ = read(overrides.get(name, name))
+    data, _ = load_profile_data(overrides.get(name, name))
     return (name, data) if can_retime(data) else (None, None)
 
 
@@ -200,7 +197,7 @@ def print_fidelity(result: dict[str, Any]) -> None:
         errors = ", ".join(f"{n} {_err(e['error']['jct_mean'], TARGETS['jct_mean'])}"
                            for n, e in given["policies"].items())
         same = "same" if given["same_ranking"] else "different"
-        console.print(f"profile {result['retimed']!r} re-timed before each round; as given, "
+        console.print(f"profile {result['retimed']!r} re-timed before the runs; as given, "
                       f"mean JCT errors: {errors}; ranking {same}")
 
 
