@@ -44,7 +44,7 @@ def test_fidelity_runs_each_policy_both_ways(cli, local_ray, tmp_path: Path) -> 
     assert result["speed"] == 2 and result["repeats"] == 2
     assert (out / "plots" / "fidelity_jct.png").stat().st_size > 1000
     assert "ranking by mean JCT" in text
-    # the shipped profile was not calibrated with a replay: used as given, simulated once
+    # not re-timed unless asked (and the shipped profile has no replay): simulated once
     assert result["retimed"] is None and "as_given" not in result
     assert not (out / "profiles").exists()
     assert not (out / "static" / "sim-as-given").exists()
@@ -64,7 +64,8 @@ def test_fidelity_retimes_a_replay_calibrated_profile_before_the_runs(
     trace = write_trace(tmp_path / "t.jsonl", 16)
     out = tmp_path / "fid"
     code, text, err = cli("fidelity", trace, "--policies", "static,greedy", "--model", "tiny",
-                          "--speed", "2", "--repeats", "2", "--profile", given, "--out", out)
+                          "--speed", "2", "--repeats", "2", "--profile", given, "--retime",
+                          "--out", out)
     assert code == 0, err
     result = json.loads((out / "fidelity.json").read_text())
     assert result["retimed"] == "cpu"

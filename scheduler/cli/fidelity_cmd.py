@@ -51,12 +51,12 @@ def fidelity_cmd(
     speed: float = SPEED, telemetry_interval: float = TICK,
     profile: list[str] = PROFILE,
     retime: bool = typer.Option(
-        True, "--retime/--no-retime",
+        False, "--retime/--no-retime",
         help="Before the live runs, re-time the profile's live-path levels and round trip "
              "with calibration's live replays (their own jobs; ~90 s on a CPU), and run and "
-             "simulate with them, so a profile's age on a drifting machine is not counted "
-             "as the simulator's error. Only for a profile calibrated with a live replay; "
-             "the profile as given is simulated too ('as_given')."),
+             "simulate with them, for a profile calibrated long before. Only for a profile "
+             "calibrated with a live replay; the profile as given is simulated too "
+             "('as_given')."),
     repeats: int = typer.Option(1, "--repeats", min=1, max=20,
                                 help="Live runs per policy; each figure is their median."),
     address: str | None = ADDRESS, emulate_gpus: int = EMULATE_GPUS,
