@@ -27,7 +27,7 @@ def test_fidelity_runs_each_policy_both_ways(cli, local_ray, tmp_path: Path) -> 
     trace = write_trace(tmp_path / "t.jsonl", 24)
     out = tmp_path / "fid"
     code, text, err = cli("fidelity", trace, "--policies", "static,adaptive", "--model", "tiny",
-                          "--speed", "2", "--repeats", "2", "--out", out)
+                          "--speed", "2", "--repeats", "2", "--retime", "--out", out)
     assert code == 0, err
     result = json.loads((out / "fidelity.json").read_text())
     assert set(result["policies"]) == {"static", "adaptive"}
@@ -44,7 +44,8 @@ def test_fidelity_runs_each_policy_both_ways(cli, local_ray, tmp_path: Path) -> 
     assert result["speed"] == 2 and result["repeats"] == 2
     assert (out / "plots" / "fidelity_jct.png").stat().st_size > 1000
     assert "ranking by mean JCT" in text
-    # not re-timed unless asked (and the shipped profile has no replay): simulated once
+    # the shipped profile has no replay to re-time: said so, used as given, simulated once
+    assert "no profile here was calibrated with a live replay" in err
     assert result["retimed"] is None and "as_given" not in result
     assert not (out / "profiles").exists()
     assert not (out / "static" / "sim-as-given").exists()

@@ -58,7 +58,8 @@ def fidelity_cmd(
              "calibrated with a live replay; the profile as given is simulated too "
              "('as_given')."),
     repeats: int = typer.Option(1, "--repeats", min=1, max=20,
-                                help="Live runs per policy; each figure is their median."),
+                                help="Rounds of live runs, each policy once a round; each "
+                                     "live figure is their median."),
     address: str | None = ADDRESS, emulate_gpus: int = EMULATE_GPUS,
     cpu_workers: int = CPU_WORKERS, memory_fraction: float = MEMORY_FRACTION,
     out: Path = typer.Option(Path("runs/fidelity"), "--out",
@@ -105,6 +106,9 @@ def fidelity_cmd(
             run_config = config
             if retime:
                 retimed_name, base = _retimable(session.spec, overrides)
+                if retimed_name is None:
+                    bar.console.print("--retime: no profile here was calibrated with a live "
+                                      "replay to re-time; using the profiles as given")
             if retimed_name is not None:
                 bar.console.print(f"re-timing profile {retimed_name!r} with calibration's "
                                   "live replays")
