@@ -268,9 +268,10 @@ def measure_host(plan: Plan) -> tuple[float, float]:
 
 MASK_LENGTHS = (256, 4096)  # cache lengths of the two masked-decode timings
 MASK_STEPS = 32
+MASK_LAYOUT = (2, 2, 1)  # (rows, query heads, KV heads): the tiny preset's, two requests
 # (rows, query heads, KV heads) of the decode-step timing: the tiny preset's layout on a
 # CPU; on a GPU enough rows and heads that the per-element cost shows above the launch.
-STEP_LAYOUT = {"cpu": (2, 2, 1), "cuda": (16, 32, 8)}
+STEP_LAYOUT = {"cpu": MASK_LAYOUT, "cuda": (16, 32, 8)}
 STEP_LENGTHS = {"cpu": (256, 4096), "cuda": (1024, 16384)}
 
 
@@ -285,22 +286,17 @@ def measure_decode_step(plan: Plan) -> tuple[float, float]:
     (``kernels.decode_many``, caches of one length) is timed at a short and a
     long cache and the per-step times fit a line.
     """
-    dtype = kernels.DTYPES[plan.reference_dtype]
-    rows, heads, kv_heads = STEP_LAYOUT.get(plan.device, STEP_LAYOUT["cpu"])
-    d = plan.head_dims[0]
+    layout = STEP_LAYOUT.get(plan.device, STEP_LAYOUT["cpu"])
+    rows, heads, _ = layout
     sync = _sync(plan.device)
     points = []
     for length in STEP_LENGTHS.get(plan.device, STEP_LENGTHS["cpu"]):
-        q = torch.randn(rows, heads, MASK_STEPS, d, dtype=dtype, device=plan.device)
-        k = torch.randn(rows, kv_heads, length + MASK_STEPS, d, dtype=dtype, device=plan.device)
-        v = torch.randn_like(k)
+        q, k, v = _decode_inputs(plan, layout, length)
         seconds = seconds_per_call(partial(kernels.decode_many, q, k, v, [length] * rows,
                                            [MASK_STEPS] * rows), 2 * plan.min_time, sync)
-        elements = rows * heads * (length + (MASK_STEPS - 1) / 2) * d  # per step, mean keys
-        points.append((elements, seconds / MASK_STEPS))
-    (x0, y0), (x1, y1) = points
-    per_element = max(0.0, (y1 - y0) / (x1 - x0))
-    return max(0.0, y0 - per_element * x0), per_element
+        elements = rows * heads * (length + (MASK_STEPS - 1) / 2) * plan.head_dims[0]
+        points.append((elements, seconds / MASK_STEPS))  # per step, at the mean keys
+    return _line_through(points)
 
 
 def measure_decode_mask(plan: Plan) -> tuple[float, float]:
@@ -315,14 +311,10 @@ def measure_decode_mask(plan: Plan) -> tuple[float, float]:
     ``call + score · rows · heads · keys``. The difference is a small share
     of each call, so it is timed in pairs (:func:`paired_difference`).
     """
-    dtype = kernels.DTYPES[plan.reference_dtype]
     sync = _sync(plan.device)
     extra = []
     for length in MASK_LENGTHS:
-        q = torch.randn(2, 2, MASK_STEPS, plan.head_dims[0], dtype=dtype, device=plan.device)
-        k = torch.randn(2, 1, length + MASK_STEPS, plan.head_dims[0], dtype=dtype,
-                        device=plan.device)
-        v = torch.randn_like(k)
+        q, k, v = _decode_inputs(plan, MASK_LAYOUT, length)
         steps = [MASK_STEPS, MASK_STEPS]
         added = paired_difference(
             partial(kernels.decode_many, q, k, v, [length, length], steps),
@@ -330,9 +322,26 @@ def measure_decode_mask(plan: Plan) -> tuple[float, float]:
             2 * plan.min_time, sync)
         scores = 2 * 2 * (length + (MASK_STEPS - 1) / 2)  # rows × heads × mean keys, per step
         extra.append((scores, max(0.0, added) / MASK_STEPS))
-    (s0, e0), (s1, e1) = extra
-    per_score = max(0.0, (e1 - e0) / (s1 - s0))
-    return max(0.0, e0 - per_score * s0), per_score
+    return _line_through(extra)
+
+
+def _decode_inputs(plan: Plan, layout: tuple[int, int, int], length: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries for ``MASK_STEPS`` steps and caches of ``length`` keys plus those steps, for
+    (rows, query heads, KV heads) ``layout`` at the plan's first head size and dtype."""
+    rows, heads, kv_heads = layout
+    dtype = kernels.DTYPES[plan.reference_dtype]
+    d = plan.head_dims[0]
+    q = torch.randn(rows, heads, MASK_STEPS, d, dtype=dtype, device=plan.device)
+    k = torch.randn(rows, kv_heads, length + MASK_STEPS, d, dtype=dtype, device=plan.device)
+    return q, k, torch.randn_like(k)
+
+
+def _line_through(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """(intercept, slope) of the line through two points, each floored at 0: a cost."""
+    (x0, y0), (x1, y1) = points
+    slope = max(0.0, (y1 - y0) / (x1 - x0))
+    return max(0.0, y0 - slope * x0), slope
 
 
 def _packed_vs_alone(plan: Plan, n: int, length: int) -> dict[str, float]:

@@ -504,7 +504,8 @@ class ReplayRound:
 def replay_once(jobs: Sequence[AttentionJob], data: dict[str, Any], session: Any,
                 profile_name: str = "cpu", fixed_c: float | None = None) -> ReplayRound:
     """Replay ``jobs`` with the static policy on ``session``'s workers, priced by ``data``
-    (``fixed_c``: see :func:`fit_sharing`)."""
+    (a profile already validated: :func:`replay_fit` parses it once; ``fixed_c``: see
+    :func:`fit_sharing`)."""
     import json
     import tempfile
     from pathlib import Path
@@ -512,7 +513,6 @@ def replay_once(jobs: Sequence[AttentionJob], data: dict[str, Any], session: Any
     from policies.base import load_policy
     from workers.executor import LiveConfig, run_live
 
-    profile_from_dict(data)  # a bad profile fails before any worker is busy
     kinds = {j.id: costmodel.scale_kind(j) for j in jobs}
     runs: list[Run] = []
     beyond: list[float] = []
@@ -633,7 +633,7 @@ def replay_fit(plan: Plan, data: dict[str, Any], profile: DeviceProfile, tick: T
     return updates, reference
 
 
-RETIME_JOBS = 600  # the replay attnsched fidelity re-times a profile with: calibration's
+RETIME_JOBS: int | None = None  # jobs of fidelity's re-timing replays (None: calibration's)
 
 
 def can_retime(data: Any) -> bool:
@@ -660,7 +660,8 @@ def retimed(data: dict[str, Any], session: Any, profile_name: str = "cpu",
     profile = profile_from_dict(data)
     plan = full_plan()
     plan = replace(plan, sharing_workers=max(1, len(session.workers)),
-                   replay_jobs=RETIME_JOBS, replay_rounds=rounds or plan.replay_rounds)
+                   replay_jobs=RETIME_JOBS or plan.replay_jobs,
+                   replay_rounds=rounds or plan.replay_rounds)
     updates, reference = replay_fit(plan, data, profile, _quiet, session, profile_name,
                                     fixed_c=per_peer_slowdown(profile))
     out = {**data, **updates}
@@ -724,7 +725,17 @@ def fit_sharing(runs: Sequence[Run], fixed_c: float | None = None
     middle = {k: statistics.median(v) for k, v in raw.items()}
     points = [(kind, solo, p, min(4.0, max(0.25, ratio / middle[kind])) * middle[kind])
               for kind, solo, p, ratio in seen]
-    c, before = (0.0, -1.0) if fixed_c is None else (fixed_c, fixed_c)
+    c = _fit_slowdown(points) if fixed_c is None else fixed_c
+    net: dict[str, list[float]] = {}
+    for kind, _, p, ratio in seen:
+        net.setdefault(kind, []).append(ratio / (1 + c * p))
+    return net, c
+
+
+def _fit_slowdown(points: Sequence[tuple[str, float, float, float]]) -> float:
+    """``c`` of :func:`fit_sharing` from (kind, weight, busy peers, ratio): the levels and
+    ``c`` solved in turn until ``c`` holds still."""
+    c, before = 0.0, -1.0
     for _ in range(FIT_ROUNDS):
         if abs(c - before) < 1e-9:
             break
@@ -738,10 +749,7 @@ def fit_sharing(runs: Sequence[Run], fixed_c: float | None = None
         top = sum(w * level[k] * p * (y - level[k]) for k, w, p, y in points)
         bottom = sum(w * (level[k] * p) ** 2 for k, w, p, _ in points)
         c = max(0.0, top / bottom) if bottom > 0 else 0.0
-    net: dict[str, list[float]] = {}
-    for kind, _, p, ratio in seen:
-        net.setdefault(kind, []).append(ratio / (1 + c * p))
-    return net, c
+    return c
 
 
 def sharing_curve(c: float, workers: int) -> list[list[float]]:
