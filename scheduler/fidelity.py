@@ -34,6 +34,11 @@ def relative_error(sim: float | None, live: float | None) -> float | None:
     return abs(sim - live) / abs(live)
 
 
+def errors(sim: Mapping[str, Any], live: Mapping[str, Any]) -> dict[str, float | None]:
+    """Each compared figure's :func:`relative_error`, by fidelity.json's error keys."""
+    return {k: relative_error(sim.get(src), live.get(src)) for k, src in FIGURES.items()}
+
+
 def ranking(summaries: Mapping[str, Mapping[str, Any]], key: str = RANK_BY) -> list[str]:
     """Policy names from best to worst by ``key`` (lower is better); ties by name.
 
@@ -62,15 +67,39 @@ def median_summary(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def assess(runs: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]]) -> dict[str, Any]:
-    """``fidelity.json`` from ``{policy: (live summary, sim summary)}``."""
+def live_spread(summaries: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+    """How far the farthest live round strays from the rounds' median, per figure.
+
+    It is the error a simulator that predicted the median exactly would show
+    against that round: the live side's own noise, in the error's units. A
+    simulated error below it cannot be told from a perfect prediction on this
+    machine; one above it is the model's. None with fewer than two rounds.
+    """
+    spread: dict[str, float | None] = {}
+    for key, src in FIGURES.items():
+        values = [s[src] for s in summaries if s.get(src) is not None]
+        if len(values) < 2:
+            spread[key] = None
+            continue
+        mid = statistics.median(values)
+        spread[key] = max((e for v in values if (e := relative_error(v, mid)) is not None),
+                          default=None)
+    return spread
+
+
+def assess(runs: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]],
+           rounds: Mapping[str, Sequence[Mapping[str, Any]]] | None = None
+           ) -> dict[str, Any]:
+    """``fidelity.json`` from ``{policy: (live summary, sim summary)}``.
+
+    ``rounds``: each policy's live runs, when the live figure is their median;
+    each policy then also gets ``live_spread`` (:func:`live_spread`).
+    """
     policies: dict[str, Any] = {}
     for name, (live, sim) in runs.items():
-        policies[name] = {
-            "live": dict(live), "sim": dict(sim),
-            "error": {k: relative_error(sim.get(src), live.get(src))
-                      for k, src in FIGURES.items()},
-        }
+        policies[name] = {"live": dict(live), "sim": dict(sim), "error": errors(sim, live)}
+        if rounds is not None and name in rounds:
+            policies[name]["live_spread"] = live_spread(rounds[name])
     live_rank = ranking({n: live for n, (live, _) in runs.items()})
     sim_rank = ranking({n: sim for n, (_, sim) in runs.items()})
     return {"policies": policies, "same_ranking": live_rank == sim_rank,

@@ -104,3 +104,23 @@ def test_repeated_live_runs_are_held_to_their_median() -> None:
     assert fidelity.median_summary([summary(None)])["jct_mean"] is None
     with pytest.raises(ValueError, match="no summaries"):
         fidelity.median_summary([])
+
+
+def test_live_spread_is_the_farthest_round_from_the_median() -> None:
+    rounds = [summary(2.0, p99=4.0), summary(2.5, p99=None), summary(3.0, p99=5.0)]
+    spread = fidelity.live_spread(rounds)
+    assert spread["jct_mean"] == pytest.approx(0.2)  # median 2.5; 2.0 and 3.0 are 20% off
+    assert spread["jct_p99"] == pytest.approx(0.5 / 4.5)  # the missing round is left out
+    assert spread["makespan"] == 0.0  # every round alike: no noise
+    one = fidelity.live_spread([summary(2.0)])
+    assert set(one.values()) == {None}  # one round says nothing about the noise
+
+
+def test_assess_reports_each_policys_spread_when_given_its_rounds() -> None:
+    rounds = {"a": [summary(1.0), summary(1.2), summary(1.1)], "b": [summary(2.0)]}
+    runs = {n: (fidelity.median_summary(r), summary(1.0)) for n, r in rounds.items()}
+    result = fidelity.assess(runs, rounds)
+    assert result["policies"]["a"]["live_spread"]["jct_mean"] == pytest.approx(0.1 / 1.1)
+    assert result["policies"]["a"]["error"]["jct_mean"] == pytest.approx(0.1 / 1.1)
+    assert result["policies"]["b"]["live_spread"]["jct_mean"] is None
+    assert "live_spread" not in fidelity.assess(runs)["policies"]["a"]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from scheduler import fidelity
 from tests.test_live_cli import write_trace
 
 SHIPPED_CPU = Path(__file__).resolve().parents[1] / "scheduler" / "profile_data" / "cpu.json"
@@ -40,6 +41,18 @@ def test_fidelity_runs_each_policy_both_ways(cli, local_ray, tmp_path: Path) -> 
         for mode in ("live", "live-2", "sim"):
             assert (out / name / mode / "jobs.parquet").exists()
         assert entry["live"]["repeats"] == 2
+        rounds = [json.loads((out / name / m / "summary.json").read_text())
+                  for m in ("live", "live-2")]
+        assert entry["live_spread"] == fidelity.live_spread(rounds)
+        assert entry["live_spread"]["jct_mean"] == pytest.approx(
+            abs(rounds[0]["jct_mean"] - rounds[1]["jct_mean"])
+            / (rounds[0]["jct_mean"] + rounds[1]["jct_mean"]))
+    assert "round spread" in text
+    assert result["sensitivity_slow"] == 1.05
+    for entry in result["policies"].values():
+        moved = entry["sensitivity"]["jct_mean"]
+        assert moved is not None and moved > 0  # slower devices, longer jobs
+    assert "5% slower would move the simulated mean JCT" in text
     assert isinstance(result["same_ranking"], bool)
     assert result["speed"] == 2 and result["repeats"] == 2
     assert (out / "plots" / "fidelity_jct.png").stat().st_size > 1000
