@@ -15,8 +15,12 @@ back the rest of its tenant's queue.
 It then packs compatible jobs with it while the batch fits the device's
 memory and a latency budget, and routes the batch to the free device with the
 earliest predicted finish, *discounted by measured speed* from telemetry: a
-device that runs slower than its profile gets less work. It declines a slow
-device when waiting for a fast one would finish sooner. Jobs that fit no
+device that runs slower than its profile gets less work. It declines a
+straggler (a device below ``slow_speed`` × its peers' median measured speed)
+when waiting for a healthy one would finish sooner. Slow is relative to the
+peers, not to the profile: a host slowed as a whole, or two workers sharing
+a node's cores, slows every device alike, and declining any of them then only
+leaves capacity idle. Jobs that fit no
 device whole are split along batch or heads; small jobs go to CPU workers
 when no GPU is free. Cluster jobs (pods) are placed best fit, on the node
 whose GPUs are fullest and whose host still has their CPUs and memory
@@ -93,7 +97,16 @@ class AdaptivePolicy:
         sample = view.telemetry.get(device)
         return max(0.05, sample.ema_speed) if sample else 1.0
 
-    def _route(self, view: View, job: Job, taken: dict[str, int]
+    def peer_speed(self, view: View) -> float:
+        """The median measured speed of the GPUs that are up: what a straggler lags."""
+        speeds = sorted(self.speed(view, d.id) for d in view.devices.values()
+                        if d.up and d.kind != "cpu")
+        if not speeds:
+            return 1.0
+        mid = len(speeds) // 2
+        return speeds[mid] if len(speeds) % 2 else (speeds[mid - 1] + speeds[mid]) / 2
+
+    def _route(self, view: View, job: Job, taken: dict[str, int], peer: float
                ) -> tuple[DeviceView, float] | None:
         """The free GPU where ``job`` finishes first at measured speed, or None to wait.
 
@@ -120,16 +133,17 @@ class AdaptivePolicy:
         if best is None:
             return None
         finish, device, seconds = best
-        if self.speed(view, device.id) < self.slow_speed and self._healthy_sooner(
-                view, job, finish):
+        healthy = self.slow_speed * peer
+        if self.speed(view, device.id) < healthy and self._healthy_sooner(
+                view, job, finish, healthy):
             return None
         return device, seconds
 
-    def _healthy_sooner(self, view: View, job: Job, finish: float) -> bool:
-        """Would waiting for a busy healthy device beat running on a slow free one?"""
+    def _healthy_sooner(self, view: View, job: Job, finish: float, healthy: float) -> bool:
+        """Would waiting for a busy healthy device beat running on a straggler?"""
         for other in view.devices.values():
             if other.up and other.kind != "cpu" and self.speed(view, other.id) >= \
-                    self.slow_speed and other.memory_total >= view.cost.memory(job, other.id):
+                    healthy and other.memory_total >= view.cost.memory(job, other.id):
                 wait = max(0.0, other.busy_until - view.now)
                 if wait + view.cost.seconds([job], other.id) < finish:
                     return True
@@ -185,6 +199,7 @@ class AdaptivePolicy:
         placed: set[str] = set()
         skipped: set[str] = set()  # tried this round and could not start
         fit: BestFit | None = None
+        peer = self.peer_speed(view)  # once a round: O(devices)
         # Each tenant's head is computed once and refreshed only for the tenant
         # that was served: a placement touches no other tenant's queue.
         heads: dict[str, tuple[float, Job]] = {}
@@ -199,7 +214,7 @@ class AdaptivePolicy:
             job = heads[tenant][1]
             if fit is None and isinstance(job, ClusterJob):
                 fit = BestFit(view)  # built once a round, only when a gang job comes up
-            action = self._place_one(view, job, taken, placed, fit)
+            action = self._place_one(view, job, taken, placed, fit, peer)
             if action is not None:
                 actions.append(action)
             else:
@@ -215,7 +230,7 @@ class AdaptivePolicy:
         return Decisions(tuple(actions))
 
     def _place_one(self, view: View, job: Job, taken: dict[str, int],
-                   placed: set[str], fit: BestFit | None) -> Action | None:
+                   placed: set[str], fit: BestFit | None, peer: float) -> Action | None:
         if isinstance(job, ClusterJob):
             assert fit is not None
             used = set(taken)
@@ -224,7 +239,7 @@ class AdaptivePolicy:
                 placed.add(job.id)
                 taken.update(dict.fromkeys(used, 1))
             return place
-        routed = self._route(view, job, taken)
+        routed = self._route(view, job, taken, peer)
         if routed is None:
             split = self._split(view, job)  # it fits nowhere whole, or only waits
             if split is not None:

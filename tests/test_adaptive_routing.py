@@ -1,0 +1,40 @@
+"""adaptive's straggler rule: slow is measured against the device's peers."""
+
+from __future__ import annotations
+
+import pytest
+
+from policies.adaptive import AdaptivePolicy
+from scheduler.cluster import make_cluster
+from scheduler.decisions import Place
+from scheduler.view import Telemetry
+from tests.builders import attention_job
+from tests.simkit import Scripted, controller
+
+GPU0, GPU1 = "gpu-0/gpu0", "gpu-0/gpu1"
+
+
+def sample(device: str, speed: float) -> Telemetry:
+    return Telemetry(0.0, device, 0.5, 0, 1, 0, 1, 0.0, speed, 0.5, speed)
+
+
+@pytest.mark.parametrize(("speeds", "runs_now"), [
+    # Both lag the profile alike (a host slowed as a whole, two workers sharing cores):
+    # gpu0 is below 0.8 of the profile but no straggler, so the job runs on it now.
+    ((0.78, 0.82), True),
+    # gpu0 lags its peer 3×: waiting for gpu1, nearly done, finishes sooner.
+    ((0.3, 1.0), False),
+])
+def test_a_device_is_slow_only_against_its_peers(speeds: tuple[float, float],
+                                                 runs_now: bool) -> None:
+    ctl, _ = controller(Scripted(lambda v: [Place(("busy",), GPU1)]), make_cluster(1, 2))
+    ctl.submit(attention_job(id="busy"), 0.0)
+    ctl.decide(0.0, "arrival")  # gpu1 now runs a job like the next one
+    seconds = ctl.cost.seconds([attention_job()], GPU1)
+    ctl.policy = AdaptivePolicy()
+    ctl.observe([sample(GPU0, speeds[0]), sample(GPU1, speeds[1])])
+    now = 0.9 * seconds  # gpu1 frees in a tenth of the job's time
+    ctl.submit(attention_job(id="next", submit_time=now), now)
+    step = ctl.decide(now, "arrival")
+    assert [b.device for b in step.started] == ([GPU0] if runs_now else [])
+    assert "next" in ctl.pending or runs_now
