@@ -31,6 +31,7 @@ from workers.calibrate_live import (
     REPLAY_LOAD,
     SHARING_ROUNDS,
     ReplayRound,
+    batch_call,
     busy_peers,
     can_retime,
     combine_rounds,
@@ -117,8 +118,11 @@ def test_quick_calibration_writes_a_profile_that_validates(calibrated) -> None:
     assert len(data["reference"]["node_sharing_looped"]) == 2
     # a batch's round trip is what the replay's batches took beyond their workers' timing
     assert replay["round_trip_beyond_worker_us"] > 0
-    assert data["batch_call_us"] == max(data["actor_call_us"],
-                                        replay["round_trip_beyond_worker_us"])
+    # ... and from the decision that placed it: a job's service counts from there
+    assert replay["held_beyond_worker_us"] >= replay["round_trip_beyond_worker_us"]
+    assert data["batch_call_us"] == pytest.approx(max(data["actor_call_us"], replay[
+        "round_trip_beyond_worker_us"], replay["held_beyond_worker_us"] - data["decision_us"]),
+        abs=1e-3)
     assert data["reference"]["batch_call_fit_us"] > 0
 
 
@@ -133,13 +137,20 @@ def test_the_replay_sets_each_kinds_level_and_keeps_its_shape() -> None:
 def test_replays_combine_by_their_median_so_one_disturbed_replay_moves_nothing() -> None:
     def one(prefill: float, c: float, trip: float, decode: float | None = None) -> ReplayRound:
         ratios = {"prefill": prefill} | ({"decode": decode} if decode is not None else {})
-        return ReplayRound(ratios, c, trip, {"prefill": 20, "decode": 5}, 0.4)
+        return ReplayRound(ratios, c, trip, {"prefill": 20, "decode": 5}, 0.4, trip + 1500)
 
     got = combine_rounds([one(1.10, 0.10, 3800.0, 1.0), one(9.0, 0.90, 90000.0),
                           one(1.12, 0.12, 3900.0, 1.2)])
     assert got.ratios == {"prefill": 1.12, "decode": 1.1}  # a kind only some replays had
-    assert got.per_peer == 0.12 and got.round_trip_us == 3900.0
+    assert got.per_peer == 0.12 and got.round_trip_us == 3900.0 and got.held_us == 5400.0
     assert got.lone_batches == {"decode": 15, "prefill": 60} and got.jct_mean_s == 0.4
+
+
+def test_a_batch_costs_from_the_decision_that_placed_it_less_the_decision() -> None:
+    got = ReplayRound({"prefill": 1.1}, 0.1, 4000.0, {"prefill": 20}, 0.4, held_us=5700.0)
+    assert batch_call(got, 240.0) == 5460.0
+    assert batch_call(replace(got, held_us=0.0), 240.0) == 4000.0  # an old replay
+    assert batch_call(replace(got, held_us=4100.0), 240.0) == 4000.0
 
 
 def test_only_a_profile_calibrated_with_a_replay_is_retimed() -> None:

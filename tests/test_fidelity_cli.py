@@ -91,8 +91,9 @@ def test_fidelity_retimes_a_replay_calibrated_profile_before_the_runs(
     assert redone["sdpa"] == data["sdpa"]  # the device's rates are the calibration's
     assert redone["node_sharing"] == data["node_sharing"]
     assert replay["slowdown_per_busy_peer"] == pytest.approx(0.25)  # 1 / 0.8 - 1, kept
-    assert redone["batch_call_us"] == max(data["actor_call_us"],
-                                          replay["round_trip_beyond_worker_us"])
+    assert redone["batch_call_us"] == pytest.approx(max(
+        data["actor_call_us"], replay["round_trip_beyond_worker_us"],
+        replay["held_beyond_worker_us"] - data["decision_us"]), abs=1e-3)
     assert {k: [y for _, y in v] for k, v in redone["worker_scale"].items()} == {
         k: [v] for k, v in replay["worker_over_predicted"].items()}
     for name, entry in result["policies"].items():

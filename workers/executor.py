@@ -84,10 +84,12 @@ class LiveConfig:
     decide_timeout: float | None = 10.0
     # Port of the local Ray's Prometheus endpoint (attnsched's metrics); None: Ray picks.
     metrics_port: int | None = None
-    # Called with each batch that ran, the seconds its worker timed it and the wall
-    # seconds from sending it to its result: how calibration sees what a live run's
-    # workers and round trips really cost (workers/calibrate_live.py).
-    on_batch: Callable[[Batch, float, float], None] | None = None
+    # Called with each batch that ran, the seconds its worker timed it, the wall seconds
+    # from sending it to its result, and the wall seconds from its start on the
+    # controller's clock (the decision that placed it) to its result: how calibration
+    # sees what a live run's workers and round trips really cost
+    # (workers/calibrate_live.py).
+    on_batch: Callable[[Batch, float, float, float], None] | None = None
 
 
 def start_ray(config: LiveConfig) -> None:
@@ -393,7 +395,8 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
                         if config.on_batch is not None and error is None \
                                 and sent_at is not None:
                             config.on_batch(batch, result.seconds,
-                                            time.perf_counter() - sent_at)
+                                            time.perf_counter() - sent_at,
+                                            (clock() - batch.start) / speed)
                     except ray.exceptions.RayActorError as e:
                         worker_died(batch.device, type(e).__name__)
                         event = "device_down"
