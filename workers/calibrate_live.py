@@ -499,8 +499,9 @@ class ReplayRound:
     round_trip_us: float  # median wall round trip of a batch beyond its worker's timing
     lone_batches: dict[str, int]
     jct_mean_s: float | None
-    # ... and from the decision that placed it (the batch's start on the controller's
-    # clock, which a job's service time counts from) to its result, beyond the worker
+    # median wall time of a batch from the decision that placed it (its start on the
+    # controller's clock, where its jobs' service counts from) to its result, beyond its
+    # worker's timing; 0: not timed
     held_us: float = 0.0
 
 
@@ -574,9 +575,11 @@ def replay_fit(plan: Plan, data: dict[str, Any], profile: DeviceProfile, tick: T
     ``profile`` is ``data`` parsed. The updates: ``worker_scale`` set to what
     the run's workers took over what ``profile`` predicts, per kind;
     ``node_sharing`` as they slowed each other (:func:`fit_sharing`); and
-    ``batch_call_us``, the median wall round trip of a batch beyond its
-    worker's own timing (sending, the result's way back, the driver's loop
-    noticing it), which the Ray-path fit of step 4 measures on an idle driver.
+    ``batch_call_us``, the median wall time of a batch beyond its worker's
+    own timing, from the decision that placed it to its result in the
+    driver's hands (:func:`batch_call`: applying the decision, sending, the
+    result's way back, the driver's loop noticing it), which the Ray-path fit
+    of step 4 measures on an idle driver.
 
     The grid and the lone-job fit time one worker on a quiet node, each shape
     run again and again. A live run is not that: its workers compute side by
