@@ -30,6 +30,7 @@ whose GPUs are fullest and whose host still has their CPUs and memory
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from typing import ClassVar
@@ -99,12 +100,9 @@ class AdaptivePolicy:
 
     def peer_speed(self, view: View) -> float:
         """The median measured speed of the GPUs that are up: what a straggler lags."""
-        speeds = sorted(self.speed(view, d.id) for d in view.devices.values()
-                        if d.up and d.kind != "cpu")
-        if not speeds:
-            return 1.0
-        mid = len(speeds) // 2
-        return speeds[mid] if len(speeds) % 2 else (speeds[mid - 1] + speeds[mid]) / 2
+        speeds = [self.speed(view, d.id) for d in view.devices.values()
+                  if d.up and d.kind != "cpu"]
+        return statistics.median(speeds) if speeds else 1.0
 
     def _route(self, view: View, job: Job, taken: dict[str, int], peer: float
                ) -> tuple[DeviceView, float] | None:
