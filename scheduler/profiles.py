@@ -84,6 +84,10 @@ class DeviceProfile:
             itself (making inputs, bookkeeping), paid once per job of a batch.
         batch_call_s: round trip of one batch to a worker and its result back,
             beyond the attention and the per-job costs (0: ``actor_call_s``).
+        worker_batch_s: per-batch cost inside a live worker's call beyond the
+            attention priced and the per-job costs (waking, launching, its loop
+            while its peers and the driver share the cores); the worker times it,
+            so its telemetry counts it, unlike ``batch_call_s``.
         telemetry_s: round trip of one telemetry request to a worker.
         decision_s: the controller's time for one decision round (policy
             included); live, nothing is dispatched while it runs.
@@ -119,6 +123,7 @@ class DeviceProfile:
     backward_factor: float = 2.5
     worker_job_s: float = 0.0
     batch_call_s: float = 0.0
+    worker_batch_s: float = 0.0
     telemetry_s: float = 0.0
     decision_s: float = 0.0
     node_sharing: tuple[tuple[float, float], ...] = ((1.0, 1.0),)
@@ -295,6 +300,7 @@ SCHEMA: dict[str, Any] = {
                                         "maximum": 1000}],
                              "minItems": 2, "maxItems": 2}}},
         "batch_call_us": _NONNEG,
+        "worker_batch_us": _NONNEG,
         "telemetry_us": _NONNEG,
         "decision_us": _NONNEG,
         "backward_factor": {"type": "number", "minimum": 0, "maximum": 100},
@@ -373,6 +379,7 @@ def profile_from_dict(data: Any, path: str | Path | None = None) -> DeviceProfil
         backward_factor=float(data.get("backward_factor", 2.5)),
         worker_job_s=float(data.get("worker_job_us", 0.0)) * 1e-6,
         batch_call_s=float(data.get("batch_call_us", 0.0)) * 1e-6,
+        worker_batch_s=float(data.get("worker_batch_us", 0.0)) * 1e-6,
         telemetry_s=float(data.get("telemetry_us", 0.0)) * 1e-6,
         decision_s=float(data.get("decision_us", 0.0)) * 1e-6,
         node_sharing=tuple(sorted((float(k), float(e))

@@ -110,3 +110,26 @@ def test_a_batch_pays_the_calibrated_batch_round_trip_when_there_is_one() -> Non
     job = attention_job(id="a", submit_time=0.0)
     solo = costmodel.estimate(job, prof).seconds
     assert jcts([job], prof, LiveCosts.from_profiles([prof]))["a"] == pytest.approx(solo + 0.003)
+
+
+def test_a_workers_fixed_cost_is_paid_once_a_batch_and_counted_as_the_workers() -> None:
+    """``worker_batch_s`` is timed inside the worker: once per batch, whatever its jobs, and
+    in the speed its telemetry reports (unlike the round trip outside it)."""
+    speeds: dict[float, float | None] = {}
+
+    def decide(view: View) -> list[Place]:
+        sample = view.telemetry.get("gpu-0/gpu0")
+        speeds[view.now] = sample.speed if sample else None
+        jobs = tuple(view.pending)
+        return [Place(jobs, "gpu-0/gpu0", "all at once")] if jobs and view.free else []
+
+    prof = profile(batch_call_s=0.003, worker_job_s=0.0005, worker_batch_s=0.002)
+    three = [attention_job(id=f"j{i}", submit_time=0.0, q_len=128 + i) for i in range(3)]
+    later = attention_job(id="late", submit_time=1.5)
+    together = costmodel.batch_estimate(three, prof).seconds
+    got = jcts([*three, later], prof, LiveCosts.from_profiles([prof]), policy=Scripted(decide),
+               telemetry_interval=1.0)
+    for job in three:
+        assert got[job.id] == pytest.approx(together + 0.003 + 0.002 + 3 * 0.0005)
+    # the t=1 sample, which the late job's decision sees, is of the batch of three
+    assert speeds[1.5] == pytest.approx(together / (together + 0.002 + 3 * 0.0005))

@@ -57,8 +57,9 @@ class _Device:
     state: DeviceState
     slow: float = 1.0
     node: str = ""
-    per_batch: float = 0.0  # solo seconds each batch costs beyond its attention
-    per_job: float = 0.0
+    per_batch: float = 0.0  # solo seconds each batch costs outside its worker's timing
+    per_job: float = 0.0  # ... and inside it, per job
+    in_batch: float = 0.0  # ... and inside it, per batch
     contended: bool = False  # its profile measured workers of a node slowing each other
     running: dict[str, _Running] = field(default_factory=dict)
     rate: float = 1.0  # progress of each elastic batch per second
@@ -87,6 +88,7 @@ class SimExecutor:
             if live is not None and profile is not None:
                 dev.per_batch = live.decision_s + (profile.batch_call_s or profile.actor_call_s)
                 dev.per_job = profile.worker_job_s
+                dev.in_batch = profile.worker_batch_s
                 dev.contended = len(profile.node_sharing) > 1
             self.by_node.setdefault(dev.node, []).append(dev)
         self.last_tick = 0.0
@@ -131,7 +133,7 @@ class SimExecutor:
             run.finish = now + batch.solo_seconds * self.scale
             self.events.push(run.finish, FINISH, (batch.id, 0, batch.device))
             return  # the elastic batches' rate is unchanged: nothing to reschedule
-        run.remaining += dev.per_batch + dev.per_job * len(batch.jobs)
+        run.remaining += dev.per_batch + dev.in_batch + dev.per_job * len(batch.jobs)
         if dev.contended and self._elastic_running(dev) == 1:
             self._node_changed(dev, now, +1)  # this worker starts computing
         self._reschedule(dev, now)
