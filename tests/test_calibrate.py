@@ -36,13 +36,14 @@ from workers.calibrate_live import (
     can_retime,
     combine_rounds,
     fit_line,
-    fit_sharing,
     fit_worker_jobs,
+    fit_worker_path,
     fold_scale,
     local_cluster,
     per_peer_slowdown,
     replay_jobs,
     sharing_curve,
+    worker_batch,
 )
 from workers.worker import BatchResult
 
@@ -96,23 +97,28 @@ def test_quick_calibration_writes_a_profile_that_validates(calibrated) -> None:
     # The live replay ran through the real live path and set each kind's level.
     replay = data["reference"]["live_replay"]
     assert replay["jobs"] == TINY.replay_jobs and sum(replay["lone_batches"].values()) > 0
-    ratios = replay["worker_over_predicted"]
-    assert ratios and all(r > 0 for r in ratios.values())
+    levels = replay["worker_level"]
+    assert levels and all(r > 0 for r in levels.values())
     # replays back to back, each figure their median (of two: the mean of the pair)
     rounds = replay["per_round"]
     assert replay["rounds"] == len(rounds) == TINY.replay_rounds
-    for kind, ratio in ratios.items():
-        assert ratio == pytest.approx(statistics.median(
-            r["worker_over_predicted"][kind] for r in rounds
-            if kind in r["worker_over_predicted"]), abs=1e-4)
-    assert replay["round_trip_beyond_worker_us"] == pytest.approx(statistics.median(
-        r["round_trip_beyond_worker_us"] for r in rounds), abs=1e-3)
+    for kind, level in levels.items():
+        assert level == pytest.approx(statistics.median(
+            r["worker_level"][kind] for r in rounds if kind in r["worker_level"]), abs=1e-4)
+    for field in ("round_trip_beyond_worker_us", "worker_fixed_us"):
+        assert replay[field] == pytest.approx(statistics.median(r[field] for r in rounds),
+                                              abs=1e-3)
     lone = data["reference"]["worker_scale_lone"]
     for kind, curve in data["worker_scale"].items():
         if kind in lone:
-            assert curve == [[x, round(y * ratios.get(kind, 1.0), 4)] for x, y in lone[kind]]
+            assert curve == [[x, round(y * levels.get(kind, 1.0), 4)] for x, y in lone[kind]]
         else:
-            assert [y for _, y in curve] == [ratios[kind]]
+            assert [y for _, y in curve] == [levels[kind]]
+    # what a lone batch took in its worker whatever its size, less the per-job cost
+    assert replay["worker_fixed_us"] >= 0
+    assert data["worker_batch_us"] == pytest.approx(
+        max(0.0, replay["worker_fixed_us"] - data["worker_job_us"]), abs=1e-3)
+    assert profile.worker_batch_s == pytest.approx(data["worker_batch_us"] * 1e-6)
     # node sharing is what the replay's workers did to each other; the looped one is kept
     assert data["node_sharing"] == sharing_curve(replay["slowdown_per_busy_peer"], 2)
     assert len(data["reference"]["node_sharing_looped"]) == 2
@@ -136,13 +142,15 @@ def test_the_replay_sets_each_kinds_level_and_keeps_its_shape() -> None:
 
 def test_replays_combine_by_their_median_so_one_disturbed_replay_moves_nothing() -> None:
     def one(prefill: float, c: float, trip: float, decode: float | None = None) -> ReplayRound:
-        ratios = {"prefill": prefill} | ({"decode": decode} if decode is not None else {})
-        return ReplayRound(ratios, c, trip, {"prefill": 20, "decode": 5}, 0.4, trip + 1500)
+        levels = {"prefill": prefill} | ({"decode": decode} if decode is not None else {})
+        return ReplayRound(levels, c, trip, {"prefill": 20, "decode": 5}, 0.4, trip + 1500,
+                           fixed_us=trip / 4)
 
     got = combine_rounds([one(1.10, 0.10, 3800.0, 1.0), one(9.0, 0.90, 90000.0),
                           one(1.12, 0.12, 3900.0, 1.2)])
-    assert got.ratios == {"prefill": 1.12, "decode": 1.1}  # a kind only some replays had
+    assert got.levels == {"prefill": 1.12, "decode": 1.1}  # a kind only some replays had
     assert got.per_peer == 0.12 and got.round_trip_us == 3900.0 and got.held_us == 5400.0
+    assert got.fixed_us == 975.0
     assert got.lone_batches == {"decode": 15, "prefill": 60} and got.jct_mean_s == 0.4
 
 
@@ -153,6 +161,12 @@ def test_a_batch_costs_from_the_decision_that_placed_it_less_the_decision() -> N
     assert batch_call(replace(got, held_us=4100.0), 240.0) == 4000.0
 
 
+def test_a_workers_fixed_cost_is_charged_per_batch_less_its_per_job_cost() -> None:
+    got = ReplayRound({"prefill": 1.1}, 0.1, 4000.0, {"prefill": 20}, 0.4, fixed_us=1300.0)
+    assert worker_batch(got, 200.0) == 1100.0
+    assert worker_batch(got, 1500.0) == 0.0  # never negative
+
+
 def test_only_a_profile_calibrated_with_a_replay_is_retimed() -> None:
     shipped = json.loads(SHIPPED_CPU.read_text())
     assert not can_retime(shipped)
@@ -160,13 +174,14 @@ def test_only_a_profile_calibrated_with_a_replay_is_retimed() -> None:
     assert not can_retime([]) and not can_retime({"reference": None})
 
 
-def test_a_fixed_sharing_takes_the_ratios_net_of_it_and_fits_nothing() -> None:
+def test_a_fixed_sharing_takes_the_levels_net_of_it_and_fits_nothing() -> None:
     # two kinds, each 1.2 alone and 1.2 × 1.5 with the other device busy throughout
     runs = [("prefill", "a", 0.0, 1.8, 1.0), ("prefill", "b", 0.0, 1.8, 1.0),
             ("train", "a", 10.0, 11.2, 1.0)]
-    net, c = fit_sharing(runs, fixed_c=0.5)
-    assert c == 0.5
-    assert net["prefill"] == pytest.approx([1.2, 1.2]) and net["train"] == [pytest.approx(1.2)]
+    fit = fit_worker_path(runs, fixed_c=0.5)
+    assert fit.per_peer == 0.5 and fit.fixed_s == 0.0  # one size: nothing to tell it by
+    assert fit.levels == {"prefill": pytest.approx(1.2), "train": pytest.approx(1.2)}
+    assert fit.counts == {"prefill": 2, "train": 1}
     data = json.loads(SHIPPED_CPU.read_text())
     for curve, want in (([[1, 1.0], [2, 0.8]], 0.25), ([[1, 1.0], [2, 1.0], [4, 0.5]], 1 / 3),
                         ([[1, 1.0]], 0.0)):
@@ -183,34 +198,68 @@ def test_busy_peers_are_the_time_averaged_overlap_with_other_devices() -> None:
     assert busy_peers(runs) == pytest.approx([1.0, 1.0, 1 / 3, 1.0, 0.0])
 
 
-def test_the_sharing_fit_recovers_the_slowdown_per_busy_peer() -> None:
-    """Runs made to the model ratio = level(kind) · (1 + c · peers) give back c and each
-    kind's level; the replay's ratios come out net of the sharing the simulator adds."""
-    c, levels = 0.25, {"prefill": 1.4, "train": 0.9}
+def _model_runs(fixed: float, levels: dict[str, float], c: float) -> list:
+    """Runs made to ``(fixed + level(kind) · predicted) · (1 + c · peers)``: alone and
+    overlapped, of several sizes each."""
     runs: list = []
     t = 0.0
-    for i in range(12):  # alternate alone and overlapped runs of both kinds
+    for i in range(24):  # alternate the kinds, alone and with both devices busy
         kind = "prefill" if i % 2 else "train"
-        solo = 0.5 + 0.1 * i
-        if i % 3 == 0:  # alone
-            runs.append((kind, "a", t, t + solo * levels[kind], solo))
-        else:  # both devices busy for the whole run
-            length = solo * levels[kind] * (1 + c)
+        solo = 0.01 * (1 + i) ** 1.5
+        length = fixed + solo * levels[kind]
+        if i % 3 == 0:
             runs.append((kind, "a", t, t + length, solo))
-            runs.append((kind, "b", t, t + length, solo))
+        else:
+            runs.append((kind, "a", t, t + length * (1 + c), solo))
+            runs.append((kind, "b", t, t + length * (1 + c), solo))
         t += 100.0
-    net, fitted = fit_sharing(runs)
-    assert fitted == pytest.approx(c)
-    for kind, ratios in net.items():
-        assert ratios == pytest.approx([levels[kind]] * len(ratios))
-    assert sharing_curve(fitted, 3) == [[1, 1.0], [2, 0.8], [3, round(1 / 1.5, 4)]]
+    return runs
+
+
+def test_the_worker_path_fit_recovers_the_fixed_cost_levels_and_slowdown() -> None:
+    levels = {"prefill": 1.4, "train": 0.9}
+    fit = fit_worker_path(_model_runs(0.002, levels, 0.25))
+    assert fit.per_peer == pytest.approx(0.25, rel=1e-6)
+    assert fit.fixed_s == pytest.approx(0.002, rel=1e-6)
+    assert fit.levels == {k: pytest.approx(v, rel=1e-6) for k, v in levels.items()}
+    assert sharing_curve(fit.per_peer, 3) == [[1, 1.0], [2, 0.8], [3, round(1 / 1.5, 4)]]
+
+
+def test_a_fixed_cost_is_not_taken_in_as_a_share_of_every_job() -> None:
+    """A ratio per kind would price the longest jobs at the mean ratio, which a fixed
+    cost pushes up: the fit prices each run at what it took, short and long alike."""
+    runs = _model_runs(0.02, {"prefill": 1.0, "train": 1.0}, 0.0)
+    fit = fit_worker_path(runs)
+    for kind, _, start, end, solo in runs:
+        assert fit.fixed_s + fit.levels[kind] * solo == pytest.approx(end - start, rel=1e-6)
+    ratio_of_longest = max(runs, key=lambda r: r[4])
+    assert (ratio_of_longest[3] - ratio_of_longest[2]) / ratio_of_longest[4] < statistics.median(
+        (e - s) / solo for _, _, s, e, solo in runs)  # what a median ratio would charge it
+
+
+def test_each_kinds_fitted_total_is_what_its_runs_took() -> None:
+    """Noisy runs: the weighted fit keeps each kind's total, the load the workers saw."""
+    import random
+
+    rng = random.Random(3)
+    runs = [(kind, "a", 10.0 * i, 10.0 * i + (0.001 + 1.1 * solo) * rng.uniform(0.7, 1.3), solo)
+            for i, (kind, solo) in enumerate(
+                (("prefill" if i % 3 else "decode"), 0.001 * (1 + i % 17)) for i in range(90))]
+    fit = fit_worker_path(runs)
+    assert fit.per_peer == 0.0  # no run overlaps another
+    for kind in ("prefill", "decode"):
+        mine = [r for r in runs if r[0] == kind]
+        fitted = sum(fit.fixed_s + fit.levels[kind] * r[4] for r in mine)
+        assert fitted == pytest.approx(sum(r[3] - r[2] for r in mine), rel=1e-6)
 
 
 def test_a_replay_without_sharing_fits_none() -> None:
     runs = [("prefill", "a", 0.0, 1.0, 1.0), ("prefill", "b", 0.5, 1.5, 1.0)]
-    net, fitted = fit_sharing(runs)  # overlapped, but no slower: c is 0, never negative
-    assert fitted == 0.0 and net["prefill"] == [1.0, 1.0]
+    fit = fit_worker_path(runs)  # overlapped, but no slower: c is 0, never negative
+    assert fit.per_peer == pytest.approx(0.0, abs=1e-12) and fit.per_peer >= 0
+    assert fit.levels == {"prefill": pytest.approx(1.0)}
     assert sharing_curve(0.0, 1) == [[1, 1.0], [2, 1.0]]
+    assert fit_worker_path([]) == fit_worker_path([], None)  # no runs: nothing fitted
 
 
 def test_the_replay_offers_the_load_it_aims_at() -> None:
@@ -267,11 +316,12 @@ def test_a_simulated_job_takes_what_the_profile_predicts(calibrated) -> None:
     start, end = _simulated(profile, None)
     assert end - start == pytest.approx(predicted, rel=1e-9)
     # Modelling the live path, the job also pays the calibrated batch round trip,
-    # decision and per-job setup.
+    # decision, per-job setup and the worker's fixed cost per batch.
     assert profile.batch_call_s >= profile.actor_call_s > 0
     start, end = _simulated(profile, LiveCosts.from_profiles([profile]))
     assert end - start == pytest.approx(predicted + profile.batch_call_s + profile.decision_s
-                                        + profile.worker_job_s, rel=1e-9)
+                                        + profile.worker_job_s + profile.worker_batch_s,
+                                        rel=1e-9)
 
 
 def test_every_measurement_ticks_the_progress_bar_once() -> None:

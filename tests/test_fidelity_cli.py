@@ -95,7 +95,10 @@ def test_fidelity_retimes_a_replay_calibrated_profile_before_the_runs(
         data["actor_call_us"], replay["round_trip_beyond_worker_us"],
         replay["held_beyond_worker_us"] - data["decision_us"]), abs=1e-3)
     assert {k: [y for _, y in v] for k, v in redone["worker_scale"].items()} == {
-        k: [v] for k, v in replay["worker_over_predicted"].items()}
+        k: [v] for k, v in replay["worker_level"].items()}
+    # the fixed cost it found replaces the profile's (which its prediction had left out)
+    assert redone["worker_batch_us"] == pytest.approx(max(
+        0.0, replay["worker_fixed_us"] - data["worker_job_us"]), abs=1e-3)
     for name, entry in result["policies"].items():
         sim = json.loads((out / name / "sim" / "summary.json").read_text())
         assert entry["sim"]["jct_mean"] == sim["jct_mean"]

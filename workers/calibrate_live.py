@@ -97,10 +97,14 @@ def fit_worker_jobs(run: Runner, plan: Plan, profile: DeviceProfile) -> dict[str
             "residual_us": [[int(n), round(r * 1e6, 3)] for n, r in residuals]}
 
 
-SCALE_SIZES = {  # job sizes the worker scale is measured at: prompt, KV or sequence length
-    "prefill": (32, 128, 512, 2048, 4096),
-    "decode": (64, 512, 4096),
-    "train": (64, 512, 2048),
+SCALE_SIZES = {  # (prompt, KV or sequence length; batch) the worker scale is measured at
+    "prefill": ((32, 1), (128, 1), (512, 1), (2048, 1), (4096, 1)),
+    "decode": ((64, 1), (512, 1), (4096, 1)),
+    # The tiny preset's training steps run up to 8 sequences of 4,096 and hold most of a
+    # local run's work; a batch of 8 calls the kernel with 8× the heads, nearer the grid's
+    # saturating calls. Without it the curve ended at one sequence of 2,048 (30 ms here)
+    # and the longest quarter of steps (0.2–2.6 s) was priced 3–11% too dear.
+    "train": ((64, 1), (512, 1), (2048, 1), (2048, 8)),
 }
 DECODE_STEPS = 64
 # A size tells of the device's rate only where the grid's device time is at least this
@@ -109,12 +113,13 @@ DECODE_STEPS = 64
 FLOOR_SHARE = 8
 
 
-def layout_job(kind: str, size: int, dtype: DType) -> AttentionJob:
+def layout_job(kind: str, size: int, dtype: DType, batch: int = 1) -> AttentionJob:
     """One job of ``kind`` with the ``tiny`` preset's head layout (2 heads, 1 KV head of 16):
     the job mix a CPU worker is given."""
     decode = kind == "decode"
-    return AttentionJob(id=f"scale-{kind}-{size}", submit_time=0.0, kind=JobKind(kind),
-                        batch=1, heads=2, kv_heads=1, q_len=1 if decode else size, kv_len=size,
+    return AttentionJob(id=f"scale-{kind}-{size}x{batch}", submit_time=0.0,
+                        kind=JobKind(kind), batch=batch, heads=2, kv_heads=1,
+                        q_len=1 if decode else size, kv_len=size,
                         head_dim=16, layers=1, dtype=dtype, causal=not decode,
                         steps=DECODE_STEPS if decode else 1)
 
@@ -133,8 +138,8 @@ def fit_worker_scale(run: Runner, plan: Plan, profile: DeviceProfile, per_call_s
     """
     profile = replace(profile, worker_scale={})  # predictions of the grid alone
     dtype = DType(plan.reference_dtype)
-    jobs = [layout_job(kind, size, dtype) for kind, sizes in SCALE_SIZES.items()
-            for size in sizes]
+    jobs = [layout_job(kind, size, dtype, batch) for kind, sizes in SCALE_SIZES.items()
+            for size, batch in sizes]
     predicted = {j.id: costmodel.estimate(j, profile) for j in jobs}
     device = {j.id: costmodel.device_seconds(j, profile) for j in jobs}
     for j in jobs:  # warm each shape once
@@ -153,6 +158,8 @@ def fit_worker_scale(run: Runner, plan: Plan, profile: DeviceProfile, per_call_s
             continue
         out.setdefault(j.kind.value, []).append(
             [float(f"{device[j.id]:.6g}"), round(left / device[j.id], 4)])
+    for curve in out.values():
+        curve.sort()  # a batch can outgrow a longer sequence
     return out
 
 
@@ -484,7 +491,8 @@ def replay_jobs(plan: Plan, profile: DeviceProfile) -> list[AttentionJob]:
 
     jobs = list(generate(SynthSpec(jobs=plan.replay_jobs, seed=REPLAY_SEED, rate=1.0),
                          get_preset("tiny")))
-    per_batch = profile.batch_call_s + profile.decision_s + profile.worker_job_s
+    per_batch = (profile.batch_call_s + profile.decision_s + profile.worker_job_s
+                 + profile.worker_batch_s)
     mean_s = statistics.fmean(costmodel.estimate(j, profile).seconds + per_batch for j in jobs)
     rate = REPLAY_LOAD * max(1, plan.sharing_workers) / mean_s  # jobs per second
     return [replace(j, submit_time=j.submit_time / rate) for j in jobs]
@@ -494,7 +502,7 @@ def replay_jobs(plan: Plan, profile: DeviceProfile) -> list[AttentionJob]:
 class ReplayRound:
     """What one live replay measured (see :func:`replay_fit`)."""
 
-    ratios: dict[str, float]  # kind -> median worker-timed / predicted, net of sharing
+    levels: dict[str, float]  # kind -> worker-timed / predicted beyond fixed_us, net of sharing
     per_peer: float  # c: the slowdown each busy peer adds
     round_trip_us: float  # median wall round trip of a batch beyond its worker's timing
     lone_batches: dict[str, int]
@@ -503,13 +511,14 @@ class ReplayRound:
     # controller's clock, where its jobs' service counts from) to its result, beyond its
     # worker's timing; 0: not timed
     held_us: float = 0.0
+    fixed_us: float = 0.0  # a lone batch's time in its worker beyond what scales with it
 
 
 def replay_once(jobs: Sequence[AttentionJob], data: dict[str, Any], session: Any,
                 profile_name: str = "cpu", fixed_c: float | None = None) -> ReplayRound:
     """Replay ``jobs`` with the static policy on ``session``'s workers, priced by ``data``
     (a profile already validated: :func:`replay_fit` parses it once; ``fixed_c``: see
-    :func:`fit_sharing`)."""
+    :func:`fit_worker_path`)."""
     import json
     import tempfile
     from pathlib import Path
@@ -540,28 +549,30 @@ def replay_once(jobs: Sequence[AttentionJob], data: dict[str, Any], session: Any
                           config, session=session)
     if result.exit_code != 0:
         raise RuntimeError(f"the calibration replay failed: {result.message}")
-    seen, per_peer = fit_sharing(runs, fixed_c)
+    fit = fit_worker_path(runs, fixed_c)
     return ReplayRound(
-        ratios={k: round(statistics.median(v), 4) for k, v in seen.items()
-                if len(v) >= REPLAY_MIN},
-        per_peer=round(per_peer, 4),
+        levels={k: round(v, 4) for k, v in fit.levels.items()
+                if fit.counts[k] >= REPLAY_MIN},
+        per_peer=round(fit.per_peer, 4),
         round_trip_us=round(statistics.median(beyond) * 1e6, 3) if beyond else 0.0,
         held_us=round(statistics.median(held_beyond) * 1e6, 3) if held_beyond else 0.0,
-        lone_batches={k: len(v) for k, v in seen.items()},
+        fixed_us=round(fit.fixed_s * 1e6, 3),
+        lone_batches=fit.counts,
         jct_mean_s=result.summary.get("jct_mean"))
 
 
 def combine_rounds(rounds: Sequence[ReplayRound]) -> ReplayRound:
     """Each figure's median over the replays: one replay disturbed by the machine (a
     neighbour's burst on a shared VM) moves a median of three little, a mean a lot."""
-    kinds = sorted({k for r in rounds for k in r.ratios})
+    kinds = sorted({k for r in rounds for k in r.levels})
     jcts = [r.jct_mean_s for r in rounds if r.jct_mean_s is not None]
     return ReplayRound(
-        ratios={k: round(statistics.median(r.ratios[k] for r in rounds if k in r.ratios), 4)
+        levels={k: round(statistics.median(r.levels[k] for r in rounds if k in r.levels), 4)
                 for k in kinds},
         per_peer=round(statistics.median(r.per_peer for r in rounds), 4),
         round_trip_us=round(statistics.median(r.round_trip_us for r in rounds), 3),
         held_us=round(statistics.median(r.held_us for r in rounds), 3),
+        fixed_us=round(statistics.median(r.fixed_us for r in rounds), 3),
         lone_batches={k: sum(r.lone_batches.get(k, 0) for r in rounds)
                       for k in sorted({k for r in rounds for k in r.lone_batches})},
         jct_mean_s=statistics.median(jcts) if jcts else None)
@@ -573,22 +584,25 @@ def replay_fit(plan: Plan, data: dict[str, Any], profile: DeviceProfile, tick: T
     """The profile's live-path figures as a live run pays them, and the raw figures.
 
     ``profile`` is ``data`` parsed. The updates: ``worker_scale`` set to what
-    the run's workers took over what ``profile`` predicts, per kind;
-    ``node_sharing`` as they slowed each other (:func:`fit_sharing`); and
-    ``batch_call_us``, the median wall time of a batch beyond its worker's
-    own timing, from the decision that placed it to its result in the
-    driver's hands (:func:`batch_call`: applying the decision, sending, the
-    result's way back, the driver's loop noticing it), which the Ray-path fit
-    of step 4 measures on an idle driver.
+    the run's workers took over what ``profile`` predicts, per kind, beyond
+    ``worker_batch_us``, what a lone batch took in its worker whatever its
+    size (:func:`fit_worker_path`, :func:`worker_batch`); ``node_sharing`` as
+    the workers slowed each other; and ``batch_call_us``, the median wall
+    time of a batch beyond its worker's own timing, from the decision that
+    placed it to its result in the driver's hands (:func:`batch_call`:
+    applying the decision, sending, the result's way back, the driver's loop
+    noticing it), which the Ray-path fit of step 4 measures on an idle
+    driver.
 
     The grid and the lone-job fit time one worker on a quiet node, each shape
     run again and again. A live run is not that: its workers compute side by
     side while the driver decides, journals and sends, and every prompt has its
     own length. A short replay through the real live path (``run_live`` with
     the static policy, so every batch is one job, on emulated GPUs as a local
-    run uses) measures the difference: for each kind, the median of the
-    worker-timed seconds over the profile's prediction for the same job, folded
-    into ``worker_scale`` (:func:`fold_scale`). ``plan.replay_rounds`` replays
+    run uses) measures the difference: the worker-timed seconds against the
+    profile's prediction for the same job, a fixed cost per batch plus a
+    level per kind, which is folded into ``worker_scale`` (:func:`fold_scale`).
+    ``plan.replay_rounds`` replays
     run back to back and each figure is their median: one replay's levels move
     by 5–10% from the next on a shared VM.
 
@@ -625,25 +639,34 @@ def replay_fit(plan: Plan, data: dict[str, Any], profile: DeviceProfile, tick: T
     reference = {"jobs": len(jobs), "load": REPLAY_LOAD, "workers": len(session.workers),
                  "rounds": len(rounds),
                  "lone_batches": got.lone_batches,
-                 "worker_over_predicted": got.ratios,
+                 "worker_level": got.levels,
+                 "worker_fixed_us": got.fixed_us,
                  "slowdown_per_busy_peer": got.per_peer,
                  "round_trip_beyond_worker_us": got.round_trip_us,
                  "held_beyond_worker_us": got.held_us,
                  "jct_mean_s": got.jct_mean_s,
-                 "per_round": [{"worker_over_predicted": r.ratios,
+                 "per_round": [{"worker_level": r.levels,
+                                "worker_fixed_us": r.fixed_us,
                                 "slowdown_per_busy_peer": r.per_peer,
                                 "round_trip_beyond_worker_us": r.round_trip_us,
                                 "held_beyond_worker_us": r.held_us}
                                for r in rounds]}
     lone = data.get("worker_scale", {})
     typical = {kind: statistics.median(v) for kind, v in sizes.items()}
-    updates = {"worker_scale": fold_scale(lone, got.ratios, typical),
+    updates = {"worker_scale": fold_scale(lone, got.levels, typical),
+               "worker_batch_us": worker_batch(got, float(data.get("worker_job_us", 0.0))),
                # never below an empty actor call, as the fit's intercept is not
                "batch_call_us": max(float(data.get("actor_call_us", 0.0)),
                                     batch_call(got, float(data.get("decision_us", 0.0))))}
     if fixed_c is None:
         updates["node_sharing"] = sharing_curve(got.per_peer, len(session.workers))
     return updates, reference
+
+
+def worker_batch(got: ReplayRound, worker_job_us: float) -> float:
+    """Microseconds a lone batch costs in its worker beyond its attention and its job's
+    cost (``worker_job_us``, which the simulator charges per job on its own)."""
+    return round(max(0.0, got.fixed_us - worker_job_us), 3)
 
 
 def batch_call(got: ReplayRound, decision_us: float) -> float:
@@ -679,12 +702,12 @@ def retimed(data: dict[str, Any], session: Any, profile_name: str = "cpu",
     drifts by 10–20% over hours, which at a queueing load moves mean JCT by
     more than a simulator's own error. The replays calibration ends with
     (``rounds`` of them; calibration's count by default), run against the
-    profile as it is, measure how far the workers have moved from it (a ratio
-    of 1: nothing moved) and that is folded in. Node sharing is kept: one
-    replay's fitted slowdown moved between 0.06 and 0.24 per busy peer, and
-    the simulator's mean JCT more than doubles across that range, so it stays
-    the calibration's median. The replay's jobs are its own (``REPLAY_SEED``),
-    never the trace being evaluated.
+    profile as it is, measure how far the workers have moved from it (levels
+    of 1 and the profile's fixed cost: nothing moved) and that is folded in.
+    Node sharing is kept: one replay's fitted slowdown moved between 0.06 and
+    0.24 per busy peer, and the simulator's mean JCT more than doubles across
+    that range, so it stays the calibration's median. The replay's jobs are
+    its own (``REPLAY_SEED``), never the trace being evaluated.
     """
     profile = profile_from_dict(data)
     plan = full_plan()
@@ -713,7 +736,7 @@ def _quiet(_: str) -> None:
 
 
 Run = tuple[str, str, float, float, float]  # kind, device, start, end, predicted seconds
-FIT_ROUNDS = 2000  # most alternations of the sharing fit (levels, then c)
+FIT_ROUNDS = 2000  # most alternations of the worker-path fit (levels, then c)
 
 
 def busy_peers(runs: Sequence[Run]) -> list[float]:
@@ -727,58 +750,78 @@ def busy_peers(runs: Sequence[Run]) -> list[float]:
     return out
 
 
-def fit_sharing(runs: Sequence[Run], fixed_c: float | None = None
-                ) -> tuple[dict[str, list[float]], float]:
-    """Per kind, each run's worker-timed over predicted seconds as if no peer had been busy;
-    and ``c``, the slowdown each busy peer adds: ``ratio = level(kind) · (1 + c · peers)``.
+@dataclass(frozen=True)
+class WorkerFit:
+    """What a replay's lone batches say of the live worker path (:func:`fit_worker_path`)."""
+
+    levels: dict[str, float]  # kind -> worker-timed over predicted seconds, beyond fixed_s
+    fixed_s: float  # a lone batch's time in its worker beyond what its seconds scale with
+    per_peer: float  # c: the slowdown each busy peer adds
+    counts: dict[str, int]  # lone batches of each kind
+
+
+def fit_worker_path(runs: Sequence[Run], fixed_c: float | None = None) -> WorkerFit:
+    """Fit ``worker-timed = (fixed + level(kind) · predicted) · (1 + c · peers)``.
 
     The simulator slows a worker while its node's other workers compute (the
-    ``node_sharing`` curve), so the replay's ratios must be net of that, and
-    the curve is best measured where it applies: inside this live run, on its
-    own job mix. A synthetic measurement (k workers each looping one batch)
-    slows every job by the same share, but here a short prompt or decode
-    hardly slows while a long training step does; so the model is fitted by
-    least squares weighted by predicted seconds, and ``c`` is the slowdown of
-    the work that fills a node. Levels and ``c`` are solved in turn (each is
-    linear given the other). A level must be a mean here, not a median: with
-    most runs overlapped, a median level would take the slowdown in and leave
-    ``c`` at 0. Each ratio is clipped to 0.25–4× its kind's median first, so
-    one disturbed run cannot set the slope. With ``fixed_c`` the ratios are
-    taken net of that slowdown and nothing is fitted.
+    ``node_sharing`` curve), so the levels must be net of that, and the curve
+    is best measured where it applies: inside this live run, on its own job
+    mix. A synthetic measurement (k workers each looping one batch) slows
+    every job by the same share, but here a short prompt or decode hardly
+    slows while a long training step does.
+
+    ``fixed`` is there because a live worker's call costs it a millisecond or
+    two whatever the job (its thread waking, the launch, its loop, while its
+    peer and the driver share the cores), which the lone-job fit on a quiet
+    node does not see. A ratio per kind takes that in as a share: the
+    shortest quarter of prompts ran at 1.4–1.7× their prediction in one
+    replay and the longest at 0.8–0.9×, and the long jobs, which make a
+    queue, were priced 10–30% too dear. With ``fixed`` the ratio is flat
+    across sizes within 5–10%.
+
+    Least squares weighted by 1 / predicted (a run's noise grows with its
+    length), so each kind's worker-timed total equals its fitted total: the
+    load a replay puts on its workers is what the simulator charges. Given
+    ``c`` the rest is linear, and given those ``c`` is; they are solved in
+    turn until ``c`` holds still. Each run's ratio is clipped to 0.25–4× its
+    kind's median first, so one disturbed run cannot set the slope. ``fixed``
+    is never negative, and is 0 where the sizes cannot tell it from the
+    levels. With ``fixed_c`` nothing about sharing is fitted.
     """
-    seen = [(kind, solo, p, (end - start) / solo)
-            for (kind, _, start, end, solo), p in zip(runs, busy_peers(runs), strict=True)]
-    raw: dict[str, list[float]] = {}
-    for kind, _, _, ratio in seen:
-        raw.setdefault(kind, []).append(ratio)
-    middle = {k: statistics.median(v) for k, v in raw.items()}
-    points = [(kind, solo, p, min(4.0, max(0.25, ratio / middle[kind])) * middle[kind])
-              for kind, solo, p, ratio in seen]
-    c = _fit_slowdown(points) if fixed_c is None else fixed_c
-    net: dict[str, list[float]] = {}
-    for kind, _, p, ratio in seen:
-        net.setdefault(kind, []).append(ratio / (1 + c * p))
-    return net, c
+    import numpy as np
 
-
-def _fit_slowdown(points: Sequence[tuple[str, float, float, float]]) -> float:
-    """``c`` of :func:`fit_sharing` from (kind, weight, busy peers, ratio): the levels and
-    ``c`` solved in turn until ``c`` holds still."""
-    c, before = 0.0, -1.0
+    kinds = sorted({run[0] for run in runs})
+    if not runs:
+        return WorkerFit({}, 0.0, fixed_c or 0.0, {})
+    kind = np.array([kinds.index(run[0]) for run in runs])
+    solo = np.array([run[4] for run in runs])
+    ratio = np.array([(run[3] - run[2]) / run[4] for run in runs])
+    middle = np.array([np.median(ratio[kind == k]) for k in range(len(kinds))])[kind]
+    took = np.clip(ratio, 0.25 * middle, 4.0 * middle) * solo
+    peers = np.array(busy_peers(runs))
+    weight = 1.0 / np.sqrt(solo)  # on each residual: variance ∝ predicted seconds
+    design = np.zeros((len(runs), 1 + len(kinds)))
+    design[np.arange(len(runs)), 1 + kind] = solo
+    design[:, 0] = 1.0
+    c = 0.0 if fixed_c is None else fixed_c
     for _ in range(FIT_ROUNDS):
+        shared = design * (1.0 + c * peers)[:, None]
+        coef, _, rank, _ = np.linalg.lstsq(shared * weight[:, None], took * weight, rcond=None)
+        if rank < design.shape[1] or coef[0] < 0:  # no intercept to be told apart, or < 0
+            coef = np.concatenate([[0.0], np.linalg.lstsq(
+                shared[:, 1:] * weight[:, None], took * weight, rcond=None)[0]])
+        if fixed_c is not None:
+            break
+        alone = design @ coef  # predicted time with no peer busy
+        bottom = float(np.sum((alone * peers) ** 2 / solo))
+        before = c
+        c = max(0.0, float(np.sum(alone * peers * (took - alone) / solo)) / bottom) \
+            if bottom > 0 else 0.0
         if abs(c - before) < 1e-9:
             break
-        before = c
-        num: dict[str, float] = {}
-        den: dict[str, float] = {}
-        for kind, w, p, y in points:
-            num[kind] = num.get(kind, 0.0) + w * y * (1 + c * p)
-            den[kind] = den.get(kind, 0.0) + w * (1 + c * p) ** 2
-        level = {k: num[k] / den[k] for k in num}
-        top = sum(w * level[k] * p * (y - level[k]) for k, w, p, y in points)
-        bottom = sum(w * (level[k] * p) ** 2 for k, w, p, _ in points)
-        c = max(0.0, top / bottom) if bottom > 0 else 0.0
-    return c
+    return WorkerFit(levels={k: float(coef[1 + i]) for i, k in enumerate(kinds)},
+                     fixed_s=float(coef[0]), per_peer=c,
+                     counts={k: int(np.sum(kind == i)) for i, k in enumerate(kinds)})
 
 
 def sharing_curve(c: float, workers: int) -> list[list[float]]:
@@ -786,18 +829,18 @@ def sharing_curve(c: float, workers: int) -> list[list[float]]:
     return [[k, round(1.0 / (1.0 + c * (k - 1)), 4)] for k in range(1, max(2, workers) + 1)]
 
 
-def fold_scale(worker_scale: dict[str, list[list[float]]], ratios: dict[str, float],
+def fold_scale(worker_scale: dict[str, list[list[float]]], levels: dict[str, float],
                devices: dict[str, float]) -> dict[str, list[list[float]]]:
-    """``worker_scale`` with each kind's curve multiplied by the replay's ratio for it.
+    """``worker_scale`` with each kind's curve multiplied by the replay's level for it.
 
     The lone-job curve keeps its shape across sizes; the replay sets its level
     under a live run's conditions. A kind the lone-job fit kept no point for
-    gets a flat curve at the replay's ratio (``devices``: a typical device time).
+    gets a flat curve at the replay's level (``devices``: a typical device time).
     """
     out = {k: [list(p) for p in v] for k, v in worker_scale.items()}
-    for kind, ratio in ratios.items():
+    for kind, level in levels.items():
         if kind in out:
-            out[kind] = [[x, round(y * ratio, 4)] for x, y in out[kind]]
+            out[kind] = [[x, round(y * level, 4)] for x, y in out[kind]]
         elif kind in devices:
-            out[kind] = [[float(f"{devices[kind]:.6g}"), ratio]]
+            out[kind] = [[float(f"{devices[kind]:.6g}"), level]]
     return out
