@@ -259,7 +259,9 @@ def test_a_replay_without_sharing_fits_none() -> None:
     assert fit.per_peer == pytest.approx(0.0, abs=1e-12) and fit.per_peer >= 0
     assert fit.levels == {"prefill": pytest.approx(1.0)}
     assert sharing_curve(0.0, 1) == [[1, 1.0], [2, 1.0]]
-    assert fit_worker_path([]) == fit_worker_path([], None)  # no runs: nothing fitted
+    empty = fit_worker_path([])  # no runs: nothing fitted, no fixed cost, no slowdown
+    assert (empty.levels, empty.fixed_s, empty.per_peer, empty.counts) == ({}, 0.0, 0.0, {})
+    assert fit_worker_path([], fixed_c=0.3).per_peer == 0.3  # a given slowdown is kept
 
 
 def test_the_replay_offers_the_load_it_aims_at() -> None:

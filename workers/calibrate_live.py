@@ -790,9 +790,9 @@ def fit_worker_path(runs: Sequence[Run], fixed_c: float | None = None) -> Worker
     """
     import numpy as np
 
-    kinds = sorted({run[0] for run in runs})
     if not runs:
         return WorkerFit({}, 0.0, fixed_c or 0.0, {})
+    kinds = sorted({run[0] for run in runs})
     kind = np.array([kinds.index(run[0]) for run in runs])
     solo = np.array([run[4] for run in runs])
     ratio = np.array([(run[3] - run[2]) / run[4] for run in runs])
