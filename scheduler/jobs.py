@@ -20,6 +20,7 @@ from enum import Enum
 from typing import TypeAlias
 
 from scheduler.errors import InputError
+from scheduler.inputfiles import clip
 
 
 class JobKind(str, Enum):
@@ -69,22 +70,22 @@ MAX_MEMORY_BYTES = 1 << 50  # 1 PiB
 def check_int(name: str, value: object, lo: int, hi: int) -> int:
     """Return ``value`` if it is an int in ``[lo, hi]``; else raise naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InputError(f"expected an integer, got {value!r}", field=name)
+        raise InputError(f"expected an integer, got {clip(value)}", field=name)
     if not lo <= value <= hi:
-        raise InputError(f"{value} is outside [{lo}, {hi}]", field=name)
+        raise InputError(f"{clip(value)} is outside [{lo}, {hi}]", field=name)
     return value
 
 
 def check_float(name: str, value: object, lo: float, hi: float, *, lo_open: bool = False) -> float:
     """Return ``value`` as float if finite and in range; else raise naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InputError(f"expected a number, got {value!r}", field=name)
+        raise InputError(f"expected a number, got {clip(value)}", field=name)
     f = float(value)
     if not math.isfinite(f):
-        raise InputError(f"{value!r} is not a finite number", field=name)
+        raise InputError(f"{clip(value)} is not a finite number", field=name)
     if f < lo or f > hi or (lo_open and f == lo):
         bracket = "(" if lo_open else "["
-        raise InputError(f"{value!r} is outside {bracket}{lo:g}, {hi:g}]", field=name)
+        raise InputError(f"{clip(value)} is outside {bracket}{lo:g}, {hi:g}]", field=name)
     return f
 
 
@@ -93,9 +94,9 @@ def _check_name(name: str, value: object, *, optional: bool = False) -> None:
         return
     if not isinstance(value, str) or not value or len(value) > MAX_ID_LEN:
         raise InputError(f"expected a non-empty string of at most {MAX_ID_LEN} characters, "
-                         f"got {value!r}", field=name)
+                         f"got {clip(value)}", field=name)
     if not value.isprintable():
-        raise InputError(f"{value!r} has non-printable characters", field=name)
+        raise InputError(f"{clip(value)} has non-printable characters", field=name)
 
 
 def _check_identity(job: AttentionJob | ClusterJob) -> None:
@@ -152,14 +153,14 @@ class AttentionJob:
                 kind = None
         if kind is None or kind not in ATTENTION_KINDS:
             names = ", ".join(k.value for k in ATTENTION_KINDS)
-            raise InputError(f"expected one of {names}, got {self.kind!r}", field="kind")
+            raise InputError(f"expected one of {names}, got {clip(self.kind)}", field="kind")
         object.__setattr__(self, "kind", kind)
         if type(self.dtype) is not DType:
             try:
                 object.__setattr__(self, "dtype", DType(self.dtype))
             except ValueError:
                 raise InputError(
-                    f"expected one of {', '.join(d.value for d in DType)}, got {self.dtype!r}",
+                    f"expected one of {', '.join(d.value for d in DType)}, got {clip(self.dtype)}",
                     field="dtype",
                 ) from None
         for name, hi in _SHAPE_LIMITS:
@@ -170,7 +171,7 @@ class AttentionJob:
             raise InputError(f"heads={self.heads} is not a multiple of kv_heads={self.kv_heads}",
                              field="kv_heads")
         if not isinstance(self.causal, bool):
-            raise InputError(f"expected true or false, got {self.causal!r}", field="causal")
+            raise InputError(f"expected true or false, got {clip(self.causal)}", field="causal")
 
     def split_part(self, axis: str, parts: int, index: int) -> AttentionJob:
         """Part ``index`` of ``parts`` along ``batch`` or ``heads`` (whole GQA groups)."""

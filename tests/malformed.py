@@ -14,6 +14,7 @@ import io
 import json
 import os
 import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,38 @@ def run_cli(*args: object) -> tuple[int, str]:
             contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main([str(a) for a in args])
     return code, err.getvalue() + out.getvalue()
+
+
+GUARD_S = 60.0  # a failsafe against a hang, not a measurement: a refusal takes milliseconds
+
+
+def run_cli_guarded(*args: object, fifo: Path | None = None) -> tuple[int, str]:
+    """:func:`run_cli` in a thread, so a regression that blocks on a FIFO or reads an
+    endless file fails the test instead of hanging the suite.
+
+    ``fifo``: a FIFO the command may be blocked opening; on timeout a writer is
+    opened and closed so the blocked reader sees end of file and the thread ends.
+    """
+    outcome: list[tuple[int, str] | BaseException] = []
+
+    def target() -> None:
+        try:
+            outcome.append(run_cli(*args))
+        except BaseException as e:  # re-raised in the test's thread
+            outcome.append(e)
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(GUARD_S)
+    if worker.is_alive():
+        if fifo is not None:
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        raise AssertionError(f"still running after {GUARD_S:.0f} s: attnsched {args}")
+    result = outcome[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def assert_clean(code: int, text: str, path: Path | str | None, *, must_fail: bool = False,

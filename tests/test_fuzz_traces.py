@@ -14,16 +14,24 @@ import csv
 import io
 import json
 import math
+import os
+import re
+import socket
+import tempfile
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from hypothesis import given, settings
+import pytest
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from scheduler.inputfiles import MAX_LINE_BYTES
 from scheduler.traces.canonical import FIELDS
-from tests.malformed import FUZZ, GOOD_ROW, assert_clean, examples, run_cli
+from tests.conftest import REPO
+from tests.malformed import FUZZ, GOOD_ROW, assert_clean, examples, run_cli, run_cli_guarded
 
 # Values that sit on or past the edge of every field's type and range.
 EDGE_VALUES: list[Any] = [
@@ -312,3 +320,204 @@ def test_arbitrary_bytes_in_any_format(tmp_path: Path, head: bytes, body: bytes,
     path.write_bytes(head + body)
     code, text = stats(path)
     assert_clean(code, text, path)
+
+
+# -- issue 20: time zones, dependency graphs, non-regular files, over-long lines -----------
+
+ZONES = [None, "Z", "+00:00", "+05:00", "-08:00", "+0530", "+14:00", "-12:00", "-00:30"]
+BASE = datetime(2023, 11, 16, 18, 0, 0, tzinfo=timezone.utc)
+
+
+@st.composite
+def zoned_azure_file(draw: st.DrawFn) -> tuple[bytes, list[float], list[bool]]:
+    """Rows at UTC instants (tenths of a second, sorted or nudged out of order),
+    each written without a zone (the instant's UTC wall clock) or in some zone."""
+    n = draw(st.integers(1, 5))
+    tenths = sorted(draw(st.lists(st.integers(0, 36_000), min_size=n, max_size=n)))
+    if n > 1 and draw(st.booleans()):
+        i = draw(st.integers(1, n - 1))
+        tenths[i] = tenths[i - 1] - draw(st.integers(1, 50_000))  # earlier than its predecessor
+    rows, zoned = [], []
+    mixed = draw(st.booleans())
+    first_zone = draw(st.sampled_from(ZONES))
+    for t in tenths:
+        zone = draw(st.sampled_from(ZONES)) if mixed else (
+            first_zone if first_zone is None else draw(st.sampled_from(ZONES[1:])))
+        offset = timedelta(0) if zone in (None, "Z") else timedelta(
+            hours=int(zone[1:3]), minutes=int(zone[-2:])) * (1 if zone[0] == "+" else -1)
+        wall = BASE + timedelta(seconds=t / 10) + offset
+        sep = draw(st.sampled_from([" ", "T"]))
+        frac = draw(st.sampled_from(["7", "1", "none"]))
+        text = wall.strftime(f"%Y-%m-%d{sep}%H:%M:%S")
+        if frac == "7":
+            text += f".{t % 10}000000"
+        elif frac == "1" or t % 10:
+            text += f".{t % 10}"
+        rows.append(f"{text}{zone or ''},100,20")
+        zoned.append(zone is not None)
+    newline = draw(st.sampled_from(["\n", "\r\n"]))
+    data = newline.join(["TIMESTAMP,ContextTokens,GeneratedTokens", *rows]) + newline
+    return data.encode(), [t / 10 for t in tenths], zoned
+
+
+@settings(FUZZ, max_examples=examples(120))
+@given(case=zoned_azure_file())
+def test_fuzzed_azure_time_zones(tmp_path: Path,
+                                 case: tuple[bytes, list[float], list[bool]]) -> None:
+    """Zoned times order in UTC; a zone-less row among zoned ones (or the reverse) is
+    refused at the first row whose form differs, or earlier if a row is out of order."""
+    data, seconds, zoned = case
+    path = tmp_path / "azure.csv"
+    path.write_bytes(data)
+    code, text = stats(path)
+    bad = next((i for i in range(1, len(seconds))
+                if zoned[i] != zoned[0] or seconds[i] < seconds[i - 1]), None)
+    event("accepted" if bad is None else "mixed" if zoned[bad] != zoned[0] else "unordered")
+    if bad is None:
+        assert code == 0, text
+        assert json.loads(text[text.index("{"):])["span_s"] == pytest.approx(
+            seconds[-1] - seconds[0], abs=1e-6)
+        return
+    assert_clean(code, text, path, must_fail=True)
+    if zoned[bad] != zoned[0]:
+        assert f"{path}:{bad + 2}: TIMESTAMP: mixes times with and without a zone" in text, text
+    else:  # earlier than the first row (the importer) or than the one before (the trace)
+        assert re.match(rf"attnsched: error: {re.escape(str(path))}:{bad + 2}: "
+                        r"(TIMESTAMP: time goes backwards|submit_time: .* is earlier)", text), text
+
+
+@st.composite
+def dependency_graph(draw: st.DrawFn) -> tuple[list[dict[str, Any]], int | None]:
+    """Jobs whose ``depends_on`` names nothing, an earlier job, a later job, itself or a
+    job that does not exist; returns the rows and the index of the first bad one."""
+    n = draw(st.integers(1, 8))
+    rows, bad = [], None
+    for i in range(n):
+        row: dict[str, Any] = {**GOOD_ROW, "id": f"j{i}", "submit_time": float(i)}
+        target = draw(st.sampled_from(["none", "none", "earlier", "earlier", "later", "self",
+                                       "ghost"]))
+        if target == "earlier" and i:
+            row["depends_on"] = f"j{draw(st.integers(0, i - 1))}"
+        elif target == "later" and i < n - 1:
+            row["depends_on"] = f"j{draw(st.integers(i + 1, n - 1))}"
+        elif target in ("self", "ghost"):
+            row["depends_on"] = f"j{i}" if target == "self" else "ghost"
+        if "depends_on" in row and row["depends_on"] not in {f"j{k}" for k in range(i)}:
+            bad = i if bad is None else bad
+        rows.append(row)
+    return rows, bad
+
+
+def _with_blank_lines(data: bytes, blanks: list[int], crlf: bool) -> tuple[bytes, list[int]]:
+    """``data`` with ``blanks[i]`` blank lines before line i; the new number of each line."""
+    lines = data.decode().splitlines()
+    out, numbers = [], []
+    for i, line in enumerate(lines):
+        out += [""] * blanks[i % len(blanks)]
+        out.append(line)
+        numbers.append(len(out))
+    newline = "\r\n" if crlf else "\n"
+    return (newline.join(out) + newline).encode(), numbers
+
+
+@settings(FUZZ, max_examples=examples(120))
+@given(case=dependency_graph(), suffix=st.sampled_from([".jsonl", ".csv", ".parquet"]),
+       blanks=st.lists(st.integers(0, 2), min_size=1, max_size=4), crlf=st.booleans())
+def test_fuzzed_dependency_graphs(tmp_path: Path, case: tuple[list[dict[str, Any]], int | None],
+                                  suffix: str, blanks: list[int], crlf: bool) -> None:
+    """Valid graphs (every dependency earlier) load whole; the first job naming anything
+    else is refused at its file line (blank lines and CRLF counted), field depends_on."""
+    rows, bad = case
+    path = tmp_path / f"t{suffix}"
+    write_canonical(path, rows)
+    numbers = list(range(1, len(rows) + 2))  # Parquet rows; text lines without blanks
+    if suffix != ".parquet":
+        data, numbers = _with_blank_lines(path.read_bytes(), blanks, crlf)
+        path.write_bytes(data)
+    code, text = stats(path)
+    if bad is None:
+        assert code == 0, text
+        assert jobs_reported(text) == len(rows)
+        return
+    assert_clean(code, text, path, must_fail=True)
+    line = numbers[bad + (1 if suffix == ".csv" else 0)]
+    assert f"{path}:{line}: depends_on: " in text, text
+
+
+NON_REGULAR = ["fifo", "dev-zero", "dev-null", "socket", "directory"]
+TRACE_COMMANDS: list[tuple[str, ...]] = [("trace", "stats"), ("trace", "convert"), ("simulate",)]
+
+
+@settings(FUZZ, max_examples=examples(40))
+@given(kind=st.sampled_from(NON_REGULAR),
+       suffix=st.sampled_from([".jsonl", ".csv", ".parquet", ".ndjson", ".pq"]),
+       command=st.sampled_from(TRACE_COMMANDS), fmt=st.sampled_from(["auto", "canonical"]))
+def test_non_regular_trace_files(tmp_path: Path, kind: str, suffix: str,
+                                 command: tuple[str, ...], fmt: str) -> None:
+    """Whatever the command or format, a trace that is not a regular file is refused
+    before it is opened: exit 2, one short line naming it, never a hang."""
+    path = tmp_path / f"nr-{kind}{suffix}"
+    if path.exists() or path.is_symlink():
+        path.unlink() if not path.is_dir() else path.rmdir()
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind in ("dev-zero", "dev-null"):
+        path.symlink_to(f"/dev/{kind[4:]}")
+    elif kind == "socket":
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(path))
+    else:
+        path.mkdir()
+    args: list[object] = [*command, path]
+    if command[0] == "trace":
+        args += ["--format", fmt]
+    if command[-1] == "convert":
+        args += ["-o", tmp_path / "out.jsonl"]
+    elif command == ("simulate",):  # a fresh run folder: an old one must not be what fails
+        args += ["--limit", "1", "--cluster", REPO / "cluster.yaml", "--out",
+                 tempfile.mkdtemp(dir=tmp_path) + "/run"]
+    code, text = run_cli_guarded(*args, fifo=path if kind == "fifo" else None)
+    assert_clean(code, text, path, must_fail=True)
+    assert len(text.strip()) < 300, text
+    assert "regular trace file" in text or "is a directory" in text, text
+
+
+def _small_trace(name: str, rows: int) -> list[str]:
+    """The lines of a valid trace of ``rows`` requests or jobs in the format ``name`` names."""
+    if name == "az.csv":
+        return ["TIMESTAMP,ContextTokens,GeneratedTokens",
+                *(f"2023-11-16 18:15:{i:02d}.1,100,20" for i in range(rows))]
+    if name == "mc.jsonl":
+        return [json.dumps({"timestamp": i * 1000, "input_length": 5, "output_length": 5})
+                for i in range(rows)]
+    jobs = [{**GOOD_ROW, "id": f"j{i}", "submit_time": float(i)} for i in range(rows)]
+    if name == "t.jsonl":
+        return [json.dumps(j) for j in jobs]
+    return [",".join(GOOD_ROW), *(",".join(_cell(v) for v in j.values()) for j in jobs)]
+
+
+@settings(FUZZ, max_examples=examples(25))
+@given(name=st.sampled_from(["t.jsonl", "t.csv", "az.csv", "mc.jsonl"]),
+       rows=st.integers(1, 3), at=st.integers(0, 4), delta=st.integers(-2, 3),
+       filler=st.sampled_from([b"x", b" ", b"\xc3\xa9", b","]),
+       newline=st.sampled_from([b"\n", b"\r\n", b""]))
+def test_over_long_lines(tmp_path: Path, name: str, rows: int, at: int, delta: int,
+                         filler: bytes, newline: bytes) -> None:
+    """A line over 1 MiB is refused at its number, however it ends (LF, CRLF, end of
+    file); one at the cap is read and judged as any line would be. The message is short.
+
+    The file is built here from small parameters, so a failing example prints small.
+    """
+    lines = [line.encode() for line in _small_trace(name, rows)]
+    at = min(at, len(lines))
+    size = MAX_LINE_BYTES + delta
+    lines.insert(at, (filler * (size // len(filler) + 1))[:size])
+    path = tmp_path / name
+    path.write_bytes(b"\n".join(lines[:-1]) + b"\n" + lines[-1] + newline)
+    code, text = stats(path)
+    assert_clean(code, text, path)
+    assert len(text.strip()) < 300 or code == 0, text[:500]
+    if size > MAX_LINE_BYTES:
+        assert f"{path}:{at + 1}: line longer than 1 MiB" in text, text[:500]
+    else:
+        assert "line longer" not in text, text[:500]

@@ -1,8 +1,9 @@
 """Reading and writing job traces: the canonical format and real-trace importers.
 
 ``open_trace(path)`` detects the format and returns a :class:`Trace` whose
-``jobs()`` streams validated jobs in submit order. Unsorted times and
-duplicate ids are errors located at the offending line, not silent reorders.
+``jobs()`` streams validated jobs in submit order. Unsorted times, duplicate
+ids and dependencies on a job not listed earlier are errors located at the
+offending line, not silent reorders or failures at run time.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scheduler.errors import InputError
+from scheduler.inputfiles import clip, regular_file
 from scheduler.jobs import Job
 from scheduler.presets import ModelPreset, get_preset
 from scheduler.traces import canonical, importers
@@ -38,7 +40,15 @@ class Trace:
             yield job
 
     def rows(self, *, ordered: bool = True) -> Iterator[tuple[int, Job]]:
-        """``(line, job)`` pairs, checked for unique ids and (if ``ordered``) time order."""
+        """``(line, job)`` pairs, checked for unique ids and (if ``ordered``) time order
+        and dependencies; a trace without a single job is an error.
+
+        A job may depend only on a job listed before it, so the ids already
+        seen are all a check needs: a missing or later job, or a cycle (whose
+        first member must name a later one), is refused at its line, and any
+        prefix of the trace (``--limit``) is complete. Unordered rows are for
+        sorting first: :meth:`sorted_rows` checks their dependencies after.
+        """
         reader = self._reader()
         last = 0.0
         seen: set[str] = set()
@@ -49,11 +59,25 @@ class Trace:
                                  "(`attnsched trace convert --sort` fixes it)",
                                  path=self.path, line=line, field="submit_time")
             if job.id in seen:
-                raise InputError(f"duplicate id {job.id!r}", path=self.path, line=line,
+                raise InputError(f"duplicate id {clip(job.id)}", path=self.path, line=line,
                                  field="id")
+            if ordered:
+                _check_dependency(self.path, line, job, seen)
             seen.add(job.id)
             last = job.submit_time
             yield line, job
+        if not seen:
+            raise InputError("no jobs: the trace has a header but no rows", path=self.path)
+
+    def sorted_rows(self) -> list[tuple[int, Job]]:
+        """Every row sorted by submit time (stable: ties keep file order), in memory,
+        with dependencies checked in the sorted order."""
+        rows = sorted(self.rows(ordered=False), key=lambda row: row[1].submit_time)
+        seen: set[str] = set()
+        for line, job in rows:
+            _check_dependency(self.path, line, job, seen)
+            seen.add(job.id)
+        return rows
 
     def _reader(self) -> Callable[[Path], Iterable[tuple[int, Job]]]:
         if self.format == "azure":
@@ -68,15 +92,19 @@ class Trace:
         return canonical.read_jsonl if self.format == "jsonl" else canonical.read_csv
 
 
+def _check_dependency(path: Path, line: int, job: Job, seen: set[str]) -> None:
+    if job.depends_on is not None and job.depends_on not in seen:
+        raise InputError(f"{clip(job.depends_on)} is not a job earlier in the trace; a job "
+                         "may depend only on a job listed before it (not a missing or later "
+                         "job, nor a cycle)", path=path, line=line, field="depends_on")
+
+
 def detect_format(path: Path, hint: str = "auto") -> str:
     """The concrete format of ``path``: from ``hint``, the suffix and the header."""
     if hint not in FORMATS:
         raise InputError(f"expected one of {', '.join(FORMATS)}, got {hint!r}", field="--format")
     suffix = path.suffix.lower()
-    if not path.exists():
-        raise InputError("no such file", path=path)
-    if path.is_dir():
-        raise InputError("is a directory, expected a trace file", path=path)
+    regular_file(path, what="trace file")  # a FIFO or device is refused before any open
     if suffix in PARQUET_SUFFIXES:
         if hint not in ("auto", "canonical"):
             raise InputError(f"Parquet traces are canonical, not {hint}", path=path,

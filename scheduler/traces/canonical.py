@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.errors import InputError
+from scheduler.inputfiles import clip
 from scheduler.jobs import AttentionJob, ClusterJob, Job, JobKind
-from scheduler.traces.textio import iter_lines, json_line
+from scheduler.traces.textio import iter_lines, json_line, parse_float, parse_int, shown
 
 MIB = 1 << 20
 IDENTITY = ("id", "submit_time", "kind", "tenant", "priority", "deadline", "depends_on")
@@ -38,19 +39,13 @@ def _coerce(name: str, value: Any, from_text: bool) -> Any:
         return None
     if name in INT_FIELDS:
         if from_text:
-            try:
-                return int(value.strip())
-            except ValueError:
-                raise InputError(f"expected an integer, got {value!r}", field=name) from None
+            return parse_int(value, name)
         if isinstance(value, float) and math.isfinite(value) and value.is_integer():
             return int(value)
         return value  # the job's own validation reports anything else
     if name in FLOAT_FIELDS:
         if from_text:
-            try:
-                return float(value.strip())
-            except ValueError:
-                raise InputError(f"expected a number, got {value!r}", field=name) from None
+            return parse_float(value, name)
         if isinstance(value, int):
             try:
                 float(value)  # JSON integers are unbounded; the job's checks need a float
@@ -64,7 +59,7 @@ def _coerce(name: str, value: Any, from_text: bool) -> Any:
             return True
         if lowered in ("false", "0"):
             return False
-        raise InputError(f"expected true or false, got {value!r}", field=name)
+        raise InputError(f"expected true or false, got {clip(value)}", field=name)
     return value
 
 
@@ -73,7 +68,7 @@ def job_from_record(record: Mapping[str, Any], *, from_text: bool = False) -> Jo
     unknown = [k for k in record if k not in FIELDS]
     if unknown:
         raise InputError(f"unknown column; expected some of {', '.join(FIELDS)}",
-                         field=str(unknown[0]))
+                         field=shown(unknown[0]))
     values = {k: _coerce(k, v, from_text) for k, v in record.items()}
     for name in ("id", "submit_time", "kind"):
         if values.get(name) is None:
@@ -82,11 +77,11 @@ def job_from_record(record: Mapping[str, Any], *, from_text: bool = False) -> Jo
     family = "cluster" if kind == JobKind.CLUSTER.value else "attention"
     for name in REQUIRED[family]:
         if values.get(name) is None:
-            raise InputError(f"missing value (required for kind {kind!r})", field=name)
+            raise InputError(f"missing value (required for kind {clip(kind)})", field=name)
     foreign = RESOURCES if family == "attention" else SHAPE
     stray = [k for k in foreign if values.get(k) is not None]
     if stray:
-        raise InputError(f"not a field of {kind!r} jobs; leave it empty", field=stray[0])
+        raise InputError(f"not a field of {clip(kind)} jobs; leave it empty", field=stray[0])
     common: dict[str, Any] = {k: values.get(k)
                               for k in ("id", "submit_time", "depends_on", "deadline")}
     common["tenant"] = values.get("tenant") or "default"
@@ -94,7 +89,7 @@ def job_from_record(record: Mapping[str, Any], *, from_text: bool = False) -> Jo
     if family == "cluster":
         mib = values.get("memory_mib")
         if mib is not None and not (isinstance(mib, int | float) and 0 <= mib < 2**40):
-            raise InputError(f"expected MiB in [0, 2^40), got {mib!r}", field="memory_mib")
+            raise InputError(f"expected MiB in [0, 2^40), got {clip(mib)}", field="memory_mib")
         optional: dict[str, Any] = {k: values[k] for k in ("gpus", "gpu_fraction", "cpus")
                     if values.get(k) is not None}
         return ClusterJob(duration=values["duration"], memory_bytes=round((mib or 0) * MIB),
@@ -141,29 +136,42 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, Job]]:
 
 
 def read_csv(path: Path) -> Iterator[tuple[int, Job]]:
-    lines = (text for _, text in iter_lines(path))
-    reader = csv.reader(lines)
+    """Rows with the file's own line numbers (blank lines and CRLF counted as the file has
+    them, not as ``csv.reader.line_num`` counts the lines it was given)."""
+    pulled: list[int] = []  # file lines of the record being parsed; more than one if quoted
+
+    def texts() -> Iterator[str]:
+        for number, text in iter_lines(path):
+            pulled.append(number)
+            yield text
+
+    def where() -> int | None:
+        return pulled[0] if pulled else None
+
+    reader = csv.reader(texts())
     try:
-        header = next(reader)
-        header = [h.strip() for h in header]
+        header = [h.strip() for h in next(reader)]
         if len(set(header)) != len(header):
-            raise InputError("duplicate column in header", path=path, line=reader.line_num)
+            raise InputError("duplicate column in header", path=path, line=where())
         for name in header:
             if name not in FIELDS:
                 raise InputError(f"unknown column; expected some of {', '.join(FIELDS)}",
-                                 path=path, line=reader.line_num, field=name)
+                                 path=path, line=where(), field=shown(name))
+        pulled.clear()
         for cells in reader:
+            line = pulled[0]
+            pulled.clear()
             if len(cells) != len(header):
                 raise InputError(f"expected {len(header)} fields, got {len(cells)}"
                                  + (" (truncated line?)" if len(cells) < len(header) else ""),
-                                 path=path, line=reader.line_num)
+                                 path=path, line=line)
             try:
-                yield reader.line_num, job_from_record(dict(zip(header, cells, strict=True)),
-                                                       from_text=True)
+                yield line, job_from_record(dict(zip(header, cells, strict=True)),
+                                            from_text=True)
             except InputError as e:
-                raise _located(e, path, reader.line_num) from None
+                raise _located(e, path, line) from None
     except csv.Error as e:
-        raise InputError(f"malformed CSV: {e}", path=path, line=reader.line_num) from None
+        raise InputError(f"malformed CSV: {shown(e)}", path=path, line=where()) from None
 
 
 def write_jsonl(jobs: Iterable[Job], path: Path) -> int:

@@ -8,14 +8,16 @@ importer streams: one row in memory at a time.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 
 from scheduler.errors import InputError
+from scheduler.inputfiles import clip
 from scheduler.jobs import MAX_TIME_S, AttentionJob, ClusterJob, Job, JobKind
 from scheduler.presets import ModelPreset
-from scheduler.traces.textio import iter_lines, json_line
+from scheduler.traces.textio import iter_lines, json_line, parse_float, parse_int
 
 MIB = 1 << 20
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
@@ -48,30 +50,20 @@ def request_jobs(rid: str, submit: float, prompt: int, output: int, preset: Mode
 
 def _int_cell(text: str, field: str, minimum: int = 1, what: str = "a positive token count"
               ) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise InputError(f"expected an integer, got {text!r}", field=field) from None
+    value = parse_int(text, field)
     if not minimum <= value <= MAX_TOKENS:
-        raise InputError(f"expected {what} (at most 2^32), got {value}", field=field)
+        raise InputError(f"expected {what} (at most 2^32), got {clip(value)}", field=field)
     return value
-
-
-def _float_cell(text: str, field: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise InputError(f"expected a number, got {text!r}", field=field) from None
 
 
 def _split_header(path: Path, lines: Iterator[tuple[int, str]], expected: Sequence[str]
                   ) -> list[str]:
-    _, text = next(lines)
+    line, text = next(lines)  # the file's line: blank lines before the header count
     header = [h.strip() for h in text.rstrip("\r\n").split(",")]
     missing = [c for c in expected if c not in header]
     if missing:
-        raise InputError(f"missing column; expected {', '.join(expected)}", path=path, line=1,
-                         field=missing[0])
+        raise InputError(f"missing column; expected {', '.join(expected)}", path=path,
+                         line=line, field=missing[0])
     return header
 
 
@@ -83,13 +75,26 @@ def _cells(path: Path, line: int, text: str, width: int) -> list[str]:
     return cells
 
 
+# 2023-11-16 18:15:46.6805900, optionally with a zone (Z, +05:00, -0800).
+_AZURE_TIME = re.compile(r"(?P<head>[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}"
+                         r"(?::[0-9]{2})?)(?:\.(?P<frac>[0-9]*))?"
+                         r"(?P<zone>Z|[+-][0-9]{2}:?[0-9]{2})?", re.ASCII)
+
+
 def _azure_time(text: str) -> datetime:
-    """Parse ``2023-11-16 18:15:46.6805900``: 7 fractional digits, %f takes 6."""
-    head, _, frac = text.strip().partition(".")
+    """Parse ``2023-11-16 18:15:46.6805900``: 7 fractional digits, %f takes 6.
+
+    The fraction is cut to six digits on its own, so a zone after it is kept
+    (``.1234567+05:00`` is five hours earlier than ``.1234567+00:00``).
+    """
+    match = _AZURE_TIME.fullmatch(text.strip())
     try:
-        return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}")
+        if match is None:
+            raise ValueError(text)
+        frac = ((match["frac"] or "") + "000000")[:6]
+        return datetime.fromisoformat(f"{match['head']}.{frac}{match['zone'] or ''}")
     except ValueError:
-        raise InputError(f"expected a time like 2023-11-16 18:15:46.6805900, got {text!r}",
+        raise InputError(f"expected a time like 2023-11-16 18:15:46.6805900, got {clip(text)}",
                          field="TIMESTAMP") from None
 
 
@@ -103,7 +108,10 @@ def read_azure(path: Path, preset: ModelPreset) -> Iterator[tuple[int, Job]]:
             cells = _cells(path, line, text, len(header))
             when = _azure_time(cells[col["TIMESTAMP"]])
             start = start or when
-            submit = (when - start).total_seconds()
+            if (when.tzinfo is None) != (start.tzinfo is None):
+                raise InputError("mixes times with and without a zone (offset); give every "
+                                 "row an offset or none", field="TIMESTAMP")
+            submit = (when - start).total_seconds()  # aware times subtract in UTC
             if submit < 0:
                 raise InputError(f"time goes backwards ({submit:.3f} s before the first row); "
                                  "sort the file by TIMESTAMP", field="TIMESTAMP")
@@ -125,13 +133,13 @@ def read_mooncake(path: Path, preset: ModelPreset) -> Iterator[tuple[int, Job]]:
             for key in ("timestamp", "input_length", "output_length"):
                 value = row.get(key)
                 if isinstance(value, bool) or not isinstance(value, int):
-                    raise InputError(f"expected an integer, got {value!r}", field=key)
+                    raise InputError(f"expected an integer, got {clip(value)}", field=key)
             if not isinstance(row.get("hash_ids", []), list):
                 raise InputError("expected a list of block ids", field="hash_ids")
             for key, lo, hi in (("timestamp", 0, MAX_TIME_S * 1000),
                                 ("input_length", 1, MAX_TOKENS), ("output_length", 1, MAX_TOKENS)):
                 if not lo <= row[key] <= hi:
-                    raise InputError(f"{row[key]} is outside [{lo}, {hi:.4g}]", field=key)
+                    raise InputError(f"{clip(row[key])} is outside [{lo}, {hi:.4g}]", field=key)
             jobs = request_jobs(f"r{index}", row["timestamp"] / 1000.0, row["input_length"],
                                 row["output_length"], preset, "mooncake")
         except InputError as e:
@@ -156,28 +164,28 @@ def read_alibaba_pods(path: Path) -> Iterator[tuple[int, Job]]:
             cells = _cells(path, line, text, len(header))
             row = {name: cells[i].strip() for name, i in col.items()}
             get = row.__getitem__
-            created = _float_cell(get("creation_time"), "creation_time")
-            deleted = _float_cell(get("deletion_time"), "deletion_time")
+            created = parse_float(get("creation_time"), "creation_time")
+            deleted = parse_float(get("deletion_time"), "deletion_time")
             scheduled = get("scheduled_time")
-            start = _float_cell(scheduled, "scheduled_time") if scheduled else created
+            start = parse_float(scheduled, "scheduled_time") if scheduled else created
             if deleted < start:
                 raise InputError(f"deleted at {deleted:g} before it started at {start:g}",
                                  field="deletion_time")
             gpus = _int_cell(get("num_gpu"), "num_gpu", 0, "a count of at least 0")
-            milli = _float_cell(get("gpu_milli") or "0", "gpu_milli")
+            milli = parse_float(get("gpu_milli") or "0", "gpu_milli")
             fraction = milli / 1000 if gpus == 1 and 0 < milli < 1000 else 1.0
             qos = get("qos")
             if qos not in QOS_PRIORITY:
-                raise InputError(f"expected one of {', '.join(QOS_PRIORITY)}, got {qos!r}",
+                raise InputError(f"expected one of {', '.join(QOS_PRIORITY)}, got {clip(qos)}",
                                  field="qos")
-            memory_mib = _float_cell(get("memory_mib"), "memory_mib")
+            memory_mib = parse_float(get("memory_mib"), "memory_mib")
             if not 0 <= memory_mib < 2**40:
                 raise InputError(f"expected MiB in [0, 2^40), got {memory_mib:g}",
                                  field="memory_mib")
             yield line, ClusterJob(
                 id=get("name"), submit_time=created,
                 duration=max(deleted - start, MIN_POD_SECONDS), gpus=gpus,
-                gpu_fraction=fraction, cpus=_float_cell(get("cpu_milli"), "cpu_milli") / 1000,
+                gpu_fraction=fraction, cpus=parse_float(get("cpu_milli"), "cpu_milli") / 1000,
                 memory_bytes=round(memory_mib * MIB), tenant=qos,
                 priority=QOS_PRIORITY[qos])
         except InputError as e:

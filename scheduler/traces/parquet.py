@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scheduler.errors import InputError
+from scheduler.inputfiles import regular_file
 from scheduler.jobs import Job
 from scheduler.traces.canonical import (
     FIELDS,
@@ -18,6 +19,7 @@ from scheduler.traces.canonical import (
     job_from_record,
     record_from_job,
 )
+from scheduler.traces.textio import shown
 
 BATCH_ROWS = 65_536
 
@@ -35,18 +37,19 @@ SCHEMA = pa.schema([pa.field(name, _type(name), nullable=True) for name in FIELD
 
 def read_parquet(path: Path) -> Iterator[tuple[int, Job]]:
     """Yield ``(row_number, job)``; row numbers are 1-based, like lines."""
+    regular_file(path, what="trace file")
     try:
         handle = pq.ParquetFile(path)
     except (OSError, pa.ArrowException, UnicodeDecodeError) as e:
-        raise InputError(f"not a readable Parquet file: {e}", path=path) from None
+        raise InputError(f"not a readable Parquet file: {shown(e)}", path=path) from None
     names = handle.schema_arrow.names
     twice = [n for n in names if names.count(n) > 1]
     if twice:  # a row would keep one of the values silently (CSV refuses this too)
-        raise InputError("duplicate column", path=path, field=twice[0])
+        raise InputError("duplicate column", path=path, field=shown(twice[0]))
     unknown = [n for n in names if n not in FIELDS]
     if unknown:
         raise InputError(f"unknown column; expected some of {', '.join(FIELDS)}", path=path,
-                         field=unknown[0])
+                         field=shown(unknown[0]))
     if handle.metadata.num_rows == 0:
         raise InputError("file has no rows", path=path)
     row = 0
@@ -60,7 +63,8 @@ def read_parquet(path: Path) -> Iterator[tuple[int, Job]]:
                 except InputError as e:
                     raise e.located(path=path, line=row) from None
     except (OSError, pa.ArrowException, UnicodeDecodeError) as e:
-        raise InputError(f"corrupt Parquet data: {e}", path=path, line=row + 1) from None
+        raise InputError(f"corrupt Parquet data: {shown(e)}", path=path,
+                         line=row + 1) from None
 
 
 def write_parquet(jobs: Iterable[Job], path: Path) -> int:
