@@ -15,24 +15,34 @@ With WAL and ``synchronous=NORMAL`` a committed transaction survives the
 process being killed (SIGKILL): it is in the OS's page cache, not in the
 process. Only a power loss can take the last few commits, and then the jobs
 they covered simply run again.
+
+The journal's ``meta`` holds the run's :class:`RunIdentity`: a digest of the
+trace's bytes and every option that shapes the job stream or the cluster. A
+resume whose identity differs is refused, naming what changed, so a folder
+never mixes two runs' jobs. ``meta`` also says whether the run finished: a
+fresh run may replace a finished run's journal, never an unfinished one's
+unless told to (``--overwrite``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sqlite3
 from collections.abc import Mapping
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from scheduler.errors import InputError
+from scheduler.inputfiles import MAX_ECHO, clip, regular_file
 from scheduler.state import JobRecord, JobState
 from scheduler.traces.canonical import job_from_record, record_from_job
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: meta holds the run identity and whether the run finished
 FILE = "journal.sqlite"
 
 _SCHEMA = """
@@ -45,6 +55,103 @@ CREATE TABLE IF NOT EXISTS results (
     job TEXT PRIMARY KEY, state TEXT NOT NULL, attempts INTEGER NOT NULL, t REAL NOT NULL,
     record TEXT NOT NULL, session INTEGER NOT NULL);
 """
+
+
+CHUNK = 1 << 20  # bytes hashed at a time: a trace is digested without being held
+
+
+def file_digest(path: Path, *, field: str | None = None) -> str:
+    """BLAKE2b of the file's bytes, read in 1 MiB chunks (hex)."""
+    regular_file(path, field=field)
+    digest = hashlib.blake2b(digest_size=20)
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(CHUNK):
+                digest.update(chunk)
+    except OSError as e:
+        raise InputError(f"cannot read file: {e.strerror or e}", path=path,
+                         field=field) from None
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """What a live run's job stream and cluster depend on; a resume must match it exactly.
+
+    The trace is named by its content (``trace_digest``), never by its path, so
+    the same file reached another way (relative, absolute, a link) resumes
+    while a file rewritten in place does not. ``trace`` is the path as given,
+    kept for people reading the journal and never compared. ``speed`` and
+    ``telemetry_interval`` are absent on purpose: they change when things
+    happen, not which jobs run where.
+    """
+
+    policy: str
+    trace: str = ""
+    trace_digest: str | None = None
+    format: str | None = None
+    model: str | None = None
+    token_scale: float = 1.0
+    limit: int | None = None
+    policy_options: Mapping[str, str] = field(default_factory=dict)
+    seed: int = 0
+    emulate_gpus: int = 0
+    cpu_workers: int = 0
+    memory_fraction: float = 0.9
+    address: str | None = None
+    slow: Mapping[str, float] = field(default_factory=dict)
+    profiles: Mapping[str, str] = field(default_factory=dict)  # name -> file digest
+
+    def meta(self) -> dict[str, str]:
+        """Each field as JSON text: what the journal's ``meta`` table stores."""
+        return {key: json.dumps(value, sort_keys=True, separators=(",", ":"))
+                for key, value in asdict(self).items()}
+
+
+# How a difference in each compared key is named to the user: the option it came from.
+_OPTION = {"format": "--format", "model": "--model", "token_scale": "--token-scale",
+           "limit": "--limit", "policy": "--policy", "policy_options": "--policy-opt",
+           "seed": "--seed", "emulate_gpus": "--emulate-gpus", "cpu_workers": "--cpu-workers",
+           "memory_fraction": "--memory-fraction", "address": "--address", "slow": "--slow",
+           "profiles": "--profile"}
+COMPARED = ("trace_digest", *_OPTION)
+assert set(COMPARED) == {f.name for f in fields(RunIdentity)} - {"trace"}
+
+
+def _shown(text: str | None) -> str:
+    """A stored meta value as the user would have typed it, clipped."""
+    if text is None:
+        return "(none)"
+    try:
+        value: Any = json.loads(text)
+    except ValueError:
+        return clip(text)
+    if value is None:
+        return "(none)"
+    if isinstance(value, dict):  # as --slow/--profile/--policy-opt take it: KEY=VALUE
+        pairs = ",".join(f"{k}={v}" for k, v in value.items()) or "(none)"
+        return pairs if len(pairs) <= MAX_ECHO else pairs[:MAX_ECHO] + "..."
+    return clip(value) if isinstance(value, str) else str(value)
+
+
+def _digest(text: str | None) -> str:
+    shown = _shown(text)
+    return shown if shown == "(none)" else shown.strip("'")[:16]
+
+
+def differences(recorded: Mapping[str, str], current: Mapping[str, str]) -> list[str]:
+    """Each compared key whose value differs, worded as "--limit 200 not 100"."""
+    out = []
+    for key in COMPARED:
+        was, now = recorded.get(key), current.get(key)
+        if was == now:
+            continue
+        if key == "trace_digest":
+            out.append(f"a different trace (content changed: digest {_digest(was)} "
+                       f"not {_digest(now)})")
+        else:
+            out.append(f"{_OPTION[key]} {_shown(was)} not {_shown(now)}")
+    return out
 
 
 @dataclass
@@ -76,18 +183,21 @@ def _record_from_json(text: str) -> JobRecord:
 
 
 class Journal:
-    """One run's journal; ``meta`` says which run it is (checked on resume)."""
+    """One run's journal; ``identity`` says which run it is (checked on resume).
 
-    def __init__(self, path: Path, meta: Mapping[str, str], *, resume: bool = False) -> None:
+    A fresh journal (``resume`` false) replaces one already there only when
+    that run finished, did nothing, or ``overwrite`` says so: an interrupted
+    run's journal is the one thing that lets it continue, so it is never
+    deleted by a rerun that merely forgot ``--resume``.
+    """
+
+    def __init__(self, path: Path, identity: RunIdentity, *, resume: bool = False,
+                 overwrite: bool = False) -> None:
         self.path = path
         self.duplicates = 0  # outcomes refused because the job already had one
+        meta = identity.meta()
         if not resume:
-            if path.exists():
-                log.warning("%s holds an earlier run's journal; starting afresh replaces it "
-                            "(add --resume %s to continue that run instead)", path, path.parent)
-            for stale in (path, path.with_name(path.name + "-wal"),
-                          path.with_name(path.name + "-shm")):
-                stale.unlink(missing_ok=True)
+            self._replace(overwrite)
         elif not path.is_file():
             raise InputError("no journal here to resume from (was the run started with "
                              "--out this folder?)", path=path.parent, field="--resume")
@@ -104,18 +214,43 @@ class Journal:
         with self.db:
             self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                                 [*meta.items(), ("schema", str(SCHEMA_VERSION)),
-                                 ("sessions", str(self.session))])
+                                 ("sessions", str(self.session)), ("finished", "0")])
+
+    def _replace(self, overwrite: bool) -> None:
+        """Delete the journal already here, if any, once that is safe or asked for."""
+        if not self.path.exists():
+            return
+        state = journal_state(self.path)
+        if state.finished or not state.work:
+            log.warning("%s holds an earlier run's journal; starting afresh replaces it",
+                        self.path)
+        elif overwrite:
+            log.warning("%s holds an unfinished run (%d jobs finished); --overwrite "
+                        "replaces it", self.path, state.outcomes)
+        else:
+            raise InputError(f"this folder holds an unfinished run ({state.outcomes} jobs "
+                             f"finished); use --resume {self.path.parent} to continue it "
+                             "or --overwrite to replace it", path=self.path.parent,
+                             field="--out")
+        for stale in (self.path, self.path.with_name(self.path.name + "-wal"),
+                      self.path.with_name(self.path.name + "-shm")):
+            stale.unlink(missing_ok=True)
 
     def _load(self, meta: Mapping[str, str]) -> Resumed:
         known = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+        if known.get("schema") == "1":
+            raise InputError("this journal is from an older attnsched (schema 1) and records "
+                             "no digest of its trace, so resuming cannot check it is the same "
+                             "run; finish it with the version that started it, or start "
+                             "afresh with --overwrite", path=self.path, field="--resume")
         if known.get("schema") != str(SCHEMA_VERSION):
-            raise InputError(f"journal schema {known.get('schema')!r}, this version reads "
+            raise InputError(f"journal schema {clip(known.get('schema'))}, this version reads "
                              f"{SCHEMA_VERSION}", path=self.path, field="--resume")
-        for key, value in meta.items():
-            if key in known and known[key] != value:
-                raise InputError(f"this run folder holds a run with {key} {known[key]!r}, "
-                                 f"not {value!r}; resume it with the same {key}",
-                                 path=self.path, field="--resume")
+        changed = differences(known, meta)
+        if changed:
+            raise InputError(f"this run folder holds a run with {', '.join(changed)}; rerun "
+                             "with the same inputs or start afresh with --overwrite",
+                             path=self.path.parent, field="--resume")
         out = Resumed(session=int(known.get("sessions", "0")))
         for text, in self.db.execute("SELECT record FROM results"):
             record = _record_from_json(text)
@@ -157,6 +292,48 @@ class Journal:
     def close(self) -> None:
         self.db.commit()
         self.db.close()
+
+    def finish(self) -> None:
+        """Close, marking the run finished: its outputs are written, a rerun may replace it."""
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('finished', '1')")
+        self.close()
+
+
+@dataclass(frozen=True)
+class JournalState:
+    """What a journal already in a folder says about its run, read without changing it."""
+
+    finished: bool
+    work: bool  # any job was dispatched or finished: something a rerun would lose
+    outcomes: int  # jobs with a recorded outcome
+
+
+def journal_state(path: Path) -> JournalState:
+    """Whether the journal's run finished and whether it holds any work.
+
+    A journal whose writer is gone without closing it (killed, or still
+    running) has its latest commits in the ``-wal`` file: that one is read
+    through SQLite's read-only mode, which leaves the journal's bytes as they
+    are; a closed one is opened immutable, which creates no ``-wal`` beside
+    it. Schema 1 journals did not record ``finished``: their run counts as
+    finished when its ``summary.json`` was written and the journal closed.
+    Unreadable: unfinished (only ``--overwrite`` replaces it).
+    """
+    wal = path.with_name(path.name + "-wal")
+    mode = "mode=ro" if wal.exists() else "immutable=1"
+    try:
+        with closing(sqlite3.connect(f"file:{path}?{mode}", uri=True)) as db:
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            outcomes = db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+            moves = db.execute("SELECT COUNT(*) FROM transitions").fetchone()[0]
+    except sqlite3.DatabaseError:
+        return JournalState(finished=False, work=True, outcomes=0)
+    if "finished" in meta:
+        finished = meta["finished"] == "1"
+    else:
+        finished = (path.parent / "summary.json").is_file() and not wal.exists()
+    return JournalState(finished, bool(outcomes or moves), outcomes)
 
 
 def read_results(path: Path) -> dict[str, tuple[str, int, int]]:

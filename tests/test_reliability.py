@@ -257,11 +257,12 @@ def test_a_live_run_falls_back_to_greedy_when_its_policy_hangs(cli, tmp_path) ->
 
 
 def test_an_outcome_is_journalled_once_and_a_second_is_counted(tmp_path) -> None:
-    from scheduler.journal import Journal
+    from scheduler.journal import Journal, RunIdentity
     from scheduler.state import JobRecord, JobState
     from tests.builders import attention_job
 
-    journal = Journal(tmp_path / FILE, {"policy": "p", "trace": "t"})
+    identity = RunIdentity(policy="p", trace="t", trace_digest="d")
+    journal = Journal(tmp_path / FILE, identity)
     record = JobRecord(attention_job(id="a", submit_time=0.0), state=JobState.RUNNING,
                        attempts=1, batch="b1", device="d")
     journal.transition(0.5, record)
@@ -273,7 +274,7 @@ def test_an_outcome_is_journalled_once_and_a_second_is_counted(tmp_path) -> None
                         attempts=2, batch="b2", device="d")
     journal.transition(1.5, pending)
     journal.close()
-    resumed = Journal(tmp_path / FILE, {"policy": "p", "trace": "t"}, resume=True).resumed
+    resumed = Journal(tmp_path / FILE, identity, resume=True).resumed
     assert set(resumed.finished) == {"a"} and resumed.finished["a"].end == 1.0
     assert resumed.finished["a"].job == record.job
     assert resumed.attempts == {"b": 2}
@@ -281,13 +282,15 @@ def test_an_outcome_is_journalled_once_and_a_second_is_counted(tmp_path) -> None
 
 
 def test_resume_refuses_another_runs_folder_with_exit_2(cli, tmp_path) -> None:
-    from scheduler.journal import Journal
+    from scheduler.journal import Journal, RunIdentity
 
-    Journal(tmp_path / FILE, {"policy": "greedy", "trace": "a.jsonl"}).close()
+    Journal(tmp_path / FILE, RunIdentity(policy="greedy", trace="a.jsonl",
+                                         trace_digest="0123456789abcdef0123")).close()
     trace = tmp_path / "t.jsonl"
     assert cli("trace", "generate", "-o", trace, "--jobs", "5", "--model", "tiny")[0] == 0
     code, _, err = cli("run", trace, "--policy", "greedy", "--resume", tmp_path)
-    assert code == 2 and "trace 'a.jsonl'" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "a different trace (content changed: digest 0123456789abcdef not" in err
     code, _, err = cli("run", trace, "--resume", tmp_path / "nothing")
     assert code == 2 and "no journal here" in err
 
@@ -373,10 +376,17 @@ def test_a_reused_session_whose_worker_died_between_runs_still_runs(tmp_path, lo
         close_session(session)
 
 
-def test_a_fresh_run_over_a_journal_says_it_replaces_it(tmp_path, caplog) -> None:
-    from scheduler.journal import Journal
+def test_a_fresh_run_over_a_finished_runs_journal_says_it_replaces_it(tmp_path,
+                                                                       caplog) -> None:
+    from scheduler.journal import Journal, RunIdentity
+    from scheduler.state import JobRecord, JobState
+    from tests.builders import attention_job
 
-    Journal(tmp_path / FILE, {"policy": "p", "trace": "t"}).close()
+    journal = Journal(tmp_path / FILE, RunIdentity(policy="p"))
+    journal.transition(0.0, JobRecord(attention_job(id="a", submit_time=0.0),
+                                      state=JobState.RUNNING, attempts=1, batch="b", device="d"))
+    journal.finish()
     with caplog.at_level("WARNING", logger="scheduler.journal"):
-        Journal(tmp_path / FILE, {"policy": "p", "trace": "t"}).close()
-    assert "add --resume" in caplog.text
+        Journal(tmp_path / FILE, RunIdentity(policy="p")).close()
+    assert "starting afresh replaces it" in caplog.text
+    assert not running_transitions(tmp_path / FILE)

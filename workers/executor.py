@@ -17,20 +17,24 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scheduler.cluster import ClusterSpec, for_live_run, from_ray_nodes
 from scheduler.controller import Controller, PolicyFailure
 from scheduler.errors import InputError
 from scheduler.jobs import Job
 from scheduler.journal import FILE as JOURNAL_FILE
-from scheduler.journal import Journal
+from scheduler.journal import Journal, RunIdentity, file_digest
 from scheduler.metrics import RunOutputs
 from scheduler.pricing import ClusterCost, load_profiles
 from scheduler.sim.runner import RunResult
 from scheduler.state import Batch
+from scheduler.traces import DEFAULT_MODEL, detect_format
 from workers.fleet import Fleet, create_workers
 from workers.ray_metrics import RayMetrics
+
+if TYPE_CHECKING:
+    from scheduler.runs import RunSpec
 
 log = logging.getLogger(__name__)
 IDLE_ROUNDS = 3
@@ -78,6 +82,8 @@ class LiveConfig:
     profiles: Mapping[str, str] = field(default_factory=dict)
     # Continue the run journalled in the output folder instead of starting afresh.
     resume: bool = False
+    # Start afresh even over an unfinished run's journal (deleting it).
+    overwrite: bool = False
     # (policy, name) to switch to when the policy fails repeatedly; None: stop the run.
     fallback: tuple[Any, str] | None = None
     # Wall seconds a policy's decide() may take before it counts as a failure.
@@ -201,6 +207,27 @@ def close_session(session: LiveSession) -> None:
         ray.kill(worker)
 
 
+def run_identity(spec: RunSpec | None, config: LiveConfig, policy: str) -> RunIdentity:
+    """The one place a live run's identity is built (``run`` and the API, via ``live_run``).
+
+    Without ``spec`` (jobs handed over in memory) the trace is unknown and
+    only the policy and the cluster options are recorded.
+    """
+    cluster = RunIdentity(
+        policy=policy, seed=config.seed, emulate_gpus=config.emulate_gpus,
+        cpu_workers=config.cpu_workers, memory_fraction=config.memory_fraction,
+        address=config.address, slow=dict(sorted(config.slow.items())),
+        profiles={name: file_digest(Path(path), field="--profile")
+                  for name, path in sorted(config.profiles.items())})
+    if spec is None:
+        return cluster
+    return replace(cluster, trace=str(spec.trace),
+                   trace_digest=file_digest(spec.trace, field="trace"),
+                   format=detect_format(spec.trace, spec.fmt),
+                   model=spec.model or DEFAULT_MODEL, token_scale=spec.token_scale,
+                   limit=spec.limit, policy_options=dict(sorted(spec.policy_options.items())))
+
+
 def _prepare_outputs(out: Path | None, resume: bool) -> int:
     """On resume, move the interrupted session's partial outputs aside; returns its number.
 
@@ -224,13 +251,15 @@ def _prepare_outputs(out: Path | None, resume: bool) -> int:
 
 def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | None,
              config: LiveConfig, context: Mapping[str, Any] | None = None,
-             session: LiveSession | None = None) -> RunResult:
+             session: LiveSession | None = None,
+             identity: RunIdentity | None = None) -> RunResult:
     """Replay ``jobs`` on real workers; writes the same outputs as the simulator.
 
     Without ``session`` it opens one (starting Ray and the workers) and closes
     it at the end; with one, the workers are reused and left running. With
     ``out``, every job's state changes go to its journal first, and
-    ``config.resume`` continues the run that journal describes.
+    ``config.resume`` continues the run that journal describes, if
+    ``identity`` (from :func:`run_identity`) matches the one it recorded.
     """
     import ray
 
@@ -240,8 +269,9 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
     journal = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        meta = {"policy": policy_name, "trace": str((context or {}).get("trace", ""))}
-        journal = Journal(out / JOURNAL_FILE, meta, resume=config.resume)
+        journal = Journal(out / JOURNAL_FILE,
+                          identity or run_identity(None, config, policy_name),
+                          resume=config.resume, overwrite=config.overwrite)
     resumed = journal.resumed if journal is not None else None
     aside = _prepare_outputs(out, config.resume)
     own = session is None
@@ -477,7 +507,7 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
                 "metrics_endpoints": metrics_endpoints()}
     outputs.close(summary, run_info)
     if journal is not None:
-        journal.close()
+        journal.finish()  # after the outputs: a finished journal means a complete folder
     if own:
         live.workers = fleet.handles
         close_session(live)

@@ -57,6 +57,10 @@ def run(
         None, "--resume", metavar="RUN_DIR",
         help="Continue the interrupted run whose outputs are in RUN_DIR (from its journal): "
              "jobs it finished are not run again."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite",
+        help="Start afresh in --out even when it holds a run that did not finish (its "
+             "journal is deleted; without this, such a folder is refused)."),
     fallback_policy: str | None = typer.Option(
         None, "--fallback-policy",
         help="Switch to this policy (e.g. greedy) when the policy fails repeatedly, instead "
@@ -82,7 +86,7 @@ def run(
         seed=seed, speed=speed, emulate_gpus=emulate_gpus, cpu_workers=cpu_workers,
         memory_fraction=memory_fraction, telemetry_interval=telemetry_interval, slow=slow,
         profile=profile, out=out, resume=resume, fallback_policy=fallback_policy,
-        decide_timeout=decide_timeout, metrics_port=metrics_port)
+        decide_timeout=decide_timeout, metrics_port=metrics_port, overwrite=overwrite)
     out = spec.out
     total = count_jobs(spec)  # also validates the whole trace before Ray starts
     check_gpus(spec, config)
@@ -102,7 +106,7 @@ def live_setup(trace: Path, policy: str, *, policy_opt: list[str], address: str 
                telemetry_interval: float, slow: list[str], profile: list[str],
                out: Path | None, resume: Path | None, fallback_policy: str | None,
                decide_timeout: float, metrics_port: int | None = None,
-               built: Any = None) -> tuple[RunSpec, Any, LiveConfig]:
+               built: Any = None, overwrite: bool = False) -> tuple[RunSpec, Any, LiveConfig]:
     """Check ``run``'s options, in their command-line forms, before anything starts.
 
     Returns the run, the built policy (``built`` when the caller has one) and the
@@ -111,6 +115,9 @@ def live_setup(trace: Path, policy: str, *, policy_opt: list[str], address: str 
     from policies.base import load_policy, parse_options
 
     if resume is not None:
+        if overwrite:
+            raise InputError("--resume continues the run in its folder and --overwrite "
+                             "replaces it; give one", field="--overwrite")
         if out is not None and out.resolve() != resume.resolve():
             raise InputError(f"--out {out} and --resume {resume} name different folders",
                              field="--resume")
@@ -120,18 +127,20 @@ def live_setup(trace: Path, policy: str, *, policy_opt: list[str], address: str 
                          speed=speed, memory_fraction=memory_fraction,
                          telemetry_interval=telemetry_interval, seed=seed,
                          slow=parse_slow(slow), profiles=parse_profiles(profile))
+    options = parse_options(policy_opt)
     if built is None:
-        built = load_policy(policy, parse_options(policy_opt))
+        built = load_policy(policy, options)
     if metrics_port is not None and address:
         raise InputError("a cluster's nodes serve metrics on their own ports (see run.json)",
                          field="--metrics-port")
     config.metrics_port = metrics_port
     config.resume = resume is not None
+    config.overwrite = overwrite
     config.decide_timeout = decide_timeout or None
     if fallback_policy is not None:
         config.fallback = (load_policy(fallback_policy), fallback_policy)
-    spec = RunSpec(trace=trace, policy=policy, model=model, limit=limit,
-                   telemetry_interval=telemetry_interval, out=out)
+    spec = RunSpec(trace=trace, policy=policy, policy_options=options, model=model,
+                   limit=limit, seed=seed, telemetry_interval=telemetry_interval, out=out)
     check_options(spec)
     return spec, built, config
 
@@ -141,10 +150,12 @@ def live_run(spec: RunSpec, policy: Any, config: LiveConfig, report: bool = True
 
     Writes the run's outputs when ``spec.out`` is set, and its report too with ``report``.
     """
-    from workers.executor import run_live
+    from workers.executor import run_identity, run_live
 
-    result = run_live(trace_jobs(spec), policy, str(getattr(policy, "name", spec.policy)),
-                      spec.out, config, {"trace": str(spec.trace)})
+    name = str(getattr(policy, "name", spec.policy))
+    identity = run_identity(spec, config, name) if spec.out is not None else None
+    result = run_live(trace_jobs(spec), policy, name, spec.out, config,
+                      {"trace": str(spec.trace)}, identity=identity)
     if spec.out is not None and report:
         from scheduler.report import write_report
 
