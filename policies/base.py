@@ -5,6 +5,12 @@ frozen :class:`~scheduler.view.View` and returns actions; it performs no I/O,
 reads no clock, holds no executor handle and keeps no mutable attributes
 between calls (memory goes in ``Decisions.state``). The same object therefore
 runs unchanged in the simulator and live.
+
+What a spec (``module:attr``, ``file.py:attr`` or an entry point) may name is
+a class with a ``decide`` method, or a function marked with
+:func:`policy_factory`. Anything else is refused before it is called, so
+``--policy os:system --policy-opt command=...`` runs nothing: importing the
+module a user names is the only code a spec runs before the check.
 """
 
 from __future__ import annotations
@@ -16,10 +22,11 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from scheduler.decisions import Action, Decisions
 from scheduler.errors import InputError
+from scheduler.inputfiles import clip, shown
 from scheduler.view import View
 
 ENTRY_POINT_GROUP = "attnsched.policies"
@@ -46,6 +53,35 @@ class Policy(Protocol):
 
 
 PolicyFactory = Callable[..., Policy]
+_FACTORY_MARK = "__attnsched_policy_factory__"
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def policy_factory(func: _F) -> _F:
+    """Mark a plain function as one a policy spec may call to build a policy.
+
+    A spec may name a policy class directly; a function (say, one choosing a
+    class by its options) must carry this mark, so that a spec naming any
+    other callable (``os:system``, ``builtins:exec``) is refused uncalled.
+    """
+    if not inspect.isfunction(func):
+        raise TypeError("policy_factory marks Python functions; a class needs no mark")
+    setattr(func, _FACTORY_MARK, True)
+    return func
+
+
+def _buildable(obj: Any) -> bool:
+    """A policy class or a marked factory, judged without calling or instantiating it.
+
+    Read statically (no ``__getattr__`` of the object or its metaclass runs):
+    the point is to decide before any code of the target executes.
+    """
+    if inspect.isclass(obj):
+        decide = inspect.getattr_static(obj, "decide", None)
+        return callable(decide) or isinstance(decide, staticmethod | classmethod)
+    return inspect.isfunction(obj) and obj.__dict__.get(_FACTORY_MARK) is True
+
+
 _BUILTINS: dict[str, str] = {
     "static": "policies.static:StaticPolicy",
     "greedy": "policies.greedy:GreedyPolicy",
@@ -64,7 +100,7 @@ def _load_target(spec: str) -> Any:
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr:
         raise InputError(f"expected a registered name, module:Class or path/file.py:Class, "
-                         f"got {spec!r}", field="--policy")
+                         f"got {clip(spec)}", field="--policy")
     if target.endswith(".py"):
         path = Path(target)
         if not path.is_file():
@@ -78,21 +114,26 @@ def _load_target(spec: str) -> Any:
         try:
             module_spec.loader.exec_module(module)
         except (Exception, SystemExit) as e:  # a plugin's sys.exit() must not end the CLI
-            raise InputError(f"importing the plugin failed: {type(e).__name__}: {e}",
+            raise InputError(f"importing the plugin failed: {_said(e)}",
                              path=path, field="--policy") from None
     else:
         try:
             module = importlib.import_module(target)
         except (Exception, SystemExit) as e:
-            raise InputError(f"cannot import module {target!r}: {type(e).__name__}: {e}",
+            raise InputError(f"cannot import module {clip(target)}: {_said(e)}",
                              field="--policy") from None
     try:
         obj = getattr(module, attr, None)
     except Exception:  # a module __getattr__ may raise anything, not just AttributeError
         obj = None
     if obj is None:
-        raise InputError(f"{target} has no {attr!r}", field="--policy")
+        raise InputError(f"{clip(target)} has no {clip(attr)}", field="--policy")
     return obj
+
+
+def _said(e: BaseException) -> str:
+    """``Type: message`` of a plugin's exception, cut where a plugin made it long."""
+    return f"{type(e).__name__}: {shown(e)}"
 
 
 def _plugins() -> dict[str, Any]:
@@ -121,19 +162,23 @@ def load_policy(spec: str, options: Mapping[str, str] | None = None) -> Policy:
         try:
             factory = plugins[spec].load()
         except (Exception, SystemExit) as e:
-            raise InputError(f"plugin {spec!r} fails to load: {type(e).__name__}: {e}",
+            raise InputError(f"plugin {clip(spec)} fails to load: {_said(e)}",
                              field="--policy") from None
     elif ":" in spec:
         factory = _load_target(spec)
     else:
-        raise InputError(f"unknown policy {spec!r}; available: {', '.join(available())}, "
+        raise InputError(f"unknown policy {clip(spec)}; available: {', '.join(available())}, "
                          "or module:Class or path/file.py:Class", field="--policy")
     return _instantiate(spec, factory, options or {})
 
 
 def _instantiate(spec: str, factory: Any, options: Mapping[str, str]) -> Policy:
-    if not callable(factory):
-        raise InputError(f"{spec} is not a class or factory", field="--policy")
+    if not _buildable(factory):
+        what = ("a class without a decide(view) method" if inspect.isclass(factory) else
+                f"a {type(factory).__name__}, not a policy class or a function marked "
+                "@policy_factory")
+        raise InputError(f"{clip(spec)} is not a policy: it is {what}; nothing was called",
+                         field="--policy")
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
@@ -143,7 +188,7 @@ def _instantiate(spec: str, factory: Any, options: Mapping[str, str]) -> Policy:
         param = params.get(key)
         if param is None:
             known = ", ".join(p for p in params if p != "self") or "none"
-            raise InputError(f"{spec} takes no option {key!r}; options: {known}",
+            raise InputError(f"{clip(spec)} takes no option {clip(key)}; options: {known}",
                              field="--policy-opt")
         kwargs[key] = _convert(spec, key, raw, param.default)
     try:
@@ -151,10 +196,10 @@ def _instantiate(spec: str, factory: Any, options: Mapping[str, str]) -> Policy:
     except InputError:
         raise
     except (Exception, SystemExit) as e:
-        raise InputError(f"{spec} could not be built: {type(e).__name__}: {e}",
+        raise InputError(f"{clip(spec)} could not be built: {_said(e)}",
                          field="--policy") from None
     if not callable(getattr(policy, "decide", None)):
-        raise InputError(f"{spec} is not a policy: it has no decide(view) method",
+        raise InputError(f"{clip(spec)} is not a policy: it has no decide(view) method",
                          field="--policy")
     return policy  # type: ignore[no-any-return]
 
@@ -173,8 +218,8 @@ def _convert(spec: str, key: str, raw: str, default: Any) -> Any:
             pass
     else:
         return raw
-    raise InputError(f"{spec} option {key}={raw!r}: expected a {type(default).__name__}",
-                     field="--policy-opt")
+    raise InputError(f"{clip(spec)} option {clip(key)}={clip(raw)}: expected a "
+                     f"{type(default).__name__}", field="--policy-opt")
 
 
 def parse_options(items: Sequence[str]) -> dict[str, str]:
@@ -183,6 +228,6 @@ def parse_options(items: Sequence[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise InputError(f"expected key=value, got {item!r}", field="--policy-opt")
+            raise InputError(f"expected key=value, got {clip(item)}", field="--policy-opt")
         out[key.strip()] = value.strip()
     return out

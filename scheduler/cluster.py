@@ -25,7 +25,8 @@ from typing import Any
 import yaml
 
 from scheduler.errors import InputError
-from scheduler.profiles import load_profile, shipped_profiles
+from scheduler.inputfiles import clip, read_capped, shown
+from scheduler.profiles import load_profile, schema_message, shipped_profiles
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,10 @@ MAX_NODES_PER_TYPE = 100_000
 MAX_GPUS_PER_NODE = 1024
 MAX_DEVICES = 1_000_000  # a typo in a count must not allocate a billion objects
 MAX_FILE_BYTES = 16 * MiB
+# Aliases share one parsed object, but whatever walks the data (Ray's schema, a message's
+# repr) sees every expansion: a 1 KiB "billion laughs" file would be 10**9 nodes.
+MAX_YAML_ALIASES = 100
+MAX_YAML_EXPANSION = 100_000  # nodes aliases may add beyond those written out
 ALIBABA_COLUMNS = ("sn", "cpu_milli", "memory_mib", "gpu", "model")
 # Device memory of the Alibaba v2023 GPU models; G1/G2/G3 are undisclosed.
 ALIBABA_GPU_MEMORY: Mapping[str, int] = MappingProxyType(
@@ -112,7 +117,7 @@ class ClusterSpec:
         try:
             return self._by_id[device_id]
         except KeyError:
-            raise KeyError(f"no device {device_id!r} in cluster {self.source}") from None
+            raise KeyError(f"no device {clip(device_id)} in cluster {self.source}") from None
 
 
 @functools.cache
@@ -144,14 +149,9 @@ def _make_node(name: str, node_type: str, *, cpus: float, memory_bytes: int, gpu
 
 
 def _read_text(path: Path, what: str) -> str:
-    """File contents as text, or an InputError saying why they are unusable."""
-    try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise InputError(f"larger than {MAX_FILE_BYTES // MiB} MiB; expected a {what}",
-                             path=path)
-        data = path.read_bytes()
-    except OSError as e:
-        raise InputError(f"cannot read {what}: {e.strerror or e}", path=path) from None
+    """File contents as text, or an InputError saying why they are unusable (a FIFO, a
+    device, over :data:`MAX_FILE_BYTES`, not UTF-8)."""
+    data = read_capped(path, MAX_FILE_BYTES, what=what)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -164,17 +164,19 @@ class _Doc:
 
     def __init__(self, path: Path, text: str) -> None:
         self.path, self.text = path, text
+        self.node: yaml.Node | None = None  # composed once by _parse_yaml, then reused
 
     def error(self, reason: str, keys: Sequence[str | int]) -> InputError:
         return InputError(reason, path=self.path, line=self.line_of(keys),
-                          field=".".join(str(k) for k in keys) or None)
+                          field=".".join(shown(str(k)) for k in keys) or None)
 
     def line_of(self, keys: Sequence[str | int]) -> int | None:
-        """1-based line of the deepest node along ``keys`` that exists."""
-        try:
-            node = yaml.compose(self.text, Loader=yaml.SafeLoader)
-        except (yaml.YAMLError, RecursionError):
-            return None
+        """1-based line of the deepest node along ``keys`` that exists.
+
+        Walks the node graph the file was parsed from (never composed again,
+        never expanded), so locating costs at most the key path's length.
+        """
+        node = self.node
         if node is None:
             return None
         line = node.start_mark.line + 1
@@ -196,19 +198,70 @@ class _Doc:
         return line
 
 
-def _parse_yaml(path: Path, text: str) -> Any:
-    """``yaml.safe_load``: plain data only, never arbitrary Python objects."""
+def _parse_yaml(doc: _Doc) -> Any:
+    """Plain data only (the safe loader, never Python objects), and only once the node
+    graph is known to stay small when its aliases are expanded."""
+    path, text = doc.path, doc.text
     try:
-        return yaml.safe_load(text)
+        loader = yaml.SafeLoader(text)  # reads the start already: may raise ReaderError
+        try:
+            doc.node = loader.get_single_node()
+            if doc.node is None:
+                return None
+            _check_aliases(path, doc.node)
+            return loader.construct_document(doc.node)
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        raise InputError(f"invalid YAML: {e.problem or e.context}", path=path,
+        raise InputError(f"invalid YAML: {shown(str(e.problem or e.context))}", path=path,
                          line=mark.line + 1 if mark else None) from None
     except yaml.reader.ReaderError as e:  # control characters, e.g. binary data
         raise InputError(f"invalid YAML: {e.reason} (character #x{e.character:04x})",
                          path=path, line=text[:e.position].count("\n") + 1) from None
     except (yaml.YAMLError, RecursionError) as e:
-        raise InputError(f"invalid YAML: {e or 'nested too deeply'}", path=path) from None
+        raise InputError(f"invalid YAML: {shown(str(e)) if str(e) else 'nested too deeply'}",
+                         path=path) from None
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def _check_aliases(path: Path, root: yaml.Node) -> None:
+    """Refuse a graph whose aliases are many, recursive, or expand it past the bound.
+
+    Sizes are counted per distinct node (memoized, iterative), so the count
+    costs the nodes written in the file, however large the expansion.
+    """
+    size: dict[int, int] = {}
+    open_: set[int] = set()  # entered, not finished: the current node's ancestors
+    aliases = 0
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            open_.discard(key)
+            size[key] = 1 + sum(size[id(c)] for c in _children(node))
+        elif key in open_:
+            raise InputError("a YAML alias refers to a node that contains it", path=path,
+                             line=node.start_mark.line + 1)
+        elif key in size:  # met before: only an alias makes the composer reuse a node
+            aliases += 1
+            if aliases > MAX_YAML_ALIASES:
+                raise InputError(f"more than {MAX_YAML_ALIASES} YAML aliases", path=path,
+                                 line=node.start_mark.line + 1)
+        else:
+            open_.add(key)
+            stack.append((node, True))
+            stack += [(c, False) for c in reversed(_children(node))]
+    if size[id(root)] > len(size) + MAX_YAML_EXPANSION:
+        raise InputError(f"YAML aliases expand this file to {size[id(root)]:,} nodes; at most "
+                         f"{MAX_YAML_EXPANSION:,} more than it writes out are allowed",
+                         path=path)
 
 
 def _non_string_key(data: Any, keys: list[str | int], seen: set[int]) -> list[str | int] | None:
@@ -246,7 +299,8 @@ def _check_config(doc: _Doc, config: Any) -> None:
                         "node_config: {...}, min_workers: N}", ["available_node_types"])
     head = config.get("head_node_type")
     if not isinstance(head, str) or head not in types:
-        raise doc.error(f"{head!r} is not one of available_node_types ({', '.join(types)})",
+        raise doc.error(f"{clip(head)} is not one of available_node_types "
+                        f"({shown(', '.join(map(str, types)))})",
                         ["head_node_type"])
     for name, spec in types.items():
         at = ["available_node_types", name]
@@ -262,13 +316,14 @@ def _check_config(doc: _Doc, config: Any) -> None:
             if res == "GPU" and not (_is_number(amount) and isinstance(amount, int)
                                      and 0 <= amount <= MAX_GPUS_PER_NODE):
                 raise doc.error(f"expected a whole number of GPUs 0..{MAX_GPUS_PER_NODE}, "
-                                f"got {amount!r}", [*at, "resources", res])
+                                f"got {clip(amount)}", [*at, "resources", res])
             if not _is_number(amount) or amount < 0:
-                raise doc.error(f"expected a number >= 0, got {amount!r}", [*at, "resources", res])
+                raise doc.error(f"expected a number >= 0, got {clip(amount)}",
+                                [*at, "resources", res])
         for key in ("min_workers", "max_workers"):
             n = spec.get(key, 0)
             if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_NODES_PER_TYPE:
-                raise doc.error(f"expected a whole number 0..{MAX_NODES_PER_TYPE}, got {n!r}",
+                raise doc.error(f"expected a whole number 0..{MAX_NODES_PER_TYPE}, got {clip(n)}",
                                 [*at, key])
         if "max_workers" in spec and spec.get("min_workers", 0) > spec["max_workers"]:
             raise doc.error(f"min_workers ({spec.get('min_workers', 0)}) exceeds max_workers "
@@ -310,7 +365,7 @@ def _check_ray_schema(doc: _Doc, config: dict[str, Any]) -> None:
     keys: list[str | int] = list(error.absolute_path)
     if error.validator == "required" and isinstance(error.instance, dict):
         keys += [k for k in error.validator_value if k not in error.instance][:1]
-    raise doc.error(f"{error.message} (Ray cluster-launcher schema)", keys)
+    raise doc.error(f"{schema_message(error)} (Ray cluster-launcher schema)", keys)
 
 
 def load_cluster_yaml(path: str | Path, nodes: Mapping[str, int] | None = None) -> ClusterSpec:
@@ -323,7 +378,7 @@ def load_cluster_yaml(path: str | Path, nodes: Mapping[str, int] | None = None) 
     """
     p = Path(path)
     doc = _Doc(p, _read_text(p, "Ray cluster-launcher YAML file"))
-    config = _parse_yaml(p, doc.text)
+    config = _parse_yaml(doc)
     if config is None:
         raise InputError("empty file; expected a Ray cluster-launcher config with "
                          "head_node_type and available_node_types", path=p)
@@ -333,10 +388,12 @@ def load_cluster_yaml(path: str | Path, nodes: Mapping[str, int] | None = None) 
     counts = {name: int(spec.get("min_workers", 0)) for name, spec in types.items()}
     for name, n in (nodes or {}).items():
         if name not in types:
-            raise InputError(f"unknown node type {name!r}; {p.name} defines {', '.join(types)}",
+            raise InputError(f"unknown node type {clip(name)}; {p.name} defines "
+                             f"{shown(', '.join(map(str, types)))}",
                              path=p, field="--nodes")
         if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_NODES_PER_TYPE:
-            raise InputError(f"{name}={n!r}: expected {_COUNT_FORM}", path=p, field="--nodes")
+            raise InputError(f"{shown(name)}={clip(n)}: expected {_COUNT_FORM}", path=p,
+                             field="--nodes")
         counts[name] = n
     sized = [(config["head_node_type"], True, 1)] + [(t, False, counts[t]) for t in types]
     resources = {t: spec.get("resources", {}) for t, spec in types.items()}
@@ -374,7 +431,7 @@ def load_alibaba_nodes(path: str | Path) -> ClusterSpec:
     def whole(row: list[str], column: str, hi: int) -> int:
         v = row[col[column]].strip()
         if not (v.isascii() and v.isdigit()) or int(v) > hi:
-            raise bad(f"expected a whole number 0..{hi}, got {v!r}", column)
+            raise bad(f"expected a whole number 0..{hi}, got {clip(v)}", column)
         return int(v)
 
     try:
@@ -392,9 +449,9 @@ def load_alibaba_nodes(path: str | Path) -> ClusterSpec:
                 raise bad(f"expected {len(header)} columns, got {len(row)}")
             sn, model = row[col["sn"]].strip(), row[col["model"]].strip()
             if not sn or "/" in sn:
-                raise bad(f"expected a node id without '/', got {sn!r}", "sn")
+                raise bad(f"expected a node id without '/', got {clip(sn)}", "sn")
             if sn in seen:
-                raise bad(f"node {sn!r} already listed on line {seen[sn]}", "sn")
+                raise bad(f"node {clip(sn)} already listed on line {seen[sn]}", "sn")
             seen[sn] = reader.line_num
             cpu_milli = whole(row, "cpu_milli", 10**9)
             memory_mib = whole(row, "memory_mib", 10**12)
@@ -428,11 +485,11 @@ def from_ray_nodes(nodes: Sequence[Mapping[str, Any]]) -> ClusterSpec:
             continue
         node_id = info.get("NodeID")
         if not isinstance(node_id, str) or not node_id:
-            raise InputError(f"expected a NodeID string, got {node_id!r}", field=f"nodes[{i}]")
+            raise InputError(f"expected a NodeID string, got {clip(node_id)}", field=f"nodes[{i}]")
         for key, amount in (info.get("Resources") or {}).items():
             if not _is_number(amount) or amount < 0:
-                raise InputError(f"expected a number >= 0, got {amount!r}",
-                                 field=f"nodes[{i}].Resources.{key}")
+                raise InputError(f"expected a number >= 0, got {clip(amount)}",
+                                 field=f"nodes[{i}].Resources.{shown(str(key))}")
         alive.append((_RAY_HEAD_MARKER not in (info.get("Resources") or {}), node_id, info))
     alive.sort(key=lambda a: a[:2])
     shorts = [node_id[:8] for _, node_id, _ in alive]
@@ -459,9 +516,9 @@ def parse_node_counts(items: Sequence[str]) -> dict[str, int]:
             name, sep, num = (s.strip() for s in part.partition("="))
             if (not sep or not name or not (num.isascii() and num.isdigit())
                     or int(num) > MAX_NODES_PER_TYPE):
-                raise InputError(f"{part!r}: expected {_COUNT_FORM}", field="--nodes")
+                raise InputError(f"{clip(part)}: expected {_COUNT_FORM}", field="--nodes")
             if name in counts:
-                raise InputError(f"node type {name!r} given twice", field="--nodes")
+                raise InputError(f"node type {clip(name)} given twice", field="--nodes")
             counts[name] = int(num)
     return counts
 
@@ -477,7 +534,7 @@ def load_cluster(path: str | Path, nodes: Mapping[str, int] | None = None) -> Cl
             raise InputError("--nodes applies to Ray cluster .yaml files, not node lists",
                              path=p, field="--nodes")
         return load_alibaba_nodes(p)
-    raise InputError(f"unknown cluster file type {suffix or '(none)'!r}; expected a Ray "
+    raise InputError(f"unknown cluster file type {clip(suffix or '(none)')}; expected a Ray "
                      "cluster-launcher .yaml/.yml or an Alibaba node-list .csv", path=p)
 
 

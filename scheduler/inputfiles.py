@@ -32,6 +32,13 @@ def clip(value: object, limit: int = MAX_ECHO) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
+def shown(text: object) -> str:
+    """``text`` as is when short and printable (a column name, a key path, a library's
+    error), else :func:`clip`'d: a message never carries a whole input."""
+    value = str(text)
+    return value if len(value) <= MAX_ECHO and value.isprintable() else clip(value)
+
+
 def regular_file(path: Path, *, field: str | None = None, what: str = "file") -> Path:
     """``path`` if it is a regular file (links followed); an InputError otherwise.
 

@@ -21,11 +21,13 @@ from types import MappingProxyType
 from typing import Any
 
 from scheduler.errors import InputError
+from scheduler.inputfiles import MAX_ECHO, clip, read_capped
 from scheduler.jobs import DType
 
 FORMAT = "attnsched-profile/1"
 BACKENDS = ("cudnn", "flash", "efficient", "math")
 RATE_BUCKETS_PER_E = 1000  # rate memo resolution: 1000 buckets per e-fold of q·kv
+MAX_PROFILE_BYTES = 16 << 20  # shipped profiles are ~20 KB; calibration writes far less than this
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +191,7 @@ class DeviceProfile:
             return known
         d = self.dtype_for(dtype)
         if d is None:
-            raise InputError(f"profile {self.name!r} has no measurements for dtype "
+            raise InputError(f"profile {clip(self.name)} has no measurements for dtype "
                              f"{dtype.value}; calibrate it on the device", field="dtype")
         seq = math.exp(bucket / RATE_BUCKETS_PER_E / 2)
         candidates = [backend] if backend else self.backends(dtype, causal)
@@ -203,7 +205,7 @@ class DeviceProfile:
             if best is None or rate > best[0]:
                 best = (rate, b)
         if best is None:
-            raise InputError(f"profile {self.name!r} has no {backend or 'SDPA'} measurements "
+            raise InputError(f"profile {clip(self.name)} has no {backend or 'SDPA'} measurements "
                              f"for {dtype.value} causal={causal}", field="backend")
         if len(self._rates) > 200_000:
             self._rates.clear()
@@ -333,19 +335,31 @@ def _non_finite(data: Any) -> tuple[str, ...] | None:
     return None
 
 
+def schema_message(error: Any) -> str:
+    """A jsonschema error's message, which reprs the whole failing value, only when
+    that is short; else the value clipped and the rule it breaks (cluster files too)."""
+    message = str(error.message)
+    if len(message) <= 2 * MAX_ECHO:
+        return message
+    return (f"{clip(error.instance)} fails the schema's {error.validator} rule "
+            f"({clip(error.validator_value)})")
+
+
 def profile_from_dict(data: Any, path: str | Path | None = None) -> DeviceProfile:
     """Validate a parsed profile and build it; errors name the key path at fault."""
     import jsonschema  # deferred: only profile loading needs it
 
     bad = _non_finite(data)
     if bad is not None:
+        where = ".".join(bad) or "(top level)"
         raise InputError("expected a finite number, got NaN or infinity", path=path,
-                         field=".".join(bad) or "(top level)")
+                         field=where if len(where) <= MAX_ECHO else clip(where))
     validator = jsonschema.Draft202012Validator(SCHEMA)
     error = jsonschema.exceptions.best_match(validator.iter_errors(data))
     if error is not None:
         key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise InputError(error.message, path=path, field=key)
+        raise InputError(schema_message(error), path=path,
+                         field=key if len(key) <= MAX_ECHO else clip(key))
     pts = tuple(
         SdpaPoint(p["backend"], DType(p["dtype"]), p["head_dim"], p["causal"], p["batch"],
                   p["heads"], p["q_len"], p["kv_len"], float(p["tflops"]))
@@ -407,13 +421,18 @@ def load_profile_data(name_or_path: str | Path) -> tuple[Any, Path]:
     text: str
     p = Path(name_or_path)
     if p.suffix == ".json" or p.exists():
+        # The rule every input file follows: a FIFO, a device or an oversized file is
+        # refused before it is read, never waited on or buffered whole.
+        data = read_capped(p, MAX_PROFILE_BYTES, what="profile JSON file")
         try:
-            text = p.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise InputError(f"cannot read profile: {e}", path=p) from None
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"not UTF-8 text (bad byte at offset {e.start}); expected a "
+                             "profile JSON file", path=p,
+                             line=data[:e.start].count(b"\n") + 1) from None
     else:
         if str(name_or_path) not in shipped_profiles():
-            raise InputError(f"no profile {str(name_or_path)!r}; shipped: "
+            raise InputError(f"no profile {clip(str(name_or_path))}; shipped: "
                              f"{', '.join(shipped_profiles())}, or give a .json path",
                              field="profile")
         p = Path(f"{name_or_path}.json")

@@ -214,7 +214,7 @@ def test_bad_cluster_files_are_located(tmp_path: Path, content: str | bytes,
 
 
 def test_missing_file_and_unknown_suffix(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match=r"nowhere\.yaml: cannot read"):
+    with pytest.raises(InputError, match=r"nowhere\.yaml: no such file"):
         load_cluster(tmp_path / "nowhere.yaml")
     other = tmp_path / "cluster.toml"
     other.write_text("x = 1\n", encoding="utf-8")

@@ -12,15 +12,18 @@ measures too little (missing grid points) must still run every job to an end.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import REPO
@@ -226,3 +229,211 @@ def test_fuzzed_profile_in_a_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert sorted(j["id"] for j in jobs) == sorted(r["id"] for r in TRACE_ROWS)
     for job in jobs:  # failed only with a reason
         assert job["status"] == "done" or job["reason"], job
+
+
+# --- alias graphs: small ones load or fail cleanly, big ones are refused, none hangs ---------
+
+ALIAS_PLACES = ["nowhere", "head_node_type", "resource", "node_config"]
+
+
+@st.composite
+def alias_graph(draw: st.DrawFn) -> tuple[str, int]:
+    """(YAML text, nodes the aliases add, roughly): a laughs-style chain of ``depth``
+    levels, each listing (or merging) the one before ``width`` times, kept in a node's
+    free-form ``node_config`` and referenced from somewhere the checks read."""
+    depth, width = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    merge, place = draw(st.booleans()), draw(st.sampled_from(ALIAS_PLACES))
+    if merge:  # merge keys copy the pairs of every mapping they name
+        levels = ["l0: &l0 {a: x, b: y}"] + [
+            f"l{i}: &l{i} {{<<: [{', '.join([f'*l{i - 1}'] * width)}], k{i}: v}}"
+            for i in range(1, depth)]
+    else:
+        levels = [f"l0: &l0 [{', '.join(['x'] * width)}]"] + [
+            f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]" for i in range(1, depth)]
+    top = f"*l{depth - 1}"
+    config = yaml.safe_dump(CPU_CLUSTER, default_flow_style=None).replace(
+        "node_config: {}", f"node_config: {{{', '.join(levels)}}}", 1)
+    if place == "head_node_type":
+        config = config.replace("head_node_type: head", f"head_node_type: {top}")
+    elif place == "resource":
+        config = config.replace("CPU: 4", f"CPU: {top}")
+    elif place == "node_config":
+        config = config.replace("node_config: {}", f"node_config: {{x: {top}}}", 1)
+    return config, sum(width ** k for k in range(2, depth + 1))
+
+
+@settings(FUZZ, max_examples=examples(40))
+@given(case=alias_graph())
+def test_fuzzed_alias_graphs(tmp_path: Path, case: tuple[str, int]) -> None:
+    from scheduler.cluster import MAX_YAML_EXPANSION
+    from tests.malformed import run_cli_guarded as bounded
+
+    text, added = case
+    path = tmp_path / "cluster.yaml"
+    path.write_text(text)
+    code, out = bounded("cluster", "show", path, "--json")
+    assert_clean(code, out, path)
+    event("alias bound hit" if "YAML alias" in out else "alias bound not hit")
+    if added > 10 * MAX_YAML_EXPANSION:
+        assert code == 2 and "YAML alias" in out, out[:300]
+    elif added < MAX_YAML_EXPANSION // 10:
+        assert "YAML alias" not in out, out[:300]  # small graphs are judged on their content
+    assert code == 0 or len(out) < 400, out[:400]  # a message never echoes an expansion
+
+
+@settings(FUZZ, max_examples=examples(20))
+@given(n=st.integers(1, 300), place=st.sampled_from(["list", "map"]))
+def test_fuzzed_alias_counts(tmp_path: Path, n: int, place: str) -> None:
+    """Aliases that each expand to one scalar: refused past the count, however flat."""
+    from scheduler.cluster import MAX_YAML_ALIASES
+    from tests.malformed import run_cli_guarded as bounded
+
+    refs = (f"[{', '.join(['*v'] * n)}]" if place == "list" else
+            "{" + ", ".join(f"k{i}: *v" for i in range(n)) + "}")
+    path = tmp_path / "cluster.yaml"
+    path.write_text(f"v: &v 1\nrefs: {refs}\n" + yaml.safe_dump(CPU_CLUSTER))
+    code, out = bounded("cluster", "show", path, "--json")
+    assert_clean(code, out, path)
+    assert ("more than" in out and "YAML aliases" in out) == (n > MAX_YAML_ALIASES), out[:300]
+
+
+# --- non-regular and oversized config files ---------------------------------------------------
+
+SPECIAL_KINDS = ["fifo", "zero", "null", "dir", "dangling", "huge"]
+SPECIAL_USES = ["cluster show .yaml", "cluster show .csv", "profile show .json",
+                "simulate --cluster .yaml", "simulate --cluster .csv", "simulate --profile .json"]
+SPECIAL_SAYS = {"fifo": "is a FIFO", "zero": "is a device", "null": "is a device",
+                "dir": "is a directory", "dangling": "no such file", "huge": "larger than"}
+
+
+def _special(path: Path, kind: str) -> None:
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind in ("zero", "null", "dangling"):
+        path.symlink_to({"zero": "/dev/zero", "null": "/dev/null"}.get(kind, path.parent / "no"))
+    elif kind == "dir":
+        path.mkdir()
+    else:  # sparse: past every config cap, costing no disk
+        with path.open("wb") as handle:
+            handle.truncate((16 << 20) + 1)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX only")
+@settings(FUZZ, max_examples=examples(36))
+@given(kind=st.sampled_from(SPECIAL_KINDS), use=st.sampled_from(SPECIAL_USES),
+       n=st.integers(0, 10**9))
+def test_fuzzed_non_regular_config_files(tmp_path: Path, kind: str, use: str, n: int) -> None:
+    from tests.malformed import run_cli_guarded as bounded
+
+    command, suffix = use.rsplit(" ", 1)
+    path = tmp_path / f"{kind}-{n}{suffix}"
+    if path.exists() or path.is_symlink():
+        return  # drawn before: tmp_path is shared across examples
+    _special(path, kind)
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("".join(json.dumps(r) + "\n" for r in TRACE_ROWS))
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text(yaml.safe_dump(CPU_CLUSTER))
+    args: list[object] = {
+        "cluster show": ["cluster", "show", path],
+        "profile show": ["profile", "show", path],
+        "simulate --cluster": ["simulate", trace, "--cluster", path],
+        "simulate --profile": ["simulate", trace, "--cluster", cluster, "--profile", path],
+    }[command]
+    if args[0] == "simulate":
+        args += ["--out", tmp_path / "run", "--no-live-costs"]
+    code, out = bounded(*args)
+    assert_clean(code, out, path, must_fail=True)
+    assert SPECIAL_SAYS[kind] in out, out[:300]
+
+
+# --- policy specs naming dangerous callables: refused, and none of them runs ------------------
+
+# Each dangerous callable with the options that would make it do harm if it were called.
+DANGEROUS: dict[str, list[str]] = {
+    "os:system": ["command=touch {bait}/ran"], "os:popen": ["cmd=touch {bait}/ran"],
+    "os:remove": ["path={bait}/victim"], "os:unlink": ["path={bait}/victim"],
+    "os:rmdir": ["path={bait}/empty"], "os:mkdir": ["path={bait}/ran"],
+    "os:makedirs": ["name={bait}/ran", "exist_ok=true"],
+    "os:rename": ["src={bait}/victim", "dst={bait}/ran"], "os:chdir": ["path={bait}"],
+    "os:truncate": ["path={bait}/victim", "length=0"], "os:kill": ["pid=0", "signal=0"],
+    "os:execv": ["path=/bin/true", "argv=x"], "os:putenv": ["name=X", "value={bait}"],
+    "shutil:rmtree": ["path={bait}"], "shutil:move": ["src={bait}/victim", "dst={bait}/ran"],
+    "shutil:copy": ["src={bait}/victim", "dst={bait}/ran"],
+    "shutil:copyfile": ["src={bait}/victim", "dst={bait}/ran"],
+    "subprocess:getoutput": ["cmd=touch {bait}/ran"],
+    "subprocess:Popen": ["args=touch {bait}/ran", "shell=true"],
+    "subprocess:run": ["args=touch {bait}/ran", "shell=true"],
+    "subprocess:call": ["args=touch {bait}/ran", "shell=true"],
+    "subprocess:check_output": ["args=touch {bait}/ran", "shell=true"],
+    "builtins:open": ["file={bait}/ran", "mode=w"], "io:open": ["file={bait}/ran", "mode=w"],
+    "builtins:exec": ["source=open('{bait}/ran', 'w')"],
+    "builtins:eval": ["source=open('{bait}/ran', 'w')"],
+    "builtins:compile": ["source=x", "filename={bait}/ran", "mode=exec"],
+    "builtins:__import__": ["name=this"], "builtins:print": ["sep=x"],
+    "pathlib:Path": [], "tempfile:mkdtemp": ["dir={bait}"], "tempfile:mkstemp": ["dir={bait}"],
+    "sys:exit": ["status=3"], "atexit:register": ["func=x"],
+    "importlib:import_module": ["name=this"], "runpy:run_path": ["path_name={bait}/victim"],
+}
+# Events a call of one of them raises (PEP 578): seen, it ran.
+RUNS = ("os.system", "subprocess.Popen", "os.exec", "os.posix_spawn", "os.spawn", "os.kill",
+        "os.putenv", "os.chdir", "shutil.rmtree", "shutil.move", "shutil.copyfile", "os.remove",
+        "os.rmdir", "os.mkdir", "os.rename", "os.truncate", "tempfile.mkdtemp",
+        "tempfile.mkstemp", "open")
+PROCESS = ("os.system", "subprocess.Popen", "os.exec", "os.posix_spawn", "os.spawn", "os.kill")
+_SEEN: list[tuple[str, tuple[Any, ...]]] = []
+_WATCH: list[str] = []  # the bait folder while a spec is loaded; empty otherwise
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    """Record a process start anywhere, or a file event touching the bait folder."""
+    if not _WATCH or not event.startswith(RUNS):
+        return
+    if event.startswith(PROCESS) or any(_WATCH[0] in str(a) for a in args):
+        _SEEN.append((event, args))
+
+
+@functools.cache
+def _hooked() -> bool:
+    sys.addaudithook(_audit)  # once per process: hooks cannot be removed
+    return True
+
+
+@st.composite
+def dangerous_spec(draw: st.DrawFn) -> tuple[str, list[str]]:
+    """A dangerous callable with its harmful options, some dropped, some noise added."""
+    spec = draw(st.sampled_from(sorted(DANGEROUS)))
+    options = [o for o in DANGEROUS[spec] if draw(st.integers(0, 5))]
+    noise = ["x=1", "command=touch {bait}/ran", "path={bait}/victim", "shell=true", "mode=w"]
+    options += draw(st.lists(st.sampled_from(noise), max_size=1))
+    return spec, options
+
+
+@settings(FUZZ, max_examples=examples(80))
+@given(case=dangerous_spec())
+def test_fuzzed_dangerous_policy_specs(tmp_path: Path, case: tuple[str, list[str]]) -> None:
+    from tests.malformed import run_cli_guarded as bounded
+
+    spec, options = case
+    _hooked()
+    bait = tmp_path / "bait"
+    bait.mkdir(exist_ok=True)
+    (bait / "victim").write_text("keep")
+    (bait / "empty").mkdir(exist_ok=True)
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("".join(json.dumps(r) + "\n" for r in TRACE_ROWS))
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text(yaml.safe_dump(CPU_CLUSTER))
+    args = [x for o in options for x in ("--policy-opt", o.format(bait=bait))]
+    _SEEN.clear()
+    _WATCH[:] = [str(bait)]
+    try:
+        code, out = bounded("simulate", trace, "--cluster", cluster, "--policy", spec, *args,
+                            "--out", tmp_path / "run", "--no-live-costs")
+    finally:
+        _WATCH.clear()
+    assert_clean(code, out, None, must_fail=True)
+    assert "--policy" in out, out[:300]
+    assert _SEEN == [], f"{spec} ran: {_SEEN[:3]}"
+    assert sorted(p.name for p in bait.iterdir()) == ["empty", "victim"], "a side effect is left"
+    assert (bait / "victim").read_text() == "keep"

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.errors import InputError
-from scheduler.inputfiles import clip
+from scheduler.inputfiles import clip, shown
 from scheduler.jobs import AttentionJob, ClusterJob, Job, JobKind
-from scheduler.traces.textio import iter_lines, json_line, parse_float, parse_int, shown
+from scheduler.traces.textio import iter_lines, json_line, parse_float, parse_int
 
 MIB = 1 << 20
 IDENTITY = ("id", "submit_time", "kind", "tenant", "priority", "deadline", "depends_on")

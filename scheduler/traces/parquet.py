@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scheduler.errors import InputError
-from scheduler.inputfiles import regular_file
+from scheduler.inputfiles import regular_file, shown
 from scheduler.jobs import Job
 from scheduler.traces.canonical import (
     FIELDS,
@@ -19,7 +19,6 @@ from scheduler.traces.canonical import (
     job_from_record,
     record_from_job,
 )
-from scheduler.traces.textio import shown
 
 BATCH_ROWS = 65_536
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.errors import InputError
-from scheduler.inputfiles import MAX_ECHO, MAX_LINE_BYTES, clip, regular_file
+from scheduler.inputfiles import MAX_LINE_BYTES, clip, regular_file, shown
 
 # Python's int() and float() also take Unicode digits ('٣', '３') and '_'
 # separators; a trace is ASCII numbers, so those are refused, not reinterpreted.
@@ -69,13 +69,6 @@ def first_line(path: Path) -> str:
     for _, text in iter_lines(path):
         return text
     raise InputError("file is empty", path=path)  # pragma: no cover - iter_lines raises first
-
-
-def shown(text: object) -> str:
-    """``text`` for a message as is when short and printable (a column name, a library's
-    error), else :func:`clip`'d: never a whole input."""
-    value = str(text)
-    return value if len(value) <= MAX_ECHO and value.isprintable() else clip(value)
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
