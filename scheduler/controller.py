@@ -30,7 +30,7 @@ from scheduler.decisions import (
 )
 from scheduler.jobs import AttentionJob, ClusterJob, Job
 from scheduler.pricing import ClusterCost, shape_key
-from scheduler.state import Batch, DeviceState, JobRecord, JobState, NodeState
+from scheduler.state import Batch, DeviceState, FinishedIds, JobRecord, JobState, NodeState
 from scheduler.units import size
 from scheduler.view import DeviceView, NodeView, Telemetry, View
 
@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 OUT_OF_MEMORY = "out of memory"  # how executors start an out-of-memory error
 EMA = 0.3  # weight of the newest telemetry sample in the moving averages
+# Shapes whose "fits some device?" answer is remembered. Traces repeat a few shapes
+# but also draw lengths per job, so the memo is bounded: full, it starts over.
+FIT_MEMO_SIZE = 1_024
 
 
 class PolicyFailure(RuntimeError):
@@ -106,7 +109,7 @@ class Controller:
         self.pending: dict[str, Job] = {}
         self.tenants: dict[str, dict[str, Job]] = {}
         self.blocked: dict[str, list[str]] = {}
-        self.finished: dict[str, bool] = {}  # id -> succeeded, for late dependents
+        self.finished = FinishedIds()  # id -> succeeded, for late dependents
         self.nodes = {n.name: NodeState(n, n.cpus, n.memory_bytes) for n in spec.nodes}
         self.devices = {d.id: DeviceState(d, cost.profile(d.id), slots, memory_free=d.memory_bytes,
                                           memory_limit=d.memory_bytes)
@@ -167,6 +170,8 @@ class Controller:
             job.gpus, job.gpu_fraction, job.cpus, job.memory_bytes)
         if key in self._fit_memo:
             return self._fit_memo[key]
+        if len(self._fit_memo) >= FIT_MEMO_SIZE:  # shapes vary per job in real traces
+            self._fit_memo.clear()
         reason: str | None
         if isinstance(job, ClusterJob):
             fits = any(n.cpus >= job.cpus and n.memory_bytes >= job.memory_bytes and

@@ -21,10 +21,17 @@ import pyarrow.parquet as pq
 
 from scheduler.controller import Sink
 from scheduler.costmodel import total_flops
+from scheduler.inputfiles import MAX_ECHO
 from scheduler.state import JobRecord, JobState
 from scheduler.view import Telemetry
 
-ROWS_PER_GROUP = 65_536
+ROWS_PER_GROUP = 16_384  # rows buffered in Python lists before a flush: the bound on them
+TOP_REASONS = 5  # failure reasons the summary names, most common first
+# Distinct reasons counted one by one; reasons often name a job ("dependency 'j7'
+# failed"), so past this many the rest share one bucket and memory stays bounded.
+MAX_REASONS = 1_000
+OTHER_REASONS = "(other reasons)"
+NO_REASON = "(no reason given)"
 JOB_SCHEMA = pa.schema([
     ("id", pa.string()), ("tenant", pa.string()), ("kind", pa.string()),
     ("submit", pa.float64()), ("start", pa.float64()), ("end", pa.float64()),
@@ -82,6 +89,7 @@ class RunOutputs(Sink):
         self.slo_total = self.slo_met = 0
         self.tenant_slowdown: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
         self.decisions = {"applied": 0, "rejected": 0, "error": 0}
+        self.reasons: dict[str, int] = {}
         self._jobs: _Table | None = None
         self._telemetry: _Table | None = None
         self._decisions: IO[str] | None = None
@@ -115,6 +123,7 @@ class RunOutputs(Sink):
             self.flops += flops
         else:
             self.failed += 1
+            self._count_reason(record.reason)
         if job.deadline is not None:
             self.slo_total += 1
             self.slo_met += bool(done and jct is not None and jct <= job.deadline)
@@ -124,6 +133,19 @@ class RunOutputs(Sink):
                                record.device, record.node, record.batch_size, record.attempts,
                                "done" if done else "failed", flops, record.reason,
                                job.deadline, slowdown))
+
+    def _count_reason(self, reason: str | None) -> None:
+        text = reason or NO_REASON
+        if len(text) > MAX_ECHO:
+            text = text[:MAX_ECHO - 1] + "…"
+        if text not in self.reasons and len(self.reasons) >= MAX_REASONS:
+            text = OTHER_REASONS
+        self.reasons[text] = self.reasons.get(text, 0) + 1
+
+    def failed_reasons(self) -> dict[str, int]:
+        """Reason → jobs that did not complete, most common first (ties by reason)."""
+        top = sorted(self.reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_REASONS]
+        return dict(top)
 
     def decision(self, row: dict[str, Any]) -> None:
         if self.observer is not None:
@@ -153,7 +175,7 @@ class RunOutputs(Sink):
         summary: dict[str, Any] = {
             "policy": extra.pop("policy"), "mode": extra.pop("mode"),
             "jobs_total": self.completed + self.failed, "jobs_completed": self.completed,
-            "jobs_failed": self.failed,
+            "jobs_failed": self.failed, "failed_reasons": self.failed_reasons(),
             "jct_mean": stat(self.jct, np.mean),
             "jct_p50": float(np.percentile(jct, 50)) if len(jct) else None,
             "jct_p99": float(np.percentile(jct, 99)) if len(jct) else None,
@@ -182,6 +204,17 @@ class RunOutputs(Sink):
         if self.out is None:
             return
         self.abort()
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True)
-                                               + "\n")
+        (self.out / "summary.json").write_text(json.dumps(_ordered(summary), indent=1) + "\n")
         (self.out / "run.json").write_text(json.dumps(run_info, indent=1, sort_keys=True) + "\n")
+
+
+def _ordered(summary: dict[str, Any]) -> dict[str, Any]:
+    """Keys sorted at every level (stable bytes), except ``failed_reasons``, whose order
+    (most common first) is its meaning."""
+    def sort(value: Any) -> Any:
+        if isinstance(value, list):
+            return [sort(v) for v in value]
+        return {k: sort(value[k]) for k in sorted(value)} if isinstance(value, dict) else value
+
+    return {k: dict(v) if k == "failed_reasons" and isinstance(v, dict) else sort(v)
+            for k, v in sorted(summary.items())}

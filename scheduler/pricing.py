@@ -115,7 +115,7 @@ class ClusterCost:
             else:
                 backend = "math" if e.backend == "math" else FUSED
                 hit = (e.seconds, costmodel.peak_memory_bytes(job, backend), e.flops)
-            if len(self._memo) > 1_000_000:  # shapes are few; this only bounds pathologies
+            if len(self._memo) >= 65_536:  # lengths vary per job: bound it, start over
                 self._memo.clear()
             self._memo[key] = hit
         return hit

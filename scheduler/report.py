@@ -9,17 +9,21 @@ figure registry to leak, and importing this module loads no matplotlib at all.
 
 from __future__ import annotations
 
+import functools
+import html
 import json
 import logging
 import math
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scheduler.errors import InputError
@@ -49,6 +53,49 @@ MAX_DEVICE_LINES = 16
 MAX_TENANT_AREAS = 10  # more tenants than this: the smallest are summed into "other"
 SHARE_BINS = 50
 DPI = 110
+BATCH_ROWS = 65_536  # rows of jobs.parquet the report holds at a time
+MAX_CDF_POINTS = 2_000  # a CDF drawn through this many exact ranks looks the same as all
+MAX_REASONS = 1_000  # distinct failure reasons counted one by one; the rest share a bucket
+BEST = "\x00"  # marks a best cell in table rows until a table renders it (bold or *)
+# Markdown punctuation that can start a link, emphasis, code, math or a table cell;
+# a backslash before it makes it a literal character everywhere in CommonMark/GFM. An
+# ``_`` between two letters or digits (``jobs_total``) never opens emphasis: left as is.
+_MD_SPECIAL = re.compile(r"[\\`*{}\[\]()#!|~$]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def md_text(text: str) -> str:
+    """``text`` as literal Markdown inline text: no link, HTML, emphasis or table break.
+
+    Every run name, tenant, job id, device and reason that reaches a ``.md`` file
+    passes through here, so a tenant called ``<script>`` or ``[x](javascript:…)``
+    reads as those characters, the way the HTML report shows them.
+    """
+    escaped = _MD_SPECIAL.sub(r"\\\g<0>", " ".join(text.splitlines()) if text else "")
+    return html.escape(escaped, quote=False)
+
+
+def plot_text(text: str) -> str:
+    """``text`` for a matplotlib label, title or tick, drawn as its characters.
+
+    A ``$`` pair would start mathtext (and ``$\\undefined$`` raise at draw time);
+    ``\\$`` is matplotlib's literal dollar. A leading ``_`` would hide a legend entry.
+    """
+    text = text.replace("$", "\\$")
+    return " " + text if text.startswith("_") else text
+
+
+def plain_text(fn: F) -> F:
+    """Draw with ``text.usetex`` off whatever the user's matplotlibrc says: under LaTeX
+    every ``_``, ``%`` or ``&`` in a tenant name would be markup."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from matplotlib import rc_context
+
+        with rc_context({"text.usetex": False}):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _number(value: Any) -> float | None:
@@ -87,7 +134,7 @@ def fmt_value(key: str, value: Any) -> str:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return f"**{md_text(text[1:])}**" if text.startswith(BEST) else md_text(text)
 
 
 def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
@@ -141,9 +188,15 @@ def _require(path: Path) -> Path:
     return path
 
 
-def _read_table(path: Path, required: Sequence[str]) -> pa.Table:
-    """Read and check columns; an empty table may lack them (a run with no telemetry)."""
-    table = pq.read_table(_require(path))
+def _read_table(path: Path, required: Sequence[str],
+                columns: Sequence[str] | None = None) -> pa.Table:
+    """Read and check columns; an empty table may lack them (a run with no telemetry).
+
+    ``columns``: read only these (those present), the rest are never decoded.
+    """
+    names = pq.read_schema(_require(path)).names
+    table = pq.read_table(path, columns=None if columns is None else
+                          [c for c in columns if c in names])
     missing = [c for c in required if c not in table.column_names]
     if missing and table.num_rows:
         raise InputError(f"missing columns {missing}; expected at least {list(required)}",
@@ -185,7 +238,7 @@ def _new_axes(title: str, xlabel: str, ylabel: str, width: float = 8.0) -> Any:
     fig = Figure(figsize=(width, 4.5), dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.set(title=plot_text(title), xlabel=xlabel, ylabel=ylabel)
     ax.grid(True, alpha=0.3)
     return ax
 
@@ -199,21 +252,34 @@ def _note(ax: Any, text: str) -> None:
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="gray")
 
 
+def cdf_points(values: Floats) -> tuple[Floats, Floats]:
+    """Sorted ``values`` and their CDF, thinned to at most MAX_CDF_POINTS exact ranks.
+
+    A million-point step line costs hundreds of MiB to draw and looks like this one.
+    """
+    v = np.sort(values)
+    rank = np.arange(v.size)
+    if v.size > MAX_CDF_POINTS:
+        rank = np.unique(np.linspace(0, v.size - 1, MAX_CDF_POINTS).round().astype(np.int64))
+    return v[rank], (rank + 1) / v.size
+
+
+@plain_text
 def plot_jct_cdf(series: Mapping[str, Floats], path: Path, title: str) -> None:
     """Empirical CDFs; log x once the JCTs span more than two decades, else the tail hides."""
     ax = _new_axes(title, "job completion time (s)", "fraction of completed jobs")
-    finite = {name: np.sort(v[np.isfinite(v)]) for name, v in series.items()}
-    values = np.concatenate(list(finite.values()) or [np.empty(0)])
-    if values.size == 0:
+    finite = {name: v[np.isfinite(v)] for name, v in series.items()}
+    positive = [v[v > 0] for v in finite.values()]
+    lows = [float(v.min()) for v in positive if v.size]
+    if not any(v.size for v in finite.values()):
         _note(ax, "no completed jobs")
     else:
-        positive = values[values > 0]
-        if positive.size and positive.max() / positive.min() > 100:
+        if lows and max(float(v.max()) for v in positive if v.size) / min(lows) > 100:
             ax.set_xscale("log")
         for name, v in finite.items():
             if v.size:
-                y = np.arange(1, v.size + 1) / v.size
-                ax.step(v, y, where="post", label=f"{name} (n={v.size:,})")
+                x, y = cdf_points(v)
+                ax.step(x, y, where="post", label=plot_text(f"{name} (n={v.size:,})"))
         ax.set_ylim(0, 1.02)
         ax.legend(loc="lower right")
     _save(ax, path)
@@ -244,15 +310,22 @@ def _by_time(time: Floats, values: Floats) -> tuple[Floats, Floats, Floats, Floa
     return t[starts], np.minimum.reduceat(v, starts), mean, np.maximum.reduceat(v, starts)
 
 
-def plot_queue(telemetry: pa.Table, jobs: pa.Table, path: Path, title: str) -> None:
-    """Queue length per tick; queue_len is cluster-wide, so one value per tick time."""
-    if telemetry.num_rows:
+def _queue_series(telemetry: pa.Table, jobs: pa.Table | None) -> tuple[Floats, Floats, str]:
+    if telemetry.num_rows or jobs is None:
         times, _, _, queue = _by_time(_floats(telemetry, "time"), _floats(telemetry, "queue_len"))
-        source = "telemetry"
-    else:
-        times, queue = _pending_from_jobs(_floats(jobs, "submit"), _floats(jobs, "start"),
-                                          _floats(jobs, "end"))
-        source = "derived from job submit/start times"
+        return times, queue, "telemetry"
+    times, queue = _pending_from_jobs(_floats(jobs, "submit"), _floats(jobs, "start"),
+                                      _floats(jobs, "end"))
+    return times, queue, "derived from job submit/start times"
+
+
+@plain_text
+def plot_queue(telemetry: pa.Table, jobs: pa.Table | None, path: Path, title: str) -> None:
+    """Queue length per tick; queue_len is cluster-wide, so one value per tick time.
+
+    ``jobs`` (submit, start and end suffice) stands in when no telemetry was recorded.
+    """
+    times, queue, source = _queue_series(telemetry, jobs)
     ax = _new_axes(f"{title}\npending jobs ({source})", "time (s)", "pending jobs")
     if times.size:
         from matplotlib.ticker import MaxNLocator
@@ -265,6 +338,7 @@ def plot_queue(telemetry: pa.Table, jobs: pa.Table, path: Path, title: str) -> N
     _save(ax, path)
 
 
+@plain_text
 def plot_utilization(telemetry: pa.Table, path: Path, title: str) -> None:
     """One line per device while that stays legible, else the mean with a min..max band."""
     devices = _strings(telemetry, "device")
@@ -280,7 +354,7 @@ def plot_utilization(telemetry: pa.Table, path: Path, title: str) -> None:
         for name in names:
             sel = dev == name
             order = np.argsort(time[sel], kind="stable")
-            ax.plot(time[sel][order], util[sel][order], label=name, linewidth=1)
+            ax.plot(time[sel][order], util[sel][order], label=plot_text(name), linewidth=1)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small",
                   ncol=1 if len(names) <= 8 else 2, title="device")
     else:
@@ -292,45 +366,90 @@ def plot_utilization(telemetry: pa.Table, path: Path, title: str) -> None:
     _save(ax, path)
 
 
+def area_under(begin: Floats, end: Floats, x: Floats) -> Floats:
+    """At each ``x``: the area under the count of intervals [begin, end) open before it.
+
+    Its difference over a bin is the time the intervals spent in the bin, found
+    by sorting, in memory linear in the intervals (not intervals × bins).
+    """
+    def under(points: Floats) -> Floats:
+        order = np.sort(points)
+        cumulative = np.r_[0.0, np.cumsum(order)]
+        n = np.searchsorted(order, x, side="right")
+        result: Floats = n * x - cumulative[n]
+        return result
+
+    return under(begin) - under(end)
+
+
+def _share_rows(jobs: pa.Table) -> tuple[Floats, Floats, npt.NDArray[Any]]:
+    """(start, end, tenant) of the completed jobs of ``jobs`` with a valid span."""
+    start, end = _floats(jobs, "start"), _floats(jobs, "end")
+    ok = _done(jobs) & np.isfinite(start) & np.isfinite(end) & (end >= start)
+    tenants = np.array(["—" if t is None else t for t in _strings(jobs, "tenant")],
+                       dtype=object)
+    return start[ok], end[ok], tenants[ok]
+
+
+@dataclass
+class TenantShares:
+    """Each tenant's completed device-time per time bin, added one batch of jobs at a time."""
+
+    edges: Floats
+    busy: dict[str, Floats] = field(default_factory=dict)
+
+    @classmethod
+    def spanning(cls, lo: float, hi: float, bins: int = SHARE_BINS) -> TenantShares:
+        return cls(np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1))
+
+    def add(self, jobs: pa.Table) -> None:
+        s, e, tenants = _share_rows(jobs)
+        if not s.size:
+            return
+        names, inverse = np.unique(tenants.astype(str), return_inverse=True)
+        for i, tenant in enumerate(names.tolist()):
+            sel = inverse == i
+            time = np.clip(np.diff(area_under(s[sel], e[sel], self.edges)), 0, None)
+            self.busy[tenant] = self.busy.get(tenant, 0.0) + time
+
+    def shares(self) -> tuple[Floats, dict[str, Floats]]:
+        """Bin edges and shares (0..1) per bin; past MAX_TENANT_AREAS, the smallest
+        tenants are summed into ``other``."""
+        busy = {t: self.busy[t] for t in sorted(self.busy)}
+        if not busy:
+            return np.empty(0), {}
+        if len(busy) > MAX_TENANT_AREAS:
+            ranked = sorted(busy, key=lambda t: (-busy[t].sum(), t))
+            kept = {t: busy[t] for t in ranked[:MAX_TENANT_AREAS - 1]}
+            kept["other"] = np.sum([busy[t] for t in ranked[MAX_TENANT_AREAS - 1:]], axis=0)
+            busy = kept
+        total = np.sum(list(busy.values()), axis=0)
+        scale = np.divide(1.0, total, out=np.zeros_like(total), where=total > 0)
+        return self.edges, {t: v * scale for t, v in busy.items()}
+
+
 def tenant_shares(jobs: pa.Table, bins: int = SHARE_BINS) -> tuple[Floats, dict[str, Floats]]:
     """Bin edges and each tenant's share (0..1) of completed device-time per bin.
 
     Counts the overlap of each finished job's [start, end] with each bin, so a
     long job spreads over the bins it ran in rather than landing in one.
     """
-    start, end = _floats(jobs, "start"), _floats(jobs, "end")
-    done = np.array([s == "done" for s in _strings(jobs, "status")], dtype=bool)
-    ok = done & np.isfinite(start) & np.isfinite(end) & (end >= start)
-    if not ok.any():
+    s, e, _ = _share_rows(jobs)
+    if not s.size:
         return np.empty(0), {}
-    lo, hi = float(start[ok].min()), float(end[ok].max())
-    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
-    tenants = np.array(_strings(jobs, "tenant"), dtype=object)[ok]
-    s, e = start[ok], end[ok]
-    busy: dict[str, Floats] = {}
-    for tenant in sorted({str(t) for t in tenants}):
-        sel = tenants == tenant
-        overlap = (np.minimum(e[sel, None], edges[None, 1:])
-                   - np.maximum(s[sel, None], edges[None, :-1]))
-        busy[tenant] = np.clip(overlap, 0, None).sum(axis=0)
-    if len(busy) > MAX_TENANT_AREAS:
-        ranked = sorted(busy, key=lambda t: (-busy[t].sum(), t))
-        kept = {t: busy[t] for t in ranked[:MAX_TENANT_AREAS - 1]}
-        kept["other"] = np.sum([busy[t] for t in ranked[MAX_TENANT_AREAS - 1:]], axis=0)
-        busy = kept
-    total = np.sum(list(busy.values()), axis=0)
-    scale = np.divide(1.0, total, out=np.zeros_like(total), where=total > 0)
-    return edges, {t: v * scale for t, v in busy.items()}
+    acc = TenantShares.spanning(float(s.min()), float(e.max()), bins)
+    acc.add(jobs)
+    return acc.shares()
 
 
-def plot_tenant_share(jobs: pa.Table, path: Path, title: str) -> None:
+@plain_text
+def plot_shares(edges: Floats, shares: Mapping[str, Floats], path: Path, title: str) -> None:
     """Stacked steps, not interpolated areas: each bin is a measured total, not a sample."""
-    edges, shares = tenant_shares(jobs)
     ax = _new_axes(f"{title}\nshare of completed device-time per tenant", "time (s)",
                    "share of device-time (%)", width=9.5)
     if shares:
         ax.stackplot(edges, *(100 * np.append(v, v[-1]) for v in shares.values()),
-                     labels=list(shares), alpha=0.85, step="post")
+                     labels=[plot_text(t) for t in shares], alpha=0.85, step="post")
         ax.set_ylim(0, 100)
         ax.set_xlim(edges[0], edges[-1])
         handles, labels = ax.get_legend_handles_labels()  # reversed: legend reads like the stack
@@ -341,73 +460,196 @@ def plot_tenant_share(jobs: pa.Table, path: Path, title: str) -> None:
     _save(ax, path)
 
 
-def _group_rows(keys: list[str | None], status: list[str | None], jct: Floats,
-                slowdown: Floats) -> list[list[str]]:
-    rows = []
-    names = np.array(["—" if k is None else k for k in keys], dtype=object)
-    done = np.array([s == "done" for s in status], dtype=bool)
-    for name in sorted(set(names.tolist())):
-        sel = names == name
-        j = jct[sel & np.isfinite(jct)]
-        sd = slowdown[sel & np.isfinite(slowdown)]
-        rows.append([str(name), f"{int(sel.sum()):,}", f"{int((sel & done).sum()):,}",
-                     fmt_seconds(j.mean()) if j.size else "—",
-                     fmt_seconds(np.percentile(j, 99)) if j.size else "—",
-                     f"{sd.mean():.3g}×" if sd.size else "—"])
-    return rows
+def plot_tenant_share(jobs: pa.Table, path: Path, title: str) -> None:
+    plot_shares(*tenant_shares(jobs), path, title)
+
+
+def _done(jobs: pa.Table) -> npt.NDArray[np.bool_]:
+    if "status" not in jobs.column_names:
+        return np.zeros(jobs.num_rows, dtype=bool)
+    done = pc.fill_null(pc.equal(jobs.column("status"), "done"), False)
+    return np.asarray(done.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+@dataclass
+class _Group:
+    """One tenant's or kind's jobs, summed batch by batch (JCTs kept for the p99)."""
+
+    jobs: int = 0
+    done: int = 0
+    jct: list[Floats] = field(default_factory=list)
+    slowdown_sum: float = 0.0
+    slowdown_n: int = 0
+
+    def row(self, name: str) -> list[str]:
+        j = np.concatenate(self.jct) if self.jct else np.empty(0)
+        return [name, f"{self.jobs:,}", f"{self.done:,}",
+                fmt_seconds(j.mean()) if j.size else "—",
+                fmt_seconds(np.percentile(j, 99)) if j.size else "—",
+                f"{self.slowdown_sum / self.slowdown_n:.3g}×" if self.slowdown_n else "—"]
+
+
+def _add_groups(groups: dict[str, _Group], keys: list[str | None], done: npt.NDArray[Any],
+                jct: Floats, slowdown: Floats) -> None:
+    names, inverse = np.unique(np.array(["—" if k is None else k for k in keys], dtype=str),
+                               return_inverse=True)
+    for i, name in enumerate(names.tolist()):
+        sel = inverse == i
+        group = groups.setdefault(name, _Group())
+        j, sd = jct[sel & np.isfinite(jct)], slowdown[sel & np.isfinite(slowdown)]
+        group.jobs += int(sel.sum())
+        group.done += int((sel & done).sum())
+        group.jct += [j] if j.size else []
+        group.slowdown_sum += float(sd.sum())
+        group.slowdown_n += sd.size
+
+
+@dataclass
+class JobStats:
+    """What report.md needs from jobs.parquet, gathered one bounded batch at a time.
+
+    Per completed job it keeps only its JCT (8 bytes, twice: by tenant and by
+    kind); submit/start/end are kept only when there is no telemetry to plot
+    the queue from. Everything else is sums.
+    """
+
+    keep_times: bool = False
+    tenants: dict[str, _Group] = field(default_factory=dict)
+    kinds: dict[str, _Group] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)
+    failed: int = 0
+    span: tuple[float, float] = (math.inf, -math.inf)
+    times: list[tuple[Floats, Floats, Floats]] = field(default_factory=list)
+    batches: int = 0
+
+    def add(self, jobs: pa.Table) -> None:
+        self.batches += 1
+        done = _done(jobs)
+        jct, slowdown = np.where(done, _floats(jobs, "jct"), np.nan), _floats(jobs, "slowdown")
+        _add_groups(self.tenants, _strings(jobs, "tenant"), done, jct, slowdown)
+        _add_groups(self.kinds, _strings(jobs, "kind"), done, jct, slowdown)
+        for reason, failed in zip(_strings(jobs, "reason"), done, strict=True):
+            if not failed:
+                self._count(reason or "(no reason given)")
+        s, e, _ = _share_rows(jobs)
+        if s.size:
+            self.span = (min(self.span[0], float(s.min())), max(self.span[1], float(e.max())))
+        if self.keep_times:
+            self.times.append((_floats(jobs, "submit"), _floats(jobs, "start"),
+                               _floats(jobs, "end")))
+
+    def _count(self, reason: str) -> None:
+        self.failed += 1
+        if reason not in self.reasons and len(self.reasons) >= MAX_REASONS:
+            reason = "(other reasons)"
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+
+    def jct(self) -> Floats:
+        return np.concatenate([j for g in self.kinds.values() for j in g.jct] or [np.empty(0)])
+
+    def pending(self) -> pa.Table:
+        """submit, start and end of every job, for the queue plot without telemetry."""
+        cols = [np.concatenate([t[i] for t in self.times] or [np.empty(0)]) for i in range(3)]
+        return pa.table(dict(zip(("submit", "start", "end"), cols, strict=True)))
+
+
+def job_batches(path: Path, columns: Sequence[str] = JOB_COLUMNS,
+                required: Sequence[str] = JOB_COLUMNS) -> Iterator[pa.Table]:
+    """``jobs.parquet`` in tables of at most BATCH_ROWS rows, only ``columns`` read."""
+    file = pq.ParquetFile(_require(path))
+    names = file.schema_arrow.names
+    missing = [c for c in required if c not in names]
+    if missing and file.metadata.num_rows:
+        raise InputError(f"missing columns {missing}; expected at least {list(required)}",
+                         path=path)
+    present = [c for c in columns if c in names]
+    for batch in file.iter_batches(batch_size=BATCH_ROWS, columns=present):
+        yield pa.Table.from_batches([batch])
+
+
+REPORT_COLUMNS = (*JOB_COLUMNS, "slowdown", "reason")
 
 
 def _summary_lines(summary: Mapping[str, Any]) -> list[str]:
     keys = [k for k in SUMMARY_ORDER if k in summary]
-    keys += sorted(k for k in summary if k not in SUMMARY_ORDER)
+    keys += sorted(k for k in summary if k not in SUMMARY_ORDER and k != "failed_reasons")
     return _md_table(["metric", "value"], [[k, fmt_value(k, summary[k])] for k in keys])
+
+
+def _failure_lines(summary: Mapping[str, Any], stats: JobStats) -> list[str]:
+    """The summary's tally of reasons (the run's own); counted from the jobs for runs
+    written before the summary had one."""
+    tally = summary.get("failed_reasons")
+    failed = summary.get("jobs_failed")
+    if not isinstance(tally, dict) or not isinstance(failed, int) or isinstance(failed, bool):
+        tally, failed, most = stats.reasons, stats.failed, 10
+    else:
+        most = len(tally)
+    if not failed:
+        return ["No failures."]
+    top = sorted(((str(r), n) for r, n in tally.items()), key=lambda kv: (-kv[1], kv[0]))
+    return [f"{failed:,} failed, by reason (most common first, at most {most}):", "",
+            *_md_table(["reason", "jobs"], [[r, fmt_value("jobs", n)] for r, n in top[:most]])]
+
+
+def read_jobs(path: Path, keep_times: bool) -> tuple[JobStats, TenantShares]:
+    """Two bounded passes over ``jobs.parquet``: the figures, then tenant shares (their
+    time bins need the span the first pass found)."""
+    stats = JobStats(keep_times=keep_times)
+    for batch in job_batches(path, REPORT_COLUMNS):
+        stats.add(batch)
+    lo, hi = stats.span
+    shares = TenantShares.spanning(lo, hi) if lo <= hi else TenantShares(np.empty(0))
+    if lo <= hi:
+        for batch in job_batches(path, ("tenant", "status", "start", "end")):
+            shares.add(batch)
+    return stats, shares
 
 
 def write_report(run_dir: Path) -> Path:
     """Write ``report.md`` and ``plots/*.png`` into ``run_dir``; returns the report's path.
 
     Rewrites both on every call (idempotent). Raises :class:`InputError` when a
-    run file is missing or lacks the columns the report needs.
+    run file is missing or lacks the columns the report needs. Reads jobs.parquet
+    in bounded batches, so a report of a million jobs fits where the run did.
     """
     run_dir = Path(run_dir)
     summary = _read_summary(run_dir)
-    jobs = _read_table(run_dir / "jobs.parquet", JOB_COLUMNS)
-    telemetry = _read_table(run_dir / "telemetry.parquet", TELEMETRY_COLUMNS)
+    telemetry = _read_table(run_dir / "telemetry.parquet", TELEMETRY_COLUMNS,
+                            TELEMETRY_COLUMNS)
+    stats, shares = read_jobs(run_dir / "jobs.parquet", keep_times=not telemetry.num_rows)
     policy, mode = str(summary.get("policy", "?")), str(summary.get("mode", "?"))
     title = f"{policy} ({mode})"
     plots = run_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    jct, status = _done_jct(jobs), _strings(jobs, "status")
-    plot_jct_cdf({policy: jct}, plots / "jct_cdf.png", f"{title}\nJCT CDF")
-    plot_queue(telemetry, jobs, plots / "queue.png", title)
+    plot_jct_cdf({policy: stats.jct()}, plots / "jct_cdf.png", f"{title}\nJCT CDF")
+    plot_queue(telemetry, stats.pending() if stats.keep_times else None,
+               plots / "queue.png", title)
     plot_utilization(telemetry, plots / "utilization.png", title)
-    plot_tenant_share(jobs, plots / "tenant_share.png", title)
+    plot_shares(*shares.shares(), plots / "tenant_share.png", title)
 
-    slowdown = _floats(jobs, "slowdown")
     group_header = ["jobs", "completed", "mean JCT", "p99 JCT", "mean slowdown"]
-    failed = [r or "(no reason given)" for r, s in zip(_strings(jobs, "reason"), status,
-                                                         strict=True) if s != "done"]
-    lines = [f"# Run report: {policy} ({mode})", "", "## Summary", "", *_summary_lines(summary),
-             "", "## Per tenant", "",
+    lines = [f"# Run report: {md_text(policy)} ({md_text(mode)})", "", "## Summary", "",
+             *_summary_lines(summary), "", "## Per tenant", "",
              *_md_table(["tenant", *group_header],
-                        _group_rows(_strings(jobs, "tenant"), status, jct, slowdown)),
+                        [g.row(n) for n, g in sorted(stats.tenants.items())]),
              "", "## Per kind", "",
              *_md_table(["kind", *group_header],
-                        _group_rows(_strings(jobs, "kind"), status, jct, slowdown)),
-             "", "## Failures", ""]
-    if failed:
-        top = sorted(Counter(failed).items(), key=lambda kv: (-kv[1], kv[0]))
-        lines += [f"{len(failed):,} failed, by reason (most common first, at most 10):",
-                  "", *_md_table(["reason", "jobs"], [[r, f"{n:,}"] for r, n in top[:10]])]
-    else:
-        lines.append("No failures.")
-    lines += ["", "## Plots", ""]
+                        [g.row(n) for n, g in sorted(stats.kinds.items())]),
+             "", "## Failures", "", *_failure_lines(summary, stats), "", "## Plots", ""]
     for name, caption in PLOTS.items():
         lines += [f"### {caption}", "", f"![{caption}](plots/{name}.png)", ""]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines).rstrip("\n") + "\n", encoding="utf-8")
     log.info("wrote %s", path)
     return path
+
+
+def _completed_jct(path: Path) -> Floats:
+    """JCTs of a run's completed jobs, read a batch (and two columns) at a time."""
+    chunks = [_done_jct(batch) for batch in job_batches(path, ("status", "jct"))]
+    jct = np.concatenate(chunks or [np.empty(0)])
+    return jct[np.isfinite(jct)]
 
 
 def write_comparison(run_dirs: Mapping[str, Path], out_dir: Path) -> Path:
@@ -418,11 +660,10 @@ def write_comparison(run_dirs: Mapping[str, Path], out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
     summaries = {name: _read_summary(Path(d)) for name, d in run_dirs.items()}
-    series = {name: _done_jct(_read_table(Path(d) / "jobs.parquet", JOB_COLUMNS))
-              for name, d in run_dirs.items()}
+    series = {name: _completed_jct(Path(d) / "jobs.parquet") for name, d in run_dirs.items()}
     plot_jct_cdf(series, out_dir / "plots" / "jct_cdf.png", "JCT CDF by policy")
 
-    header, *rows = _compared_rows(summaries, lambda cell: f"**{cell}**")
+    header, *rows = _compared_rows(summaries, lambda cell: BEST + cell)
     traces = {json.dumps(s.get("trace"), sort_keys=True) for s in summaries.values()}
     lines = ["# Policy comparison", ""]
     if len(traces) > 1:

@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from scheduler.errors import InputError
 from scheduler.report import (
+    BEST,
     JOB_COLUMNS,
     TELEMETRY_COLUMNS,
     _compared_rows,
@@ -31,6 +32,7 @@ from scheduler.report import (
     _read_summary,
     _read_table,
     fmt_value,
+    md_text,
     plot_jct_cdf,
     plot_tenant_share,
 )
@@ -47,7 +49,6 @@ from scheduler.report_plots import (
 log = logging.getLogger(__name__)
 
 RUN_FILES = ("summary.json", "jobs.parquet", "telemetry.parquet")
-BEST = "\x00"  # marks a best cell until it is rendered as bold
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222;
        padding: 0 1em; }
@@ -250,15 +251,15 @@ def write_html_report(paths: Sequence[Path], out: Path,
     slo = _slo_rows(runs)
     title = "attnsched report: " + ", ".join(r.label for r in runs)
 
-    md = [f"# {title}", "", "## Runs", "", *_md_table(*_split(_run_rows(runs))), "",
-          "## Summary", "", *_md_table(*_split([[_bold(c) for c in row] for row in compared])),
+    md = [f"# {md_text(title)}", "", "## Runs", "", *_md_table(*_split(_run_rows(runs))), "",
+          "## Summary", "", *_md_table(*_split(compared)),
           "", "Best value per column in bold.", ""]
     if slo:
         md += ["## SLO attainment per tenant", "", *_md_table(*_split(slo)), ""]
     md += ["## Plots", ""]
     md += [line for p in shared for line in (f"![{p.caption}](plots/{p.file})", "")]
     for label, items in per_run.items():
-        md += [f"### {label}", ""]
+        md += [f"### {md_text(label)}", ""]
         md += [line for p in items for line in (f"![{p.caption}](plots/{p.file})", "")]
 
     body = [f"<h1>{html.escape(title)}</h1>", "<h2>Runs</h2>", _html_table(_run_rows(runs)),
@@ -277,10 +278,6 @@ def write_html_report(paths: Sequence[Path], out: Path,
     md_path.write_text("\n".join(md).rstrip("\n") + "\n", encoding="utf-8")
     log.info("wrote %s and %s (Gantt window %.4g–%.4g s)", html_path, md_path, *window)
     return html_path, md_path
-
-
-def _bold(cell: str) -> str:
-    return f"**{cell[1:]}**" if cell.startswith(BEST) else cell
 
 
 def _split(rows: Sequence[Sequence[str]]) -> tuple[Sequence[str], Sequence[Sequence[str]]]:

@@ -26,6 +26,9 @@ from scheduler.report import (
     _note,
     _pending_from_jobs,
     _strings,
+    area_under,
+    plain_text,
+    plot_text,
 )
 
 SIZE_BINS = 10
@@ -86,6 +89,7 @@ def _has_flops(jobs: pa.Table) -> bool:
     return bool(flops.size) and bool((np.isfinite(flops) & (flops > 0)).all())
 
 
+@plain_text
 def plot_slowdown_by_size(runs: Mapping[str, pa.Table], path: Path) -> None:
     """Mean slowdown per size bin (log-spaced over all runs' sizes), one line per run."""
     by_flops = all(_has_flops(jobs) for jobs in runs.values())
@@ -112,7 +116,8 @@ def plot_slowdown_by_size(runs: Mapping[str, pa.Table], path: Path) -> None:
             has = count > 0
             mean = total[has] / count[has]
             peak = max(peak, float(mean.max()) if mean.size else 1.0)
-            ax.plot(centers[has], mean, marker="o", label=f"{name} (n={int(ok.sum()):,})")
+            ax.plot(centers[has], mean, marker="o",
+                    label=plot_text(f"{name} (n={int(ok.sum()):,})"))
         ax.set_xscale("log")
         if peak > 100:
             ax.set_yscale("log")
@@ -135,6 +140,7 @@ def slo_by_tenant(jobs: pa.Table) -> dict[str, tuple[int, int]]:
     return out
 
 
+@plain_text
 def plot_slo(runs: Mapping[str, pa.Table], path: Path) -> None:
     """Grouped bars: share of deadline jobs met, per tenant and overall, one bar per run."""
     fig, (ax,) = _figure(1, 4.5, width=8.0)
@@ -146,8 +152,8 @@ def plot_slo(runs: Mapping[str, pa.Table], path: Path) -> None:
     groups = sorted({t for table in tables.values() for t in table if t != "all"})
     groups += ["all"] if groups else []
     if len(tables) < len(every):
-        ax.set_title(ax.get_title() + "\nno deadlines in: " +
-                     ", ".join(name for name in every if name not in tables), fontsize="medium")
+        ax.set_title(ax.get_title() + "\nno deadlines in: " + plot_text(
+            ", ".join(name for name in every if name not in tables)), fontsize="medium")
     if not groups:
         _note(ax, "no job had a deadline")
     else:
@@ -156,9 +162,9 @@ def plot_slo(runs: Mapping[str, pa.Table], path: Path) -> None:
         for i, (name, table) in enumerate(tables.items()):
             share = [100 * table[g][1] / table[g][0] if table.get(g, (0, 0))[0] else np.nan
                      for g in groups]
-            ax.bar(x - 0.4 + width * (i + 0.5), share, width, label=name,
+            ax.bar(x - 0.4 + width * (i + 0.5), share, width, label=plot_text(name),
                    color=f"C{list(every).index(name) % 10}")  # each run's color elsewhere
-        ax.set_xticks(x, groups)
+        ax.set_xticks(x, [plot_text(g) for g in groups])
         ax.set_ylim(0, 105)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     _finish(fig, path)
@@ -178,7 +184,7 @@ def _heatmap(ax: Any, edges: Floats, rows: list[tuple[str, list[int]]], matrix: 
                         else np.full(matrix.shape[1], np.nan) for _, idx in rows])
     mesh = ax.pcolormesh(edges, np.arange(len(rows) + 1), np.ma.masked_invalid(grouped),
                          cmap="viridis", vmin=0, vmax=vmax, shading="flat")
-    ax.set_yticks(np.arange(len(rows)) + 0.5, [name for name, _ in rows],
+    ax.set_yticks(np.arange(len(rows)) + 0.5, [plot_text(name) for name, _ in rows],
                   fontsize="x-small" if len(rows) > 12 else "small")
     ax.invert_yaxis()
     ax.figure.colorbar(mesh, ax=ax, label=label, pad=0.01)
@@ -193,23 +199,7 @@ def _edges(times: Floats) -> Floats:
     return edges
 
 
-def _area(begin: Floats, end: Floats, x: Floats) -> Floats:
-    """At each ``x``: the area under the count of intervals [begin, end) open before it.
-
-    Differences of it over a cell, divided by the cell's width, give the mean count
-    in the cell, so a wait shorter than a cell still shows instead of falling
-    between two samples.
-    """
-    def under(points: Floats) -> Floats:
-        order = np.sort(points)
-        cumulative = np.r_[0.0, np.cumsum(order)]
-        n = np.searchsorted(order, x, side="right")
-        result: Floats = n * x - cumulative[n]
-        return result
-
-    return under(begin) - under(end)
-
-
+@plain_text
 def plot_device_timeline(telemetry: pa.Table, jobs: pa.Table, path: Path, title: str) -> None:
     """Pending jobs, jobs waiting per device and utilization per device on one time axis.
 
@@ -223,7 +213,8 @@ def plot_device_timeline(telemetry: pa.Table, jobs: pa.Table, path: Path, title:
     rows = _device_rows(names)
     height = 2.0 + 2 * max(1.6, 0.16 * len(rows))
     fig, (top, waiting, util) = _figure(3, height, [1.0, 1.6, 1.6], width=10.0)
-    top.set(title=f"{title}\nqueue and utilization per device", ylabel="pending jobs")
+    top.set(title=plot_text(f"{title}\nqueue and utilization per device"),
+            ylabel="pending jobs")
     if telemetry.num_rows:
         times, _, _, queue = _by_time(_floats(telemetry, "time"), _floats(telemetry, "queue_len"))
     else:
@@ -249,7 +240,7 @@ def plot_device_timeline(telemetry: pa.Table, jobs: pa.Table, path: Path, title:
     for i, name in enumerate(names):
         sel = (device == name) & np.isfinite(start)
         if sel.any():
-            counts[i] = np.diff(_area(submit[sel], start[sel], edges)) / np.diff(edges)
+            counts[i] = np.diff(area_under(submit[sel], start[sel], edges)) / np.diff(edges)
     _heatmap(waiting, edges, rows, counts, "jobs waiting (mean)", None)
     waiting.set_ylabel("waiting, by device\nit later ran on")
 
@@ -292,6 +283,7 @@ def batches(jobs: pa.Table) -> Batches:
                    kind=tuple(kinds))
 
 
+@plain_text
 def plot_gantt(runs_batches: Batches, window: tuple[float, float], path: Path,
                title: str) -> None:
     """Batches as bars per device in ``window``; the label is the batch's job count."""
@@ -305,7 +297,8 @@ def plot_gantt(runs_batches: Batches, window: tuple[float, float], path: Path,
     row = {d: r for r, d in enumerate(shown)}
     fig, (ax,) = _figure(1, 1.6 + 0.32 * max(len(shown), 3))
     more = f", {len(shown)} busiest of {len(busy)} devices" if len(busy) > len(shown) else ""
-    ax.set(title=f"{title}\nbatches per device, {lo:.4g}–{hi:.4g} s{more}", xlabel="time (s)")
+    ax.set(title=plot_text(f"{title}\nbatches per device, {lo:.4g}–{hi:.4g} s{more}"),
+           xlabel="time (s)")
     ax.grid(True, axis="x", alpha=0.3)
     if not shown:
         _note(ax, "no batch ran in this window")
@@ -323,13 +316,13 @@ def plot_gantt(runs_batches: Batches, window: tuple[float, float], path: Path,
         if b.size[i] > 1 and e - s > (hi - lo) * 0.03:
             ax.text((s + e) / 2, row[b.device[i]] + 0.5, str(b.size[i]), ha="center",
                     va="center", fontsize="x-small", color="white")
-    ax.set_yticks(np.arange(len(shown)) + 0.5, shown, fontsize="small")
+    ax.set_yticks(np.arange(len(shown)) + 0.5, [plot_text(d) for d in shown], fontsize="small")
     ax.set_ylim(len(shown) or 1, 0)
     ax.set_xlim(lo, hi)
     if kinds_seen:
         from matplotlib.patches import Patch
 
-        ax.legend(handles=[Patch(color=KIND_COLORS.get(k, "tab:gray"), label=k)
+        ax.legend(handles=[Patch(color=KIND_COLORS.get(k, "tab:gray"), label=plot_text(k))
                            for k in sorted(kinds_seen)], loc="upper left",
                   bbox_to_anchor=(1.01, 1.0), fontsize="small", title="kind")
     _finish(fig, path)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from scheduler.cluster import DeviceSpec, NodeSpec
+from scheduler.idset import DigestSet, digest_of
 from scheduler.jobs import Job
 from scheduler.profiles import DeviceProfile
 
@@ -107,3 +108,41 @@ class DeviceState:
     def running_jobs(self) -> int:
         """Jobs in the batches running here (what live views and metrics show)."""
         return sum(len(b.jobs) for b in self.running.values())
+
+
+class FinishedIds:
+    """Ids of jobs that ended, and whether each succeeded, in 8 bytes a job (16 if failed).
+
+    The controller must answer "did job X end, and how?" for any later job that
+    depends on X or reuses its id, so it cannot forget finished jobs; a dict of
+    id strings would make a million-job run hold a million strings. A 64-bit
+    BLAKE2 digest stands for each id: two ids collide with odds of about
+    n²/2⁶⁵ (3·10⁻⁸ for a million jobs), the price of memory that no longer
+    grows with the trace's id lengths.
+    """
+
+    def __init__(self) -> None:
+        self._ended, self._failed = DigestSet(), DigestSet()
+
+    def __setitem__(self, job_id: str, succeeded: bool) -> None:
+        digest = digest_of(job_id)
+        self._ended.add(digest)
+        if not succeeded:
+            self._failed.add(digest)
+
+    def __contains__(self, job_id: object) -> bool:
+        return isinstance(job_id, str) and digest_of(job_id) in self._ended
+
+    def __getitem__(self, job_id: str) -> bool:
+        """Whether ``job_id`` (which ended) succeeded."""
+        digest = digest_of(job_id)
+        if digest not in self._ended:
+            raise KeyError(job_id)
+        return digest not in self._failed
+
+    def __len__(self) -> int:
+        return len(self._ended)
+
+    @property
+    def nbytes(self) -> int:
+        return self._ended.nbytes + self._failed.nbytes

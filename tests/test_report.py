@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -193,3 +194,61 @@ def test_importing_the_module_loads_no_plotting_or_live_stack() -> None:
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
                             text=True, check=True)
     assert result.stdout.split() == ["[]"]
+
+
+HOSTILE_TENANTS = ("$\\undefinedcmd{x}$", "<script>alert(1)</script>", "[x](javascript:alert(1))",
+                   "a|b")
+
+
+def test_a_run_whose_tenants_are_markup_reports_them_as_plain_text(cli, tmp_path: Path) -> None:
+    """Mathtext in a tenant once made the plot step raise (exit 1, no summary, no report);
+    raw HTML and links went into report.md as they were."""
+    from scheduler.presets import get_preset
+    from scheduler.traces import write_trace
+    from scheduler.traces.synth import SynthSpec, generate
+
+    jobs = [dataclasses.replace(job, tenant=HOSTILE_TENANTS[i % len(HOSTILE_TENANTS)])
+            for i, job in enumerate(generate(SynthSpec(jobs=60, seed=4, rate=30.0),
+                                             get_preset("tiny")))]
+    trace, out = tmp_path / "t.jsonl", tmp_path / "run"
+    write_trace(iter(jobs), trace)
+    code, stdout, stderr = cli("simulate", str(trace), "--policy", "fifo", "--nodes",
+                               "gpu_h100=1", "--out", str(out))
+    assert code == 0, stdout + stderr
+    assert json.loads((out / "summary.json").read_text())["jobs_total"] == 60
+    for name in PLOTS:
+        assert_png(out / "plots" / f"{name}.png")
+    text = (out / "report.md").read_text()
+    assert "<script>" not in text and "](javascript:" not in text
+    table = text.split("## Per tenant")[1].split("## Per kind")[0]
+    tenant_rows = [row for row in table.splitlines() if row.startswith("|")][2:]
+    assert len(tenant_rows) == len(HOSTILE_TENANTS)
+    assert all(row.count(" | ") == 5 for row in tenant_rows), tenant_rows  # a|b: one cell
+
+
+def test_report_lists_the_summary_s_failure_reasons_escaped(tmp_path: Path) -> None:
+    reasons = {"device gpu0 failed": 4, "<b>x</b> | y": 2}
+    run = make_run(tmp_path, failed_reasons=reasons)
+    text = write_report(run).read_text()
+    failures = text.split("## Failures")[1].split("## Plots")[0]
+    assert "6 failed, by reason (most common first, at most 2):" in failures
+    assert "| device gpu0 failed | 4 |" in failures
+    assert "| &lt;b&gt;x&lt;/b&gt; \\| y | 2 |" in failures
+    assert "out of memory" not in failures  # the run's own tally, not a recount
+    assert "failed_reasons" not in text.split("## Failures")[0]  # not a summary metric row
+
+
+def test_report_reads_jobs_in_bounded_batches(tmp_path: Path, monkeypatch) -> None:
+    from scheduler import report
+
+    monkeypatch.setattr(report, "BATCH_ROWS", 8)
+    seen: list[int] = []
+    original = report.JobStats.add
+
+    def spy(self: Any, jobs: pa.Table) -> None:
+        seen.append(jobs.num_rows)
+        original(self, jobs)
+
+    monkeypatch.setattr(report.JobStats, "add", spy)
+    write_report(make_run(tmp_path, jobs=37))
+    assert sum(seen) == 37 and max(seen) <= 8 and len(seen) == 5

@@ -120,3 +120,44 @@ def test_greedy_never_picks_a_device_that_cannot_run_the_job(cli, shared_trace, 
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["jobs_completed"] == 600 and summary["decisions"]["error"] == 0
+
+
+def test_summary_tallies_why_jobs_failed_most_common_first(tmp_path) -> None:
+    """Issue 20 (point 12): the run's summary says how many jobs failed and why."""
+    from scheduler.metrics import RunOutputs
+    from scheduler.state import JobRecord, JobState
+
+    jobs = trace(n=40)
+    outputs = RunOutputs(tmp_path, {})
+    long_reason = "gave up: " + "x" * 300
+    reasons = (["device gpu0 failed"] * 5 + ["b"] * 3 + ["a"] * 3 + [long_reason] * 2
+               + [None] * 2 + ["rare 1", "rare 2"])
+    for job, reason in zip(jobs, reasons, strict=False):
+        outputs.job_finished(JobRecord(job, state=JobState.FAILED, end=1.0, reason=reason))
+    outputs.job_finished(JobRecord(jobs[-1], state=JobState.DONE, start=0.5, end=2.0,
+                                   solo_seconds=1.0))
+    summary = outputs.summary(policy="p", mode="sim")
+    clipped = long_reason[:99] + "…"
+    assert summary["jobs_failed"] == len(reasons)
+    assert list(summary["failed_reasons"].items()) == [
+        ("device gpu0 failed", 5), ("a", 3), ("b", 3), ("(no reason given)", 2), (clipped, 2)]
+    assert len(clipped) == 100
+    outputs.close(summary, {})
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert list(written["failed_reasons"]) == list(summary["failed_reasons"])  # order kept
+    assert list(written) == sorted(written)  # the rest as before: sorted keys
+
+
+def test_a_run_without_failures_tallies_none(tmp_path) -> None:
+    result = run(trace(n=50), load_policy("fifo"), out=tmp_path)
+    assert result.summary["jobs_failed"] == 0 and result.summary["failed_reasons"] == {}
+    assert json.loads((tmp_path / "summary.json").read_text())["failed_reasons"] == {}
+
+
+def test_a_run_whose_devices_all_fail_names_the_reason(tmp_path) -> None:
+    faults = (Fault("device", "gpu-0/gpu0", 0.0), Fault("device", "gpu-0/gpu1", 0.0),
+              Fault("device", "cpu-0/cpu", 0.0))
+    result = run(trace(n=30), load_policy("fifo"), out=tmp_path, faults=faults)
+    tally = result.summary["failed_reasons"]
+    assert sum(tally.values()) == result.summary["jobs_failed"] == 30
+    assert len(tally) <= 5 and all(len(r) <= 100 for r in tally)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scheduler.errors import InputError
+from scheduler.idset import IdSet
 from scheduler.inputfiles import clip, regular_file
 from scheduler.jobs import Job
 from scheduler.presets import ModelPreset, get_preset
@@ -51,7 +52,7 @@ class Trace:
         """
         reader = self._reader()
         last = 0.0
-        seen: set[str] = set()
+        seen = IdSet()
         for line, job in reader(self.path):
             if ordered and job.submit_time < last:
                 raise InputError(f"{job.submit_time:g} is earlier than the previous row's "
@@ -73,7 +74,7 @@ class Trace:
         """Every row sorted by submit time (stable: ties keep file order), in memory,
         with dependencies checked in the sorted order."""
         rows = sorted(self.rows(ordered=False), key=lambda row: row[1].submit_time)
-        seen: set[str] = set()
+        seen = IdSet()
         for line, job in rows:
             _check_dependency(self.path, line, job, seen)
             seen.add(job.id)
@@ -92,7 +93,7 @@ class Trace:
         return canonical.read_jsonl if self.format == "jsonl" else canonical.read_csv
 
 
-def _check_dependency(path: Path, line: int, job: Job, seen: set[str]) -> None:
+def _check_dependency(path: Path, line: int, job: Job, seen: IdSet) -> None:
     if job.depends_on is not None and job.depends_on not in seen:
         raise InputError(f"{clip(job.depends_on)} is not a job earlier in the trace; a job "
                          "may depend only on a job listed before it (not a missing or later "
