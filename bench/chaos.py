@@ -56,8 +56,8 @@ def start(trace: Path, address: str, out: Path, args: argparse.Namespace,
     command = [sys.executable, "-m", "scheduler.cli", "run", str(trace), "--address", address,
                "--policy", args.policy, "--speed", str(args.speed),
                "--telemetry-interval", "0.5", "--out", str(out)]
-    if resume:
-        command += ["--resume", str(out)]
+    # A rerun into the same --out starts afresh, even after a bench that was interrupted.
+    command += ["--resume", str(out)] if resume else ["--overwrite"]
     log = (out.parent / f"{out.name}{'-resume' if resume else ''}.log").open("wb")
     return subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
 

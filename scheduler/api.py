@@ -38,20 +38,31 @@ class Result:
     ``telemetry.parquet`` as pyarrow tables (``.to_pandas()`` where pandas is
     installed), so a notebook works on the same data the reports are drawn from.
     ``out`` is the folder, or ``None`` when the run wrote to a temporary one.
-    ``exit_code`` is what the command would exit with: 0, or 1 when the run
-    stopped early (``message`` says why).
+    ``exit_code`` is what the command would exit with: 0 when every job
+    completed, 1 when the run stopped early, 3 when it finished but some jobs
+    failed (``message`` says why: how many, and the commonest reasons).
     """
 
     summary: dict[str, Any]
     jobs: pa.Table
     telemetry: pa.Table
     run_info: dict[str, Any]
-    exit_code: int = 0
+    exit_code: int = 0  # the run's own: 0, or 1 when it stopped early; jobs_failed adds 3
     message: str | None = None
     out: Path | None = None
 
+    def __post_init__(self) -> None:
+        # The CLI's rule, from the CLI's function: a notebook and a shell agree on "ok".
+        from scheduler.runs import EXIT_JOBS_FAILED, failure_note, outcome_code
+
+        code = outcome_code(self.exit_code, self.summary)
+        if code == EXIT_JOBS_FAILED:
+            object.__setattr__(self, "exit_code", code)
+            object.__setattr__(self, "message", self.message or failure_note(self.summary))
+
     @property
     def ok(self) -> bool:
+        """Every job completed (``exit_code`` 0)."""
         return self.exit_code == 0
 
     def __repr__(self) -> str:
@@ -67,6 +78,18 @@ class Comparison:
 
     results: dict[str, Result]
     out: Path | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """What ``attnsched compare`` exits with: 1 if a run stopped early, else 3 if
+        jobs failed in any, else 0."""
+        from scheduler.runs import combined_code
+
+        return combined_code(r.exit_code for r in self.results.values())
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
 
     @property
     def summary(self) -> dict[str, dict[str, Any]]:
@@ -217,27 +240,23 @@ def run(trace: str | Path | LoadedTrace, policy: Any = "adaptive", *,
         profiles: Pairs = None, resume: str | Path | None = None,
         fallback_policy: str | None = None, decide_timeout: float = 10.0,
         metrics_port: int | None = None, num_cpus: int | None = None,
-        out: str | Path | None = None) -> Result:
+        out: str | Path | None = None, overwrite: bool = False) -> Result:
     """Replay a trace live on Ray worker actors, as ``attnsched run`` does.
 
     Real PyTorch attention runs on one worker per device. Ray starts locally
     on 127.0.0.1 (``num_cpus`` caps what it may use) unless one is already up
     in this process or ``address`` names a cluster; the workers are stopped on
     return, Ray is left running for the next call. The options mean what the
-    CLI's do (``resume`` continues the interrupted run in that folder;
+    CLI's do (``resume`` continues the interrupted run in that folder, and
+    ``overwrite`` replaces one that did not finish, which is otherwise refused;
     ``metrics_port`` serves Ray's Prometheus metrics on 127.0.0.1); ``policy``
     may also be a policy object, as for :func:`simulate`.
     """
     from scheduler.cli.run_cmd import live_run, live_setup
-    from scheduler.errors import InputError
-    from scheduler.runs import count_jobs
+    from scheduler.runs import bounded, count_jobs
 
-    if not decide_timeout >= 0:  # the CLI's options have these bounds
-        raise InputError(f"expected 0 or more seconds, got {decide_timeout}",
-                         field="--decide-timeout")
-    if metrics_port is not None and not 1 <= metrics_port <= 65535:
-        raise InputError(f"expected a port in 1..65535, got {metrics_port}",
-                         field="--metrics-port")
+    if metrics_port is not None:  # typer bounds the CLI's; live_setup bounds the rest
+        bounded("--metrics-port", metrics_port, 1, 65535)
     name, built = _policy(policy, policy_options)
     path, _, model = _trace(trace, model)
     if resume is not None and out is None:
@@ -250,7 +269,7 @@ def run(trace: str | Path | LoadedTrace, policy: Any = "adaptive", *,
             telemetry_interval=telemetry_interval, slow=_pairs(slow), profile=_pairs(profiles),
             out=folder, resume=None if resume is None else Path(resume),
             fallback_policy=fallback_policy, decide_timeout=decide_timeout,
-            metrics_port=metrics_port, built=built)
+            metrics_port=metrics_port, built=built, overwrite=overwrite)
         if num_cpus is not None:
             config.num_cpus = num_cpus
         count_jobs(spec)  # validates the whole trace before Ray starts, as the CLI does

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterator, Mapping
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from scheduler.cluster import ClusterSpec, load_cluster
 from scheduler.errors import InputError
-from scheduler.jobs import AttentionJob, ClusterJob, Job
+from scheduler.inputfiles import MAX_ECHO, clip
+from scheduler.jobs import MAX_TIME_S, AttentionJob, ClusterJob, Job
 from scheduler.pricing import ClusterCost, load_profiles
 from scheduler.profiles import DeviceProfile
 from scheduler.sim.executor import LiveCosts
@@ -60,6 +64,107 @@ class RunSpec:
     live_costs: bool = True
 
 
+# Bounds of the numeric options, in one place: each option's help states its bound.
+MIN_TELEMETRY_S = 1e-3  # a sample per millisecond at most: finer is noise, and would hang
+MAX_SIM_SAMPLES = 20_000_000  # telemetry instants a simulated run may take (span / interval)
+MAX_SEED = 2**63 - 1
+MAX_LIMIT = 10**12  # jobs; far beyond any trace, below what islice and counters take
+MIN_LOAD, MAX_LOAD = 1e-3, 100.0
+EXIT_JOBS_FAILED = 3  # the run finished, but some jobs did not complete
+
+
+def bounded(option: str, value: float, lo: float, hi: float, *, lo_open: bool = False,
+            unit: str = "") -> float:
+    """``value`` if it is a finite number in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``).
+
+    Every numeric option goes through here, so each refuses NaN, infinities and
+    values out of range the same way: exit 2, naming the option and its range.
+    """
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    # Huge ints (typer parses any length) never reach math.isfinite, which would overflow.
+    ok = number and (isinstance(value, int) or math.isfinite(value)) and value <= hi and (
+        value > lo if lo_open else value >= lo)
+    if not ok:
+        span = f"{'(' if lo_open else '['}{_num(lo)}, {_num(hi)}]"
+        raise InputError(f"expected a number in {span}{unit}, got {clip(value)}", field=option)
+    return value
+
+
+def _num(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+def check_seed(seed: int, option: str = "--seed") -> int:
+    return int(bounded(option, seed, 0, MAX_SEED))
+
+
+def check_out_dir(path: Path, option: str = "--out") -> Path:
+    """``path`` can be an output folder: it is one, or can be made, and takes new files.
+
+    Checked before anything runs: a run that finds out at its first write
+    (under /proc, in a read-only folder, below a file) has done its work for
+    nothing, and reports an internal error instead of the option at fault.
+    Nothing is left behind: a refused run must not leave an empty folder.
+    """
+    try:
+        if path.exists() and not path.is_dir():
+            raise InputError("exists and is not a directory", path=path, field=option)
+        folder = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    except OSError as e:
+        raise InputError(f"cannot look here: {e.strerror or e}", path=path,
+                         field=option) from None
+    if not folder.is_dir():
+        raise InputError(f"{folder} is not a directory", path=path,
+                         field=option)
+    _probe(folder, path, option)
+    return path
+
+
+def check_out_file(path: Path, option: str = "--output") -> Path:
+    """``path`` can be written as a file: its folder exists and takes new files."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise InputError("is a folder; expected a file path", path=path, field=option)
+    if not folder.is_dir():
+        why = "is not a folder" if folder.exists() else "does not exist"
+        raise InputError(f"folder {folder} {why}", path=path, field=option)
+    _probe(folder, path, option)
+    return path
+
+
+def _probe(folder: Path, path: Path, option: str) -> None:
+    """Make and remove a folder in ``folder``: the one test the OS cannot answer wrongly
+    (``access()`` says yes to root under /proc and in read-only mounts)."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".attnsched-probe-", dir=folder))
+    except OSError as e:
+        where = "" if folder == path.absolute() else f" in {folder}"
+        raise InputError(f"cannot write{where}: {e.strerror or e}", path=path,
+                         field=option) from None
+
+
+def outcome_code(exit_code: int, summary: Mapping[str, Any]) -> int:
+    """What a finished run exits with: 1 when it stopped early (``exit_code``), 3 when it
+    finished but some jobs failed, 0 only when every job completed."""
+    if exit_code:
+        return exit_code
+    return EXIT_JOBS_FAILED if summary.get("jobs_failed") else 0
+
+
+def combined_code(codes: Iterable[int]) -> int:
+    """Several runs' codes as one: a stopped run (1) outranks failed jobs (3)."""
+    seen = set(codes)
+    return 1 if 1 in seen else max(seen, default=0)
+
+
+def failure_note(summary: Mapping[str, Any]) -> str:
+    """``N of M jobs failed`` and the most common reasons, for a run that exits 3."""
+    reasons = Counter(dict(summary.get("failed_reasons") or {})).most_common(3)
+    why = "; ".join(f"{str(r)[:MAX_ECHO]} ({n:,})" for r, n in reasons)
+    return (f"{summary.get('jobs_failed', 0):,} of {summary.get('jobs_total', 0):,} jobs "
+            f"failed" + (f": {why}" if why else " (see the reason column of jobs.parquet)"))
+
+
 def trace_jobs(spec: RunSpec) -> Iterator[Job]:
     jobs = open_trace(spec.trace, spec.fmt, spec.model, spec.token_scale).jobs()
     return itertools.islice(jobs, spec.limit) if spec.limit else jobs
@@ -83,27 +188,58 @@ def device_seconds(cost: ClusterCost, job: Job) -> float:
     return seconds
 
 
+class Arrivals(NamedTuple):
+    work: float  # device-seconds on the fastest device kind (0 when not priced)
+    first: float
+    last: float
+    jobs: int
+
+
+def scan_arrivals(spec: RunSpec, cost: ClusterCost | None = None) -> Arrivals:
+    """One streaming pass: the span of arrivals, the job count and, with ``cost``, the work."""
+    work, first, last, count = 0.0, math.inf, 0.0, 0
+    for job in trace_jobs(spec):
+        count += 1
+        seconds = device_seconds(cost, job) if cost is not None else 0.0
+        if math.isfinite(seconds):
+            work += seconds
+        first, last = min(first, job.submit_time), max(last, job.submit_time)
+    return Arrivals(work, first, last, count)
+
+
 def time_scale(spec: RunSpec, cluster: ClusterSpec, cost: ClusterCost) -> tuple[float, int]:
     """Factor on submit times that makes the offered load ``spec.load``, and the job count.
 
     Offered load = work (device-seconds on the fastest device kind) divided by
     the span of arrivals times the number of devices that can do that work.
     """
+    arrivals = scan_arrivals(spec, cost)
+    return load_factor(spec, cluster, arrivals), arrivals.jobs
+
+
+def load_factor(spec: RunSpec, cluster: ClusterSpec, arrivals: Arrivals) -> float:
     assert spec.load is not None
-    work, first, last, count = 0.0, math.inf, 0.0, 0
-    gpu_devices = sum(1 for d in cluster.devices if d.kind == "gpu")
-    for job in trace_jobs(spec):
-        count += 1
-        seconds = device_seconds(cost, job)
-        if math.isfinite(seconds):
-            work += seconds
-        first, last = min(first, job.submit_time), max(last, job.submit_time)
-    span = last - first
-    if span <= 0 or work <= 0:
+    span = arrivals.last - arrivals.first
+    if span <= 0 or arrivals.work <= 0:
         raise InputError("--load needs a trace whose arrivals span time and cost work",
                          path=spec.trace, field="--load")
-    devices = gpu_devices or len(cluster.devices)
-    return work / (spec.load * devices * span), count
+    devices = sum(1 for d in cluster.devices if d.kind == "gpu") or len(cluster.devices)
+    factor = arrivals.work / (spec.load * devices * span)
+    # A tiny load stretches arrivals without bound: say so here, not as a bad submit_time.
+    if not (math.isfinite(factor) and factor > 0 and arrivals.last * factor <= MAX_TIME_S):
+        raise InputError(f"load {clip(spec.load)} would spread this trace's arrivals past "
+                         f"{MAX_TIME_S:g} s; expected a larger load", field="--load")
+    return factor
+
+
+def check_samples(spec: RunSpec, last_arrival: float) -> None:
+    """A simulated run samples telemetry until its last arrival and beyond: bound how often."""
+    samples = last_arrival / spec.telemetry_interval
+    if samples > MAX_SIM_SAMPLES:
+        raise InputError(f"{clip(spec.telemetry_interval)} s over {last_arrival:,.0f} s of "
+                         f"arrivals is {samples:,.0f} samples; a simulation takes at most "
+                         f"{MAX_SIM_SAMPLES:,}: expected at least "
+                         f"{last_arrival / MAX_SIM_SAMPLES:.3g} s", field="--telemetry-interval")
 
 
 def _scaled(jobs: Iterator[Job], factor: float) -> Iterator[Job]:
@@ -112,22 +248,26 @@ def _scaled(jobs: Iterator[Job], factor: float) -> Iterator[Job]:
 
 
 def check_options(spec: RunSpec) -> None:
-    """The option checks every run shares, simulated or live."""
-    if not (math.isfinite(spec.decision_interval) and 0 <= spec.decision_interval <= 3600):
-        raise InputError(f"expected 0..3600 seconds, got {spec.decision_interval}",
-                         field="--decision-interval")
-    if not (math.isfinite(spec.telemetry_interval) and 0 < spec.telemetry_interval <= 3600):
-        raise InputError(f"expected (0, 3600] seconds, got {spec.telemetry_interval}",
-                         field="--telemetry-interval")
-    if spec.slots < 1 or spec.slots > 64:
-        raise InputError(f"expected 1..64 slots per device, got {spec.slots}", field="--slots")
-    if spec.out is not None and spec.out.exists() and not spec.out.is_dir():
-        raise InputError("exists and is not a directory", path=spec.out, field="--out")
+    """The option checks every run shares, simulated or live; makes and probes ``out``."""
+    bounded("--decision-interval", spec.decision_interval, 0, 3600, unit=" seconds")
+    bounded("--telemetry-interval", spec.telemetry_interval, MIN_TELEMETRY_S, 3600,
+            unit=" seconds")
+    bounded("--slots", spec.slots, 1, 64)
+    check_seed(spec.seed)
+    if spec.limit is not None:
+        bounded("--limit", spec.limit, 1, MAX_LIMIT)
+    if spec.load is not None:
+        bounded("--load", spec.load, MIN_LOAD, MAX_LOAD)
+    if spec.out is not None:
+        check_out_dir(spec.out)
+
+
+def check_slowdown(factor: float) -> float:
+    """``--slow DEVICE=FACTOR``'s factor: 1 (full speed) to 1000 times slower."""
+    return bounded("--slow", factor, 1, 1000)
 
 
 def prepare(spec: RunSpec) -> tuple[ClusterSpec, dict[str, DeviceProfile], tuple[Fault, ...]]:
-    if spec.load is not None and not (math.isfinite(spec.load) and 0 < spec.load <= 100):
-        raise InputError(f"expected a load in (0, 100], got {spec.load}", field="--load")
     check_options(spec)
     cluster = load_cluster(spec.cluster, spec.nodes or None)
     if not cluster.devices:
@@ -137,23 +277,41 @@ def prepare(spec: RunSpec) -> tuple[ClusterSpec, dict[str, DeviceProfile], tuple
                                                                         cluster)
     for device, factor in spec.slow.items():
         if device not in {d.id for d in cluster.devices}:
-            raise InputError(f"no device {device!r}", field="--slow")
-        if not (math.isfinite(factor) and 1 <= factor <= 1000):
-            raise InputError(f"expected a slowdown factor in [1, 1000], got {factor}",
-                             field="--slow")
+            raise InputError(f"no device {clip(device)}", field="--slow")
+        check_slowdown(factor)
     return cluster, profiles, faults
 
 
+def plan_arrivals(spec: RunSpec, cluster: ClusterSpec,
+                  profiles: Mapping[str, DeviceProfile]) -> tuple[float, int]:
+    """One pass over the trace: the factor ``--load`` puts on submit times (1 without it)
+    and the job count; refuses a load or a telemetry interval the trace cannot take."""
+    priced = ClusterCost(cluster, dict(profiles)) if spec.load is not None else None
+    arrivals = scan_arrivals(spec, priced)
+    factor = 1.0 if spec.load is None else load_factor(spec, cluster, arrivals)
+    check_samples(spec, arrivals.last * factor)
+    return factor, arrivals.jobs
+
+
+def check_arrivals(spec: RunSpec) -> tuple[float, int]:
+    """``plan_arrivals`` from the spec alone: what a command checks before its progress bar."""
+    cluster, profiles, _ = prepare(spec)
+    return plan_arrivals(spec, cluster, profiles)
+
+
 def run_sim(spec: RunSpec, progress: Callable[[SimProgress], None] | None = None,
-            policy: Any = None) -> RunResult:
+            policy: Any = None, factor: float | None = None) -> RunResult:
     """Run one simulation as the CLI would; writes outputs and a report when ``out`` is set.
 
     ``policy`` is the already built policy, when the caller loaded it to
-    validate the spec first (a plugin file then runs once, not twice).
+    validate the spec first (a plugin file then runs once, not twice);
+    ``factor`` what ``check_arrivals`` returned, when the caller checked them.
     """
     from policies.base import load_policy
 
     cluster, profiles, faults = prepare(spec)
+    if factor is None:
+        factor, _ = plan_arrivals(spec, cluster, profiles)
     if policy is None:
         policy = load_policy(spec.policy, spec.policy_options)
     jobs: Iterator[Job] = trace_jobs(spec)
@@ -161,7 +319,6 @@ def run_sim(spec: RunSpec, progress: Callable[[SimProgress], None] | None = None
                                "devices": len(cluster.devices), "seed": spec.seed,
                                "live_costs": spec.live_costs}
     if spec.load is not None:
-        factor, _ = time_scale(spec, cluster, ClusterCost(cluster, profiles))
         jobs = _scaled(jobs, factor)
         context.update(load=spec.load, time_scale=factor)
     config = SimConfig(seed=spec.seed, slots=spec.slots,
@@ -179,4 +336,4 @@ def run_sim(spec: RunSpec, progress: Callable[[SimProgress], None] | None = None
     return result
 
 
-__all__ = ["AttentionJob", "RunSpec", "prepare", "run_sim", "time_scale"]
+__all__ = ["AttentionJob", "RunSpec", "check_arrivals", "prepare", "run_sim", "time_scale"]

@@ -104,6 +104,12 @@ def test_bad_arguments_raise_the_clis_input_error(trace: Path, kwargs, field) ->
     ({"out": "a", "resume": "b"}, "--resume"),
     ({"metrics_port": 0}, "--metrics-port"),
     ({"metrics_port": 9000, "address": "auto"}, "--metrics-port"),
+    ({"decide_timeout": float("inf")}, "--decide-timeout"),
+    ({"speed": 1e-320}, "--speed"),
+    ({"telemetry_interval": 1e-9}, "--telemetry-interval"),
+    ({"emulate_gpus": 2, "slow": {"head/gpu7": 2}}, "--slow"),
+    ({"emulate_gpus": 2, "slow": {"head/gpu0": float("nan")}}, "--slow"),
+    ({"out": "/proc/attnsched-x"}, "--out"),
 ])
 def test_bad_live_options_fail_before_ray_starts(trace: Path, tmp_path: Path, kwargs,
                                                  field) -> None:
@@ -113,6 +119,22 @@ def test_bad_live_options_fail_before_ray_starts(trace: Path, tmp_path: Path, kw
         scheduler.run(trace, **kwargs)
     assert info.value.field == field
     assert not ray.is_initialized()
+
+
+def test_a_run_with_failed_jobs_is_not_ok_and_exits_3_as_the_cli_does(trace: Path, cli,
+                                                                     tmp_path: Path) -> None:
+    every_node = ["gpu_h100-0@1", "cpu-0@1"]
+    clean = scheduler.simulate(trace, "greedy", limit=60)
+    assert (clean.ok, clean.exit_code) == (True, 0)
+    result = scheduler.simulate(trace, "greedy", fail_node=every_node)
+    failed = result.summary["jobs_failed"]
+    assert failed > 0 and not result.ok and result.exit_code == 3
+    assert result.message is not None and f"{failed} of 120 jobs failed" in result.message
+    assert "no device that can run it is up" in result.message
+    args = [a for node in every_node for a in ("--fail-node", node)]
+    assert cli("simulate", trace, "--policy", "greedy", *args)[0] == result.exit_code
+    both = scheduler.compare(trace, ["static", "greedy"], fail_node=every_node, processes=1)
+    assert both.exit_code == 3 and not both.ok
 
 
 def test_missing_trace_raises_input_error(tmp_path: Path) -> None:

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -154,3 +156,54 @@ def test_json_logs_are_one_object_per_line(tmp_path) -> None:
     assert any(e["logger"] == "scheduler.report" and e["message"].startswith("wrote ")
                for e in entries), result.stderr
     assert all({"time", "level", "logger", "message"} <= set(e) for e in entries)
+
+
+# -- issue 20: option bounds and unwritable outputs, each named in one line, exit 2 ----------
+
+@pytest.mark.parametrize(("args", "option"), [
+    (["simulate", "{trace}", "--limit", "99999999999999999999999"], "--limit"),
+    (["simulate", "{trace}", "--telemetry-interval", "1e-9"], "--telemetry-interval"),
+    (["simulate", "{trace}", "--load", "1e-320"], "--load"),
+    (["simulate", "{trace}", "--seed", "-1"], "--seed"),
+    (["compare", "{trace}", "--jobs", str(2**64)], "--jobs"),
+    (["trace", "generate", "-o", "{tmp}/g.jsonl", "--jobs", "5", "--rate", "1e-320"], "--rate"),
+    (["trace", "convert", "{trace}", "-o", "{tmp}/c.jsonl", "--limit", str(10**30)], "--limit"),
+])
+def test_the_reported_option_values_exit_2_naming_the_option(cli, tmp_path, args,
+                                                            option) -> None:
+    trace = tmp_path / "t.jsonl"
+    assert cli("trace", "generate", "-o", trace, "--jobs", "5")[0] == 0
+    code, _, err = cli(*(a.format(trace=trace, tmp=tmp_path) for a in args))
+    assert code == 2, err
+    assert err.startswith(f"attnsched: error: {option}: ") and err.count("\n") == 1, err
+    assert "submit_time" not in err
+
+
+@pytest.mark.parametrize("folder", ["/proc", "/sys", "file"])
+def test_unwritable_outputs_of_trace_and_report_exit_2_naming_the_path(cli, tmp_path,
+                                                                       folder) -> None:
+    trace = tmp_path / "t.jsonl"
+    assert cli("trace", "generate", "-o", trace, "--jobs", "3")[0] == 0
+    where = (trace / "x") if folder == "file" else Path(folder) / "attnsched-x"
+    for args, option in ((["trace", "generate", "--jobs", "3", "-o", where], "--output"),
+                         (["trace", "convert", trace, "-o", where], "--output"),
+                         (["report", tmp_path, "--out", where], "--out"),
+                         (["calibrate", "--quick", "-o", where], "--output")):
+        code, _, err = cli(*args)
+        assert code == 2, (args, err)
+        assert str(where) in err and option in err and err.count("\n") == 1, err
+        assert "internal error" not in err
+
+
+def test_outputs_in_a_read_only_folder_exit_2(cli, tmp_path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root ignores file modes")
+    trace = tmp_path / "t.jsonl"
+    assert cli("trace", "generate", "-o", trace, "--jobs", "3")[0] == 0
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    for args in (["trace", "generate", "--jobs", "3", "-o", folder / "g.jsonl"],
+                 ["report", tmp_path, "--out", folder / "r"]):
+        code, _, err = cli(*args)
+        assert code == 2 and "cannot write" in err, err

@@ -264,3 +264,55 @@ def test_a_local_ray_without_cuda_emulates_every_gpu() -> None:
     assert {d.model for d in spec.devices if d.kind == "gpu"} == {"emulated"}
     spec = live_cluster(CLUSTER_NODES, LiveConfig(), local_cuda=True)
     assert "H100" in {d.model for d in spec.devices}
+
+
+# -- issue 20: --slow names live devices, failed jobs exit 3 ---------------------------------
+
+def _local_head(**resources: float) -> list[dict]:
+    return [_node("aa", **{"node:__internal_head__": 1.0, **resources})]
+
+
+@pytest.mark.parametrize(("emulate", "cpu_workers", "resources"), [
+    (2, 0, {"CPU": 2.0, "GPU": 2.0}), (0, 0, {"CPU": 2.0}), (0, 2, {"CPU": 2.0})])
+def test_the_devices_a_local_run_expects_are_those_ray_will_give_it(
+        emulate: int, cpu_workers: int, resources: dict, monkeypatch) -> None:
+    """``--slow`` is checked against these names before Ray starts: they must agree."""
+    from scheduler.cli import live_cmd
+    from workers.executor import LiveConfig, live_cluster
+
+    monkeypatch.setattr(live_cmd, "_cuda_devices", lambda: 0)
+    monkeypatch.setattr("os.cpu_count", lambda: int(resources["CPU"]))
+    spec = live_cluster(_local_head(**resources),
+                        LiveConfig(emulate_gpus=emulate, cpu_workers=cpu_workers),
+                        local_cuda=False)
+    assert sorted(d.id for d in spec.devices) == live_cmd.local_devices(emulate, cpu_workers)
+
+
+@pytest.mark.parametrize("args", [
+    ["--emulate-gpus", "2", "--slow", "head/gpu2=2"],
+    ["--emulate-gpus", "2", "--slow", "gpu_h100-0/gpu0=2"],
+    ["--cpu-workers", "2", "--slow", "head/cpu9=2"],
+])
+def test_run_refuses_slow_for_a_device_the_live_run_will_not_have(cli, tmp_path, args) -> None:
+    """``simulate`` refused these already; live accepted them and slowed nothing.
+
+    Refused before the run: its folder is never made (this module's Ray may be up,
+    so that is the sign; tests/test_fuzz_options.py checks Ray never loads)."""
+    trace = write_trace(tmp_path / "t.jsonl", 3)
+    code, _, err = cli("run", trace, *args, "--out", tmp_path / "r")
+    assert code == 2, err
+    assert err.startswith("attnsched: error: --slow: no device ") and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_live_run_with_a_job_that_fits_no_device_exits_3(cli, local_ray, tmp_path) -> None:
+    from tests.test_sim_cli import HUGE
+
+    trace = write_trace(tmp_path / "t.jsonl", 4)
+    trace.write_text(trace.read_text() + json.dumps(HUGE) + "\n")
+    code, out, err = cli("run", trace, "--emulate-gpus", GPUS, "--speed", "8", "--out",
+                         tmp_path / "r")
+    assert code == 3, err
+    assert "1 of 5 jobs failed: fits no device" in " ".join(err.split())
+    assert "4/5 jobs done, 1 failed" in out
+    assert (tmp_path / "r" / "report.md").exists()

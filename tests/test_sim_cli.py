@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
+
+import pytest
 
 OUTPUTS = ("jobs.parquet", "summary.json", "telemetry.parquet", "decisions.jsonl", "report.md",
            "run.json", "plots/jct_cdf.png", "plots/queue.png", "plots/utilization.png",
@@ -101,3 +105,96 @@ def test_live_costs_are_charged_by_default_and_recorded(cli, tmp_path, repo) -> 
     assert summaries["live"]["live_costs"] is True
     assert summaries["ideal"]["live_costs"] is False
     assert summaries["live"]["jct_mean"] > summaries["ideal"]["jct_mean"]
+
+
+# -- outcomes: exit 0 only when every job completed ------------------------------------------
+
+HUGE = {"id": "huge", "submit_time": 0.5, "kind": "prefill", "tenant": "t", "batch": 4096,
+        "heads": 128, "kv_heads": 128, "q_len": 131072, "kv_len": 131072, "head_dim": 256,
+        "layers": 1, "dtype": "bf16", "causal": True, "steps": 1}
+
+
+def test_a_run_whose_nodes_all_fail_exits_3_saying_how_many_jobs_failed_and_why(
+        cli, tmp_path, repo) -> None:
+    trace = tmp_path / "t.jsonl"
+    assert cli("trace", "generate", "-o", trace, "--jobs", "20", "--model", "tiny")[0] == 0
+    base = ["--cluster", repo / "cluster.yaml"]
+    code, _, err = cli("simulate", trace, *base, "--out", tmp_path / "ok")
+    assert code == 0, err
+    assert "failed" not in err
+    every_node = ["--fail-node", "gpu_h100-0@1", "--fail-node", "cpu-0@1"]
+    code, _, err = cli("simulate", trace, *base, *every_node, "--out", tmp_path / "lost")
+    summary = json.loads((tmp_path / "lost" / "summary.json").read_text())
+    assert summary["jobs_failed"] > 0
+    assert code == 3, err
+    assert f"{summary['jobs_failed']} of 20 jobs failed" in err
+    assert "no device that can run it is up" in err
+    assert (tmp_path / "lost" / "report.md").exists()  # a finished run: outputs as usual
+    code, _, err = cli("compare", trace, *base, *every_node, "--policies", "static,greedy",
+                       "--out", tmp_path / "cmp")
+    assert code == 3, err
+    assert "static: " in err and "greedy: " in err
+
+
+def test_a_job_that_fits_no_device_makes_the_run_exit_3(cli, tmp_path, repo) -> None:
+    trace = tmp_path / "t.jsonl"
+    assert cli("trace", "generate", "-o", trace, "--jobs", "5", "--model", "tiny")[0] == 0
+    trace.write_text(trace.read_text() + json.dumps(HUGE) + "\n")
+    code, out, err = cli("simulate", trace, "--cluster", repo / "cluster.yaml")
+    assert code == 3, err
+    assert "1 of 6 jobs failed: fits no device" in " ".join(err.split())
+    assert "5/6 jobs done, 1 failed" in out
+
+
+def test_a_load_too_small_for_the_trace_is_blamed_on_load(cli, tmp_path, repo) -> None:
+    """A tiny --load stretches arrivals: refused as --load, not as a job's submit_time."""
+    trace = tmp_path / "pods.jsonl"
+    pods = [{"id": "a", "submit_time": 0, "kind": "cluster", "duration": 1e9, "gpus": 8},
+            {"id": "b", "submit_time": 10, "kind": "cluster", "duration": 1, "gpus": 1}]
+    trace.write_text("".join(json.dumps(p) + "\n" for p in pods))
+    code, _, err = cli("simulate", trace, "--cluster", repo / "cluster.yaml", "--load", "0.001")
+    assert code == 2, err
+    assert err.startswith("attnsched: error: --load: ") and "submit_time" not in err
+    assert err.count("\n") == 1
+
+
+def test_telemetry_too_fine_for_the_trace_is_refused_before_the_run(cli, tmp_path,
+                                                                   repo) -> None:
+    """A sample every ms over 1e5 s of arrivals is 1e8 samples: refused, not a hang."""
+    trace = tmp_path / "t.jsonl"
+    assert cli("trace", "generate", "-o", trace, "--jobs", "2", "--rate", "1e-5")[0] == 0
+    code, _, err = cli("simulate", trace, "--cluster", repo / "cluster.yaml",
+                       "--telemetry-interval", "0.001", "--out", tmp_path / "r")
+    assert code == 2, err
+    assert "--telemetry-interval" in err and "expected at least" in err
+    assert not (tmp_path / "r").exists()
+
+
+def read_only_dir(tmp_path: Path) -> Path:
+    if os.geteuid() == 0:
+        pytest.skip("root ignores file modes")
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    return folder
+
+
+def test_an_unwritable_out_exits_2_naming_it_before_the_run(cli, tmp_path, repo) -> None:
+    trace = tmp_path / "t.jsonl"
+    assert cli("trace", "generate", "-o", trace, "--jobs", "3")[0] == 0
+    for out in (Path("/proc/attnsched-x"), Path("/sys/attnsched-x"), trace / "x"):
+        for command in (["simulate", trace, "--cluster", repo / "cluster.yaml"],
+                        ["compare", trace, "--policies", "greedy"]):
+            code, _, err = cli(*command, "--out", out)
+            assert code == 2, (command, out, err)
+            assert f"{out}" in err and "--out" in err and err.count("\n") == 1
+            assert "internal error" not in err
+
+
+def test_an_out_in_a_read_only_folder_exits_2(cli, tmp_path, repo) -> None:
+    folder = read_only_dir(tmp_path)
+    trace = tmp_path / "t.jsonl"
+    assert cli("trace", "generate", "-o", trace, "--jobs", "3")[0] == 0
+    for command in (["simulate", trace], ["compare", trace, "--policies", "greedy"]):
+        code, _, err = cli(*command, "--out", folder / "run")
+        assert code == 2 and "--out" in err and "cannot write" in err, err

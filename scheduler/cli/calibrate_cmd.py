@@ -8,7 +8,6 @@ itself lives in ``workers/`` (torch and Ray), reached lazily.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from enum import Enum
@@ -21,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from scheduler.cli.consoles import make_console
 from scheduler.errors import InputError
 from scheduler.profiles import SCHEMA, profile_from_dict
+from scheduler.runs import check_out_file
 
 console = make_console()
 err_console = make_console(stderr=True)
@@ -53,7 +53,7 @@ def calibrate(
 
     Example: attnsched calibrate --quick -o runs/cpu.json
     """
-    _check_output(output)
+    check_out_file(output, "--output")
     if name is not None and not NAME_PATTERN.fullmatch(name):
         raise InputError(f"expected lowercase letters, digits, '_', '.', '-' (e.g. cpu, "
                          f"h100-sxm), got {name!r}", field="--name")
@@ -86,16 +86,6 @@ def calibrate(
     tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
     tmp.replace(output)
     _print_summary(data, output, time.perf_counter() - start)
-
-
-def _check_output(output: Path) -> None:
-    parent = output.parent if str(output.parent) else Path(".")
-    if output.is_dir():
-        raise InputError(f"{output} is a folder; expected a file path", field="--output")
-    if not parent.is_dir():
-        raise InputError(f"folder {parent} does not exist", field="--output")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"cannot write in {parent}", field="--output")
 
 
 def _has_cuda() -> bool:

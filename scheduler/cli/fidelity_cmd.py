@@ -38,7 +38,7 @@ from scheduler.cli.sim_cmd import (
 )
 from scheduler.errors import InputError
 from scheduler.profiles import DeviceProfile
-from scheduler.runs import RunSpec, check_options, count_jobs, trace_jobs
+from scheduler.runs import RunSpec, check_options, check_out_dir, count_jobs, trace_jobs
 
 TARGETS = {"jct_mean": 0.10, "jct_p99": 0.20}  # issue 6: what "predicts" means here
 # Every device this much slower in one more simulation per policy: how far a small error
@@ -81,11 +81,13 @@ def fidelity_cmd(
                          speed=speed, memory_fraction=memory_fraction,
                          telemetry_interval=telemetry_interval, seed=seed, slow={},
                          profiles=overrides)
+    config.overwrite = True  # no --resume here: each fidelity run measures afresh
     folders = {n: out / policy_folder(n) for n in names}
     specs = {n: RunSpec(trace=trace, policy=n, model=model, limit=limit, seed=seed,
                         telemetry_interval=telemetry_interval) for n in names}
     for spec in specs.values():
         check_options(spec)
+    check_out_dir(out)
     from policies.base import load_policy
     total = count_jobs(next(iter(specs.values())))
     from scheduler.pricing import load_profiles

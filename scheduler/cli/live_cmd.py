@@ -7,7 +7,7 @@ CLI stays cheap and works without it (STYLE.md rule 5).
 from __future__ import annotations
 
 import dataclasses
-import math
+import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,38 +20,83 @@ from rich.table import Table
 from scheduler.cli.sim_cmd import (
     console,
     err_console,
-    exit_for,
+    exit_all,
     policy_folder,
     print_summary,
 )
 from scheduler.errors import InputError
+from scheduler.inputfiles import clip
 from scheduler.jobs import ClusterJob
-from scheduler.runs import RunSpec, check_options, count_jobs, trace_jobs
+from scheduler.runs import (
+    MIN_TELEMETRY_S,
+    RunSpec,
+    bounded,
+    check_options,
+    check_seed,
+    count_jobs,
+    trace_jobs,
+)
 from scheduler.sim.runner import RunResult
 
 if TYPE_CHECKING:
     from workers.executor import LiveConfig, LiveProgress
 
 
+MAX_DECIDE_TIMEOUT = 3600.0  # seconds; longer is no limit at all, and overflows timers
+
+
 def live_config(*, address: str | None, emulate_gpus: int, cpu_workers: int, speed: float,
                 memory_fraction: float, telemetry_interval: float, seed: int,
-                slow: Mapping[str, float], profiles: Mapping[str, str] | None = None
-                ) -> LiveConfig:
+                slow: Mapping[str, float], profiles: Mapping[str, str] | None = None,
+                decide_timeout: float | None = None) -> LiveConfig:
     """Check the live options before anything starts; the config a run needs."""
-    if not (math.isfinite(speed) and 0 < speed <= 1e6):
-        raise InputError(f"expected a speed in (0, 1e6], got {speed}", field="--speed")
-    if not (math.isfinite(memory_fraction) and 0 < memory_fraction <= 1):
-        raise InputError(f"expected a fraction in (0, 1], got {memory_fraction}",
-                         field="--memory-fraction")
+    bounded("--speed", speed, 1e-3, 1e6)
+    bounded("--memory-fraction", memory_fraction, 0.01, 1)
+    bounded("--telemetry-interval", telemetry_interval, MIN_TELEMETRY_S, 3600, unit=" seconds")
+    check_seed(seed)
+    if decide_timeout is not None:
+        bounded("--decide-timeout", decide_timeout, 0, MAX_DECIDE_TIMEOUT, unit=" seconds")
     if address and emulate_gpus:
         raise InputError("--emulate-gpus declares slots on a local Ray; a cluster declares "
                          "its own GPUs", field="--emulate-gpus")
+    if slow and not address:
+        check_slow_devices(slow, local_devices(emulate_gpus, cpu_workers))
     from workers.executor import LiveConfig
 
-    return LiveConfig(address=address, emulate_gpus=emulate_gpus, cpu_workers=cpu_workers,
-                      speed=speed, telemetry_interval=telemetry_interval, seed=seed,
-                      memory_fraction=memory_fraction, slow=dict(slow),
-                      profiles=dict(profiles or {}))
+    config = LiveConfig(address=address, emulate_gpus=emulate_gpus, cpu_workers=cpu_workers,
+                        speed=speed, telemetry_interval=telemetry_interval, seed=seed,
+                        memory_fraction=memory_fraction, slow=dict(slow),
+                        profiles=dict(profiles or {}))
+    if decide_timeout is not None:
+        config.decide_timeout = decide_timeout or None  # 0: no limit
+    return config
+
+
+def local_devices(emulate_gpus: int, cpu_workers: int) -> list[str]:
+    """The devices a local Ray will have, named as ``scheduler.cluster.from_ray_nodes`` and
+    ``for_live_run`` name them: one node, ``head``; a device per (declared) GPU, else its
+    CPU, split into ``cpu_workers`` workers when it has that many cores."""
+    gpus = emulate_gpus or _cuda_devices()
+    if gpus:
+        return [f"head/gpu{i}" for i in range(gpus)]
+    if cpu_workers and (os.cpu_count() or 1) >= cpu_workers:
+        return [f"head/cpu{i}" for i in range(cpu_workers)]
+    return ["head/cpu"]
+
+
+def check_slow_devices(slow: Mapping[str, float], devices: list[str]) -> None:
+    """``--slow`` names devices that will exist: a typo must not slow nothing, silently."""
+    for device in slow:
+        if device not in devices:
+            sample = ", ".join(devices[:4]) + (", ..." if len(devices) > 4 else "")
+            raise InputError(f"no device {clip(device)} in this live run; its devices: "
+                             f"{sample}", field="--slow")
+
+
+def _cuda_devices() -> int:
+    import torch
+
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
 
 
 def has_cuda() -> bool:
@@ -159,7 +204,7 @@ def compare_live(trace: Path, names: list[str], *, model: str | None, limit: int
     built = {name: load_policy(name) for name in names}
     total = count_jobs(next(iter(specs.values())))
     from scheduler.report import write_comparison, write_report
-    from workers.executor import close_session, open_session, run_live
+    from workers.executor import close_session, open_session, run_identity, run_live
 
     results: dict[str, RunResult] = {}
     with live_progress_bar() as bar:
@@ -172,12 +217,12 @@ def compare_live(trace: Path, names: list[str], *, model: str | None, limit: int
                 results[name] = run_live(
                     trace_jobs(spec), policy, str(getattr(policy, "name", name)), folders[name],
                     dataclasses.replace(config, progress=track(bar, tasks[name])),
-                    {"trace": str(trace)}, session=session)
+                    {"trace": str(trace)}, session=session,
+                    identity=run_identity(spec, config, name))
                 write_report(folders[name])
         finally:
             close_session(session)
     report = write_comparison(folders, out)
     print_summary(results)
     console.print(f"comparison: {report}")
-    for result in results.values():
-        exit_for(result)
+    exit_all(results)

@@ -1,8 +1,17 @@
 """Entry point: the typer app and the error contract every command shares.
 
-Exit codes: 0 ok, 1 runtime failure, 2 bad input. Bad input is reported as one
-line naming file, line and field, never a traceback (``ATTNSCHED_DEBUG=1``
-shows one for internal errors).
+Exit codes:
+
+- 0: done; for a run (simulate, run, compare), every job completed.
+- 1: runtime failure: the run stopped early (the policy kept failing, jobs
+  were left unplaced), or an internal error.
+- 2: bad input (a file, an option, an unwritable --out), found before anything
+  runs where it can be: one line naming file, line and field, never a
+  traceback (``ATTNSCHED_DEBUG=1`` shows one for internal errors).
+- 3: the run finished, but some jobs failed (all their workers lost, their node
+  failed, no device fits them): stderr says how many and the commonest reasons;
+  the outputs and report are written as for a clean run.
+- 130: interrupted.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from scheduler.cli.sim_cmd import console
+from scheduler.runs import check_out_dir
 
 
 def report(
@@ -26,5 +27,6 @@ def report(
     from scheduler.report_html import parse_window, write_html_report
 
     span = parse_window(window) if window is not None else None
+    check_out_dir(out)
     page, summary = write_html_report(run_dirs, out, span)
     console.print(f"report: {page} (Markdown: {summary})")

@@ -72,7 +72,7 @@ def run(
     decide_timeout: float = typer.Option(
         10.0, "--decide-timeout", min=0.0,
         help="Wall seconds a policy's decision may take before it counts as a failure "
-             "(0: no limit)."),
+             "(0: no limit; at most 3600)."),
 ) -> None:
     """Replay a trace live: real PyTorch attention on Ray worker actors.
 
@@ -126,7 +126,8 @@ def live_setup(trace: Path, policy: str, *, policy_opt: list[str], address: str 
     config = live_config(address=address, emulate_gpus=emulate_gpus, cpu_workers=cpu_workers,
                          speed=speed, memory_fraction=memory_fraction,
                          telemetry_interval=telemetry_interval, seed=seed,
-                         slow=parse_slow(slow), profiles=parse_profiles(profile))
+                         slow=parse_slow(slow), profiles=parse_profiles(profile),
+                         decide_timeout=decide_timeout)
     options = parse_options(policy_opt)
     if built is None:
         built = load_policy(policy, options)
@@ -136,7 +137,6 @@ def live_setup(trace: Path, policy: str, *, policy_opt: list[str], address: str 
     config.metrics_port = metrics_port
     config.resume = resume is not None
     config.overwrite = overwrite
-    config.decide_timeout = decide_timeout or None
     if fallback_policy is not None:
         config.fallback = (load_policy(fallback_policy), fallback_policy)
     spec = RunSpec(trace=trace, policy=policy, policy_options=options, model=model,

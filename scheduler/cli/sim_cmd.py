@@ -13,13 +13,28 @@ from typing import Any
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from scheduler.cli.consoles import make_console
 from scheduler.cluster import parse_node_counts
 from scheduler.errors import InputError
-from scheduler.runs import RunSpec, count_jobs, run_sim
+from scheduler.inputfiles import clip
+from scheduler.runs import (
+    EXIT_JOBS_FAILED,
+    MAX_LIMIT,
+    MIN_LOAD,
+    MIN_TELEMETRY_S,
+    RunSpec,
+    bounded,
+    check_arrivals,
+    check_slowdown,
+    combined_code,
+    failure_note,
+    outcome_code,
+    run_sim,
+)
 from scheduler.sim.runner import RunResult, SimProgress
 
 console = make_console()
@@ -40,16 +55,23 @@ TRACE_ARG = typer.Argument(..., help="Trace file (.csv, .jsonl or .parquet).",
 CLUSTER = typer.Option(Path("cluster.yaml"), "--cluster", help="cluster.yaml or a node list.")
 NODES = typer.Option([], "--nodes", help="Override a node type's count: TYPE=N (repeatable).")
 MODEL = typer.Option(None, "--model", help="Model preset for token traces (default llama3-8b).")
-LOAD = typer.Option(None, "--load", help="Rescale arrivals to this offered load (0.9 = 90%).")
-LIMIT = typer.Option(None, "--limit", min=1, help="Replay only the first N jobs.")
-SEED = typer.Option(0, "--seed", help="Seed for the policy's RNG.")
-SLOTS = typer.Option(1, "--slots", help="Batches a device may run at once (they share it).")
-TICK = typer.Option(1.0, "--telemetry-interval", help="Seconds between telemetry samples.")
+LOAD = typer.Option(None, "--load", help=f"Rescale arrivals to this offered load (0.9 = 90%; "
+                                          f"{MIN_LOAD:g} to 100).")
+LIMIT = typer.Option(None, "--limit", min=1, help=f"Replay only the first N jobs (N ≤ "
+                                                  f"{MAX_LIMIT:.0e}).")
+SEED = typer.Option(0, "--seed", help="Seed for the policy's RNG (0 to 2^63-1).")
+SLOTS = typer.Option(1, "--slots", help="Batches a device may run at once (they share it; "
+                                        "1 to 64).")
+TICK = typer.Option(1.0, "--telemetry-interval",
+                    help=f"Seconds between telemetry samples ({MIN_TELEMETRY_S:g} to 3600; a "
+                         "simulation takes at most 2e7: last arrival / interval).")
 QUANTUM = typer.Option(0.0, "--decision-interval",
-                       help="Scheduling quantum: consult the policy at most this often (s).")
+                       help="Scheduling quantum: consult the policy at most this often (s; 0 "
+                            "to 3600).")
 FAIL = typer.Option([], "--fail", help="Fail a device at a time: DEVICE@SECONDS.")
 FAIL_NODE = typer.Option([], "--fail-node", help="Fail a node at a time: NODE@SECONDS.")
-SLOW = typer.Option([], "--slow", help="Run a device slower: DEVICE=FACTOR (test knob).")
+SLOW = typer.Option([], "--slow", help="Run a device slower: DEVICE=FACTOR, 1 to 1000 "
+                                        "(test knob).")
 OPTS = typer.Option([], "--policy-opt", help="Policy option key=value (repeatable).")
 LIVE_COSTS = typer.Option(True, "--live-costs/--no-live-costs",
                           help="Model the live path's own costs (Ray round trips, decisions, "
@@ -58,16 +80,18 @@ PROFILE = typer.Option([], "--profile", help="Time devices with a calibrated pro
                                              "(replaces the profile of its name) or NAME=PATH.")
 ADDRESS = typer.Option(None, "--address", help="Ray cluster to join (auto, ray://...); default: "
                                                "an embedded local Ray on 127.0.0.1.")
-SPEED = typer.Option(1.0, "--speed", help="Replay this many times faster than the trace's clock.")
+SPEED = typer.Option(1.0, "--speed", help="Replay this many times faster than the trace's clock "
+                                          "(0.001 to 1e6).")
 EMULATE_GPUS = typer.Option(0, "--emulate-gpus", min=0, max=64,
                             help="Declare N GPU slots to a local Ray; compute on CPU.")
 CPU_WORKERS = typer.Option(0, "--cpu-workers", min=0, max=256,
                            help="Split each GPU-less node into N CPU workers.")
 MEMORY_FRACTION = typer.Option(0.9, "--memory-fraction",
                                help="Share of each device's memory that policies may plan "
-                                    "with and its worker enforces, in (0, 1].")
+                                    "with and its worker enforces, 0.01 to 1.")
 # The options only a live run reads, by parameter name: compare --mode sim rejects them.
-LIVE_ONLY = ("address", "speed", "emulate_gpus", "cpu_workers", "memory_fraction")
+LIVE_ONLY = ("address", "speed", "emulate_gpus", "cpu_workers", "memory_fraction",
+             "overwrite")
 
 
 def parse_slow(items: list[str]) -> dict[str, float]:
@@ -79,7 +103,9 @@ def parse_slow(items: list[str]) -> dict[str, float]:
             if not sep:
                 raise ValueError
         except ValueError:
-            raise InputError(f"expected DEVICE=FACTOR, got {item!r}", field="--slow") from None
+            raise InputError(f"expected DEVICE=FACTOR, got {clip(item)}",
+                             field="--slow") from None
+        check_slowdown(out[device])
     return out
 
 
@@ -137,10 +163,10 @@ def simulate(
                     slow=slow, decision_interval=decision_interval, profile=profile,
                     live_costs=live_costs, out=out)
     built = validate_spec(spec)  # bad input is reported before any progress bar draws
-    total = count_jobs(spec)
+    factor, total = check_arrivals(spec)
     with progress_bar() as bar:
         task = bar.add_task(f"simulate {policy}", total=total, **NO_SIM_PROGRESS)
-        result = run_sim(spec, lambda p: bar.update(task, **sim_fields(p)), built)
+        result = run_sim(spec, lambda p: bar.update(task, **sim_fields(p)), built, factor)
     print_summary({policy: result})
     if out is not None:
         console.print(f"outputs in {out}/ (report: {out / 'report.md'})")
@@ -157,13 +183,26 @@ def validate_spec(spec: RunSpec) -> Any:
 
 
 def exit_for(result: RunResult) -> None:
-    if result.exit_code:
-        raise typer.Exit(_stop(result))
+    """Exit 0 only when every job completed: 1 when the run stopped early, 3
+    (``EXIT_JOBS_FAILED``) when it finished with failed jobs, saying how many and why."""
+    exit_all({"": result})
 
 
-def _stop(result: RunResult) -> int:
-    err_console.print(f"[red]attnsched: run stopped: {result.message}[/]")
-    return result.exit_code
+def exit_all(results: dict[str, RunResult]) -> None:
+    """``exit_for`` for several runs (a compare): each failing run says so, once."""
+    codes = []
+    for name, result in results.items():
+        code = outcome_code(result.exit_code, result.summary)
+        label = f"{name}: " if name else ""
+        if code == EXIT_JOBS_FAILED:
+            err_console.print(f"[yellow]attnsched: {escape(label + failure_note(result.summary))}"
+                              "[/]", soft_wrap=True)
+        elif code:
+            err_console.print(f"[red]attnsched: {escape(label)}run stopped: "
+                              f"{escape(str(result.message))}[/]", soft_wrap=True)
+        codes.append(code)
+    if combined_code(codes):
+        raise typer.Exit(combined_code(codes))
 
 
 def print_summary(results: dict[str, RunResult]) -> None:
@@ -207,13 +246,13 @@ def sim_fields(p: SimProgress) -> dict[str, Any]:
             "busy": f"{p.busy}/{p.devices} devices"}
 
 
-def _run_one(spec: RunSpec, updates: Any = None) -> RunResult:
+def _run_one(spec: RunSpec, factor: float, updates: Any = None) -> RunResult:
     """One policy's run in a worker process; progress goes back through ``updates``."""
     report = None
     if updates is not None:
         def report(p: SimProgress) -> None:
             updates.put((spec.policy, p))
-    return run_sim(spec, report)
+    return run_sim(spec, report, factor=factor)
 
 
 class Mode(str, Enum):
@@ -221,6 +260,7 @@ class Mode(str, Enum):
     LIVE = "live"
 
 
+MAX_PROCESSES = 256  # compare --jobs: more than any machine's useful parallelism
 # The options only the simulator reads, by parameter name: compare --mode live rejects them.
 SIM_ONLY = ("cluster", "nodes", "load", "slots", "fail", "fail_node", "decision_interval",
             "jobs", "live_costs")
@@ -240,10 +280,14 @@ def compare(
     live_costs: bool = LIVE_COSTS,
     out: Path = typer.Option(Path("runs/compare"), "--out", help="One folder per policy here."),
     jobs: int = typer.Option(0, "--jobs", min=0, help="Processes (0: one per core, at most one per "
-                                               "policy)."),
+                                               f"policy; at most {MAX_PROCESSES})."),
     address: str | None = ADDRESS, emulate_gpus: int = EMULATE_GPUS,
     cpu_workers: int = CPU_WORKERS, speed: float = SPEED,
     memory_fraction: float = MEMORY_FRACTION,
+    overwrite: bool = typer.Option(
+        False, "--overwrite",
+        help="Live: replace a policy's folder whose earlier run did not finish (refused "
+             "otherwise, so a crashed run is never lost by accident)."),
 ) -> None:
     """Run several policies on the same trace and compare them in one report.
 
@@ -252,7 +296,8 @@ def compare(
 
     Live: attnsched compare trace.jsonl --mode live --emulate-gpus 2 --speed 4 --out runs/y
 
-    Only live: --address, --emulate-gpus, --cpu-workers, --speed, --memory-fraction. Only
+    Only live: --address, --emulate-gpus, --cpu-workers, --speed, --memory-fraction,
+    --overwrite (a simulation always replaces its folder). Only
     sim: --cluster, --nodes, --load, --slots, --fail, --fail-node, --decision-interval, --jobs.
     """
     names = [p.strip() for p in policies.split(",") if p.strip()]
@@ -267,6 +312,7 @@ def compare(
                                   memory_fraction=memory_fraction,
                                   telemetry_interval=telemetry_interval, seed=seed,
                                   slow=parse_slow(slow), profiles=parse_profiles(profile))
+        config.overwrite = overwrite
         live.compare_live(trace, names, model=model, limit=limit, seed=seed,
                           telemetry_interval=telemetry_interval, slow=parse_slow(slow),
                           out=out, config=config)
@@ -281,9 +327,7 @@ def compare(
     results = compare_sims(specs, out, jobs, progress=True)
     print_summary(results)
     console.print(f"comparison: {out / 'comparison.md'}")
-    failed = [r for r in results.values() if r.exit_code]
-    if failed:
-        raise typer.Exit(_stop(failed[0]))
+    exit_all(results)
 
 
 def compare_sims(specs: dict[str, RunSpec], out: Path, processes: int = 0,
@@ -294,14 +338,17 @@ def compare_sims(specs: dict[str, RunSpec], out: Path, processes: int = 0,
     starts. The simulator is single-threaded, hence one process per policy (at
     most one per core, or ``processes``).
     """
+    bounded("--jobs", processes, 0, MAX_PROCESSES)
     for spec in specs.values():
         validate_spec(spec)
+    # The specs differ only in their policy: one pass checks the arrivals for all.
+    factor, total = check_arrivals(next(iter(specs.values())))
     workers = processes or min(len(specs), os.cpu_count() or 1)
     if progress:
-        results = _run_with_progress(specs, workers)
+        results = _run_with_progress(specs, workers, factor, total)
     else:
         with ProcessPoolExecutor(workers) as pool:
-            futures = {name: pool.submit(_run_one, spec) for name, spec in specs.items()}
+            futures = {name: pool.submit(_run_one, spec, factor) for name, spec in specs.items()}
             results = {name: f.result() for name, f in futures.items()}
     from scheduler.report import write_comparison
 
@@ -309,13 +356,14 @@ def compare_sims(specs: dict[str, RunSpec], out: Path, processes: int = 0,
     return results
 
 
-def _run_with_progress(specs: dict[str, RunSpec], workers: int) -> dict[str, RunResult]:
-    total = count_jobs(next(iter(specs.values())))
+def _run_with_progress(specs: dict[str, RunSpec], workers: int, factor: float,
+                       total: int) -> dict[str, RunResult]:
     with progress_bar() as bar, multiprocessing.Manager() as manager:
         tasks = {name: bar.add_task(name, total=total, **NO_SIM_PROGRESS) for name in specs}
         updates = manager.Queue()
         with ProcessPoolExecutor(workers) as pool:
-            futures = {name: pool.submit(_run_one, spec, updates) for name, spec in specs.items()}
+            futures = {name: pool.submit(_run_one, spec, factor, updates)
+                       for name, spec in specs.items()}
             while not all(f.done() for f in futures.values()):
                 _drain(updates, bar, tasks, timeout=0.2)
             _drain(updates, bar, tasks, timeout=0.0)

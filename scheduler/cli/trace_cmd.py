@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -12,7 +13,9 @@ from rich.table import Table
 
 from scheduler.cli.consoles import make_console
 from scheduler.errors import InputError
+from scheduler.jobs import MAX_TIME_S
 from scheduler.presets import PRESETS, get_preset
+from scheduler.runs import MAX_LIMIT, bounded, check_out_file
 from scheduler.traces import FORMATS, open_trace, write_trace
 from scheduler.traces.stats import trace_stats
 from scheduler.traces.synth import SynthSpec, generate, parse_mix
@@ -122,8 +125,12 @@ def _atomic_write(jobs: Any, out: Path) -> int:
 def _check_output(out: Path, *inputs: Path) -> None:
     if any(out.resolve() == i.resolve() for i in inputs):
         raise InputError("output would overwrite the input", path=out, field="--output")
-    if not out.parent.exists():
-        raise InputError("directory does not exist", path=out.parent, field="--output")
+    check_out_file(out, "--output")
+
+
+# The longest a generated trace may span on average (jobs / rate): a tenth of the longest
+# submit time a trace may hold, so the random gaps cannot reach it.
+MAX_MEAN_SPAN_S = MAX_TIME_S / 10
 
 
 @app.command()
@@ -134,19 +141,20 @@ def convert(
     model: str = typer.Option("llama3-8b", "--model", help=MODEL_HELP),
     token_scale: float = typer.Option(1.0, "--token-scale", help="Multiply token counts."),
     sort: bool = typer.Option(False, "--sort", help="Sort by submit time (loads the trace)."),
-    limit: int = typer.Option(0, "--limit", min=0, help="Keep only the first N jobs."),
+    limit: int = typer.Option(0, "--limit", min=0, help="Keep only the first N jobs (0: all)."),
 ) -> None:
     """Convert any supported trace to the canonical format.
 
     Example: attnsched trace convert azure.csv --model tiny -o azure-tiny.parquet
     """
+    bounded("--limit", limit, 0, MAX_LIMIT)
     _check_output(output, trace)
     opened = open_trace(trace, fmt, model, token_scale)
-    jobs: Any = (job for _, job in opened.rows(ordered=not sort))
-    if sort:
-        jobs = sorted(jobs, key=lambda j: j.submit_time)  # stable: ties keep file order
+    # sorted_rows checks dependencies in the sorted order, the order the output has
+    rows = opened.sorted_rows() if sort else opened.rows()
+    jobs: Any = (job for _, job in rows)
     if limit:
-        jobs = (job for i, job in enumerate(jobs) if i < limit)
+        jobs = itertools.islice(jobs, limit)  # stops reading at the N-th job
     n = _atomic_write(jobs, output)
     console.print(f"wrote {n:,} jobs to {output}")
 
@@ -156,7 +164,8 @@ def generate_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="Output: .jsonl, .csv or .parquet."),
     jobs: int = typer.Option(..., "--jobs", help="Number of jobs."),
     seed: int = typer.Option(0, "--seed", help="RNG seed: same seed, same bytes."),
-    rate: float = typer.Option(5.0, "--rate", help="Mean arrivals per second."),
+    rate: float = typer.Option(5.0, "--rate", help="Mean arrivals per second (at most 1e7, "
+                                                   "and at least jobs / 1e9 s)."),
     model: str = typer.Option("tiny", "--model", help=MODEL_HELP),
     token_scale: float = typer.Option(1.0, "--token-scale", help="Multiply token counts."),
     arrivals: str = typer.Option("poisson", "--arrivals", help="poisson or bursty."),
@@ -173,6 +182,9 @@ def generate_cmd(
     _check_output(output)
     spec = SynthSpec(jobs=jobs, seed=seed, rate=rate, arrivals=arrivals, mix=parse_mix(mix),
                      tenants=tenants, deadline_fraction=deadline_fraction)
+    if jobs / rate > MAX_MEAN_SPAN_S:  # a tiny rate: refuse it here, not as a submit_time
+        raise InputError(f"{jobs:,} jobs at {rate:g}/s would span {jobs / rate:.3g} s; expected "
+                         f"a rate of at least {jobs / MAX_MEAN_SPAN_S:.3g}", field="--rate")
     preset = get_preset(model, token_scale)
     n = _atomic_write(generate(spec, preset), output)
     console.print(f"wrote {n:,} jobs to {output} (seed {seed}, model {preset.name})")
