@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from scheduler import costmodel
+from scheduler import costmodel, packing
 from scheduler.cluster import ClusterSpec
 from scheduler.errors import InputError
 from scheduler.jobs import AttentionJob, ClusterJob, Job
@@ -46,8 +46,7 @@ class ClusterCost:
         # Per-job answers, so asking again about a job costs one dict lookup;
         # the controller forgets a job when it finishes.
         self._by_job: dict[str, tuple[Job, dict[str, tuple[float, int, float]]]] = {}
-        self._terms: dict[str, dict[str, tuple[float, float, int, float, str]]] = {
-            p.name: {} for p in profiles.values()}
+        self._terms: dict[str, dict[str, costmodel.Terms]] = {p.name: {} for p in profiles.values()}
         # One device per profile (a profile prices every job alike on its devices), and
         # each job's best time over them: policies rank deep queues by it every round.
         self._firsts = tuple({d.profile: d.id for d in reversed(spec.devices)
@@ -126,17 +125,13 @@ class ClusterCost:
             if isinstance(job, ClusterJob):
                 return job.duration
             return self._single(job, device)[0]
-        attention = [j for j in jobs if isinstance(j, AttentionJob)]
         profile = self._profile_of[device]
-        if profile is None or len(attention) != len(jobs):
-            return math.inf
-        if any((j.head_dim, j.dtype, j.causal, j.kind.value == "model") !=
-               (attention[0].head_dim, attention[0].dtype, attention[0].causal, False)
-               for j in attention):
+        if profile is None or not packing.can_pack(jobs):
             return math.inf
         pack = costmodel.Pack(profile, memo=self._terms.setdefault(profile.name, {}))
         try:
-            for job in attention:
+            for job in jobs:
+                assert isinstance(job, AttentionJob)  # can_pack admits nothing else
                 pack.add(job)
         except InputError:
             return math.inf
@@ -153,7 +148,7 @@ class ClusterCost:
         return self._single(job, device)[2]
 
     def can_pack(self, a: Job, b: Job) -> bool:
-        if not (isinstance(a, AttentionJob) and isinstance(b, AttentionJob)):
-            return False
-        return (a.head_dim, a.dtype, a.causal) == (b.head_dim, b.dtype, b.causal) and \
-            "model" not in (a.kind.value, b.kind.value)
+        """``packing.can_pack`` for a pair: policies ask it of every candidate, so it
+        compares the two jobs' pack keys without building a batch."""
+        key = packing.pack_key(a)
+        return key is not None and key == packing.pack_key(b)

@@ -24,6 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from scheduler.packing import RULES, PackRule, rule_for
+
+__all__ = [  # RULES and PackRule live in scheduler.packing; callers and docs say kernels.RULES
+    "BACKENDS", "DTYPES", "METHODS", "NESTED_PREFERENCE", "PREFERENCE", "RULES", "PackChoice",
+    "PackRule", "Packed", "attention", "causal_mask", "choose_packing", "decode", "decode_many",
+    "nested_attention", "nested_unsupported", "pack", "packed_attention", "padding_waste",
+    "reference_attention", "unpack",
+]
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
@@ -94,44 +103,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
 #   split   one call per distinct shape (same-shape entries concatenated);
 #   padded  one call over left-padded tensors with a mask hiding the padding;
 #   nested  one call over jagged nested tensors (torch.nested, layout=torch.jagged).
-# The rule that picks one is choose_packing(); bench/pack_methods.py measures
-# all four, and docs/benchmarks.md has the figures behind the thresholds below.
+# choose_packing() picks one by the device's rule in scheduler.packing.RULES
+# (there, because the rule also says how many calls the cost model prices);
+# bench/pack_methods.py measures all four, and docs/benchmarks.md has the
+# figures behind the rules' thresholds.
 
 METHODS = ("dense", "split", "padded", "nested")
-
-
-@dataclass(frozen=True)
-class PackRule:
-    """How one device type packs different shapes; figures in docs/benchmarks.md.
-
-    ``nested``: try jagged tensors first. ``max_pad_waste``: pad only when at
-    most this share of the padded score matrix is padding, and only when
-    each separate call would do at most ``launch_bound_flops`` (bigger calls
-    already run near the device's peak, so padding only adds work).
-    """
-
-    nested: bool
-    max_pad_waste: float
-    launch_bound_flops: float
-
-
-RULES = {
-    # Measured on the 2-core CPU (bench/pack_methods.py, fp32 and bf16): one
-    # call per shape beat padding in every mix of lengths (10-93% padding:
-    # padded 1.1-24x slower; a CPU call is cheap, so fewer calls buy little),
-    # and jagged tensors were 6-95x (fp32) and 8-700x (bf16) slower than
-    # per-shape calls, 8.5x even with nothing to pad (CPU nested SDPA is the
-    # math kernel over strided nested tensors). So: never pad, never nest.
-    "cpu": PackRule(nested=False, max_pad_waste=-1.0, launch_bound_flops=0.0),
-    # H100 profile (packing_64_jobs_*): a call of one small job is launch-bound
-    # (~25 µs: 1.2 TFLOP/s at L=128, 22 at L=512), a packed one is not (132,
-    # 370). Varlen flash/cuDNN kernels pack without padding, so nested comes
-    # first; a masked padded call runs on the efficient kernel (flash takes no
-    # mask; ~1/3 of cuDNN), which still beats launch-bound calls below ~1 GFLOP
-    # each while half the scores are real. Not yet measured on a GPU: run
-    # bench/pack_methods.py there and adjust.
-    "cuda": PackRule(nested=True, max_pad_waste=0.5, launch_bound_flops=1e9),
-}
 
 
 @dataclass(frozen=True)
@@ -176,7 +153,7 @@ def choose_packing(q_lens: Sequence[int], kv_lens: Sequence[int], causal: bool,
     shapes = set(zip(q_lens, kv_lens, strict=True))
     if len(shapes) == 1:
         return PackChoice("dense", "one shape: a plain batched call")
-    rule = RULES.get(device_type, RULES["cpu"])
+    rule = rule_for(device_type)
     if rule.nested:
         why = nested_unsupported(device_type, causal, q_lens, kv_lens)
         if why is None:
