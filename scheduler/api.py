@@ -1,8 +1,9 @@
 """The Python API for notebooks and scripts: ``simulate``, ``compare``, ``run``, ``load_trace``.
 
 Each function runs exactly what its command runs (``attnsched simulate``,
-``compare``, ``run``): the arguments are handed to the CLI's own parsers in
-their command-line forms, so a notebook and a shell see the same checks, the
+``compare``, ``run``): the arguments are handed, in their command-line forms,
+to the parsers and run builders the CLI uses (:mod:`scheduler.sims`,
+:mod:`scheduler.live_runs`), so a notebook and a shell see the same checks, the
 same messages and the same outputs. What differs is the return value: a result
 object holding the summary and the per-job table, instead of a printed table.
 
@@ -52,7 +53,7 @@ class Result:
     out: Path | None = None
 
     def __post_init__(self) -> None:
-        # The CLI's rule, from the CLI's function: a notebook and a shell agree on "ok".
+        # The CLI's rule, from the same function: a notebook and a shell agree on "ok".
         from scheduler.runs import EXIT_JOBS_FAILED, failure_note, outcome_code
 
         code = outcome_code(self.exit_code, self.summary)
@@ -174,8 +175,8 @@ def simulate(trace: str | Path | LoadedTrace, policy: Any = "adaptive", *,
     ``"KEY=VALUE"`` strings; ``fail`` takes ``"DEVICE@SECONDS"``. Without
     ``out`` the outputs go to a temporary folder that is gone on return.
     """
-    from scheduler.cli.sim_cmd import validate_spec
     from scheduler.runs import prepare, run_sim
+    from scheduler.sims import validate_spec
 
     name, built = _policy(policy, policy_options)
     spec = _sim_spec(trace, name, policy_options, cluster=cluster, nodes=nodes, model=model,
@@ -209,8 +210,9 @@ def compare(trace: str | Path | LoadedTrace,
     policy's folder and ``comparison.md`` are written there, ready for
     ``attnsched report``. Live comparisons: ``attnsched compare --mode live``.
     """
-    from scheduler.cli.sim_cmd import compare_sims, policy_folder
     from scheduler.errors import InputError
+    from scheduler.run_options import policy_folder
+    from scheduler.sims import compare_sims
 
     names = [p.strip() for p in (policies.split(",") if isinstance(policies, str) else policies)
              if p.strip()]
@@ -252,7 +254,7 @@ def run(trace: str | Path | LoadedTrace, policy: Any = "adaptive", *,
     ``metrics_port`` serves Ray's Prometheus metrics on 127.0.0.1); ``policy``
     may also be a policy object, as for :func:`simulate`.
     """
-    from scheduler.cli.run_cmd import live_run, live_setup
+    from scheduler.live_runs import live_run, live_setup
     from scheduler.runs import bounded, count_jobs
 
     if metrics_port is not None:  # typer bounds the CLI's; live_setup bounds the rest
@@ -317,7 +319,7 @@ def _sim_spec(trace: str | Path | LoadedTrace, policy: str,
               policy_options: Mapping[str, Any] | None, *, cluster: str | Path, nodes: Pairs,
               fail: Sequence[str], fail_node: Sequence[str], slow: Pairs, profiles: Pairs,
               model: str | None, **kw: Any) -> RunSpec:
-    from scheduler.cli.sim_cmd import sim_spec
+    from scheduler.sims import sim_spec
 
     path, fmt, model = _trace(trace, model)
     return sim_spec(path, policy, opts=_pairs(policy_options), cluster=Path(cluster),

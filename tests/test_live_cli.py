@@ -277,15 +277,15 @@ def _local_head(**resources: float) -> list[dict]:
 def test_the_devices_a_local_run_expects_are_those_ray_will_give_it(
         emulate: int, cpu_workers: int, resources: dict, monkeypatch) -> None:
     """``--slow`` is checked against these names before Ray starts: they must agree."""
-    from scheduler.cli import live_cmd
+    from scheduler import live_runs
     from workers.executor import LiveConfig, live_cluster
 
-    monkeypatch.setattr(live_cmd, "_cuda_devices", lambda: 0)
+    monkeypatch.setattr(live_runs, "_cuda_devices", lambda: 0)
     monkeypatch.setattr("os.cpu_count", lambda: int(resources["CPU"]))
     spec = live_cluster(_local_head(**resources),
                         LiveConfig(emulate_gpus=emulate, cpu_workers=cpu_workers),
                         local_cuda=False)
-    assert sorted(d.id for d in spec.devices) == live_cmd.local_devices(emulate, cpu_workers)
+    assert sorted(d.id for d in spec.devices) == live_runs.local_devices(emulate, cpu_workers)
 
 
 @pytest.mark.parametrize("args", [

@@ -12,15 +12,16 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich import box
+from rich.progress import Progress
 from rich.table import Table
 
 from scheduler import fidelity
-from scheduler.cli.live_cmd import NO_PROGRESS, live_config, live_progress_bar, track
-from scheduler.cli.sim_cmd import (
+from scheduler.cli.live_cmd import NO_PROGRESS, live_progress_bar, track
+from scheduler.cli.options import (
     ADDRESS,
     CPU_WORKERS,
     EMULATE_GPUS,
@@ -32,13 +33,17 @@ from scheduler.cli.sim_cmd import (
     SPEED,
     TICK,
     TRACE_ARG,
-    console,
-    parse_profiles,
-    policy_folder,
+    policy_names,
 )
-from scheduler.errors import InputError
+from scheduler.cli.results import console
+from scheduler.live_runs import live_config
 from scheduler.profiles import DeviceProfile
+from scheduler.run_options import parse_profiles, policy_folder
 from scheduler.runs import RunSpec, check_options, check_out_dir, count_jobs, trace_jobs
+
+if TYPE_CHECKING:
+    from scheduler.cluster import ClusterSpec
+    from workers.executor import LiveConfig, LiveSession
 
 TARGETS = {"jct_mean": 0.10, "jct_p99": 0.20}  # issue 6: what "predicts" means here
 # Every device this much slower in one more simulation per policy: how far a small error
@@ -73,9 +78,7 @@ def fidelity_cmd(
     Example: attnsched fidelity trace.jsonl --policies static,greedy,adaptive --model tiny
     --emulate-gpus 2 --speed 4 --profile profile.json --repeats 3 --out runs/fidelity
     """
-    names = [p.strip() for p in policies.split(",") if p.strip()]
-    if not names or len(set(names)) != len(names):
-        raise InputError("expected distinct comma-separated policy names", field="--policies")
+    names = policy_names(policies)
     overrides = parse_profiles(profile)
     config = live_config(address=address, emulate_gpus=emulate_gpus, cpu_workers=cpu_workers,
                          speed=speed, memory_fraction=memory_fraction,
@@ -88,42 +91,45 @@ def fidelity_cmd(
     for spec in specs.values():
         check_options(spec)
     check_out_dir(out)
-    from policies.base import load_policy
     total = count_jobs(next(iter(specs.values())))
-    from scheduler.pricing import load_profiles
-    from scheduler.profiles import profile_from_dict
-    from scheduler.sim.executor import LiveCosts
-    from scheduler.sim.runner import SimConfig, simulate
-    from workers import calibrate_live
-    from workers.executor import close_session, open_session, run_live
+    lives = _live_rounds(specs, folders, config, overrides, out, total=total, repeats=repeats,
+                         retime=retime)
+    result = _assess(lives, specs, folders, speed=speed, repeats=repeats)
+    path = fidelity.write(out, result)
+    fidelity.plot_jct(out, {n: (folders[n] / "live", folders[n] / "sim") for n in names})
+    print_fidelity(result)
+    console.print(f"fidelity: {path} (plot: {out / 'plots' / 'fidelity_jct.png'})")
 
-    lives: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
-    given: dict[str, DeviceProfile] = {}
+
+@dataclasses.dataclass
+class _Lives:
+    """What the live rounds leave for the simulations."""
+
+    cluster: ClusterSpec  # as the live run discovered it
+    summaries: dict[str, list[dict[str, Any]]]  # policy -> each round's summary
+    given: dict[str, DeviceProfile]
     retimed: dict[str, DeviceProfile] | None = None  # the profiles re-timed, when they were
     retimed_name: str | None = None
+
+
+def _live_rounds(specs: dict[str, RunSpec], folders: dict[str, Path], config: LiveConfig,
+                 overrides: dict[str, str], out: Path, *, total: int, repeats: int,
+                 retime: bool) -> _Lives:
+    """Every policy live, ``repeats`` rounds of them, in one Ray session."""
+    from policies.base import load_policy
+    from scheduler.pricing import load_profiles
+    from workers.executor import close_session, open_session, run_live
+
     with live_progress_bar() as bar:
         tasks = {(n, r): bar.add_task(f"{n} live" + (f" {r + 1}" if repeats > 1 else ""),
                                       total=total, start=False, **NO_PROGRESS)
-                 for r in range(repeats) for n in names}
+                 for r in range(repeats) for n in specs}
         session = open_session(config)
         try:
-            given = load_profiles(session.spec, overrides)
-            run_config = config
-            if retime:
-                retimed_name, base = _retimable(session.spec, overrides)
-                if retimed_name is None:
-                    bar.console.print("--retime: no profile here was calibrated with a live "
-                                      "replay to re-time; using the profiles as given")
-            if retimed_name is not None:
-                bar.console.print(f"re-timing profile {retimed_name!r} with calibration's "
-                                  "live replays")
-                data = calibrate_live.retimed(base, session, retimed_name)
-                path = out / "profiles" / "retimed.json"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(data, indent=1) + "\n")
-                retimed = {**given, retimed_name: profile_from_dict(data, path=path)}
-                run_config = dataclasses.replace(
-                    config, profiles={**config.profiles, retimed_name: str(path)})
+            lives = _Lives(session.spec, {n: [] for n in specs},
+                           load_profiles(session.spec, overrides))
+            run_config = _retime(lives, session, config, overrides, out, bar) if retime \
+                else config
             # Rounds, not policy after policy: a shared machine drifts over the minutes a
             # fidelity run takes, and each round's policies see the same machine.
             for r in range(repeats):
@@ -131,50 +137,83 @@ def fidelity_cmd(
                     policy = load_policy(name)  # a fresh policy each time: plugins keep state
                     label = str(getattr(policy, "name", name))
                     folder = folders[name] / ("live" if r == 0 else f"live-{r + 1}")
-                    lives[name].append(run_live(
+                    lives.summaries[name].append(run_live(
                         trace_jobs(spec), policy, label, folder,
                         dataclasses.replace(run_config, progress=track(bar, tasks[name, r])),
-                        {"trace": str(trace)}, session=session).summary)
+                        {"trace": str(spec.trace)}, session=session).summary)
         finally:
             close_session(session)
+    return lives
 
-    def sim(name: str, profiles: dict[str, DeviceProfile], folder: Path | None,
-            slow: float = 1.0) -> dict[str, Any]:
-        policy = load_policy(name)
-        slowed = {d.id: slow for d in session.spec.devices} if slow != 1.0 else {}
-        return simulate(trace_jobs(specs[name]), session.spec, profiles, policy,
-                        str(getattr(policy, "name", name)), folder,
-                        SimConfig(seed=seed, telemetry_interval=telemetry_interval,
-                                  slow=slowed,
-                                  live=LiveCosts.from_profiles(profiles.values(), speed)),
-                        {"trace": str(trace)}).summary
 
+def _retime(lives: _Lives, session: LiveSession, config: LiveConfig,
+            overrides: dict[str, str], out: Path, bar: Progress) -> LiveConfig:
+    """Re-time the one profile every device uses with calibration's live replays, when it
+    can be; the config the live rounds run with."""
+    from scheduler.profiles import profile_from_dict
+    from workers import calibrate_live
+
+    name, base = _retimable(session.spec, overrides)
+    if name is None:
+        bar.console.print("--retime: no profile here was calibrated with a live "
+                          "replay to re-time; using the profiles as given")
+        return config
+    bar.console.print(f"re-timing profile {name!r} with calibration's live replays")
+    data = calibrate_live.retimed(base, session, name)
+    path = out / "profiles" / "retimed.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    lives.retimed = {**lives.given, name: profile_from_dict(data, path=path)}
+    lives.retimed_name = name
+    return dataclasses.replace(config, profiles={**config.profiles, name: str(path)})
+
+
+def _simulate(spec: RunSpec, cluster: ClusterSpec, profiles: dict[str, DeviceProfile],
+              folder: Path | None, speed: float, slow: float = 1.0) -> dict[str, Any]:
+    """One policy in the simulator on the live run's cluster; its summary."""
+    from policies.base import load_policy
+    from scheduler.sim.executor import LiveCosts
+    from scheduler.sim.runner import SimConfig, simulate
+
+    policy = load_policy(spec.policy)
+    slowed = {d.id: slow for d in cluster.devices} if slow != 1.0 else {}
+    return simulate(trace_jobs(spec), cluster, profiles, policy,
+                    str(getattr(policy, "name", spec.policy)), folder,
+                    SimConfig(seed=spec.seed, telemetry_interval=spec.telemetry_interval,
+                              slow=slowed,
+                              live=LiveCosts.from_profiles(profiles.values(), speed)),
+                    {"trace": str(spec.trace)}).summary
+
+
+def _assess(lives: _Lives, specs: dict[str, RunSpec], folders: dict[str, Path], *,
+            speed: float, repeats: int) -> dict[str, Any]:
+    """Each policy simulated beside its live rounds' median: fidelity.json's contents."""
+    names = list(specs)
+    profiles = lives.retimed or lives.given
     runs: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
     as_given: dict[str, dict[str, Any]] = {}
     slower: dict[str, dict[str, Any]] = {}
-    for name in names:
-        runs[name] = (fidelity.median_summary(lives[name]),
-                      sim(name, retimed or given, folders[name] / "sim"))
-        slower[name] = sim(name, retimed or given, None, SENSITIVITY_SLOW)
-        if retimed:
-            as_given[name] = sim(name, given, folders[name] / "sim-as-given")
-    result = fidelity.assess(runs, lives)
+    for name, spec in specs.items():
+        runs[name] = (fidelity.median_summary(lives.summaries[name]),
+                      _simulate(spec, lives.cluster, profiles, folders[name] / "sim", speed))
+        slower[name] = _simulate(spec, lives.cluster, profiles, None, speed, SENSITIVITY_SLOW)
+        if lives.retimed:
+            as_given[name] = _simulate(spec, lives.cluster, lives.given,
+                                       folders[name] / "sim-as-given", speed)
+    result = fidelity.assess(runs, lives.summaries)
     for name in names:
         result["policies"][name]["sensitivity"] = fidelity.errors(slower[name], runs[name][1])
     result["sensitivity_slow"] = SENSITIVITY_SLOW
     result["speed"], result["repeats"] = speed, repeats
-    result["profiles"] = {name: p.source for name, p in given.items()}
-    result["retimed"] = retimed_name
-    if retimed:
+    result["profiles"] = {name: p.source for name, p in lives.given.items()}
+    result["retimed"] = lives.retimed_name
+    if lives.retimed:
         result["as_given"] = fidelity.assess({n: (runs[n][0], as_given[n]) for n in names},
-                                             lives)
+                                             lives.summaries)
     # Each round's live mean JCT: how far one round's machine moves the median.
-    result["rounds"] = [{n: lives[n][r].get("jct_mean") for n in names}
+    result["rounds"] = [{n: lives.summaries[n][r].get("jct_mean") for n in names}
                         for r in range(repeats)]
-    path = fidelity.write(out, result)
-    fidelity.plot_jct(out, {n: (folders[n] / "live", folders[n] / "sim") for n in names})
-    print_fidelity(result)
-    console.print(f"fidelity: {path} (plot: {out / 'plots' / 'fidelity_jct.png'})")
+    return result
 
 
 def _retimable(spec: Any, overrides: dict[str, str]) -> tuple[str | None, Any]:

@@ -1,13 +1,14 @@
-"""What ``attnsched run`` and ``compare --mode live`` share: checks, progress, the loop.
+"""What ``attnsched run``, ``compare --mode live`` and ``fidelity`` share: the GPU check,
+the live progress view, and live comparisons.
 
 The live stack (Ray, torch) loads only inside functions here, so importing the
-CLI stays cheap and works without it (STYLE.md rule 5).
+CLI stays cheap and works without it (STYLE.md rule 5). The options' checks and
+the live config are :mod:`scheduler.live_runs`'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,86 +18,15 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-from scheduler.cli.sim_cmd import (
-    console,
-    err_console,
-    exit_all,
-    policy_folder,
-    print_summary,
-)
+from scheduler.cli.results import console, err_console, exit_all, print_summary
 from scheduler.errors import InputError
-from scheduler.inputfiles import clip
 from scheduler.jobs import ClusterJob
-from scheduler.runs import (
-    MIN_TELEMETRY_S,
-    RunSpec,
-    bounded,
-    check_options,
-    check_seed,
-    count_jobs,
-    trace_jobs,
-)
-from scheduler.sim.runner import RunResult
+from scheduler.run_options import policy_folder
+from scheduler.runs import RunSpec, check_options, count_jobs, trace_jobs
 
 if TYPE_CHECKING:
+    from scheduler.sim.runner import RunResult
     from workers.executor import LiveConfig, LiveProgress
-
-
-MAX_DECIDE_TIMEOUT = 3600.0  # seconds; longer is no limit at all, and overflows timers
-
-
-def live_config(*, address: str | None, emulate_gpus: int, cpu_workers: int, speed: float,
-                memory_fraction: float, telemetry_interval: float, seed: int,
-                slow: Mapping[str, float], profiles: Mapping[str, str] | None = None,
-                decide_timeout: float | None = None) -> LiveConfig:
-    """Check the live options before anything starts; the config a run needs."""
-    bounded("--speed", speed, 1e-3, 1e6)
-    bounded("--memory-fraction", memory_fraction, 0.01, 1)
-    bounded("--telemetry-interval", telemetry_interval, MIN_TELEMETRY_S, 3600, unit=" seconds")
-    check_seed(seed)
-    if decide_timeout is not None:
-        bounded("--decide-timeout", decide_timeout, 0, MAX_DECIDE_TIMEOUT, unit=" seconds")
-    if address and emulate_gpus:
-        raise InputError("--emulate-gpus declares slots on a local Ray; a cluster declares "
-                         "its own GPUs", field="--emulate-gpus")
-    if slow and not address:
-        check_slow_devices(slow, local_devices(emulate_gpus, cpu_workers))
-    from workers.executor import LiveConfig
-
-    config = LiveConfig(address=address, emulate_gpus=emulate_gpus, cpu_workers=cpu_workers,
-                        speed=speed, telemetry_interval=telemetry_interval, seed=seed,
-                        memory_fraction=memory_fraction, slow=dict(slow),
-                        profiles=dict(profiles or {}))
-    if decide_timeout is not None:
-        config.decide_timeout = decide_timeout or None  # 0: no limit
-    return config
-
-
-def local_devices(emulate_gpus: int, cpu_workers: int) -> list[str]:
-    """The devices a local Ray will have, named as ``scheduler.cluster.from_ray_nodes`` and
-    ``for_live_run`` name them: one node, ``head``; a device per (declared) GPU, else its
-    CPU, split into ``cpu_workers`` workers when it has that many cores."""
-    gpus = emulate_gpus or _cuda_devices()
-    if gpus:
-        return [f"head/gpu{i}" for i in range(gpus)]
-    if cpu_workers and (os.cpu_count() or 1) >= cpu_workers:
-        return [f"head/cpu{i}" for i in range(cpu_workers)]
-    return ["head/cpu"]
-
-
-def check_slow_devices(slow: Mapping[str, float], devices: list[str]) -> None:
-    """``--slow`` names devices that will exist: a typo must not slow nothing, silently."""
-    for device in slow:
-        if device not in devices:
-            sample = ", ".join(devices[:4]) + (", ..." if len(devices) > 4 else "")
-            raise InputError(f"no device {clip(device)} in this live run; its devices: "
-                             f"{sample}", field="--slow")
-
-
-def _cuda_devices() -> int:
-    import torch
-
-    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
 
 
 def has_cuda() -> bool:

@@ -28,6 +28,7 @@ from scheduler import __version__
 from scheduler.cli import (
     calibrate_cmd,
     cluster_cmd,
+    compare_cmd,
     fidelity_cmd,
     profile_cmd,
     report_cmd,
@@ -67,7 +68,7 @@ app.add_typer(cluster_cmd.app, name="cluster")
 app.add_typer(profile_cmd.app, name="profile")
 app.command()(run_cmd.run)
 app.command()(sim_cmd.simulate)
-app.command()(sim_cmd.compare)
+app.command()(compare_cmd.compare)
 app.command()(sim_cmd.explain)
 app.command("policies")(sim_cmd.policies_cmd)
 app.command()(calibrate_cmd.calibrate)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from scheduler.cli.sim_cmd import console
+from scheduler.cli.results import console
 from scheduler.runs import check_out_dir
 
 

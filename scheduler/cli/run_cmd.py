@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import typer
 
-from scheduler.cli.live_cmd import (
-    NO_PROGRESS,
-    check_gpus,
-    live_config,
-    live_progress_bar,
-    track,
-)
-from scheduler.cli.sim_cmd import (
+from scheduler.cli.live_cmd import NO_PROGRESS, check_gpus, live_progress_bar, track
+from scheduler.cli.options import (
     ADDRESS,
     CPU_WORKERS,
     EMULATE_GPUS,
@@ -22,30 +15,22 @@ from scheduler.cli.sim_cmd import (
     MEMORY_FRACTION,
     MODEL,
     OPTS,
+    POLICY_HELP,
     PROFILE,
     SEED,
     SLOW,
     SPEED,
     TICK,
     TRACE_ARG,
-    console,
-    exit_for,
-    parse_profiles,
-    parse_slow,
-    print_summary,
 )
-from scheduler.errors import InputError
-from scheduler.runs import RunSpec, check_options, count_jobs, trace_jobs
-from scheduler.sim.runner import RunResult
-
-if TYPE_CHECKING:
-    from workers.executor import LiveConfig
+from scheduler.cli.results import console, exit_for, print_summary
+from scheduler.live_runs import live_run, live_setup
+from scheduler.runs import count_jobs
 
 
 def run(
     trace: Path = TRACE_ARG,
-    policy: str = typer.Option("adaptive", "--policy",
-                               help="Registered name, module:Class or path/file.py:Class."),
+    policy: str = typer.Option("adaptive", "--policy", help=POLICY_HELP),
     policy_opt: list[str] = OPTS,
     address: str | None = ADDRESS,
     model: str | None = MODEL, limit: int | None = LIMIT, seed: int = SEED,
@@ -98,66 +83,3 @@ def run(
     if out is not None:
         console.print(f"outputs in {out}/ (report: {out / 'report.md'})")
     exit_for(result)
-
-
-def live_setup(trace: Path, policy: str, *, policy_opt: list[str], address: str | None,
-               model: str | None, limit: int | None, seed: int, speed: float,
-               emulate_gpus: int, cpu_workers: int, memory_fraction: float,
-               telemetry_interval: float, slow: list[str], profile: list[str],
-               out: Path | None, resume: Path | None, fallback_policy: str | None,
-               decide_timeout: float, metrics_port: int | None = None,
-               built: Any = None, overwrite: bool = False) -> tuple[RunSpec, Any, LiveConfig]:
-    """Check ``run``'s options, in their command-line forms, before anything starts.
-
-    Returns the run, the built policy (``built`` when the caller has one) and the
-    live config; the Python API's ``run`` goes through here too.
-    """
-    from policies.base import load_policy, parse_options
-
-    if resume is not None:
-        if overwrite:
-            raise InputError("--resume continues the run in its folder and --overwrite "
-                             "replaces it; give one", field="--overwrite")
-        if out is not None and out.resolve() != resume.resolve():
-            raise InputError(f"--out {out} and --resume {resume} name different folders",
-                             field="--resume")
-        out = resume
-
-    config = live_config(address=address, emulate_gpus=emulate_gpus, cpu_workers=cpu_workers,
-                         speed=speed, memory_fraction=memory_fraction,
-                         telemetry_interval=telemetry_interval, seed=seed,
-                         slow=parse_slow(slow), profiles=parse_profiles(profile),
-                         decide_timeout=decide_timeout)
-    options = parse_options(policy_opt)
-    if built is None:
-        built = load_policy(policy, options)
-    if metrics_port is not None and address:
-        raise InputError("a cluster's nodes serve metrics on their own ports (see run.json)",
-                         field="--metrics-port")
-    config.metrics_port = metrics_port
-    config.resume = resume is not None
-    config.overwrite = overwrite
-    if fallback_policy is not None:
-        config.fallback = (load_policy(fallback_policy), fallback_policy)
-    spec = RunSpec(trace=trace, policy=policy, policy_options=options, model=model,
-                   limit=limit, seed=seed, telemetry_interval=telemetry_interval, out=out)
-    check_options(spec)
-    return spec, built, config
-
-
-def live_run(spec: RunSpec, policy: Any, config: LiveConfig, report: bool = True) -> RunResult:
-    """Replay ``spec``'s trace live with a built policy: ``attnsched run`` and the API's ``run``.
-
-    Writes the run's outputs when ``spec.out`` is set, and its report too with ``report``.
-    """
-    from workers.executor import run_identity, run_live
-
-    name = str(getattr(policy, "name", spec.policy))
-    identity = run_identity(spec, config, name) if spec.out is not None else None
-    result = run_live(trace_jobs(spec), policy, name, spec.out, config,
-                      {"trace": str(spec.trace)}, identity=identity)
-    if spec.out is not None and report:
-        from scheduler.report import write_report
-
-        write_report(spec.out)
-    return result
