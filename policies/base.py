@@ -22,34 +22,14 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
+from typing import Any, TypeVar
 
-from scheduler.decisions import Action, Decisions
 from scheduler.errors import InputError
 from scheduler.inputfiles import clip, shown
-from scheduler.view import View
+from scheduler.policy import Policy  # re-exported: a policy author's import
 
 ENTRY_POINT_GROUP = "attnsched.policies"
-
-
-@runtime_checkable
-class Policy(Protocol):
-    """The one interface every policy implements.
-
-    ``decide`` is called after every event that can change what should run:
-    job arrivals, batch completions, device failures and telemetry ticks
-    (``view.event`` says which). It may return any number of actions; the
-    controller applies them in order, validating each against the state left
-    by the ones before, and rejects (and records) any that are invalid. It
-    must be deterministic given the view (use ``view.rng`` for randomness)
-    and should do work proportional to what it places, not to the queue
-    length: a view may hold a million pending jobs.
-    """
-
-    name: ClassVar[str]
-    description: ClassVar[str]
-
-    def decide(self, view: View) -> Decisions | Sequence[Action]: ...
+__all__ = ["Policy", "PolicyFactory", "policy_factory"]
 
 
 PolicyFactory = Callable[..., Policy]

@@ -7,7 +7,8 @@ a job twice is rejected (and recorded) instead of applied.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from typing import Any, TypeAlias
 
 
@@ -87,3 +88,44 @@ class Decisions:
 
     actions: tuple[Action, ...] = ()
     state: Any = None
+
+
+def wrong_field(action: Action) -> str | None:
+    """Which field of ``action`` has the wrong type, if any.
+
+    Actions are plain dataclasses, so a plugin can put anything in them; a
+    list for a job id or a float for ``parts`` must be refused before it
+    reaches a dict, a set or the decision log.
+    """
+    for f in fields(action):
+        value = getattr(action, f.name)
+        if f.name in ("jobs", "gang"):
+            ok = isinstance(value, tuple | list) and all(isinstance(v, str) for v in value)
+        elif f.name == "parts":
+            ok = type(value) is int
+        else:
+            ok = isinstance(value, str) or (value is None and isinstance(action, Defer))
+        if not ok:
+            kind = "int" if f.name == "parts" else "tuple or list of str" if f.name in (
+                "jobs", "gang") else "str"
+            return f"{f.name} is not a {kind}"
+    return None
+
+
+def unpack(answer: object, state: Any) -> tuple[Sequence[Action], Any]:
+    """A policy's answer as (actions, its new state); TypeError for anything else."""
+    actions: Sequence[Action]
+    if isinstance(answer, Decisions):
+        actions, state = answer.actions, answer.state
+    elif isinstance(answer, list | tuple):
+        actions = answer
+    else:
+        raise TypeError(f"decide() returned {type(answer).__name__}, expected Decisions "
+                        "or a list of actions")
+    for a in actions:
+        if not isinstance(a, ACTION_TYPES):
+            raise TypeError(f"decide() returned {a!r}, which is not an action")
+        wrong = wrong_field(a)
+        if wrong is not None:
+            raise TypeError(f"decide() returned {a!r}, whose {wrong}")
+    return actions, state

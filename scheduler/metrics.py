@@ -19,9 +19,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from scheduler.controller import Sink
 from scheduler.costmodel import total_flops
 from scheduler.inputfiles import MAX_ECHO
+from scheduler.records import DecisionRecord, Sink
 from scheduler.state import JobRecord, JobState
 from scheduler.view import Telemetry
 
@@ -147,12 +147,12 @@ class RunOutputs(Sink):
         top = sorted(self.reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_REASONS]
         return dict(top)
 
-    def decision(self, row: dict[str, Any]) -> None:
+    def decision(self, record: DecisionRecord) -> None:
         if self.observer is not None:
-            self.observer.decision(row)
-        self.decisions[row["outcome"]] = self.decisions.get(row["outcome"], 0) + 1
+            self.observer.decision(record)
+        self.decisions[record.outcome] = self.decisions.get(record.outcome, 0) + 1
         if self._decisions is not None:
-            self._decisions.write(json.dumps(row, separators=(",", ":")) + "\n")
+            self._decisions.write(json.dumps(record.row(), separators=(",", ":")) + "\n")
 
     def telemetry(self, samples: list[Telemetry]) -> None:
         if self._telemetry is None:

@@ -1,8 +1,9 @@
 """What a policy sees: a read-only snapshot of the controller's state.
 
-The view wraps the controller's structures in read-only proxies instead of
-copying them, so building it costs O(1) whatever the queue length; nothing
-changes while a policy's ``decide`` runs, so a proxy is as good as a copy.
+``scheduler.snapshot.ViewBuilder`` builds it: read-only proxies over the
+controller's structures when ``decide`` runs synchronously (O(1) whatever
+the queue length, and exact, since nothing changes meanwhile), copies when
+it runs under a deadline in another thread.
 """
 
 from __future__ import annotations
@@ -89,6 +90,11 @@ class DeviceView:
     def running(self) -> tuple[str, ...]:
         """Ids of the batches running here."""
         return tuple(self._state.running)
+
+    @property
+    def running_jobs(self) -> int:
+        """Jobs in the batches running here."""
+        return self._state.running_jobs
 
     @property
     def busy_until(self) -> float:
@@ -190,7 +196,8 @@ class View:
         cost: the cost model bound to the devices' profiles.
         rng: a seeded RNG for this call only (deterministic runs).
         state: what the policy returned as ``Decisions.state`` last time.
-        event: what triggered this call: arrival, completion, telemetry, failure.
+        event: what triggered this call: arrival, completion, telemetry, failure
+            (a device or node lost), device_up, tick (a deferred decision).
         groups: device ids grouped by profile, in cluster order (fixed for a run).
         nodes: every node by name: its free CPUs and host memory, which cluster
             jobs (pods) need on the node that holds their GPUs.

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.cluster import ClusterSpec, make_cluster
-from scheduler.controller import Controller, Sink
+from scheduler.controller import Controller
 from scheduler.decisions import Action, Decisions
 from scheduler.jobs import Job
 from scheduler.pricing import ClusterCost, load_profiles
+from scheduler.records import DecisionRecord, Sink
 from scheduler.sim.runner import RunResult, SimConfig, simulate
 from scheduler.state import JobRecord
 from scheduler.view import View
@@ -21,13 +22,15 @@ class Recorder(Sink):
 
     def __init__(self) -> None:
         self.finished: list[JobRecord] = []
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[dict[str, Any]] = []  # as decisions.jsonl has them
+        self.records: list[DecisionRecord] = []
 
     def job_finished(self, record: JobRecord) -> None:
         self.finished.append(record)
 
-    def decision(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
+    def decision(self, record: DecisionRecord) -> None:
+        self.records.append(record)
+        self.rows.append(record.row())
 
 
 class Scripted:

@@ -9,7 +9,7 @@ from scheduler.cluster import make_cluster
 from scheduler.decisions import Place
 from scheduler.view import Telemetry
 from tests.builders import attention_job
-from tests.simkit import Scripted, controller
+from tests.snapshots import view
 
 GPU0, GPU1 = "gpu-0/gpu0", "gpu-0/gpu1"
 
@@ -27,14 +27,11 @@ def sample(device: str, speed: float) -> Telemetry:
 ])
 def test_a_device_is_slow_only_against_its_peers(speeds: tuple[float, float],
                                                  runs_now: bool) -> None:
-    ctl, _ = controller(Scripted(lambda v: [Place(("busy",), GPU1)]), make_cluster(1, 2))
-    ctl.submit(attention_job(id="busy"), 0.0)
-    ctl.decide(0.0, "arrival")  # gpu1 now runs a job like the next one
-    seconds = ctl.cost.seconds([attention_job()], GPU1)
-    ctl.policy = AdaptivePolicy()
-    ctl.observe([sample(GPU0, speeds[0]), sample(GPU1, speeds[1])])
-    now = 0.9 * seconds  # gpu1 frees in a tenth of the job's time
-    ctl.submit(attention_job(id="next", submit_time=now), now)
-    step = ctl.decide(now, "arrival")
-    assert [b.device for b in step.started] == ([GPU0] if runs_now else [])
-    assert "next" in ctl.pending or runs_now
+    probe = view(running={GPU1: [attention_job(id="busy")]}, cluster=make_cluster(1, 2))
+    seconds = probe.cost.seconds([attention_job()], GPU1)
+    now = 0.9 * seconds  # gpu1 (running a job like the next one) frees in a tenth of it
+    snapshot = view([attention_job(id="next", submit_time=now)], now=now,
+                    running={GPU1: [attention_job(id="busy")]}, cluster=make_cluster(1, 2),
+                    telemetry=[sample(GPU0, speeds[0]), sample(GPU1, speeds[1])])
+    placed = [a for a in AdaptivePolicy().decide(snapshot).actions if isinstance(a, Place)]
+    assert [(a.jobs, a.device) for a in placed] == ([(("next",), GPU0)] if runs_now else [])

@@ -6,6 +6,8 @@ import pytest
 
 from scheduler.controller import PolicyFailure
 from scheduler.decisions import Decisions, Migrate, Offload, Place, Preempt, Split
+from scheduler.events import Failure, FailureCode
+from scheduler.records import RejectCode
 from scheduler.state import JobState
 from tests.builders import attention_job, cluster_job
 from tests.simkit import Scripted, controller
@@ -259,23 +261,25 @@ def test_out_of_memory_shrinks_what_the_controller_plans_with_on_that_device() -
     ctl.submit(job(1), 0.0)
     step = ctl.decide(0.0, "arrival")
     first = next(b for b in step.started if b.device == GPU0)
-    total = ctl.devices[GPU0].memory_limit
-    ctl.batch_done(first.id, 0.1, "out of memory: refused")
+    total = ctl.devices[GPU0].memory_total
+    ctl.batch_done(first.id, 0.1, Failure(FailureCode.OUT_OF_MEMORY, "out of memory: refused"))
     dev = ctl.devices[GPU0]
-    assert dev.memory_limit == first.memory - 1 < total  # nothing else ran there
-    assert dev.memory_free == dev.memory_limit
+    assert dev.memory_total == first.memory - 1 < total  # nothing else ran there
+    assert dev.memory_free == dev.memory_total
     assert ctl.records[first.jobs[0]].state is JobState.QUEUED  # requeued, not lost
     assert outcomes(sink)[-1][:2] == ("oom", "learned")
     # The same job no longer fits there: a placement on GPU0 is rejected, with the size.
-    ctl.policy = Scripted(lambda view: [Place(tuple(view.pending), GPU0)])
+    ctl.switch_policy(Scripted(lambda view: [Place(tuple(view.pending), GPU0)]), "p", None)
     ctl.decide(0.2, "completion")
     assert outcomes(sink)[-1][1] == "rejected" and "free" in outcomes(sink)[-1][2]
+    assert sink.records[-1].code is RejectCode.MEMORY
     # Other errors (a crashed worker) teach nothing about memory.
-    ctl.policy = Scripted(one_each)
+    ctl.switch_policy(Scripted(one_each), "p", None)
     other = next(b for b in ctl.decide(0.3, "tick").started)
-    before = ctl.devices[other.device].memory_limit
-    ctl.batch_done(other.id, 0.4, "worker failed: RayActorError")
-    assert ctl.devices[other.device].memory_limit == before
+    before = ctl.devices[other.device].memory_total
+    # Even one whose text says "out of memory": the code decides, never the words.
+    ctl.batch_done(other.id, 0.4, Failure(FailureCode.WORKER, "out of memory? worker failed"))
+    assert ctl.devices[other.device].memory_total == before
 
 
 def test_an_executor_that_cannot_stop_batches_rejects_preempt_and_migrate() -> None:
@@ -284,9 +288,50 @@ def test_an_executor_that_cannot_stop_batches_rejects_preempt_and_migrate() -> N
     ctl.submit(job(0), 0.0)
     step = ctl.decide(0.0, "arrival")
     batch = step.started[0]
-    ctl.policy = Scripted(lambda view: [Preempt("j0"), Migrate("j0", GPU1)])
+    ctl.switch_policy(Scripted(lambda view: [Preempt("j0"), Migrate("j0", GPU1)]), "p", None)
     step = ctl.decide(0.1, "telemetry")
     assert not step.cancelled and not step.started
     assert [r["outcome"] for r in sink.rows[-2:]] == ["rejected", "rejected"]
+    assert {r.code for r in sink.records[-2:]} == {RejectCode.CANNOT_PREEMPT}
     assert "simulator only" in sink.rows[-1]["why"]
     assert ctl.batches[batch.id].device == batch.device  # still running where it was
+
+
+@pytest.mark.parametrize("deadline", [None, 5.0])
+def test_a_view_decided_under_a_deadline_does_not_move_under_the_policy(deadline) -> None:
+    """A decision abandoned at its deadline may still be running in its thread: what it
+    reads must be the state it was called with. Without a deadline the view is shared
+    (nothing changes while decide runs synchronously), which is what makes it O(1)."""
+    seen = []
+
+    def keep(view):
+        seen.append(view)
+        return [Place(("j0",), GPU0)] if len(seen) == 2 else []
+
+    ctl, _ = controller(Scripted(keep), decide_timeout=deadline)
+    ctl.submit(job(0), 0.0)
+    ctl.decide(0.0, "arrival")
+    ctl.submit(job(1), 0.1)
+    ctl.decide(0.1, "arrival")  # places j0: the first view's device and queue change
+    first = seen[0]
+    if deadline is None:
+        assert list(first.pending) == ["j1"] and GPU0 not in first.free
+    else:
+        assert list(first.pending) == ["j0"] and GPU0 in first.free
+        assert first.devices[GPU0].running == () and first.info("j0").attempts == 0
+
+
+@pytest.mark.parametrize(("action", "code"), [
+    (Place(("nope",), GPU0), RejectCode.JOB_NOT_QUEUED),
+    (Place(("j0",), "gpu-9/gpu9"), RejectCode.UNKNOWN_DEVICE),
+    (Place(("j0", "j0"), GPU0), RejectCode.BAD_BATCH),
+    (Offload(("j0",), GPU0), RejectCode.BAD_TARGET),
+    (Split("j0", 3, "heads"), RejectCode.BAD_SPLIT),
+    (Preempt("j0"), RejectCode.JOB_NOT_RUNNING),
+])
+def test_every_rejection_carries_a_code(action, code) -> None:
+    ctl, sink = controller(Scripted(lambda view: [action]))
+    ctl.submit(job(0), 0.0)
+    ctl.decide(0.0, "arrival")
+    assert sink.records[-1].outcome == "rejected" and sink.records[-1].code is code
+    assert sink.rows[-1]["code"] == code.value  # decisions.jsonl carries it too

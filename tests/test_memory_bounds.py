@@ -18,7 +18,8 @@ import pytest
 
 from policies.base import load_policy
 from scheduler import metrics, report
-from scheduler.controller import FIT_MEMO_SIZE, Controller
+from scheduler.admission import FIT_MEMO_SIZE
+from scheduler.controller import Controller
 from scheduler.presets import get_preset
 from scheduler.sim import runner
 from scheduler.state import FinishedIds
@@ -58,10 +59,10 @@ def finished_run(tmp_path_factory) -> tuple[Controller, Path, list[int]]:
 def test_the_controller_holds_nothing_of_a_finished_job_but_8_bytes(finished_run) -> None:
     controller, _, _ = finished_run
     assert not controller.records and not controller.pending and not controller.batches
-    assert not controller.tenants and not controller.blocked
+    assert not controller._jobs.tenants and not controller._jobs.blocked  # its internals
     cost = controller.cost
     assert not cost._by_job and not cost._best and not any(cost._terms.values())
-    assert len(controller._fit_memo) <= FIT_MEMO_SIZE
+    assert len(controller._fit.memo) <= FIT_MEMO_SIZE
     # Every finished job is still known (for dependents arriving later), at 8 bytes
     # once folded; a dict of id strings held ~100 bytes a job.
     assert len(controller.finished) == JOBS

@@ -65,12 +65,3 @@ def test_the_metrics_endpoint_serves_attnsched_gauges_during_a_live_run(tmp_path
     assert any(k.startswith("ray_attnsched_job_latency_seconds") for k in during)
     info = json.loads((out / "run.json").read_text())
     assert f"http://127.0.0.1:{port}/metrics" in info["metrics_endpoints"]
-
-
-def test_rejection_reasons_fold_into_few_classes() -> None:
-    from workers.ray_metrics import reason_class
-
-    assert reason_class("job 'j9' is unknown") == "unknown_job"
-    assert reason_class("device 'head/gpu0' has no free slot") == "device_busy"
-    assert reason_class("needs 3.0 GiB, device 'x' has 1.0 GiB free") == "memory"
-    assert reason_class("something new") == "other"

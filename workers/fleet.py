@@ -16,12 +16,10 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from scheduler.cluster import ClusterSpec, DeviceSpec, NodeSpec
-
-if TYPE_CHECKING:
-    from workers.executor import LiveConfig
+from workers.live_config import LiveConfig
 
 log = logging.getLogger(__name__)
 MAX_RESTARTS = 5  # per device and run: a worker that keeps dying is left down

@@ -17,16 +17,16 @@ records:
 | ``attnsched_jobs_finished_total`` | counter | status |
 | ``attnsched_job_latency_seconds`` | histogram: JCT of completed jobs | kind |
 
-Rejection reasons are folded into a handful of classes: the free text names
-jobs and devices, and a tag per job would flood Prometheus.
+Rejections are tagged with their :class:`~scheduler.records.RejectCode`: the
+free text names jobs and devices, and a tag per job would flood Prometheus.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from scheduler.controller import Sink
+from scheduler.records import DecisionRecord, Sink
 from scheduler.state import JobRecord, JobState
 
 if TYPE_CHECKING:
@@ -34,19 +34,6 @@ if TYPE_CHECKING:
 
 LATENCY_BUCKETS = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0]
 EVERY = 1.0  # wall seconds between gauge updates
-_REASONS = (("not queued", "job_not_queued"), ("unknown", "unknown_job"),
-            ("no device", "unknown_device"), ("no free slot", "device_busy"),
-            ("compute free", "device_busy"), (" free", "memory"), ("cannot run", "no_profile"),
-            ("split", "bad_split"), ("gang", "bad_gang"), ("not running", "job_not_running"))
-
-
-def reason_class(why: str) -> str:
-    for needle, name in _REASONS:
-        if needle in why:
-            return name
-    return "other"
-
-
 class RayMetrics(Sink):
     """Records the controller's events as they happen and its state once a second."""
 
@@ -82,11 +69,10 @@ class RayMetrics(Sink):
             self.latency.observe(max(0.0, record.end - record.job.submit_time),
                                  tags={"kind": record.job.kind.value})
 
-    def decision(self, row: dict[str, Any]) -> None:
-        self.decisions.inc(1.0, tags={"action": str(row.get("action")),
-                                      "outcome": str(row.get("outcome"))})
-        if row.get("outcome") == "rejected":
-            self.rejections.inc(1.0, tags={"reason": reason_class(str(row.get("why", "")))})
+    def decision(self, record: DecisionRecord) -> None:
+        self.decisions.inc(1.0, tags={"action": record.action, "outcome": record.outcome})
+        if record.code is not None:
+            self.rejections.inc(1.0, tags={"reason": record.code.value})
 
     def sample(self, controller: Controller, force: bool = False) -> None:
         """The gauges, at most every ``EVERY`` seconds (or now, with ``force``)."""
@@ -94,9 +80,9 @@ class RayMetrics(Sink):
         if wall - self.last < EVERY and not force:
             return
         self.last = wall
-        self.queue.set(len(controller.pending), tags={"policy": self.policy})
+        self.queue.set(controller.queued, tags={"policy": self.policy})
         for device_id, dev in controller.devices.items():
-            tags = {"device": device_id, "node": dev.spec.node}
+            tags = {"device": device_id, "node": dev.node}
             self.running.set(dev.running_jobs, tags=tags)
             self.up.set(1.0 if dev.up else 0.0, tags=tags)
             sample = controller.telemetry.get(device_id)

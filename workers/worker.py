@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from scheduler import packing
+from scheduler.events import Failure, FailureCode
 from scheduler.jobs import AttentionJob, JobKind
 from scheduler.units import size
 from scheduler.view import Telemetry
@@ -35,7 +37,11 @@ class BatchResult:
     seconds: float
     backend: str
     checksum: float
-    error: str | None = None
+    failure: Failure | None = None
+
+    @property
+    def error(self) -> str | None:
+        return None if self.failure is None else self.failure.detail
 
 
 class AttentionWorker:
@@ -94,10 +100,11 @@ class AttentionWorker:
         ``memory`` is the batch's predicted peak; over the budget, nothing runs.
         """
         if self.budget and memory > self.budget - self.reserved:
-            return BatchResult(batch_id, 0.0, "", 0.0,
-                               f"out of memory: batch needs {size(memory)}, {self.device_id} "
-                               f"has {size(self.budget - self.reserved)} of its "
-                               f"{size(self.budget)} budget free (refused before running)")
+            return BatchResult(batch_id, 0.0, "", 0.0, Failure(
+                FailureCode.OUT_OF_MEMORY,
+                f"out of memory: batch needs {size(memory)}, {self.device_id} has "
+                f"{size(self.budget - self.reserved)} of its {size(self.budget)} budget free "
+                "(refused before running)"))
         start = time.perf_counter()
         self.running += 1
         self.reserved += memory
@@ -106,11 +113,11 @@ class AttentionWorker:
             if self.torch_device.type == "cuda":
                 torch.cuda.synchronize(self.torch_device)
         except torch.cuda.OutOfMemoryError as e:
-            return BatchResult(batch_id, time.perf_counter() - start, "", 0.0,
-                               f"out of memory: {e}".splitlines()[0])
-        except RuntimeError as e:
-            return BatchResult(batch_id, time.perf_counter() - start, "", 0.0,
-                               f"{type(e).__name__}: {e}".splitlines()[0])
+            return BatchResult(batch_id, time.perf_counter() - start, "", 0.0, Failure(
+                FailureCode.OUT_OF_MEMORY, f"out of memory: {e}".splitlines()[0]))
+        except (RuntimeError, ValueError) as e:  # ValueError: a batch the packing rule refuses
+            return BatchResult(batch_id, time.perf_counter() - start, "", 0.0, Failure(
+                FailureCode.ERROR, f"{type(e).__name__}: {e}".splitlines()[0]))
         finally:
             self.running -= 1
             self.reserved -= memory
@@ -130,46 +137,32 @@ class AttentionWorker:
         return self.inputs.take(shape, dtype)
 
     def _run(self, jobs: list[AttentionJob]) -> tuple[float, str]:
-        if jobs[0].kind is JobKind.MODEL:
-            return self._model(jobs[0]), "matmul"
+        """Each launch group in turn (``packing.launch_groups``: the rule the cost model
+        prices); the backend is the last group's."""
         checksum, backend = 0.0, ""
-        decodes: dict[tuple[int, int, int], list[AttentionJob]] = {}
-        others = []
-        for j in jobs:
-            if j.kind is JobKind.DECODE:
-                decodes.setdefault((j.heads, j.kv_heads, j.layers), []).append(j)
+        for group in packing.launch_groups(jobs):
+            if group.kind == "model":
+                c, backend = self._model(group.jobs[0]), "matmul"
+            elif group.kind == "decode":
+                c, backend = self._decode(group)
             else:
-                others.append(j)
-        if others:
-            c, backend = self._prefill_or_train(others)
-            checksum += c
-        for group in decodes.values():
-            c, backend = self._decode(group)
+                c, backend = self._same_heads(group)
             checksum += c
         return checksum, backend
 
-    def _prefill_or_train(self, jobs: list[AttentionJob]) -> tuple[float, str]:
-        """Layer by layer; one packed call per head layout, shapes packed as kernels choose.
+    def _same_heads(self, group: packing.CallGroup) -> tuple[float, str]:
+        """Prompts and training steps of one head layout, one launch per call of the group.
 
-        The kernels pick per call how different lengths share it (one call per
+        A job takes part in its first ``packing.forward_calls`` launches. The
+        kernels pick per launch how different lengths share it (one call per
         shape on a CPU, where padding and jagged tensors both measured slower;
         jagged tensors first on a GPU) and the backend string records it.
         """
-        checksum, backend = 0.0, ""
-        groups: dict[tuple[int, int], list[AttentionJob]] = {}
-        for j in jobs:
-            groups.setdefault((j.heads, j.kv_heads), []).append(j)
-        for group in groups.values():
-            c, backend = self._same_heads(group)
-            checksum += c
-        return checksum, backend
-
-    def _same_heads(self, jobs: list[AttentionJob]) -> tuple[float, str]:
-        head = jobs[0]
+        head, jobs = group.jobs[0], group.jobs
         dtype = kernels.DTYPES[head.dtype.value]
-        calls = [j.layers * (j.steps if j.kind is JobKind.TRAIN else 1) for j in jobs]
+        calls = [packing.forward_calls(j) for j in jobs]
         checksum, backend = torch.zeros((), device=self.torch_device), ""
-        for call in range(max(calls)):
+        for call in range(group.forward):
             shapes: dict[tuple[int, int], list[AttentionJob]] = {}
             for j, n in zip(jobs, calls, strict=True):
                 if call < n:
@@ -188,11 +181,11 @@ class AttentionWorker:
             checksum += total.detach()  # on the device: one sync per batch, not per call
         return float(checksum), backend
 
-    def _decode(self, jobs: list[AttentionJob]) -> tuple[float, str]:
-        """Requests of one head layout decode together: one call per step and layer."""
-        head = jobs[0]
+    def _decode(self, group: packing.CallGroup) -> tuple[float, str]:
+        """Requests of one head layout and depth decode together: a call per step and layer."""
+        head = group.jobs[0]
         dtype = kernels.DTYPES[head.dtype.value]
-        ordered = sorted(jobs, key=lambda j: -j.steps)  # rows still running form a prefix
+        ordered = sorted(group.jobs, key=lambda j: -j.steps)  # rows still running: a prefix
         kv_lens = [j.kv_len for j in ordered for _ in range(j.batch)]
         steps = [j.steps for j in ordered for _ in range(j.batch)]
         length = max(kv + n - 1 for kv, n in zip(kv_lens, steps, strict=True))

@@ -14,6 +14,8 @@ from typing import Any
 # capacity before faults strike, arrivals are admitted, telemetry samples and
 # a deferred decision (scheduling quantum) runs.
 FINISH, FAULT, ARRIVAL, TELEMETRY, DECIDE = 0, 1, 2, 3, 4
+# Not a timer: what a live executor reported, as a wall clock hands it to the loop.
+EVENT = 5
 
 
 class EventQueue:

@@ -17,13 +17,41 @@ The controller is not told: live, it predicts with the cost model too.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from scheduler.cluster import ClusterSpec, DeviceSpec
+from scheduler.events import BatchDone, DeviceDown, Event, NodeDown, Samples
 from scheduler.profiles import DeviceProfile
-from scheduler.sim.engine import FINISH, EventQueue
-from scheduler.state import Batch, DeviceState
+from scheduler.sim.engine import FAULT, FINISH, TELEMETRY
+from scheduler.state import Batch
 from scheduler.view import Telemetry
+
+if TYPE_CHECKING:
+    from scheduler.controller import Controller
+    from scheduler.loop import Clock
+
+PROGRESS_EVERY = 4096  # arrivals between progress reports
+
+
+@dataclass(frozen=True)
+class Fault:
+    """``device`` or ``node`` lost at ``time`` seconds."""
+
+    kind: str  # "device" | "node"
+    target: str
+    time: float
+
+
+class SimProgress(NamedTuple):
+    """What a simulation's progress bar shows (a tuple: it crosses process queues)."""
+
+    submitted: int  # jobs that have arrived
+    clock: float  # trace seconds
+    queued: int  # jobs waiting in the controller
+    busy: int  # devices running a batch
+    devices: int
 
 
 @dataclass(slots=True)
@@ -54,7 +82,8 @@ class LiveCosts:
 
 @dataclass(slots=True)
 class _Device:
-    state: DeviceState
+    spec: DeviceSpec
+    profile: DeviceProfile | None
     slow: float = 1.0
     node: str = ""
     per_batch: float = 0.0  # solo seconds each batch costs outside its worker's timing
@@ -70,21 +99,32 @@ class _Device:
     total_busy: float = 0.0
     predicted: float = 0.0  # since the last sample, as a live worker counts them
     observed: float = 0.0
+    memory_used: int = 0  # what its batches hold: the sample's mem_used
+    elastic: int = 0  # running batches that take a slot (attention work)
 
 
 class SimExecutor:
-    def __init__(self, devices: Mapping[str, DeviceState], events: EventQueue,
-                 slow: Mapping[str, float] | None = None, live: LiveCosts | None = None
-                 ) -> None:
-        self.events = events
-        self.devices = {k: _Device(s, (slow or {}).get(k, 1.0), s.spec.node)
-                        for k, s in devices.items()}
+    """Simulated devices on a virtual clock: the loop's executor in ``attnsched simulate``.
+
+    It keeps its own model of each device (what runs there, how fast, what it
+    holds) and reports through the clock's events, as live workers do.
+    """
+
+    mode = "sim"
+
+    def __init__(self, spec: ClusterSpec, profiles: Mapping[str, DeviceProfile | None],
+                 clock: Clock, slow: Mapping[str, float] | None = None,
+                 live: LiveCosts | None = None, faults: Sequence[Fault] = (),
+                 progress: Callable[[SimProgress], None] | None = None) -> None:
+        self.clock, self.progress = clock, progress
+        self.devices = {d.id: _Device(d, profiles.get(d.id), (slow or {}).get(d.id, 1.0),
+                                      d.node) for d in spec.devices}
         self.scale = live.time_scale if live else 1.0
-        self.live = live is not None
+        self.live = live
         self.by_node: dict[str, list[_Device]] = {}
         self.busy_on_node: dict[str, int] = {}
         for dev in self.devices.values():
-            profile = dev.state.profile
+            profile = dev.profile
             if live is not None and profile is not None:
                 dev.per_batch = live.decision_s + (profile.batch_call_s or profile.actor_call_s)
                 dev.per_job = profile.worker_job_s
@@ -92,6 +132,9 @@ class SimExecutor:
                 dev.contended = len(profile.node_sharing) > 1
             self.by_node.setdefault(dev.node, []).append(dev)
         self.last_tick = 0.0
+        self.reported = 0  # arrivals at the last progress report
+        for fault in faults:
+            clock.schedule(fault.time, FAULT, fault)
 
     # -- processor sharing -----------------------------------------------------------------
 
@@ -104,7 +147,7 @@ class SimExecutor:
             if dev.running:
                 # Attention work keeps the whole device busy whatever its slot share;
                 # cluster jobs hold the fraction of a GPU they asked for.
-                busy = 1.0 if dev.state.elastic else min(
+                busy = 1.0 if dev.elastic else min(
                     1.0, sum(r.batch.share for r in dev.running.values()))
                 dev.busy_integral += busy * elapsed
                 dev.total_busy += busy * elapsed
@@ -114,7 +157,7 @@ class SimExecutor:
         elastic = [r for r in dev.running.values() if r.batch.elastic]
         k = len(elastic)
         if k:
-            profile = dev.state.profile
+            profile = dev.profile
             efficiency = profile.sharing_efficiency(k) if profile else 1.0
             if dev.contended and profile is not None:
                 efficiency *= profile.node_efficiency(self.busy_on_node.get(dev.node, 1))
@@ -122,16 +165,26 @@ class SimExecutor:
         for run in elastic:
             run.version += 1
             run.finish = now + max(0.0, run.remaining) / dev.rate
-            self.events.push(run.finish, FINISH, (run.batch.id, run.version, dev.state.spec.id))
+            self.clock.schedule(run.finish, FINISH, (run.batch.id, run.version, dev.spec.id))
 
-    def start(self, batch: Batch, now: float) -> None:
+    def start(self, batches: Sequence[Batch], now: float) -> None:
+        for batch in batches:
+            self._start(batch, now)
+
+    def cancel(self, batches: Sequence[Batch], now: float) -> None:
+        for batch in batches:
+            self._finish(batch, now, completed=False)
+
+    def _start(self, batch: Batch, now: float) -> None:
         dev = self.devices[batch.device]
         self._advance(dev, now)
         run = _Running(batch, batch.solo_seconds, started=now)
         dev.running[batch.id] = run
+        dev.memory_used += batch.memory
+        dev.elastic += batch.elastic
         if not batch.elastic:  # holds its resources for exactly its duration
             run.finish = now + batch.solo_seconds * self.scale
-            self.events.push(run.finish, FINISH, (batch.id, 0, batch.device))
+            self.clock.schedule(run.finish, FINISH, (batch.id, 0, batch.device))
             return  # the elastic batches' rate is unchanged: nothing to reschedule
         run.remaining += dev.per_batch + dev.in_batch + dev.per_job * len(batch.jobs)
         if dev.contended and self._elastic_running(dev) == 1:
@@ -153,14 +206,33 @@ class SimExecutor:
         run = self.devices[device].running.get(batch_id)
         return run is not None and run.version == version
 
-    def finish(self, batch: Batch, now: float, completed: bool) -> None:
+    def resolve(self, kind: int, payload: Any, now: float) -> Event | None:
+        if kind == FINISH:
+            batch_id, version, device = payload
+            run = self.devices[device].running.get(batch_id)
+            if run is None or run.version != version:
+                return None  # superseded by a reschedule, or cancelled
+            self._finish(run.batch, now, completed=True)
+            return BatchDone(batch_id)
+        if kind == FAULT:
+            if payload.kind == "device":
+                return DeviceDown(payload.target, f"device {payload.target} failed")
+            return NodeDown(payload.target, f"node {payload.target} failed")
+        assert kind == TELEMETRY
+        assert isinstance(payload, Samples)
+        return payload  # samples taken a round trip ago reach the controller now
+
+    def _finish(self, batch: Batch, now: float, completed: bool) -> None:
         dev = self.devices[batch.device]
         self._advance(dev, now)
         run = dev.running.pop(batch.id, None)
+        if run is not None:
+            dev.memory_used -= batch.memory
+            dev.elastic -= batch.elastic
         if run is not None and completed:
             dev.flops_done += batch.flops
             if batch.elastic and now > batch.start:
-                if self.live:  # a worker times its call: the round trip is not in it
+                if self.live is not None:  # a worker times its call: the round trip is not in it
                     dev.predicted += batch.solo_seconds
                     dev.observed += max((now - run.started) / self.scale - dev.per_batch, 1e-9)
                 else:
@@ -172,23 +244,49 @@ class SimExecutor:
 
     # -- telemetry ------------------------------------------------------------------------
 
+    def tick(self, now: float, queue_len: int) -> Event | None:
+        samples = Samples(tuple(self.sample(now, queue_len)))
+        if self.live is not None and self.live.telemetry_s > 0:
+            self.clock.schedule(now + self.live.telemetry_s * self.scale, TELEMETRY, samples)
+            return None
+        return samples
+
     def sample(self, now: float, queue_len: int) -> list[Telemetry]:
         interval = max(now - self.last_tick, 1e-9)
         out = []
         for device_id, dev in self.devices.items():
             self._advance(dev, now)
-            state = dev.state
             if dev.observed > 0:
                 dev.speed = dev.predicted / dev.observed
                 dev.predicted = dev.observed = 0.0
             out.append(Telemetry(
-                now, device_id, min(1.0, dev.busy_integral / interval),
-                state.memory_limit - state.memory_free, state.spec.memory_bytes,
-                queue_len, len(dev.running), dev.flops_done / interval, dev.speed))
+                now, device_id, min(1.0, dev.busy_integral / interval), dev.memory_used,
+                dev.spec.memory_bytes, queue_len, len(dev.running),
+                dev.flops_done / interval, dev.speed))
             dev.busy_integral = 0.0
             dev.flops_done = 0.0
         self.last_tick = now
         return out
+
+    def recovering(self) -> bool:
+        return False  # a simulated device that failed stays down
+
+    def settle(self, now: float, controller: Controller, submitted: int) -> None:
+        if self.progress is None or submitted - self.reported < PROGRESS_EVERY:
+            return
+        self.reported = submitted - submitted % PROGRESS_EVERY
+        self.progress(SimProgress(submitted, now, controller.queued,
+                                  sum(bool(d.running) for d in self.devices.values()),
+                                  len(self.devices)))
+
+    def finish(self, controller: Controller) -> None:
+        """Nothing to wait for: simulated batches stop with the clock."""
+
+    def summary_fields(self, makespan: float) -> dict[str, Any]:
+        return {"device_util_mean": self.utilization(makespan)}
+
+    def run_info(self, controller: Controller) -> dict[str, Any]:
+        return {}
 
     def utilization(self, makespan: float) -> float:
         """Mean busy fraction of all devices over the run."""

@@ -1,0 +1,421 @@
+"""The one run loop: simulated and live runs differ only in their clock and executor.
+
+As in SimPy, an environment pops the earliest event, lets the controller
+handle it and, once every event of that instant is handled, asks the
+policy once. :class:`VirtualClock` jumps from event to event;
+:class:`WallClock` (the real-time variant) waits for an event's time on the
+wall clock, scaled by ``speed``, or for the executor to report something,
+and records how late it ran. The loop alone owns arrivals, telemetry ticks,
+the decision quantum, the idle give-up, the policy fallback, the refusal of
+jobs that never arrived, and the summary and run info.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import resource
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from scheduler.events import (
+    BatchDone,
+    DeviceDown,
+    DeviceUp,
+    Event,
+    NodeDown,
+    RunResult,
+)
+from scheduler.jobs import Job
+from scheduler.policy import PolicyFailure
+from scheduler.sim.engine import ARRIVAL, DECIDE, EVENT, TELEMETRY, EventQueue
+from scheduler.state import Batch
+
+if TYPE_CHECKING:
+    from scheduler.controller import Controller
+    from scheduler.metrics import RunOutputs
+
+log = logging.getLogger(__name__)
+IDLE_ROUNDS = 3  # decision rounds on an idle cluster before leftover jobs are failed
+MAX_WAIT = 1.0  # wall seconds a wall clock waits before looking at its timers again
+
+
+class Clock(Protocol):
+    """Time and timers of a run; ``next`` returns ``(time, kind, payload)`` or None at the end."""
+
+    def now(self) -> float: ...
+
+    def schedule(self, at: float, kind: int, payload: Any) -> None: ...
+
+    def next(self) -> tuple[float, int, Any] | None: ...
+
+    def more_now(self) -> bool:
+        """Whether another event belongs to the instant just returned."""
+        ...
+
+    def info(self) -> dict[str, Any]: ...
+
+
+class Source(Protocol):
+    """What a wall clock waits on besides its timers: an executor's outstanding work."""
+
+    def poll(self, timeout: float) -> list[Any]: ...
+
+    def outstanding(self) -> bool: ...
+
+
+class Executor(Protocol):
+    """Runs what the controller started; reports back through the clock's events."""
+
+    mode: str  # "sim" | "live": the summary's mode
+
+    def start(self, batches: Sequence[Batch], now: float) -> None: ...
+
+    def cancel(self, batches: Sequence[Batch], now: float) -> None:
+        """Stop (or stop waiting for) batches the controller took back."""
+        ...
+
+    def resolve(self, kind: int, payload: Any, now: float) -> Event | None:
+        """One of the executor's own clock events as a typed event (None: stale)."""
+        ...
+
+    def tick(self, now: float, queue_len: int) -> Event | None:
+        """Telemetry is due: samples to apply now, or None when they arrive later."""
+        ...
+
+    def recovering(self) -> bool:
+        """Whether capacity is on its way back (a worker restarting)."""
+        ...
+
+    def settle(self, now: float, controller: Controller, submitted: int) -> None:
+        """After each instant: progress, metrics, the journal on disk."""
+        ...
+
+    def finish(self, controller: Controller) -> None: ...
+
+    def summary_fields(self, makespan: float) -> dict[str, Any]: ...
+
+    def run_info(self, controller: Controller) -> dict[str, Any]: ...
+
+
+class VirtualClock:
+    """Simulated time: jumps to the next event at once."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.queue = EventQueue()
+        self._now = start
+
+    def now(self) -> float:
+        return self._now
+
+    def schedule(self, at: float, kind: int, payload: Any) -> None:
+        self.queue.push(at, kind, payload)
+
+    def next(self) -> tuple[float, int, Any] | None:
+        if not len(self.queue):
+            return None
+        popped = self.queue.pop()
+        self._now = popped[0]
+        return popped
+
+    def more_now(self) -> bool:
+        return self.queue.peek_time() == self._now
+
+    def drain(self) -> Iterator[tuple[float, int, Any]]:
+        while len(self.queue):
+            yield self.queue.pop()
+
+    def info(self) -> dict[str, Any]:
+        return {}
+
+
+class WallClock:
+    """Real time scaled by ``speed`` (trace seconds per wall second), from ``start``.
+
+    A timer is handled when its time has come on the wall clock, or as soon as
+    the loop gets to it when it is behind; how far behind is the lag reported.
+    """
+
+    def __init__(self, source: Source, speed: float = 1.0, start: float = 0.0) -> None:
+        self.source, self.speed, self.start = source, speed, start
+        self.queue = EventQueue()
+        self.ready: deque[tuple[int, Any]] = deque()
+        self.t0 = time.monotonic()
+        self._last = start
+        self.lag_max = self.lag_sum = 0.0
+        self.timers = 0
+
+    def now(self) -> float:
+        self._last = max(self._last, self.start + (time.monotonic() - self.t0) * self.speed)
+        return self._last
+
+    def schedule(self, at: float, kind: int, payload: Any) -> None:
+        self.queue.push(at, kind, payload)
+
+    def _collect(self, timeout: float = 0.0) -> None:
+        """Due timers, then whatever the executor has (waiting ``timeout`` if nothing is due)."""
+        now = self.now()
+        while len(self.queue) and (self.queue.peek_time() or 0.0) <= now:
+            at, kind, payload = self.queue.pop()
+            lag = (now - at) / self.speed
+            self.lag_max, self.lag_sum, self.timers = (
+                max(self.lag_max, lag), self.lag_sum + lag, self.timers + 1)
+            self.ready.append((kind, payload))
+        polled = self.source.poll(0.0 if self.ready else timeout)
+        self.ready.extend((EVENT, item) for item in polled)
+
+    def next(self) -> tuple[float, int, Any] | None:
+        self._collect()
+        while not self.ready:
+            due = self.queue.peek_time()
+            if due is None and not self.source.outstanding():
+                return None
+            wait = MAX_WAIT if due is None else (due - self.now()) / self.speed
+            self._collect(min(MAX_WAIT, max(wait, 0.0)))
+        kind, payload = self.ready.popleft()
+        return self.now(), kind, payload
+
+    def more_now(self) -> bool:
+        if not self.ready:
+            self._collect()
+        return bool(self.ready)
+
+    def info(self) -> dict[str, Any]:
+        return {"lag_max_s": round(self.lag_max, 6),
+                "lag_mean_s": round(self.lag_sum / self.timers, 6) if self.timers else 0.0}
+
+
+class Latencies:
+    """Decision times in a fixed log-spaced histogram (1 ns to 100 s, ~1.2% per bin).
+
+    A run makes millions of decisions; keeping each time would grow with the
+    trace, and run.json's p50/p99 need the bin, not the exact value.
+    """
+
+    LOW, HIGH, BINS = 1e-9, 1e2, 2_000
+
+    def __init__(self) -> None:
+        self.counts = [0] * (self.BINS + 2)  # plus under- and overflow
+        self._scale = self.BINS / math.log(self.HIGH / self.LOW)
+        self._n = 0
+
+    def add(self, seconds: float) -> None:
+        self._n += 1
+        if seconds < self.LOW:
+            self.counts[0] += 1
+            return
+        index = 1 + int(math.log(seconds / self.LOW) * self._scale)
+        self.counts[min(self.BINS + 1, index)] += 1
+
+    def __len__(self) -> int:
+        return self._n
+
+    def quantile(self, q: float) -> float | None:
+        """The geometric middle of the bin holding the ``q`` quantile (None: no samples)."""
+        n = len(self)
+        if not n:
+            return None
+        index = int(np.searchsorted(np.cumsum(self.counts), min(n - 1, int(n * q)) + 1))
+        return self.LOW * math.exp((index - 0.5) / self._scale) if index else self.LOW
+
+
+@dataclass
+class LoopConfig:
+    policy_name: str
+    telemetry_interval: float = 1.0
+    # Scheduling quantum: consult the policy at most once per this many seconds of
+    # the run's clock (0: after every instant with events).
+    decision_interval: float = 0.0
+    # (policy, name) to switch to when the policy fails repeatedly; None: stop the run.
+    fallback: tuple[Any, str] | None = None
+    context: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Tally:
+    """The loop's own state between instants."""
+
+    upcoming: Job | None = None
+    submitted: int = 0
+    idle: int = 0
+    next_decide: float = 0.0
+    decide_queued: bool = False
+    fallback: str | None = None
+    exit_code: int = 0
+    message: str | None = None
+    latencies: Latencies = field(default_factory=Latencies)
+
+
+def run(controller: Controller, arrivals: Iterator[Job], executor: Executor, clock: Clock,
+        sink: RunOutputs, config: LoopConfig) -> RunResult:
+    """Replay ``arrivals`` through ``controller`` on ``executor``; write ``sink``'s outputs."""
+    wall0 = time.perf_counter()
+    tally = _Tally()
+    _next_arrival(arrivals, clock, tally)
+    if config.telemetry_interval > 0:
+        clock.schedule(clock.now() + config.telemetry_interval, TELEMETRY, None)
+    try:
+        _events(controller, arrivals, executor, clock, sink, config, tally)
+        if controller.unfinished and tally.exit_code == 0:
+            # The events ran dry with work unfinished: never end silently.
+            tally.message = f"the run ended with {controller.unfinished} jobs unfinished"
+            controller.fail_unfinished(tally.message)
+            tally.exit_code = 1
+    except PolicyFailure as e:
+        tally.message, tally.exit_code = str(e), 1
+        controller.fail_unfinished(f"run stopped: {e}")
+        # Jobs that had not arrived yet are accounted for too, never silently dropped.
+        for job in itertools.chain([tally.upcoming] if tally.upcoming else [], arrivals):
+            controller.refuse(job, f"run stopped before it arrived: {e}")
+    except BaseException:
+        sink.abort()  # e.g. a malformed row mid-trace: leave readable files, no summary
+        raise
+    executor.finish(controller)
+    return _result(controller, executor, clock, sink, config, tally, wall0)
+
+
+def _events(controller: Controller, arrivals: Iterator[Job], executor: Executor,
+            clock: Clock, sink: RunOutputs, config: LoopConfig, tally: _Tally) -> None:
+    instant_event: str | None = None  # what to tell the policy about this instant
+    while (popped := clock.next()) is not None:
+        now, kind, payload = popped
+        label = _handle(kind, payload, now, controller, executor, clock, sink, config, tally,
+                        arrivals)
+        instant_event = label or instant_event
+        if clock.more_now():
+            continue  # decide once per instant, after every event of it
+        event, instant_event = instant_event, None
+        if event is not None and _decide_now(now, clock, config, tally):
+            _decide(now, event, controller, executor, config, tally)
+            if _stuck(now, controller, executor, clock, config, tally):
+                break
+        executor.settle(now, controller, tally.submitted)
+
+
+def _handle(kind: int, payload: Any, now: float, controller: Controller, executor: Executor,
+            clock: Clock, sink: RunOutputs, config: LoopConfig, tally: _Tally,
+            arrivals: Iterator[Job]) -> str | None:
+    if kind == ARRIVAL:
+        controller.submit(payload, now)
+        tally.submitted += 1
+        _next_arrival(arrivals, clock, tally)
+        return "arrival"
+    if kind == DECIDE:
+        tally.decide_queued = False
+        return "tick"
+    if kind == TELEMETRY and payload is None:
+        ready = executor.tick(now, controller.queued)
+        if ready is not None:
+            _apply(ready, now, controller, executor, sink)
+        if config.telemetry_interval > 0 and (controller.busy or controller.queued
+                                              or tally.upcoming or executor.recovering()):
+            clock.schedule(now + config.telemetry_interval, TELEMETRY, None)
+        return "telemetry"
+    event = executor.resolve(kind, payload, now)
+    return None if event is None else _apply(event, now, controller, executor, sink)
+
+
+def _apply(event: Event, now: float, controller: Controller, executor: Executor,
+           sink: RunOutputs) -> str | None:
+    """Hand one executor event to the controller; returns what to tell the policy."""
+    if isinstance(event, BatchDone):
+        controller.batch_done(event.batch, now, event.failure)
+        return "completion"
+    if isinstance(event, DeviceDown):
+        executor.cancel(controller.device_down(event.device, now, event.reason), now)
+        return "failure"
+    if isinstance(event, NodeDown):
+        executor.cancel(controller.node_down(event.node, now, event.reason), now)
+        return "failure"
+    if isinstance(event, DeviceUp):
+        controller.device_up(event.device, now)
+        return "device_up"
+    samples = list(event.samples)
+    controller.observe(samples)
+    sink.telemetry(samples)
+    return None  # a sample arriving triggers no decision of its own
+
+
+def _next_arrival(arrivals: Iterator[Job], clock: Clock, tally: _Tally) -> None:
+    tally.upcoming = next(arrivals, None)
+    if tally.upcoming is not None:
+        clock.schedule(tally.upcoming.submit_time, ARRIVAL, tally.upcoming)
+
+
+def _decide_now(now: float, clock: Clock, config: LoopConfig, tally: _Tally) -> bool:
+    if now < tally.next_decide:  # inside the quantum: decide at its end instead
+        if not tally.decide_queued:
+            clock.schedule(tally.next_decide, DECIDE, None)
+            tally.decide_queued = True
+        return False
+    tally.next_decide = now + config.decision_interval
+    return True
+
+
+def _decide(now: float, event: str, controller: Controller, executor: Executor,
+            config: LoopConfig, tally: _Tally) -> None:
+    t0 = time.perf_counter()
+    try:
+        step = controller.decide(now, event)
+    except PolicyFailure as e:
+        if config.fallback is None or tally.fallback is not None:
+            raise
+        fallback, name = config.fallback
+        tally.fallback = f"{e}; fell back to {name!r}"
+        log.warning("policy %r failed repeatedly (%s); falling back to %r",
+                    config.policy_name, e, name)
+        controller.switch_policy(fallback, name, str(e))
+        step = controller.decide(now, event)
+    tally.latencies.add(time.perf_counter() - t0)
+    executor.cancel(step.cancelled, now)
+    executor.start(step.started, now)
+
+
+def _stuck(now: float, controller: Controller, executor: Executor, clock: Clock,
+           config: LoopConfig, tally: _Tally) -> bool:
+    """Count decision rounds in which only the policy could make progress and did not.
+
+    An erroring round does not count: errors lead to the fallback or stop the
+    run. Returns True once the run gave up.
+    """
+    if controller.busy or not controller.queued or tally.upcoming or executor.recovering():
+        tally.idle = 0  # a pending fault cannot help: it only removes capacity
+        return False
+    if controller.failures_in_row:
+        tally.idle = 0
+    else:
+        tally.idle += 1
+        if tally.idle >= IDLE_ROUNDS:
+            tally.message = controller.give_up_idle()
+            tally.exit_code = 0 if tally.message is None else 1
+            return True
+    if config.telemetry_interval <= 0:
+        clock.schedule(now + 1.0, TELEMETRY, None)  # something must wake the policy again
+    return False
+
+
+def _result(controller: Controller, executor: Executor, clock: Clock, sink: RunOutputs,
+            config: LoopConfig, tally: _Tally, wall0: float) -> RunResult:
+    makespan = sink.last_end - sink.first_submit if sink.completed else 0.0
+    summary = sink.summary(policy=config.policy_name, mode=executor.mode,
+                           **executor.summary_fields(makespan), **dict(config.context))
+    p50, p99 = tally.latencies.quantile(0.5), tally.latencies.quantile(0.99)
+    run_info = {
+        "wall_seconds": time.perf_counter() - wall0,
+        "jobs_submitted": tally.submitted,
+        "decide_calls": len(tally.latencies),
+        "decide_ms_p50": None if p50 is None else p50 * 1e3,
+        "decide_ms_p99": None if p99 is None else p99 * 1e3,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "exit_code": tally.exit_code, "message": tally.message,
+        "policy_fallback": tally.fallback,
+        **clock.info(), **executor.run_info(controller),
+    }
+    sink.close(summary, run_info)
+    return RunResult(summary, run_info, tally.exit_code, tally.message)
