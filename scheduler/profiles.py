@@ -1,10 +1,11 @@
 """Device profiles: what a device measurably does, as data the cost model reads.
 
 A profile is a JSON file (format ``attnsched-profile/1``, documented in
-``docs/profiles.md``) holding measured SDPA throughput per backend over
-shapes, the host time of one call, and Ray's dispatch costs. The cost model
-interpolates between measured points and never invents a rate: shapes outside
-the measured range are clamped to the nearest measured point.
+``docs/profiles.md``; its schema and writer are :mod:`scheduler.profile_json`)
+holding measured SDPA throughput per backend over shapes, the host time of
+one call, and Ray's dispatch costs. The cost model interpolates between
+measured points and never invents a rate: shapes outside the measured range
+are clamped to the nearest measured point.
 """
 
 from __future__ import annotations
@@ -21,11 +22,21 @@ from types import MappingProxyType
 from typing import Any
 
 from scheduler.errors import InputError
-from scheduler.inputfiles import MAX_ECHO, clip, read_capped
+from scheduler.inputfiles import clip, read_capped
 from scheduler.jobs import DType
+from scheduler.profile_json import (
+    BACKENDS,
+    FORMAT,
+    SCALE_KINDS,
+    SCHEMA,
+    check_profile_json,
+    profile_to_dict,
+    schema_message,
+)
 
-FORMAT = "attnsched-profile/1"
-BACKENDS = ("cudnn", "flash", "efficient", "math")
+__all__ = ["BACKENDS", "FORMAT", "MAX_PROFILE_BYTES", "SCALE_KINDS", "SCHEMA", "DeviceProfile",
+           "SdpaPoint", "check_profile_json", "load_profile", "load_profile_data",
+           "profile_from_dict", "profile_to_dict", "schema_message", "shipped_profiles"]
 RATE_BUCKETS_PER_E = 1000  # rate memo resolution: 1000 buckets per e-fold of q·kv
 MAX_PROFILE_BYTES = 16 << 20  # shipped profiles are ~20 KB; calibration writes far less than this
 
@@ -252,129 +263,27 @@ def _interp_dims(dims: list[int], head_dim: int, rate_at: Any) -> float:
     return _loglog([dims[i - 1], dims[i]], [rate_at(dims[i - 1]), rate_at(dims[i])], head_dim)
 
 
-SCALE_KINDS = ("prefill", "decode", "train")  # how worker_scale groups jobs
-_POS = {"type": "number", "exclusiveMinimum": 0, "maximum": 1e18}
-_NONNEG = {"type": "number", "minimum": 0, "maximum": 1e6}
-_DTYPE = {"enum": [d.value for d in DType]}
-_INT = {"type": "integer", "minimum": 1, "maximum": 1 << 24}
-SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["format", "name", "kind", "device", "memory_bytes", "bandwidth_gb_s", "sdpa"],
-    "additionalProperties": False,
-    "properties": {
-        "format": {"const": FORMAT},
-        "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]*$"},
-        "kind": {"enum": ["gpu", "cpu"]},
-        "device": {"type": "string"},
-        "matches": {"type": "array", "items": {"type": "string"}},
-        "source": {"type": "string"},
-        "memory_bytes": {"type": "integer", "minimum": 1, "maximum": 1 << 50},
-        "bandwidth_gb_s": _POS,
-        "matmul_tflops": {"type": "object", "propertyNames": _DTYPE,
-                          "additionalProperties": _POS},
-        "dtype_aliases": {"type": "object", "propertyNames": _DTYPE,
-                          "additionalProperties": _DTYPE},
-        "call_host_us": _NONNEG,
-        "unpacked_job_host_us": {"type": "array", "items": {
-            "type": "array", "prefixItems": [_POS, _NONNEG], "minItems": 2, "maxItems": 2}},
-        "actor_call_us": _NONNEG,
-        "task_us": {"type": "number", "minimum": 0, "maximum": 1e9},
-        "sharing": {"type": "array", "minItems": 1, "items": {
-            "type": "array", "prefixItems": [{"type": "number", "minimum": 1, "maximum": 1e4},
-                                             {"type": "number", "exclusiveMinimum": 0,
-                                              "maximum": 1}],
-            "minItems": 2, "maxItems": 2}},
-        "node_sharing": {"type": "array", "minItems": 1, "items": {
-            "type": "array", "prefixItems": [{"type": "number", "minimum": 1, "maximum": 1e4},
-                                             {"type": "number", "exclusiveMinimum": 0,
-                                              "maximum": 1}],
-            "minItems": 2, "maxItems": 2}},
-        "decode_mask_call_us": _NONNEG,
-        "decode_mask_score_ns": _NONNEG,
-        "decode_step_us": _NONNEG,
-        "decode_element_ns": _NONNEG,
-        "decode_dtype": _DTYPE,
-        "worker_job_us": _NONNEG,
-        "worker_scale": {"type": "object", "propertyNames": {"enum": list(SCALE_KINDS)},
-                         "additionalProperties": {"type": "array", "minItems": 1, "items": {
-                             "type": "array", "prefixItems": [
-                                 _POS, {"type": "number", "exclusiveMinimum": 0,
-                                        "maximum": 1000}],
-                             "minItems": 2, "maxItems": 2}}},
-        "batch_call_us": _NONNEG,
-        "worker_batch_us": _NONNEG,
-        "telemetry_us": _NONNEG,
-        "decision_us": _NONNEG,
-        "backward_factor": {"type": "number", "minimum": 0, "maximum": 100},
-        "sdpa": {"type": "array", "minItems": 1, "items": {
-            "type": "object",
-            "required": ["backend", "dtype", "head_dim", "causal", "batch", "heads", "q_len",
-                         "kv_len", "tflops"],
-            "additionalProperties": False,
-            "properties": {
-                "backend": {"enum": list(BACKENDS)}, "dtype": _DTYPE, "causal": {"type": "boolean"},
-                "head_dim": _INT, "batch": _INT, "heads": _INT, "q_len": _INT, "kv_len": _INT,
-                "tflops": {"type": "number", "exclusiveMinimum": 0, "maximum": 1e5},
-            }}},
-        "reference": {"type": "object"},
-    },
-}
-
-
-def _non_finite(data: Any) -> tuple[str, ...] | None:
-    """Key path of a NaN or infinity: JSON Schema's bounds do not catch NaN."""
-    stack: list[tuple[tuple[str, ...], Any]] = [((), data)]
-    while stack:  # iterative: a deeply nested "reference" must not overflow the stack
-        keys, value = stack.pop()
-        if isinstance(value, float) and not math.isfinite(value):
-            return keys
-        if isinstance(value, dict):
-            stack += [((*keys, str(k)), v) for k, v in value.items()]
-        elif isinstance(value, list):
-            stack += [((*keys, str(i)), v) for i, v in enumerate(value)]
-    return None
-
-
-def schema_message(error: Any) -> str:
-    """A jsonschema error's message, which reprs the whole failing value, only when
-    that is short; else the value clipped and the rule it breaks (cluster files too)."""
-    message = str(error.message)
-    if len(message) <= 2 * MAX_ECHO:
-        return message
-    return (f"{clip(error.instance)} fails the schema's {error.validator} rule "
-            f"({clip(error.validator_value)})")
-
-
 def profile_from_dict(data: Any, path: str | Path | None = None) -> DeviceProfile:
     """Validate a parsed profile and build it; errors name the key path at fault."""
-    import jsonschema  # deferred: only profile loading needs it
+    check_profile_json(data, path)
+    return _build(data)
 
-    bad = _non_finite(data)
-    if bad is not None:
-        where = ".".join(bad) or "(top level)"
-        raise InputError("expected a finite number, got NaN or infinity", path=path,
-                         field=where if len(where) <= MAX_ECHO else clip(where))
-    validator = jsonschema.Draft202012Validator(SCHEMA)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
-    if error is not None:
-        key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise InputError(schema_message(error), path=path,
-                         field=key if len(key) <= MAX_ECHO else clip(key))
+
+def _seconds(data: Mapping[str, Any], key: str, unit: float = 1e-6) -> float:
+    return float(data.get(key, 0.0)) * unit
+
+
+def _curve(rows: Any) -> tuple[tuple[float, float], ...]:
+    return tuple(sorted((float(x), float(y)) for x, y in rows))
+
+
+def _build(data: Mapping[str, Any]) -> DeviceProfile:
+    """The profile of a checked parse (:func:`check_profile_json`)."""
     pts = tuple(
         SdpaPoint(p["backend"], DType(p["dtype"]), p["head_dim"], p["causal"], p["batch"],
                   p["heads"], p["q_len"], p["kv_len"], float(p["tflops"]))
         for p in data["sdpa"]
     )
-    aliases = {DType(k): DType(v) for k, v in data.get("dtype_aliases", {}).items()}
-    for alias, target in aliases.items():
-        if not any(p.dtype is target for p in pts):
-            raise InputError(f"{alias.value} is aliased to {target.value}, which has no points",
-                             path=path, field=f"dtype_aliases.{alias.value}")
-    for kind, curve in data.get("worker_scale", {}).items():
-        xs = sorted(float(x) for x, _ in curve)
-        if len(set(xs)) != len(xs):
-            raise InputError("two points at the same device seconds", path=path,
-                             field=f"worker_scale.{kind}")
     return DeviceProfile(
         name=data["name"], kind=data["kind"], device=data["device"],
         matches=tuple(data.get("matches", ())),
@@ -383,29 +292,28 @@ def profile_from_dict(data: Any, path: str | Path | None = None) -> DeviceProfil
         matmul_tflops=MappingProxyType(
             {DType(k): float(v) for k, v in data.get("matmul_tflops", {}).items()}),
         sdpa=pts,
-        dtype_aliases=MappingProxyType(aliases),
-        call_host_s=float(data.get("call_host_us", 0.0)) * 1e-6,
+        dtype_aliases=MappingProxyType(
+            {DType(k): DType(v) for k, v in data.get("dtype_aliases", {}).items()}),
+        call_host_s=_seconds(data, "call_host_us"),
         unpacked_job_host_s=tuple(sorted((float(s), float(us) * 1e-6)
                                          for s, us in data.get("unpacked_job_host_us", ()))),
-        actor_call_s=float(data.get("actor_call_us", 0.0)) * 1e-6,
-        task_s=float(data.get("task_us", 0.0)) * 1e-6,
-        sharing=tuple(sorted((float(k), float(e)) for k, e in data.get("sharing", [[1, 1]]))),
+        actor_call_s=_seconds(data, "actor_call_us"),
+        task_s=_seconds(data, "task_us"),
+        sharing=_curve(data.get("sharing", [[1, 1]])),
         backward_factor=float(data.get("backward_factor", 2.5)),
-        worker_job_s=float(data.get("worker_job_us", 0.0)) * 1e-6,
-        batch_call_s=float(data.get("batch_call_us", 0.0)) * 1e-6,
-        worker_batch_s=float(data.get("worker_batch_us", 0.0)) * 1e-6,
-        telemetry_s=float(data.get("telemetry_us", 0.0)) * 1e-6,
-        decision_s=float(data.get("decision_us", 0.0)) * 1e-6,
-        node_sharing=tuple(sorted((float(k), float(e))
-                                  for k, e in data.get("node_sharing", [[1, 1]]))),
-        decode_mask_call_s=float(data.get("decode_mask_call_us", 0.0)) * 1e-6,
-        decode_mask_score_s=float(data.get("decode_mask_score_ns", 0.0)) * 1e-9,
-        decode_step_s=float(data.get("decode_step_us", 0.0)) * 1e-6,
-        decode_element_s=float(data.get("decode_element_ns", 0.0)) * 1e-9,
+        worker_job_s=_seconds(data, "worker_job_us"),
+        batch_call_s=_seconds(data, "batch_call_us"),
+        worker_batch_s=_seconds(data, "worker_batch_us"),
+        telemetry_s=_seconds(data, "telemetry_us"),
+        decision_s=_seconds(data, "decision_us"),
+        node_sharing=_curve(data.get("node_sharing", [[1, 1]])),
+        decode_mask_call_s=_seconds(data, "decode_mask_call_us"),
+        decode_mask_score_s=_seconds(data, "decode_mask_score_ns", 1e-9),
+        decode_step_s=_seconds(data, "decode_step_us"),
+        decode_element_s=_seconds(data, "decode_element_ns", 1e-9),
         decode_dtype=DType(data["decode_dtype"]) if "decode_dtype" in data else None,
         worker_scale=MappingProxyType({
-            kind: tuple(sorted((float(x), float(r)) for x, r in curve))
-            for kind, curve in data.get("worker_scale", {}).items()}),
+            kind: _curve(curve) for kind, curve in data.get("worker_scale", {}).items()}),
         source=data.get("source", ""),
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -69,7 +70,8 @@ def test_fidelity_retimes_a_replay_calibrated_profile_before_the_runs(
         cli, local_ray, tmp_path: Path, monkeypatch) -> None:
     from workers import calibrate_live
 
-    monkeypatch.setattr(calibrate_live, "RETIME_JOBS", 40)
+    monkeypatch.setattr(calibrate_live, "retimed",
+                        functools.partial(calibrate_live.retimed, jobs=40))
     data = json.loads(SHIPPED_CPU.read_text())
     data["reference"] = {**data.get("reference", {}), "live_replay": {"jobs": 600}}
     data["node_sharing"] = [[1, 1.0], [2, 0.8]]

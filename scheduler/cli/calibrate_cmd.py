@@ -17,9 +17,10 @@ from typing import Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from scheduler.calibration.plan import Plan, count_steps
 from scheduler.cli.consoles import make_console
 from scheduler.errors import InputError
-from scheduler.profiles import SCHEMA, profile_from_dict
+from scheduler.profiles import SCHEMA, check_profile_json
 from scheduler.runs import check_out_file
 
 console = make_console()
@@ -60,10 +61,19 @@ def calibrate(
     if device is Device.CUDA and not _has_cuda():
         raise InputError("no CUDA device here (torch.cuda.is_available() is false); run it "
                          "on the GPU machine, or use --device cpu", field="--device")
-    from workers.calibrate import build_profile, count_steps, default_name, full_plan, quick_plan
+    from workers.calibrate import full_plan, quick_plan
+    from workers.measure import default_name
 
     plan = (quick_plan if quick else full_plan)(device.value, threads)
-    profile_name = name or default_name(device.value)
+    write_calibration(plan, name or default_name(device.value), output,
+                      "--quick, " if quick else "")
+
+
+def write_calibration(plan: Plan, name: str, output: Path, note: str = "") -> dict[str, Any]:
+    """Measure ``plan`` behind a progress bar, check the profile once and write it to
+    ``output`` (its source noted with ``note`` and the seconds it took); returns its JSON."""
+    from workers.calibrate import build_profile
+
     start = time.perf_counter()
     with Progress(TextColumn("[bold]{task.description:<44}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err_console, transient=True) as bar:
@@ -75,17 +85,18 @@ def calibrate(
             bar.update(task, description=label, advance=1 if started else 0)
             started = True
 
-        data = build_profile(plan, profile_name, tick)
+        calibrated = build_profile(plan, name, tick)
         bar.update(task, completed=count_steps(plan))
-    data["source"] += f"; {'--quick, ' if quick else ''}{time.perf_counter() - start:.0f} s"
+    data = calibrated.noted(f"{note}{time.perf_counter() - start:.0f} s").to_json()
     try:
-        profile_from_dict(data)
+        check_profile_json(data)
     except InputError as e:  # our own output: a bug, not the user's input
         raise RuntimeError(f"calibration produced an invalid profile: {e}") from None
     tmp = output.with_name(output.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
     tmp.replace(output)
     _print_summary(data, output, time.perf_counter() - start)
+    return data
 
 
 def _has_cuda() -> bool:
