@@ -103,14 +103,7 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
     ``config.resume`` continues the run that journal describes, if
     ``identity`` (from :func:`run_identity`) matches the one it recorded.
     """
-    if config.resume and out is None:
-        raise InputError("resuming needs the run's folder", field="--resume")
-    journal = None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        journal = Journal(out / JOURNAL_FILE,
-                          identity or run_identity(None, config, policy_name),
-                          resume=config.resume, overwrite=config.overwrite)
+    journal = _journal(out, config, identity or run_identity(None, config, policy_name))
     resumed = journal.resumed if journal is not None else None
     aside = _prepare_outputs(out, config.resume)
     live = session or open_session(config)
@@ -152,6 +145,16 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
     if session is None:
         close_session(live)
     return result
+
+
+def _journal(out: Path | None, config: LiveConfig, identity: RunIdentity) -> Journal | None:
+    if config.resume and out is None:
+        raise InputError("resuming needs the run's folder", field="--resume")
+    if out is None:
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    return Journal(out / JOURNAL_FILE, identity, resume=config.resume,
+                   overwrite=config.overwrite)
 
 
 def _reset(fleet: Fleet) -> list[str]:

@@ -19,7 +19,8 @@ from scheduler.controller import Controller
 from scheduler.errors import InputError
 from scheduler.events import RunResult
 from scheduler.jobs import Job
-from scheduler.loop import IDLE_ROUNDS, Latencies, LoopConfig, VirtualClock, run
+from scheduler.latencies import Latencies
+from scheduler.loop import IDLE_ROUNDS, LoopConfig, VirtualClock, run
 from scheduler.metrics import RunOutputs
 from scheduler.pricing import ClusterCost
 from scheduler.profiles import DeviceProfile
