@@ -71,6 +71,8 @@ class Terms(NamedTuple):
     flops: float
     backend: str
     backward: int  # backward calls that pay it (packing.backward_calls)
+    group: packing.GroupKey = ()  # its call group on this profile (packing.call_key)
+    kind: str = "prefill"  # its scale kind (packing.scale_kind)
 
 
 def _job_terms(job: AttentionJob, profile: DeviceProfile, backend: str | None) -> Terms:
@@ -81,7 +83,8 @@ def _job_terms(job: AttentionJob, profile: DeviceProfile, backend: str | None) -
                                                  profile, backend)  # one request: no mask
         # A timed decode step is a whole step, host included: no separate floor.
         calls = 0 if profile.decode_step_s > 0 else launches
-        return Terms(compute, nbytes, calls, total_flops(job, profile.backward_factor), used, 0)
+        return Terms(compute, nbytes, calls, total_flops(job, profile.backward_factor), used, 0,
+                     packing.call_key(job, profile.kind), "decode")
     kv = mean_kv(job)
     rate, used = profile.sdpa_tflops(job.q_len, round(kv), job.head_dim, job.dtype,
                                      job.causal, backend)
@@ -89,7 +92,8 @@ def _job_terms(job: AttentionJob, profile: DeviceProfile, backend: str | None) -
     work = call_flops(job, round(kv)) * (1.0 + profile.backward_factor if train else 1)
     return Terms(work * launches / (rate * 1e12),
                  call_bytes(job, kv) * launches * (3 if train else 1), launches,
-                 total_flops(job, profile.backward_factor), used, packing.backward_calls(job))
+                 total_flops(job, profile.backward_factor), used, packing.backward_calls(job),
+                 packing.call_key(job, profile.kind), scale_kind(job))
 
 
 DecodeRow = tuple[int, int, int]  # (steps, kv_len, rows) of one decode request
@@ -181,8 +185,8 @@ class Pack:
     ``seconds = max(calls · host, Σ compute, Σ bytes / bandwidth) + Σ mask``.
     """
 
-    __slots__ = ("backend", "calls", "compute_s", "decodes", "flops", "groups", "jobs", "kind",
-                 "mask_s", "memo", "nbytes", "profile", "want")
+    __slots__ = ("backend", "calls", "compute_s", "decodes", "flops", "groups", "jobs",
+                 "kind", "mask_s", "memo", "nbytes", "profile", "want")
 
     def __init__(self, profile: DeviceProfile, backend: str | None = None,
                  memo: dict[str, Terms] | None = None) -> None:
@@ -232,7 +236,7 @@ class Pack:
         """Account for one more job; raises InputError if the profile cannot time it."""
         terms = self._terms(job)
         self.backend = terms.backend
-        group = packing.call_key(job, self.profile.kind)
+        group = terms.group
         decodes, compute, nbytes, mask = self._joining(job, group, terms.compute_s,
                                                        terms.nbytes)
         if decodes is not None:
@@ -245,17 +249,18 @@ class Pack:
         self.calls += sum(calls) - had
         self.flops += terms.flops
         self.jobs += 1
-        self.kind = packing.joined_kind(self.kind, scale_kind(job))
+        self.kind = packing.joined_kind(self.kind, terms.kind)
 
     def seconds_with(self, job: AttentionJob) -> float:
         """What the batch would take with ``job`` added, without adding it."""
         terms = self._terms(job)
-        group = packing.call_key(job, self.profile.kind)
+        group = terms.group
         _, compute, nbytes, mask = self._joining(job, group, terms.compute_s, terms.nbytes)
-        more = sum(self._group_calls(group, terms)) - sum(self.groups.get(group, (0, 0)))
+        forward, backward = self.groups.get(group, (0, 0))
+        more = max(0, terms.calls - forward) + max(0, terms.backward - backward)
+        kind = terms.kind if not self.kind or self.kind == terms.kind else "prefill"
         return self._seconds(self.calls + more, self.compute_s + compute,
-                             self.nbytes + nbytes, self.mask_s + mask,
-                             packing.joined_kind(self.kind, scale_kind(job)))
+                             self.nbytes + nbytes, self.mask_s + mask, kind)
 
     def _seconds(self, calls: int, compute: float, nbytes: float, mask: float,
                  kind: str) -> float:
@@ -339,7 +344,7 @@ def estimate(job: Job, profile: DeviceProfile, backend: str | None = None) -> Es
         return _model_estimate(job, profile)
     # A batch of one, without the batch's checks and running totals: the
     # simulator prices every new shape through here.
-    compute, nbytes, forward, flops, used, backward = _job_terms(job, profile, backend)
+    compute, nbytes, forward, flops, used, backward, _, _ = _job_terms(job, profile, backend)
     device = max(compute, nbytes / profile.bandwidth_bytes_s)
     if profile.worker_scale:
         device *= profile.scale(scale_kind(job), device)

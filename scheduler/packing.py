@@ -160,7 +160,8 @@ def launch_key(job: AttentionJob) -> GroupKey:
 
 def call_key(job: AttentionJob, device_kind: str) -> GroupKey:
     """Jobs with one key share each kernel call on ``device_kind`` ("gpu", "cpu", "cuda")."""
-    if job.kind is JobKind.DECODE or job.kind is JobKind.MODEL:
+    kind = job.kind
+    if kind is JobKind.DECODE or kind is JobKind.MODEL:
         return launch_key(job)
     if rule_for(device_kind).shares_shapes:
         return ("layout", job.heads, job.kv_heads)
