@@ -161,3 +161,20 @@ def test_a_run_whose_devices_all_fail_names_the_reason(tmp_path) -> None:
     tally = result.summary["failed_reasons"]
     assert sum(tally.values()) == result.summary["jobs_failed"] == 30
     assert len(tally) <= 5 and all(len(r) <= 100 for r in tally)
+
+
+def test_a_failing_policy_hands_over_to_the_fallback_in_the_simulator_too() -> None:
+    """The fallback lives in the one run loop: the simulator has it as live runs do."""
+    from tests.simkit import Scripted
+
+    def broken(view):
+        raise RuntimeError("bug")
+
+    jobs = trace(n=20)
+    stopped = run(jobs, Scripted(broken), max_policy_failures=3)
+    assert stopped.exit_code == 1 and "failed 3 times in a row" in (stopped.message or "")
+    assert stopped.summary["jobs_failed"] == 20  # every job accounted for, none lost
+    rescued = run(jobs, Scripted(broken), max_policy_failures=3,
+                  fallback=(load_policy("greedy"), "greedy"))
+    assert rescued.exit_code == 0 and rescued.summary["jobs_completed"] == 20
+    assert "fell back to 'greedy'" in (rescued.run_info["policy_fallback"] or "")
