@@ -163,7 +163,7 @@ def load() -> str:
     return "n/a" if not hasattr(os, "getloadavg") else f"{os.getloadavg()[0]:.1f}"
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"),
@@ -174,7 +174,74 @@ def main() -> None:
                         help="CPU cores every path may use (threads, Ray CPUs)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="each path runs this many times, interleaved; the fastest counts")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def start_paths(device: str, cpus: int, warm: list[AttentionJob]
+                ) -> tuple[AttentionWorker, Any, Any]:
+    """The direct worker, the worker actor and the naive task, each run once on ``warm``."""
+    kind = "gpu" if device == "cuda" else "cpu"
+    worker = AttentionWorker("dev0", kind, cpus=cpus)
+    # The actor and the naive tasks share the device but never run at once:
+    # half the GPU (Ray hands out fractions of one GPU id) or the CPUs twice
+    # over, so neither waits for the other's reservation.
+    ray.init(address="local", num_cpus=2 * cpus, num_gpus=1 if device == "cuda" else 0,
+             include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    options = {"num_gpus": 0.5, "num_cpus": 0} if device == "cuda" else {"num_cpus": cpus}
+    actor: Any = ray.remote(AttentionWorker).options(**options).remote("dev0", kind, cpus)
+    task = one_job.options(num_gpus=0.125, num_cpus=0) if device == "cuda" else \
+        one_job.options(num_cpus=1)
+    worker.run("warm", warm, 0.0, 0.0)
+    ray.get(actor.run.remote("warm", warm, 0.0, 0.0))
+    ray.get([task.remote(j, device) for j in warm])
+    return worker, actor, task
+
+
+def fastest_rounds(rounds: int, device: str, jobs: Sequence[AttentionJob],
+                   work: Sequence[list[AttentionJob]], sample: Sequence[AttentionJob],
+                   paths: tuple[AttentionWorker, Any, Any]
+                   ) -> tuple[tuple[float, float, float, float], set[str]]:
+    """Each path's fastest seconds over ``rounds`` interleaved rounds (best, worker direct,
+    worker through Ray, naive), and the backends the direct worker reported last."""
+    worker, actor, task = paths
+    best_s = direct_s = ray_s = naive_s = float("inf")
+    backends: set[str] = set()
+    for _ in range(rounds):
+        best_s = min(best_s, best_calls(jobs, device, repeats=1))
+        took, backends = run_worker(lambda b, js, f: worker.run(b, js, 0.0, f), work)
+        direct_s = min(direct_s, took)
+        took, _ = run_worker(lambda b, js, f: actor.run.remote(b, js, 0.0, f), work,
+                             through_ray=True)
+        ray_s = min(ray_s, took)
+        start = time.perf_counter()
+        ray.get([task.remote(j, device) for j in sample])
+        naive_s = min(naive_s, time.perf_counter() - start)
+    return (best_s, direct_s, ray_s, naive_s), backends
+
+
+def print_rates(rounds: int, flops: float, naive_flops: float, samples: int,
+                seconds: tuple[float, float, float, float], backends: set[str]) -> None:
+    """Each path's TFLOP/s and the worker's ratios to best and naive, against the targets."""
+    best_s, direct_s, ray_s, naive_s = seconds
+    best, direct = tflops(flops, best_s), tflops(flops, direct_s)
+    via_ray, naive = tflops(flops, ray_s), tflops(naive_flops, naive_s)
+    print(f"fastest of {rounds} interleaved rounds; load average now {load()}")
+    for name, rate, took in (
+            ("best SDPA calls (one per shape group, no Ray)", best, best_s),
+            ("worker, called directly", direct, direct_s),
+            ("worker actor through Ray", via_ray, ray_s),
+            (f"one Ray task per job ({samples} jobs)", naive, naive_s)):
+        print(f"{name:48} {rate:9.4f} TFLOP/s  ({took:6.2f} s)")
+    print(f"worker backends: {', '.join(sorted(backends))} (inputs: views of a pool drawn "
+          "once per worker, as best's are made before its clock starts)")
+    print(f"worker/best: direct {direct / best:.0%}, through Ray {via_ray / best:.0%} "
+          f"(target >= 85% on an H100)")
+    print(f"worker/naive: direct {direct / naive:.1f}x, through Ray {via_ray / naive:.1f}x "
+          f"(target >= 20x on an H100)")
+
+
+def main() -> None:
+    args = parse_args()
     device = args.device
     sizes = SIZES[device]
     if args.jobs:
@@ -195,51 +262,10 @@ def main() -> None:
           f"{flops / 1e12:.3f} TFLOP (costmodel); {len(work)} batches of <= {sizes.batch}",
           flush=True)
 
-    kind = "gpu" if device == "cuda" else "cpu"
-    worker = AttentionWorker("dev0", kind, cpus=args.cpus)
-    # The actor and the naive tasks share the device but never run at once:
-    # half the GPU (Ray hands out fractions of one GPU id) or the CPUs twice
-    # over, so neither waits for the other's reservation.
-    ray.init(address="local", num_cpus=2 * args.cpus, num_gpus=1 if device == "cuda" else 0,
-             include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
-    options = {"num_gpus": 0.5, "num_cpus": 0} if device == "cuda" else {"num_cpus": args.cpus}
-    actor: Any = ray.remote(AttentionWorker).options(**options).remote("dev0", kind, args.cpus)
-    task = one_job.options(num_gpus=0.125, num_cpus=0) if device == "cuda" else \
-        one_job.options(num_cpus=1)
-    warm = work[0][:8]
-    worker.run("warm", warm, 0.0, 0.0)
-    ray.get(actor.run.remote("warm", warm, 0.0, 0.0))
-    ray.get([task.remote(j, device) for j in warm])
-
-    best_s = direct_s = ray_s = naive_s = float("inf")
-    backends: set[str] = set()
-    for _ in range(args.rounds):
-        best_s = min(best_s, best_calls(jobs, device, repeats=1))
-        took, backends = run_worker(lambda b, js, f: worker.run(b, js, 0.0, f), work)
-        direct_s = min(direct_s, took)
-        took, _ = run_worker(lambda b, js, f: actor.run.remote(b, js, 0.0, f), work,
-                             through_ray=True)
-        ray_s = min(ray_s, took)
-        start = time.perf_counter()
-        ray.get([task.remote(j, device) for j in sample])
-        naive_s = min(naive_s, time.perf_counter() - start)
+    paths = start_paths(device, args.cpus, work[0][:8])
+    seconds, backends = fastest_rounds(args.rounds, device, jobs, work, sample, paths)
     ray.shutdown()
-
-    best, direct = tflops(flops, best_s), tflops(flops, direct_s)
-    via_ray, naive = tflops(flops, ray_s), tflops(naive_flops, naive_s)
-    print(f"fastest of {args.rounds} interleaved rounds; load average now {load()}")
-    for name, rate, seconds in (
-            ("best SDPA calls (one per shape group, no Ray)", best, best_s),
-            ("worker, called directly", direct, direct_s),
-            ("worker actor through Ray", via_ray, ray_s),
-            (f"one Ray task per job ({len(sample)} jobs)", naive, naive_s)):
-        print(f"{name:48} {rate:9.4f} TFLOP/s  ({seconds:6.2f} s)")
-    print(f"worker backends: {', '.join(sorted(backends))} (inputs: views of a pool drawn "
-          "once per worker, as best's are made before its clock starts)")
-    print(f"worker/best: direct {direct / best:.0%}, through Ray {via_ray / best:.0%} "
-          f"(target >= 85% on an H100)")
-    print(f"worker/naive: direct {direct / naive:.1f}x, through Ray {via_ray / naive:.1f}x "
-          f"(target >= 20x on an H100)")
+    print_rates(args.rounds, flops, naive_flops, len(sample), seconds, backends)
 
 
 if __name__ == "__main__":

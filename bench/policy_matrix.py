@@ -243,7 +243,7 @@ def plot(results: Sequence[dict[str, Any]], trace: str, path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--traces", default="azure,mooncake,alibaba")
@@ -258,14 +258,14 @@ def main() -> None:
                              "sampled_nodes)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "policy_matrix")
-    args = parser.parse_args()
-    traces = [t.strip() for t in args.traces.split(",") if t.strip()]
-    unknown = [t for t in traces if t not in TRACES]
-    if unknown:
-        raise SystemExit(f"--traces: unknown {unknown}; expected some of {', '.join(TRACES)}")
-    loads = [float(x) for x in args.loads.split(",")]
-    policies = list(available()) if args.policies == "all" else args.policies.split(",")
-    limits = parse_limits(args.limit, traces)
+    return parser.parse_args()
+
+
+def trace_inputs(args: argparse.Namespace, traces: Sequence[str],
+                 limits: Mapping[str, int | None]
+                 ) -> tuple[dict[str, Path], dict[str, Path], dict[str, str]]:
+    """Each trace's file, cluster file and header note: the Alibaba pods capped and its
+    node list sampled as the options ask, the other traces as shipped."""
     files = {t: TRACES_DIR / TRACES[t].file for t in traces}
     clusters = {t: TRACES[t].cluster for t in traces}
     notes = dict.fromkeys(traces, "")
@@ -279,6 +279,17 @@ def main() -> None:
         clusters["alibaba"] = sampled_nodes(every, args.out)
         notes["alibaba"] += (f"; every {every}th node of the list "
                              f"({len(load_cluster(clusters['alibaba']).devices):,} GPUs)")
+    return files, clusters, notes
+
+
+Key = tuple[str, float, str]  # (trace, load, policy)
+Outcome = tuple[dict[str, Any], float]  # (summary, seconds) of one run
+
+
+def run_specs(traces: Sequence[str], loads: Sequence[float], policies: Sequence[str],
+              files: Mapping[str, Path], clusters: Mapping[str, Path],
+              limits: Mapping[str, int | None]) -> tuple[list[RunSpec], list[Key]]:
+    """One simulation per trace, load and policy (in that order), with its key."""
     specs, keys = [], []
     for trace in traces:
         case = TRACES[trace]
@@ -289,12 +300,23 @@ def main() -> None:
                                      nodes=dict(case.nodes), report=False,
                                      telemetry_interval=case.telemetry_s))
                 keys.append((trace, load, policy))
+    return specs, keys
+
+
+def run_pool(specs: Sequence[RunSpec], keys: Sequence[Key],
+             workers: int) -> tuple[dict[int, Outcome], float]:
+    """Every run's outcome by its index in ``specs``, and the pool's wall seconds."""
     t0 = time.perf_counter()
     # Longest first (the Alibaba runs), so the pool does not end on one straggler.
     order = sorted(range(len(specs)), key=lambda i: keys[i][0] != "alibaba")
-    with ProcessPoolExecutor(max(1, args.workers)) as pool:
+    with ProcessPoolExecutor(max(1, workers)) as pool:
         done = dict(zip(order, pool.map(one, [specs[i] for i in order]), strict=True))
-    wall = time.perf_counter() - t0
+    return done, time.perf_counter() - t0
+
+
+def result_rows(keys: Sequence[Key], done: Mapping[int, Outcome],
+                limits: Mapping[str, int | None]) -> list[dict[str, Any]]:
+    """One row per run, in ``keys`` order: its key, limit, wall time and compared figures."""
     results = []
     for i, (trace, load, policy) in enumerate(keys):
         summary, seconds = done[i]
@@ -303,6 +325,15 @@ def main() -> None:
                         **{k: summary.get(k) for k, _, _ in COLUMNS},
                         "jobs_total": summary.get("jobs_total"),
                         "jobs_failed": summary.get("jobs_failed")})
+    return results
+
+
+def header_lines(args: argparse.Namespace, traces: Sequence[str],
+                 limits: Mapping[str, int | None], notes: Mapping[str, str],
+                 specs: Sequence[RunSpec], keys: Sequence[Key], wall: float
+                 ) -> tuple[list[str], dict[str, dict[str, float]], str, str]:
+    """The lines above the table (date, machine, traces, floors), then the floors, the
+    machine and the date on their own for matrix.json."""
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python "
                f"{platform.python_version()}; {args.workers} worker processes")
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -316,6 +347,23 @@ def main() -> None:
                "runs a job whole on one device does better):", ""]
     header += [f"- {t}: mean {fmt_value('jct_mean', f['jct_mean'])}, "
                f"p99 {fmt_value('jct_p99', f['jct_p99'])}" for t, f in floors.items()]
+    return header, floors, machine, stamp
+
+
+def main() -> None:
+    args = parse_args()
+    traces = [t.strip() for t in args.traces.split(",") if t.strip()]
+    unknown = [t for t in traces if t not in TRACES]
+    if unknown:
+        raise SystemExit(f"--traces: unknown {unknown}; expected some of {', '.join(TRACES)}")
+    loads = [float(x) for x in args.loads.split(",")]
+    policies = list(available()) if args.policies == "all" else args.policies.split(",")
+    limits = parse_limits(args.limit, traces)
+    files, clusters, notes = trace_inputs(args, traces, limits)
+    specs, keys = run_specs(traces, loads, policies, files, clusters, limits)
+    done, wall = run_pool(specs, keys, args.workers)
+    results = result_rows(keys, done, limits)
+    header, floors, machine, stamp = header_lines(args, traces, limits, notes, specs, keys, wall)
     check = targets(results, max(loads))
     print("\n".join([*header, "", *table(results, bold=False), "", *check]))
     args.out.mkdir(parents=True, exist_ok=True)

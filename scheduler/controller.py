@@ -40,7 +40,7 @@ EMA = 0.3  # weight of the newest telemetry sample in the moving averages
 
 
 class Controller:
-    def __init__(self, spec: ClusterSpec, cost: ClusterCost, policy: Policy | Any, *,
+    def __init__(self, spec: ClusterSpec, cost: ClusterCost, policy: Policy, *,
                  policy_name: str, seed: int = 0, slots: int = 1, sink: Sink | None = None,
                  max_policy_failures: int = 10, max_attempts: int = 5,
                  journal: Journal | None = None, decide_timeout: float | None = None,
@@ -192,7 +192,7 @@ class Controller:
             raise PolicyFailure(f"policy {self._policy_name!r} failed "
                                 f"{self._failures_in_row} times in a row; last error: {message}")
 
-    def switch_policy(self, policy: Policy | Any, name: str, why: str | None) -> None:
+    def switch_policy(self, policy: Policy, name: str, why: str | None) -> None:
         """Hand the decisions to ``policy`` from now on (a run's fallback; ``why`` None:
         a test swapping policies, nothing recorded)."""
         if why is not None:

@@ -22,20 +22,14 @@ from typing import Any
 import pyarrow as pa
 
 from scheduler.errors import InputError
-from scheduler.report import (
-    BEST,
+from scheduler.report_data import (
     JOB_COLUMNS,
     TELEMETRY_COLUMNS,
-    _compared_rows,
     _done_jct,
-    _md_table,
     _read_summary,
     _read_table,
-    fmt_value,
-    md_text,
-    plot_jct_cdf,
-    plot_tenant_share,
 )
+from scheduler.report_figures import plot_jct_cdf, plot_tenant_share
 from scheduler.report_plots import (
     batches,
     default_window,
@@ -45,6 +39,7 @@ from scheduler.report_plots import (
     plot_slowdown_by_size,
     slo_by_tenant,
 )
+from scheduler.report_text import BEST, _compared_rows, _md_table, fmt_value, md_text
 
 log = logging.getLogger(__name__)
 

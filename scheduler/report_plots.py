@@ -18,18 +18,8 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from scheduler.report import (
-    DPI,
-    Floats,
-    _by_time,
-    _floats,
-    _note,
-    _pending_from_jobs,
-    _strings,
-    area_under,
-    plain_text,
-    plot_text,
-)
+from scheduler.report_data import Floats, _floats, _strings, area_under
+from scheduler.report_figures import DPI, _note, _queue_series, plain_text, plot_text
 
 SIZE_BINS = 10
 MAX_HEATMAP_ROWS = 48  # more devices than this: neighbouring devices share a row
@@ -199,6 +189,23 @@ def _edges(times: Floats) -> Floats:
     return edges
 
 
+def _utilization_heatmap(ax: Any, telemetry: pa.Table, tel_device: list[str | None],
+                         names: list[str], rows: list[tuple[str, list[int]]]) -> None:
+    """Each device's utilization at each telemetry tick (a cell per tick), or a note."""
+    tel_time, tel_util = _floats(telemetry, "time"), 100 * _floats(telemetry, "util")
+    ticks = np.unique(tel_time[np.isfinite(tel_time)])
+    if ticks.size:
+        matrix = np.full((len(names), ticks.size), np.nan)
+        position = {n: i for i, n in enumerate(names)}
+        column = np.searchsorted(ticks, tel_time)
+        for r, (d, c, u) in enumerate(zip(tel_device, column, tel_util, strict=True)):
+            if d is not None and np.isfinite(tel_time[r]):
+                matrix[position[d], c] = u
+        _heatmap(ax, _edges(ticks), rows, matrix, "utilization (%)", 100.0)
+    else:
+        _note(ax, "no telemetry recorded")
+
+
 @plain_text
 def plot_device_timeline(telemetry: pa.Table, jobs: pa.Table, path: Path, title: str) -> None:
     """Pending jobs, jobs waiting per device and utilization per device on one time axis.
@@ -215,11 +222,7 @@ def plot_device_timeline(telemetry: pa.Table, jobs: pa.Table, path: Path, title:
     fig, (top, waiting, util) = _figure(3, height, [1.0, 1.6, 1.6], width=10.0)
     top.set(title=plot_text(f"{title}\nqueue and utilization per device"),
             ylabel="pending jobs")
-    if telemetry.num_rows:
-        times, _, _, queue = _by_time(_floats(telemetry, "time"), _floats(telemetry, "queue_len"))
-    else:
-        times, queue = _pending_from_jobs(_floats(jobs, "submit"), _floats(jobs, "start"),
-                                          _floats(jobs, "end"))
+    times, queue, _ = _queue_series(telemetry, jobs)
     if times.size:
         top.step(times, queue, where="post", color="tab:blue")
         top.set_ylim(bottom=0)
@@ -244,18 +247,7 @@ def plot_device_timeline(telemetry: pa.Table, jobs: pa.Table, path: Path, title:
     _heatmap(waiting, edges, rows, counts, "jobs waiting (mean)", None)
     waiting.set_ylabel("waiting, by device\nit later ran on")
 
-    tel_time, tel_util = _floats(telemetry, "time"), 100 * _floats(telemetry, "util")
-    ticks = np.unique(tel_time[np.isfinite(tel_time)])
-    if ticks.size:
-        matrix = np.full((len(names), ticks.size), np.nan)
-        position = {n: i for i, n in enumerate(names)}
-        column = np.searchsorted(ticks, tel_time)
-        for r, (d, c, u) in enumerate(zip(tel_device, column, tel_util, strict=True)):
-            if d is not None and np.isfinite(tel_time[r]):
-                matrix[position[d], c] = u
-        _heatmap(util, _edges(ticks), rows, matrix, "utilization (%)", 100.0)
-    else:
-        _note(util, "no telemetry recorded")
+    _utilization_heatmap(util, telemetry, tel_device, names, rows)
     util.set(ylabel="utilization", xlabel="time (s)")
     # The colorbars narrowed the heatmaps: narrow the queue panel alike so times line up.
     top_box, ref = top.get_position(), waiting.get_position()

@@ -1,0 +1,127 @@
+"""The text of reports: values formatted for people, Markdown escaped, comparison rows.
+
+Everything here turns numbers and labels into strings, for ``report.md``, ``comparison.md``,
+the HTML page and the CLI's tables alike, so one run reads the same in all of them. Pure
+string work: no files, no numpy, no matplotlib.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+# Comparison columns in table order: (summary key, header, which way is better).
+COMPARED = (("jct_mean", "JCT mean", min), ("jct_p50", "JCT p50", min),
+            ("jct_p99", "JCT p99", min), ("makespan", "makespan", min),
+            ("device_util_mean", "device util", max), ("jain_fairness", "Jain fairness", max),
+            ("slo_attainment", "SLO attainment", max))
+SECONDS = ("jct_mean", "jct_p50", "jct_p99", "queue_delay_mean", "makespan", "wall_seconds")
+PERCENT = ("device_util_mean", "jain_fairness", "slo_attainment")
+UNITS = {"slowdown_mean": "×", "throughput_jobs_per_s": " jobs/s", "achieved_tflops": " TFLOP/s"}
+SUMMARY_ORDER = ("policy", "mode", "jobs_total", "jobs_completed", "jobs_failed", "jct_mean",
+                 "jct_p50", "jct_p99", "queue_delay_mean", "slowdown_mean", "makespan",
+                 "throughput_jobs_per_s", "achieved_tflops", "device_util_mean",
+                 "jain_fairness", "slo_attainment", "wall_seconds")
+BEST = "\x00"  # marks a best cell in table rows until a table renders it (bold or *)
+# Markdown punctuation that can start a link, emphasis, code, math or a table cell;
+# a backslash before it makes it a literal character everywhere in CommonMark/GFM. An
+# ``_`` between two letters or digits (``jobs_total``) never opens emphasis: left as is.
+_MD_SPECIAL = re.compile(r"[\\`*{}\[\]()#!|~$]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+
+
+def md_text(text: str) -> str:
+    """``text`` as literal Markdown inline text: no link, HTML, emphasis or table break.
+
+    Every run name, tenant, job id, device and reason that reaches a ``.md`` file
+    passes through here, so a tenant called ``<script>`` or ``[x](javascript:…)``
+    reads as those characters, the way the HTML report shows them.
+    """
+    escaped = _MD_SPECIAL.sub(r"\\\g<0>", " ".join(text.splitlines()) if text else "")
+    return html.escape(escaped, quote=False)
+
+
+def _number(value: Any) -> float | None:
+    """The value as a finite float, or None: bools, strings and NaN are not numbers here."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def fmt_seconds(value: Any) -> str:
+    """Three significant digits in the unit a person reads fastest; never scientific."""
+    x = _number(value)
+    if x is None:
+        return "—"
+    x = float(f"{x:.3g}")  # round first, so 0.9999 reads "1 s", not "1,000 ms"
+    scale, unit = ((1.0, "s") if abs(x) >= 1 or x == 0 else
+                   (1e-3, "ms") if abs(x) >= 1e-3 else (1e-6, "µs"))
+    v = float(f"{x / scale:.3g}")
+    return f"{v:,.0f} {unit}" if abs(v) >= 100 else f"{v:.3g} {unit}"
+
+
+def fmt_value(key: str, value: Any) -> str:
+    """Format one summary value by what its key measures; unknown keys get a generic form."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    if key in SECONDS:
+        return fmt_seconds(value)
+    x = _number(value)
+    if x is None:
+        return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    if key in PERCENT:
+        return f"{100 * x:.1f}%"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{x:.3g}{UNITS[key]}" if key in UNITS else f"{x:.4g}"
+
+
+def _cell(text: str) -> str:
+    return f"**{md_text(text[1:])}**" if text.startswith(BEST) else md_text(text)
+
+
+def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |",
+             "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _best_flags(summaries: Mapping[str, Mapping[str, Any]]) -> list[list[bool]]:
+    """Which cells hold the best value of their column.
+
+    Ties all count as best; a column with fewer than two numbers, or where all
+    numbers are equal, marks nothing, since nobody did better there.
+    """
+    flags = [[False] * len(COMPARED) for _ in summaries]
+    for col, (key, _, better) in enumerate(COMPARED):
+        values = [_number(s.get(key)) for s in summaries.values()]
+        present = [v for v in values if v is not None]
+        if len(present) < 2 or min(present) == max(present):
+            continue
+        best = better(present)
+        for row, v in enumerate(values):
+            flags[row][col] = v == best
+    return flags
+
+
+def _compared_rows(summaries: Mapping[str, Mapping[str, Any]],
+                   mark: Callable[[str], str]) -> list[list[str]]:
+    rows = [["policy", *(header for _, header, _ in COMPARED)]]
+    for (name, summary), marks in zip(summaries.items(), _best_flags(summaries), strict=True):
+        rows.append([name, *(mark(fmt_value(key, summary.get(key))) if best
+                             else fmt_value(key, summary.get(key))
+                             for (key, _, _), best in zip(COMPARED, marks, strict=True))])
+    return rows
+
+
+def summary_table_rows(summaries: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
+    """Header plus one formatted row per run, best cells suffixed with ``*``.
+
+    Plain strings so the CLI can hand them to rich as they are; comparison.md
+    has the same columns and order, with bold instead of the marker.
+    """
+    return _compared_rows(summaries, lambda cell: cell + "*")
