@@ -103,7 +103,7 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
     ``config.resume`` continues the run that journal describes, if
     ``identity`` (from :func:`run_identity`) matches the one it recorded.
     """
-    journal = _journal(out, config, identity or run_identity(None, config, policy_name))
+    journal = _journal(out, config, identity, policy_name)
     resumed = journal.resumed if journal is not None else None
     aside = _prepare_outputs(out, config.resume)
     live = session or open_session(config)
@@ -147,14 +147,16 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
     return result
 
 
-def _journal(out: Path | None, config: LiveConfig, identity: RunIdentity) -> Journal | None:
+def _journal(out: Path | None, config: LiveConfig, identity: RunIdentity | None,
+             policy_name: str) -> Journal | None:
+    """The run's journal (None without a folder); the identity is digested only then."""
     if config.resume and out is None:
         raise InputError("resuming needs the run's folder", field="--resume")
     if out is None:
         return None
     out.mkdir(parents=True, exist_ok=True)
-    return Journal(out / JOURNAL_FILE, identity, resume=config.resume,
-                   overwrite=config.overwrite)
+    return Journal(out / JOURNAL_FILE, identity or run_identity(None, config, policy_name),
+                   resume=config.resume, overwrite=config.overwrite)
 
 
 def _reset(fleet: Fleet) -> list[str]:
