@@ -9,6 +9,7 @@ from typing import ClassVar
 
 from scheduler.decisions import Decisions, Place
 from scheduler.jobs import AttentionJob, ClusterJob, Job
+from scheduler.packing import pack_key
 from scheduler.pricing import shape_key
 from scheduler.state import host_fits
 from scheduler.view import DeviceView, View
@@ -52,10 +53,13 @@ def pack(view: View, head: Job, candidates: Iterable[Job], device: DeviceView,
         return batch
     packer = None  # made at the first compatible candidate: most batches stay single
     memory = view.cost.memory(head, device.id)
+    want = pack_key(head)  # the head's, once: deep queues offer thousands of candidates
+    if want is None:
+        return batch
     for job in candidates:
         if len(batch) >= limit:
             break
-        if job is head or not view.cost.can_pack(head, job):
+        if job is head or pack_key(job) != want:
             continue
         if same_shape and not _same_shape(head, job):
             continue

@@ -227,11 +227,6 @@ class Pack:
         return (new, new.compute_s - old.compute_s, new.nbytes - old.nbytes,
                 new.mask_s - old.mask_s)
 
-    def _group_calls(self, group: packing.GroupKey, terms: Terms) -> tuple[int, int]:
-        """The group's (forward, backward) calls with ``terms``' job in it: each its longest."""
-        forward, backward = self.groups.get(group, (0, 0))
-        return max(forward, terms.calls), max(backward, terms.backward)
-
     def add(self, job: AttentionJob) -> None:
         """Account for one more job; raises InputError if the profile cannot time it."""
         terms = self._terms(job)
@@ -244,9 +239,9 @@ class Pack:
         self.compute_s += compute
         self.nbytes += nbytes
         self.mask_s += mask
-        had = sum(self.groups.get(group, (0, 0)))
-        self.groups[group] = calls = self._group_calls(group, terms)
-        self.calls += sum(calls) - had
+        forward, backward = self.groups.get(group, (0, 0))
+        calls = self.groups[group] = (max(forward, terms.calls), max(backward, terms.backward))
+        self.calls += calls[0] + calls[1] - forward - backward
         self.flops += terms.flops
         self.jobs += 1
         self.kind = packing.joined_kind(self.kind, terms.kind)

@@ -51,9 +51,11 @@ def attention_need(cost: ClusterCost, jobs: Sequence[Job], dev: DeviceState) -> 
     if len(jobs) == 1:  # the common case: one memoized lookup answers all three
         seconds, memory, flops = cost.solo(jobs[0], device_id)
     else:
-        seconds = cost.seconds(jobs, device_id)
-        memory = sum(cost.memory(j, device_id) for j in jobs)
-        flops = sum(cost.flops(j, device_id) for j in jobs)
+        seconds, memory, flops = cost.seconds(jobs, device_id), 0, 0.0
+        for job in jobs:
+            _, job_memory, job_flops = cost.solo(job, device_id)
+            memory += job_memory
+            flops += job_flops
     if not math.isfinite(seconds):
         raise Rejected(RejectCode.NO_PROFILE,
                        f"device {device_id!r} cannot run these jobs (no profile for them)")
