@@ -379,6 +379,7 @@ def _result(controller: Controller, executor: Executor, clock: Clock, sink: RunO
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "exit_code": tally.exit_code, "message": tally.message,
         "policy_fallback": tally.fallback,
+        "extrapolated": controller.cost.extrapolated(),
         **clock.info(), **executor.run_info(controller),
     }
     sink.close(summary, run_info)

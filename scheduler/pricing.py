@@ -90,6 +90,11 @@ class ClusterCost:
         self._best[job.id] = (job, best)
         return best
 
+    def extrapolated(self) -> list[str]:
+        """What this run priced by extrapolation rather than measurement, one line each."""
+        profiles = {p.name: p for p in self._profile_of.values() if p is not None}
+        return [line for name in sorted(profiles) for line in profiles[name].extrapolated()]
+
     def forget(self, job_id: str) -> None:
         self._by_job.pop(job_id, None)
         self._best.pop(job_id, None)

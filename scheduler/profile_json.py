@@ -50,6 +50,16 @@ SCHEMA: dict[str, Any] = {
                           "additionalProperties": _POS},
         "dtype_aliases": {"type": "object", "propertyNames": _DTYPE,
                           "additionalProperties": _DTYPE},
+        "dtype_extrapolations": {"type": "object", "propertyNames": _DTYPE,
+                                 "additionalProperties": {
+                                     "type": "object", "required": ["from", "factor", "basis"],
+                                     "additionalProperties": False,
+                                     "properties": {"from": _DTYPE,
+                                                    "factor": {"type": "number",
+                                                               "exclusiveMinimum": 0,
+                                                               "maximum": 1000},
+                                                    "basis": {"type": "string",
+                                                              "minLength": 1}}}},
         "call_host_us": _NONNEG,
         "unpacked_job_host_us": {"type": "array", "items": {
             "type": "array", "prefixItems": [_POS, _NONNEG], "minItems": 2, "maxItems": 2}},
@@ -136,6 +146,13 @@ def check_profile_json(data: Any, path: str | Path | None = None) -> None:
         if target not in measured:
             raise InputError(f"{alias} is aliased to {target}, which has no points",
                              path=path, field=f"dtype_aliases.{alias}")
+    for guess, rule in data.get("dtype_extrapolations", {}).items():
+        if rule["from"] not in measured:
+            raise InputError(f"{guess} is extrapolated from {rule['from']}, which has no points",
+                             path=path, field=f"dtype_extrapolations.{guess}.from")
+        if guess in measured or guess in data.get("dtype_aliases", {}):
+            raise InputError(f"{guess} has points or an alias already; drop its extrapolation",
+                             path=path, field=f"dtype_extrapolations.{guess}")
     for kind, curve in data.get("worker_scale", {}).items():
         xs = sorted(float(x) for x, _ in curve)
         if len(set(xs)) != len(xs):
@@ -175,6 +192,9 @@ def profile_to_dict(profile: DeviceProfile, reference: Mapping[str, Any] | None 
         "bandwidth_gb_s": float(f"{p.bandwidth_bytes_s / 1e9:.15g}"),
         "matmul_tflops": {d.value: r for d, r in p.matmul_tflops.items()},
         "dtype_aliases": {d.value: t.value for d, t in p.dtype_aliases.items()},
+        "dtype_extrapolations": {d.value: {"from": e.source.value, "factor": e.factor,
+                                           "basis": e.basis}
+                                 for d, e in p.dtype_extrapolations.items()},
         "call_host_us": micros(p.call_host_s),
         "unpacked_job_host_us": counts_json([(s, micros(t)) for s, t in p.unpacked_job_host_s]),
         "decode_step_us": micros(p.decode_step_s),

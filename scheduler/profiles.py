@@ -5,7 +5,10 @@ A profile is a JSON file (format ``attnsched-profile/1``, documented in
 holding measured SDPA throughput per backend over shapes, the host time of
 one call, and Ray's dispatch costs. The cost model interpolates between
 measured points and never invents a rate: shapes outside the measured range
-are clamped to the nearest measured point.
+are clamped to the nearest measured point. A dtype the device has no points
+for runs only at a rate the profile names for it: an alias (the same rate as
+a measured dtype) or an extrapolation (a measured dtype's rate times a factor
+with its basis written down), which a run reports it used.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from scheduler.errors import InputError
 from scheduler.inputfiles import clip, read_capped
@@ -35,7 +38,7 @@ from scheduler.profile_json import (
 )
 
 __all__ = ["BACKENDS", "FORMAT", "MAX_PROFILE_BYTES", "SCALE_KINDS", "SCHEMA", "DeviceProfile",
-           "SdpaPoint", "check_profile_json", "load_profile", "load_profile_data",
+           "Extrapolation", "SdpaPoint", "check_profile_json", "load_profile", "load_profile_data",
            "profile_from_dict", "profile_to_dict", "schema_message", "shipped_profiles"]
 RATE_BUCKETS_PER_E = 1000  # rate memo resolution: 1000 buckets per e-fold of q·kv
 MAX_PROFILE_BYTES = 16 << 20  # shipped profiles are ~20 KB; calibration writes far less than this
@@ -73,6 +76,14 @@ def _loglog(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
     return math.exp(math.log(y0) + t * (math.log(y1) - math.log(y0)))
 
 
+class Extrapolation(NamedTuple):
+    """A dtype priced at ``factor`` × ``source``'s measured rate, for ``basis``'s reason."""
+
+    source: DType
+    factor: float
+    basis: str
+
+
 @dataclass(frozen=True)
 class DeviceProfile:
     """Measured behaviour of one device model; immutable, cheap to query.
@@ -86,6 +97,8 @@ class DeviceProfile:
         matmul_tflops: dense matmul rate per dtype (whole-model jobs).
         sdpa: measured points.
         dtype_aliases: dtypes without points that run at another's rate.
+        dtype_extrapolations: dtypes without points priced at a fraction of
+            another's rate (:class:`Extrapolation`); runs report their use.
         call_host_s: host time of one SDPA call; a call never takes less.
         unpacked_job_host_s: ``(seq, seconds)`` host time per job when jobs run
             one call each from a Python loop (the naive path).
@@ -128,6 +141,8 @@ class DeviceProfile:
     matmul_tflops: Mapping[DType, float]
     sdpa: tuple[SdpaPoint, ...]
     dtype_aliases: Mapping[DType, DType] = field(default_factory=lambda: MappingProxyType({}))
+    dtype_extrapolations: Mapping[DType, Extrapolation] = field(
+        default_factory=lambda: MappingProxyType({}))
     call_host_s: float = 0.0
     unpacked_job_host_s: tuple[tuple[float, float], ...] = ()
     actor_call_s: float = 0.0
@@ -174,11 +189,29 @@ class DeviceProfile:
     def _rates(self) -> dict[tuple[int, int, DType, bool, str | None], tuple[float, str]]:
         return {}  # memo of sdpa_tflops: traces repeat shapes, the simulator asks often
 
+    @cached_property
+    def _used(self) -> set[DType]:
+        return set()  # dtypes priced by extrapolation so far, for the run's report
+
+    @cached_property
+    def _measured(self) -> frozenset[DType]:
+        return frozenset(p.dtype for p in self.sdpa)
+
     def dtype_for(self, dtype: DType) -> DType | None:
         """The dtype whose measurements stand for ``dtype`` here, or None."""
-        if any(p.dtype is dtype for p in self.sdpa):
+        if dtype in self._measured:
             return dtype
-        return self.dtype_aliases.get(dtype)
+        alias = self.dtype_aliases.get(dtype)
+        if alias is not None:
+            return alias
+        guess = self.dtype_extrapolations.get(dtype)
+        return None if guess is None else guess.source
+
+    def extrapolated(self) -> list[str]:
+        """One line per dtype this profile has priced by extrapolation."""
+        return [f"profile {self.name}: {d.value} priced at {e.factor:g} x its {e.source.value} "
+                f"rate, an extrapolation ({e.basis})"
+                for d, e in self.dtype_extrapolations.items() if d in self._used]
 
     def backends(self, dtype: DType, causal: bool) -> tuple[str, ...]:
         d = self.dtype_for(dtype)
@@ -218,6 +251,9 @@ class DeviceProfile:
         if best is None:
             raise InputError(f"profile {clip(self.name)} has no {backend or 'SDPA'} measurements "
                              f"for {dtype.value} causal={causal}", field="backend")
+        if d is not dtype and dtype not in self.dtype_aliases:
+            self._used.add(dtype)
+            best = (best[0] * self.dtype_extrapolations[dtype].factor, best[1])
         if len(self._rates) > 200_000:
             self._rates.clear()
         self._rates[key] = best
@@ -294,6 +330,9 @@ def _build(data: Mapping[str, Any]) -> DeviceProfile:
         sdpa=pts,
         dtype_aliases=MappingProxyType(
             {DType(k): DType(v) for k, v in data.get("dtype_aliases", {}).items()}),
+        dtype_extrapolations=MappingProxyType(
+            {DType(k): Extrapolation(DType(v["from"]), float(v["factor"]), v["basis"])
+             for k, v in data.get("dtype_extrapolations", {}).items()}),
         call_host_s=_seconds(data, "call_host_us"),
         unpacked_job_host_s=tuple(sorted((float(s), float(us) * 1e-6)
                                          for s, us in data.get("unpacked_job_host_us", ()))),

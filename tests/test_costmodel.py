@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from scheduler import costmodel as cm
 from scheduler.errors import InputError
+from scheduler.jobs import DType
 from scheduler.profiles import load_profile, profile_from_dict
 from tests.builders import attention_job, cluster_job
 
@@ -114,9 +115,50 @@ def test_best_backend_is_picked(h100) -> None:
     assert cm.estimate(job, h100).backend == "cudnn"
 
 
-def test_unmeasured_dtype_is_a_clear_error(h100) -> None:
+def _shipped_h100() -> dict:
+    return json.loads(load_profile.__globals__["resources"].files("scheduler.profile_data")
+                      .joinpath("h100.json").read_text())
+
+
+def test_unmeasured_dtype_is_a_clear_error() -> None:
+    data = _shipped_h100()
+    del data["dtype_extrapolations"]
     with pytest.raises(InputError, match="no measurements for dtype fp32"):
-        cm.estimate(attention_job(dtype="fp32"), h100)
+        cm.estimate(attention_job(dtype="fp32"), profile_from_dict(data))
+
+
+def test_an_extrapolated_dtype_is_priced_at_its_factor_and_reported() -> None:
+    profile = profile_from_dict(_shipped_h100())
+    rule = profile.dtype_extrapolations[DType.FP32]
+    assert rule.source is DType.BF16 and 0 < rule.factor < 1
+    assert profile.extrapolated() == []
+    fp32 = profile.sdpa_tflops(4096, 4096, 128, DType.FP32, True)
+    bf16 = profile.sdpa_tflops(4096, 4096, 128, DType.BF16, True)
+    assert fp32 == (pytest.approx(bf16[0] * rule.factor), bf16[1])
+    assert profile.sdpa_tflops(4096, 4096, 128, DType.FP16, True) == bf16  # an alias, as fast
+    [line] = profile.extrapolated()
+    assert "fp32 priced at 0.0677 x its bf16 rate" in line and "datasheet" in line
+
+
+@pytest.mark.parametrize(("rule", "field", "needle"), [
+    ({"from": "fp16", "factor": 0.1, "basis": "x"}, "dtype_extrapolations.fp32.from",
+     "no points"),
+    ({"from": "bf16", "factor": 0, "basis": "x"}, "dtype_extrapolations.fp32.factor", "0"),
+    ({"from": "bf16", "factor": 0.1}, "dtype_extrapolations.fp32", "basis"),
+])
+def test_extrapolations_are_validated(rule: dict, field: str, needle: str) -> None:
+    data = _shipped_h100()
+    data["dtype_extrapolations"] = {"fp32": rule}
+    with pytest.raises(InputError, match=needle) as err:
+        profile_from_dict(data, "p.json")
+    assert err.value.field == field
+
+
+def test_a_measured_dtype_cannot_also_be_extrapolated() -> None:
+    data = _shipped_h100()
+    data["dtype_extrapolations"] = {"bf16": {"from": "bf16", "factor": 0.5, "basis": "x"}}
+    with pytest.raises(InputError, match="has points or an alias"):
+        profile_from_dict(data, "p.json")
 
 
 def test_decode_is_memory_or_host_bound(h100) -> None:
@@ -152,8 +194,7 @@ def test_durations_are_monotone_in_size(batch: int, heads: int, q: int, kv: int,
 
 
 def test_profile_validation_names_the_key() -> None:
-    data = json.loads(load_profile.__globals__["resources"].files("scheduler.profile_data")
-                      .joinpath("h100.json").read_text())
+    data = _shipped_h100()
     data["sdpa"][3]["tflops"] = "fast"
     with pytest.raises(InputError) as err:
         profile_from_dict(data, "bad.json")

@@ -198,3 +198,21 @@ def test_an_out_in_a_read_only_folder_exits_2(cli, tmp_path, repo) -> None:
     for command in (["simulate", trace], ["compare", trace, "--policies", "greedy"]):
         code, _, err = cli(*command, "--out", folder / "run")
         assert code == 2 and "--out" in err and "cannot write" in err, err
+
+
+def test_the_default_generated_trace_runs_on_the_gpus(cli, tmp_path, repo) -> None:
+    """`trace generate` and `simulate` on their defaults: the tiny fp32 jobs go to the
+    H100s (at the profile's flagged fp32 extrapolation), not all to the one CPU."""
+    import pyarrow.parquet as pq
+
+    trace, out = tmp_path / "t.parquet", tmp_path / "r"
+    assert cli("trace", "generate", "-o", trace, "--jobs", "300", "--seed", "8")[0] == 0
+    code, text, err = cli("simulate", trace, "--cluster", repo / "cluster.yaml", "--out", out)
+    assert code == 0, err
+    devices = pq.read_table(out / "jobs.parquet", columns=["device"]).column(0).to_pylist()
+    assert len(devices) == 300
+    on_gpus = sum(d.startswith("gpu_h100") for d in devices)
+    assert on_gpus > 250, devices
+    info = json.loads((out / "run.json").read_text())
+    assert [line.split(":")[0] for line in info["extrapolated"]] == ["profile h100"]
+    assert "fp32 priced at" in text

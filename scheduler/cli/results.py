@@ -63,3 +63,6 @@ def print_summary(results: dict[str, RunResult]) -> None:
         console.print(f"{name}: {s['jobs_completed']:,}/{s['jobs_total']:,} jobs done, "
                       f"{s['jobs_failed']:,} failed; {verb} in "
                       f"{r.run_info['wall_seconds']:.1f}s")
+    notes = sorted({line for r in results.values() for line in r.run_info.get("extrapolated", ())})
+    for line in notes:  # a figure not measured: the user should know which
+        console.print(f"note: {line}")
