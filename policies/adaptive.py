@@ -10,7 +10,10 @@ urgency per ``aging_s + aging_rel × run time`` seconds waited), so one default
 serves millisecond decodes and day-long pods: with the clock alone, a pod's
 hour in the queue swamps the short-first term and the policy degrades to FIFO.
 A job that cannot start this round (a gang no node has room for) does not hold
-back the rest of its tenant's queue.
+back the rest of its tenant's queue. It weighs the ``tenants`` tenants that
+have waited longest (those whose queue is oldest), as the reference policies
+look ``lookahead`` jobs deep: a round's work does not grow with the number of
+tenants waiting, and a newer tenant moves up as older ones are served.
 
 It then packs compatible jobs with it while the batch fits the device's
 memory and a latency budget, and routes the batch to the free device with the
@@ -29,6 +32,7 @@ whose GPUs are fullest and whose host still has their CPUs and memory
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Mapping
@@ -49,9 +53,9 @@ class AdaptivePolicy:
     def __init__(self, max_batch: int = 64, head: int = 32, temperature: float = 1.0,
                  aging_s: float = 10.0, aging_rel: float = 10.0, budget_factor: float = 2.0,
                  min_budget_s: float = 0.05, offload_max_s: float = 0.05,
-                 slow_speed: float = 0.8) -> None:
+                 slow_speed: float = 0.8, tenants: int = 64) -> None:
         positive = {"max_batch": max_batch, "head": head, "temperature": temperature,
-                    "aging_s": aging_s, "budget_factor": budget_factor}
+                    "aging_s": aging_s, "budget_factor": budget_factor, "tenants": tenants}
         for key, value in positive.items():
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{key} must be a positive number, got {value}")
@@ -62,7 +66,7 @@ class AdaptivePolicy:
         self.max_batch, self.head, self.temperature = max_batch, head, temperature
         self.aging_s, self.budget_factor, self.min_budget_s = aging_s, budget_factor, min_budget_s
         self.offload_max_s, self.slow_speed = offload_max_s, slow_speed
-        self.aging_rel = aging_rel
+        self.aging_rel, self.tenants = aging_rel, tenants
 
     # -- urgency ---------------------------------------------------------------------------
 
@@ -201,7 +205,7 @@ class AdaptivePolicy:
         # Each tenant's head is computed once and refreshed only for the tenant
         # that was served: a placement touches no other tenant's queue.
         heads: dict[str, tuple[float, Job]] = {}
-        for tenant, jobs in view.tenants.items():
+        for tenant, jobs in itertools.islice(view.tenants.items(), self.tenants):
             best = self._head(view, jobs, placed)
             if best is not None:
                 heads[tenant] = best
