@@ -255,7 +255,7 @@ def run(trace: str | Path | LoadedTrace, policy: Any = "adaptive", *,
     may also be a policy object, as for :func:`simulate`.
     """
     from scheduler.live_runs import live_run, live_setup
-    from scheduler.runs import bounded, count_jobs
+    from scheduler.runs import KEEP_JOBS, bounded, replay, scan_arrivals
 
     if metrics_port is not None:  # typer bounds the CLI's; live_setup bounds the rest
         bounded("--metrics-port", metrics_port, 1, 65535)
@@ -274,8 +274,9 @@ def run(trace: str | Path | LoadedTrace, policy: Any = "adaptive", *,
             metrics_port=metrics_port, built=built, overwrite=overwrite)
         if num_cpus is not None:
             config.num_cpus = num_cpus
-        count_jobs(spec)  # validates the whole trace before Ray starts, as the CLI does
-        result = live_run(spec, built, config, report=out is not None)
+        arrivals = scan_arrivals(spec, keep=KEEP_JOBS)  # the trace checked before Ray starts
+        result = live_run(spec, built, config, report=out is not None,
+                          jobs=replay(spec, arrivals))
         return _result(result, folder, out is not None)
 
 

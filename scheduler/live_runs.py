@@ -10,12 +10,13 @@ inside functions, so importing this module stays cheap and works without it
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scheduler.errors import InputError
 from scheduler.inputfiles import clip
+from scheduler.jobs import Job
 from scheduler.run_options import parse_profiles, parse_slow
 from scheduler.runs import MIN_TELEMETRY_S, RunSpec, bounded, check_options, check_seed, trace_jobs
 
@@ -125,16 +126,18 @@ def live_setup(trace: Path, policy: str, *, policy_opt: list[str], address: str 
     return spec, built, config
 
 
-def live_run(spec: RunSpec, policy: Any, config: LiveConfig, report: bool = True) -> RunResult:
+def live_run(spec: RunSpec, policy: Any, config: LiveConfig, report: bool = True,
+             jobs: Iterable[Job] | None = None) -> RunResult:
     """Replay ``spec``'s trace live with a built policy: ``attnsched run`` and the API's ``run``.
 
     Writes the run's outputs when ``spec.out`` is set, and its report too with ``report``.
+    ``jobs``: the trace's jobs when the caller has read them already.
     """
     from workers.executor import run_identity, run_live
 
     name = str(getattr(policy, "name", spec.policy))
     identity = run_identity(spec, config, name) if spec.out is not None else None
-    result = run_live(trace_jobs(spec), policy, name, spec.out, config,
+    result = run_live(trace_jobs(spec) if jobs is None else jobs, policy, name, spec.out, config,
                       {"trace": str(spec.trace)}, identity=identity)
     if spec.out is not None and report:
         from scheduler.report import write_report

@@ -68,6 +68,9 @@ class RunSpec:
 MIN_TELEMETRY_S = 1e-3  # a sample per millisecond at most: finer is noise, and would hang
 MAX_SIM_SAMPLES = 20_000_000  # telemetry instants a simulated run may take (span / interval)
 MAX_SEED = 2**63 - 1
+# Jobs a simulation keeps from its first pass over the trace (~350 bytes each) rather
+# than reading and checking the file twice; a longer trace streams, read again.
+KEEP_JOBS = 1_000_000
 MAX_LIMIT = 10**12  # jobs; far beyond any trace, below what islice and counters take
 MIN_LOAD, MAX_LOAD = 1e-3, 100.0
 EXIT_JOBS_FAILED = 3  # the run finished, but some jobs did not complete
@@ -170,9 +173,14 @@ def trace_jobs(spec: RunSpec) -> Iterator[Job]:
     return itertools.islice(jobs, spec.limit) if spec.limit else jobs
 
 
+def replay(spec: RunSpec, arrivals: Arrivals) -> Iterator[Job]:
+    """The jobs of ``spec``'s trace: the ones ``arrivals`` kept, or the trace read again."""
+    return iter(arrivals.kept) if arrivals.kept is not None else trace_jobs(spec)
+
+
 def count_jobs(spec: RunSpec) -> int:
     """Jobs the run will replay (one streaming pass), for progress bars with an ETA."""
-    return sum(1 for _ in trace_jobs(spec))
+    return scan_arrivals(spec).jobs
 
 
 def device_seconds(cost: ClusterCost, job: Job) -> float:
@@ -193,28 +201,32 @@ class Arrivals(NamedTuple):
     first: float
     last: float
     jobs: int
+    kept: list[Job] | None = None  # the jobs read, when the pass kept them
+    needs_gpu: ClusterJob | None = None  # the first cluster job that asks for GPUs
 
 
-def scan_arrivals(spec: RunSpec, cost: ClusterCost | None = None) -> Arrivals:
-    """One streaming pass: the span of arrivals, the job count and, with ``cost``, the work."""
+def scan_arrivals(spec: RunSpec, cost: ClusterCost | None = None, keep: int = 0) -> Arrivals:
+    """One streaming pass: the span of arrivals, the job count and, with ``cost``, the work.
+
+    With ``keep``, the jobs read are kept (up to ``keep`` of them; a longer trace
+    keeps none), so the run that follows need not read and check the trace again.
+    """
     work, first, last, count = 0.0, math.inf, 0.0, 0
+    kept: list[Job] | None = [] if keep else None
+    needs_gpu: ClusterJob | None = None
     for job in trace_jobs(spec):
         count += 1
+        if needs_gpu is None and isinstance(job, ClusterJob) and job.gpus:
+            needs_gpu = job
         seconds = device_seconds(cost, job) if cost is not None else 0.0
         if math.isfinite(seconds):
             work += seconds
         first, last = min(first, job.submit_time), max(last, job.submit_time)
-    return Arrivals(work, first, last, count)
-
-
-def time_scale(spec: RunSpec, cluster: ClusterSpec, cost: ClusterCost) -> tuple[float, int]:
-    """Factor on submit times that makes the offered load ``spec.load``, and the job count.
-
-    Offered load = work (device-seconds on the fastest device kind) divided by
-    the span of arrivals times the number of devices that can do that work.
-    """
-    arrivals = scan_arrivals(spec, cost)
-    return load_factor(spec, cluster, arrivals), arrivals.jobs
+        if kept is not None:
+            kept.append(job)
+            if count > keep:
+                kept = None  # memory follows the jobs in flight: read the trace again
+    return Arrivals(work, first, last, count, kept, needs_gpu)
 
 
 def load_factor(spec: RunSpec, cluster: ClusterSpec, arrivals: Arrivals) -> float:
@@ -282,39 +294,63 @@ def prepare(spec: RunSpec) -> tuple[ClusterSpec, dict[str, DeviceProfile], tuple
     return cluster, profiles, faults
 
 
-def plan_arrivals(spec: RunSpec, cluster: ClusterSpec,
-                  profiles: Mapping[str, DeviceProfile]) -> tuple[float, int]:
-    """One pass over the trace: the factor ``--load`` puts on submit times (1 without it)
-    and the job count; refuses a load or a telemetry interval the trace cannot take."""
+class Plan(NamedTuple):
+    """What one pass over the trace found: the factor ``--load`` puts on submit times
+    (1 without it), the job count, and the jobs themselves when the pass kept them."""
+
+    factor: float
+    jobs: int
+    kept: list[Job] | None = None
+
+    def trace(self, spec: RunSpec) -> Iterator[Job]:
+        """The run's jobs: the kept ones, handed over once (the plan lets go of each as
+        it is submitted), or the trace read again."""
+        if self.kept is None:
+            return trace_jobs(spec)
+        return _handed_over(self.kept)
+
+
+def _handed_over(jobs: list[Job]) -> Iterator[Job]:
+    jobs.reverse()
+    while jobs:
+        yield jobs.pop()
+
+
+def plan_arrivals(spec: RunSpec, cluster: ClusterSpec, profiles: Mapping[str, DeviceProfile],
+                  keep: int = 0) -> Plan:
+    """One pass over the trace (see :class:`Plan`); refuses a load or a telemetry
+    interval the trace cannot take. ``keep``: as :func:`scan_arrivals`."""
     priced = ClusterCost(cluster, dict(profiles)) if spec.load is not None else None
-    arrivals = scan_arrivals(spec, priced)
+    arrivals = scan_arrivals(spec, priced, keep)
     factor = 1.0 if spec.load is None else load_factor(spec, cluster, arrivals)
     check_samples(spec, arrivals.last * factor)
-    return factor, arrivals.jobs
+    return Plan(factor, arrivals.jobs, arrivals.kept)
 
 
-def check_arrivals(spec: RunSpec) -> tuple[float, int]:
+def check_arrivals(spec: RunSpec, keep: int = 0) -> Plan:
     """``plan_arrivals`` from the spec alone: what a command checks before its progress bar."""
     cluster, profiles, _ = prepare(spec)
-    return plan_arrivals(spec, cluster, profiles)
+    return plan_arrivals(spec, cluster, profiles, keep)
 
 
 def run_sim(spec: RunSpec, progress: Callable[[SimProgress], None] | None = None,
-            policy: Any = None, factor: float | None = None) -> RunResult:
+            policy: Any = None, plan: Plan | None = None) -> RunResult:
     """Run one simulation as the CLI would; writes outputs and a report when ``out`` is set.
 
     ``policy`` is the already built policy, when the caller loaded it to
     validate the spec first (a plugin file then runs once, not twice);
-    ``factor`` what ``check_arrivals`` returned, when the caller checked them.
+    ``plan`` what ``check_arrivals`` returned, when the caller checked them
+    (with the jobs it kept, the trace is read once).
     """
     from policies.base import load_policy
 
     cluster, profiles, faults = prepare(spec)
-    if factor is None:
-        factor, _ = plan_arrivals(spec, cluster, profiles)
+    if plan is None:
+        plan = plan_arrivals(spec, cluster, profiles, keep=KEEP_JOBS)
     if policy is None:
         policy = load_policy(spec.policy, spec.policy_options)
-    jobs: Iterator[Job] = trace_jobs(spec)
+    factor = plan.factor
+    jobs: Iterator[Job] = plan.trace(spec)
     context: dict[str, Any] = {"trace": str(spec.trace), "cluster": cluster.source,
                                "devices": len(cluster.devices), "seed": spec.seed,
                                "live_costs": spec.live_costs}
@@ -336,4 +372,5 @@ def run_sim(spec: RunSpec, progress: Callable[[SimProgress], None] | None = None
     return result
 
 
-__all__ = ["AttentionJob", "RunSpec", "check_arrivals", "prepare", "run_sim", "time_scale"]
+__all__ = ["KEEP_JOBS", "Arrivals", "AttentionJob", "Plan", "RunSpec", "check_arrivals",
+           "prepare", "replay", "run_sim", "scan_arrivals"]

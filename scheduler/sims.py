@@ -18,7 +18,7 @@ from typing import Any
 
 from scheduler.cluster import parse_node_counts
 from scheduler.run_options import parse_profiles, parse_slow
-from scheduler.runs import RunSpec, bounded, check_arrivals, prepare, run_sim
+from scheduler.runs import Plan, RunSpec, bounded, check_arrivals, prepare, run_sim
 from scheduler.sim.runner import RunResult, SimProgress
 
 MAX_PROCESSES = 256  # compare --jobs: more than any machine's useful parallelism
@@ -64,7 +64,9 @@ def compare_sims(specs: dict[str, RunSpec], out: Path, processes: int = 0,
     for spec in specs.values():
         validate_spec(spec)
     # The specs differ only in their policy: one pass checks the arrivals for all.
-    factor, total = check_arrivals(next(iter(specs.values())))
+    # (Each process reads the trace itself: handing it the jobs would cost as much.)
+    plan = check_arrivals(next(iter(specs.values())))
+    factor, total = plan.factor, plan.jobs
     workers = processes or min(len(specs), os.cpu_count() or 1)
     if progress is not None:
         results = _run_with_progress(specs, workers, factor, progress(list(specs), total))
@@ -84,7 +86,7 @@ def _run_one(spec: RunSpec, factor: float, updates: Any = None) -> RunResult:
     if updates is not None:
         def report(p: SimProgress) -> None:
             updates.put((spec.policy, p))
-    return run_sim(spec, report, factor=factor)
+    return run_sim(spec, report, plan=Plan(factor, 0))
 
 
 def _run_with_progress(specs: dict[str, RunSpec], workers: int, factor: float,

@@ -216,3 +216,50 @@ def test_the_default_generated_trace_runs_on_the_gpus(cli, tmp_path, repo) -> No
     info = json.loads((out / "run.json").read_text())
     assert [line.split(":")[0] for line in info["extrapolated"]] == ["profile h100"]
     assert "fp32 priced at" in text
+
+
+@pytest.mark.parametrize("extra", [[], ["--load", "0.5"], ["--limit", "40"]])
+def test_simulate_reads_the_trace_once(cli, tmp_path, repo, monkeypatch, extra) -> None:
+    """The pass that counts, prices and checks the arrivals keeps the jobs for the run:
+    every row is parsed once, not once per check and again by the simulator."""
+    import scheduler.runs as runs
+
+    trace = tmp_path / "t.parquet"
+    assert cli("trace", "generate", "-o", trace, "--jobs", "120", "--seed", "3")[0] == 0
+    rows = {"read": 0}
+    open_trace = runs.open_trace
+
+    class Counted:
+        def __init__(self, opened) -> None:
+            self.opened = opened
+
+        def jobs(self):
+            for job in self.opened.jobs():
+                rows["read"] += 1
+                yield job
+
+    def counting(*args, **kwargs):
+        return Counted(open_trace(*args, **kwargs))
+
+    monkeypatch.setattr(runs, "open_trace", counting)
+    out = tmp_path / "r"
+    code, _, err = cli("simulate", trace, "--cluster", repo / "cluster.yaml", "--out", out,
+                       *extra)
+    assert code == 0, err
+    expected = 40 if extra == ["--limit", "40"] else 120
+    assert json.loads((out / "summary.json").read_text())["jobs_completed"] == expected
+    assert rows["read"] == expected
+
+
+def test_a_trace_longer_than_keep_is_read_again_not_held(cli, tmp_path) -> None:
+    from scheduler.runs import RunSpec, replay, scan_arrivals
+
+    trace = tmp_path / "t.jsonl"
+    assert cli("trace", "generate", "-o", trace, "--jobs", "30", "--seed", "3")[0] == 0
+    spec = RunSpec(trace=trace, policy="fifo")
+    held = scan_arrivals(spec, keep=30)
+    assert held.jobs == 30 and held.kept is not None and len(held.kept) == 30
+    assert list(replay(spec, held)) == held.kept == list(replay(spec, held))  # reusable
+    streamed = scan_arrivals(spec, keep=29)
+    assert streamed.jobs == 30 and streamed.kept is None
+    assert [j.id for j in replay(spec, streamed)] == [j.id for j in held.kept]

@@ -20,9 +20,8 @@ from rich.table import Table
 
 from scheduler.cli.results import console, err_console, exit_all, print_summary
 from scheduler.errors import InputError
-from scheduler.jobs import ClusterJob
 from scheduler.run_options import policy_folder
-from scheduler.runs import RunSpec, check_options, count_jobs, trace_jobs
+from scheduler.runs import KEEP_JOBS, Arrivals, RunSpec, check_options, replay, scan_arrivals
 
 if TYPE_CHECKING:
     from scheduler.sim.runner import RunResult
@@ -35,13 +34,12 @@ def has_cuda() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def check_gpus(spec: RunSpec, config: LiveConfig) -> None:
+def check_gpus(spec: RunSpec, config: LiveConfig, arrivals: Arrivals) -> None:
     """A local run without GPUs would fail every job that needs one ("fits no node")
     after starting Ray: say up front what to do instead."""
     if config.address or config.emulate_gpus:
         return
-    needs = next((job for job in trace_jobs(spec) if isinstance(job, ClusterJob) and job.gpus),
-                 None)
+    needs = arrivals.needs_gpu
     if needs is None or has_cuda():
         return
     raise InputError(f"job {needs.id} needs {needs.gpus} GPU(s) and this machine has none; add "
@@ -130,9 +128,11 @@ def compare_live(trace: Path, names: list[str], *, model: str | None, limit: int
              for name in names}
     for spec in specs.values():  # bad input fails here, once, before Ray starts
         check_options(spec)
-    check_gpus(next(iter(specs.values())), config)
+    first = next(iter(specs.values()))  # the specs differ only in their policy
+    arrivals = scan_arrivals(first, keep=KEEP_JOBS)
+    check_gpus(first, config, arrivals)
     built = {name: load_policy(name) for name in names}
-    total = count_jobs(next(iter(specs.values())))
+    total = arrivals.jobs
     from scheduler.report import write_comparison, write_report
     from workers.executor import close_session, open_session, run_identity, run_live
 
@@ -145,7 +145,8 @@ def compare_live(trace: Path, names: list[str], *, model: str | None, limit: int
             for name, spec in specs.items():
                 policy = built[name]
                 results[name] = run_live(
-                    trace_jobs(spec), policy, str(getattr(policy, "name", name)), folders[name],
+                    replay(spec, arrivals), policy, str(getattr(policy, "name", name)),
+                    folders[name],
                     dataclasses.replace(config, progress=track(bar, tasks[name])),
                     {"trace": str(trace)}, session=session,
                     identity=run_identity(spec, config, name))

@@ -25,7 +25,7 @@ from scheduler.cli.options import (
 )
 from scheduler.cli.results import console, exit_for, print_summary
 from scheduler.live_runs import live_run, live_setup
-from scheduler.runs import count_jobs
+from scheduler.runs import KEEP_JOBS, replay, scan_arrivals
 
 
 def run(
@@ -73,12 +73,13 @@ def run(
         profile=profile, out=out, resume=resume, fallback_policy=fallback_policy,
         decide_timeout=decide_timeout, metrics_port=metrics_port, overwrite=overwrite)
     out = spec.out
-    total = count_jobs(spec)  # also validates the whole trace before Ray starts
-    check_gpus(spec, config)
+    arrivals = scan_arrivals(spec, keep=KEEP_JOBS)  # the whole trace checked before Ray starts
+    check_gpus(spec, config, arrivals)
+    total = arrivals.jobs
     with live_progress_bar() as bar:
         task = bar.add_task(f"run {policy}", total=total, start=False, **NO_PROGRESS)
         config.progress = track(bar, task)
-        result = live_run(spec, built, config)
+        result = live_run(spec, built, config, jobs=replay(spec, arrivals))
     print_summary({policy: result})
     if out is not None:
         console.print(f"outputs in {out}/ (report: {out / 'report.md'})")

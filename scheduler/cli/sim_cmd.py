@@ -30,7 +30,7 @@ from scheduler.cli.options import (
 )
 from scheduler.cli.results import console, err_console, exit_for, print_summary
 from scheduler.errors import InputError
-from scheduler.runs import check_arrivals, run_sim
+from scheduler.runs import KEEP_JOBS, check_arrivals, run_sim
 from scheduler.sims import sim_spec, validate_spec
 
 if TYPE_CHECKING:
@@ -59,10 +59,10 @@ def simulate(
                     slow=slow, decision_interval=decision_interval, profile=profile,
                     live_costs=live_costs, out=out)
     built = validate_spec(spec)  # bad input is reported before any progress bar draws
-    factor, total = check_arrivals(spec)
+    plan = check_arrivals(spec, keep=KEEP_JOBS)  # the one pass over the trace
     with progress_bar() as bar:
-        task = bar.add_task(f"simulate {policy}", total=total, **NO_SIM_PROGRESS)
-        result = run_sim(spec, lambda p: bar.update(task, **sim_fields(p)), built, factor)
+        task = bar.add_task(f"simulate {policy}", total=plan.jobs, **NO_SIM_PROGRESS)
+        result = run_sim(spec, lambda p: bar.update(task, **sim_fields(p)), built, plan)
     print_summary({policy: result})
     if out is not None:
         console.print(f"outputs in {out}/ (report: {out / 'report.md'})")
