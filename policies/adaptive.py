@@ -67,6 +67,7 @@ class AdaptivePolicy:
         self.aging_s, self.budget_factor, self.min_budget_s = aging_s, budget_factor, min_budget_s
         self.offload_max_s, self.slow_speed = offload_max_s, slow_speed
         self.aging_rel, self.tenants = aging_rel, tenants
+        self._peer: tuple[int, float] | None = None  # (view epoch, peer speed)
 
     # -- urgency ---------------------------------------------------------------------------
 
@@ -103,10 +104,19 @@ class AdaptivePolicy:
         return max(0.05, sample.ema_speed) if sample else 1.0
 
     def peer_speed(self, view: View) -> float:
-        """The median measured speed of the GPUs that are up: what a straggler lags."""
+        """The median measured speed of the GPUs that are up: what a straggler lags.
+
+        O(devices), so it is kept for the view's ``epoch``: it changes with the
+        telemetry and the devices' health, far less often than decisions come.
+        """
+        memo = self._peer
+        if memo is not None and memo[0] == view.epoch and view.epoch:
+            return memo[1]
         speeds = [self.speed(view, d.id) for d in view.devices.values()
                   if d.up and d.kind != "cpu"]
-        return statistics.median(speeds) if speeds else 1.0
+        peer = statistics.median(speeds) if speeds else 1.0
+        self._peer = (view.epoch, peer)
+        return peer
 
     def _route(self, view: View, job: Job, taken: dict[str, int], peer: float
                ) -> tuple[DeviceView, float] | None:

@@ -249,6 +249,7 @@ class Controller:
             self._cap.release(batch)
             self._jobs.requeue_batch(batch, now, reason)
         self._cap.set_up(device_id, False)
+        self._views.changed()
         self._sink.decision(DecisionRecord(
             self._now, "controller", "device_down", "observed",
             tuple(j for b in hit for j in b.jobs), device_id, why=reason))
@@ -260,6 +261,7 @@ class Controller:
         dev = self._cap.devices[device_id]
         if self._cap.nodes[dev.spec.node].up and not dev.up:
             self._cap.set_up(device_id, True)
+            self._views.changed()
             self._sink.decision(DecisionRecord(self._now, "controller", "device_up",
                                                "observed", device=device_id,
                                                why="its worker is back"))
@@ -328,6 +330,7 @@ class Controller:
 
     def observe(self, samples: Iterable[Telemetry]) -> None:
         """Fold telemetry into the latest-sample view with moving averages."""
+        self._views.changed()
         for s in samples:
             old = self._telemetry.get(s.device)
             ema_util = s.util if old is None else (1 - EMA) * old.ema_util + EMA * s.util

@@ -12,6 +12,7 @@ under it. Tests build views the same way, from a :class:`JobBook` and a
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import replace
 from types import MappingProxyType
@@ -22,11 +23,16 @@ from scheduler.jobbook import JobBook
 from scheduler.pricing import ClusterCost
 from scheduler.view import DeviceView, NodeView, Telemetry, View
 
+# Epochs are unique in the process, so a policy's memo keyed by one can never be
+# mistaken for another run's (a policy object may serve several runs).
+_EPOCHS = itertools.count(1)
+
 
 class ViewBuilder:
     def __init__(self, jobs: JobBook, capacity: Capacity, telemetry: Mapping[str, Telemetry],
                  cost: ClusterCost) -> None:
         self.jobs, self.capacity, self.telemetry, self.cost = jobs, capacity, telemetry, cost
+        self.epoch = next(_EPOCHS)
         self._shared = (MappingProxyType(jobs.pending), MappingProxyType(jobs.tenants),
                         MappingProxyType(capacity.views), MappingProxyType(capacity.free),
                         MappingProxyType(telemetry), MappingProxyType(jobs.records))
@@ -37,7 +43,13 @@ class ViewBuilder:
             return self._detached(now, event, seed, state)
         pending, tenants, devices, free, telemetry, records = self._shared
         return View(now, pending, tenants, devices, free, telemetry, self.cost, seed, state,
-                    event, self.capacity.groups, records, self.capacity.node_views)
+                    event, self.capacity.groups, records, self.capacity.node_views,
+                    epoch=self.epoch)
+
+    def changed(self) -> None:
+        """Telemetry or a device's health changed: views built from now on carry a new
+        ``epoch``."""
+        self.epoch = next(_EPOCHS)
 
     def _detached(self, now: float, event: str, seed: int, state: Any) -> View:
         jobs, capacity = self.jobs, self.capacity
@@ -50,4 +62,5 @@ class ViewBuilder:
         return View(now, MappingProxyType(dict(jobs.pending)), MappingProxyType(tenants),
                     MappingProxyType(devices), MappingProxyType(free),
                     MappingProxyType(dict(self.telemetry)), self.cost, seed, state, event,
-                    capacity.groups, MappingProxyType(records), MappingProxyType(nodes))
+                    capacity.groups, MappingProxyType(records), MappingProxyType(nodes),
+                    epoch=self.epoch)

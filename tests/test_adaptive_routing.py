@@ -35,3 +35,23 @@ def test_a_device_is_slow_only_against_its_peers(speeds: tuple[float, float],
                     telemetry=[sample(GPU0, speeds[0]), sample(GPU1, speeds[1])])
     placed = [a for a in AdaptivePolicy().decide(snapshot).actions if isinstance(a, Place)]
     assert [(a.jobs, a.device) for a in placed] == ([(("next",), GPU0)] if runs_now else [])
+
+
+def test_one_policy_sees_each_views_peers_not_a_memo_of_an_earlier_one() -> None:
+    """The peers' speed is kept per view epoch: a policy that served a view where gpu0
+    was no straggler must judge a later view (new telemetry, new epoch) afresh, and
+    back again."""
+    policy = AdaptivePolicy()
+    probe = view(running={GPU1: [attention_job(id="busy")]}, cluster=make_cluster(1, 2))
+    now = 0.9 * probe.cost.seconds([attention_job()], GPU1)
+
+    def placed(speeds: tuple[float, float]) -> list[str]:
+        snapshot = view([attention_job(id="next", submit_time=now)], now=now,
+                        running={GPU1: [attention_job(id="busy")]},
+                        cluster=make_cluster(1, 2),
+                        telemetry=[sample(GPU0, speeds[0]), sample(GPU1, speeds[1])])
+        return [a.device for a in policy.decide(snapshot).actions if isinstance(a, Place)]
+
+    assert placed((0.3, 0.3)) == [GPU0]  # both slow alike: no straggler
+    assert placed((0.3, 1.0)) == []  # now gpu0 lags its peer: wait for gpu1
+    assert placed((0.3, 0.3)) == [GPU0]

@@ -335,3 +335,27 @@ def test_every_rejection_carries_a_code(action, code) -> None:
     ctl.decide(0.0, "arrival")
     assert sink.records[-1].outcome == "rejected" and sink.records[-1].code is code
     assert sink.rows[-1]["code"] == code.value  # decisions.jsonl carries it too
+
+
+def test_the_view_epoch_moves_with_telemetry_and_device_health_only() -> None:
+    from scheduler.view import Telemetry
+
+    epochs: list[int] = []
+
+    def note(view):
+        epochs.append(view.epoch)
+        return Decisions()
+
+    ctl, _ = controller(Scripted(note))
+    ctl.submit(job(1), 0.0)
+    ctl.decide(0.0, "arrival")
+    ctl.submit(job(2), 0.1)
+    ctl.decide(0.1, "arrival")  # a new job: same telemetry, same health
+    ctl.observe([Telemetry(0.2, "gpu-0/gpu0", 0.0, 0, 1, 0, 0, 0.0)])
+    ctl.decide(0.2, "telemetry")
+    ctl.device_down("gpu-0/gpu1", 0.3, "lost")
+    ctl.decide(0.3, "failure")
+    ctl.device_up("gpu-0/gpu1", 0.4)
+    ctl.decide(0.4, "device_up")
+    assert epochs[0] == epochs[1] > 0
+    assert len(set(epochs[1:])) == 4

@@ -222,7 +222,7 @@ def test_the_default_generated_trace_runs_on_the_gpus(cli, tmp_path, repo) -> No
 def test_simulate_reads_the_trace_once(cli, tmp_path, repo, monkeypatch, extra) -> None:
     """The pass that counts, prices and checks the arrivals keeps the jobs for the run:
     every row is parsed once, not once per check and again by the simulator."""
-    import scheduler.runs as runs
+    from scheduler import runs
 
     trace = tmp_path / "t.parquet"
     assert cli("trace", "generate", "-o", trace, "--jobs", "120", "--seed", "3")[0] == 0
