@@ -1,15 +1,15 @@
 """Every registered policy x real traces x offered loads, in the simulator.
 
     python bench/policy_matrix.py [--traces azure,mooncake,alibaba] [--loads 0.5,0.7,0.9]
-        [--policies all] [--limit 4000 | --limit azure=4000,alibaba=1500] [--workers 2]
+        [--policies all] [--limit 4000 | --limit azure=4000,alibaba=1500] [--address ADDR]
         [--out runs/policy_matrix]
 
 Traces (from ../shared/traces): the Azure LLM 2023 conversation trace with
 ``llama3-8b`` and Mooncake FAST'25 with ``llama3-70b``, both on one node of 8
 simulated H100s (cluster.yaml with the CPU node type at 0, as
 bench/sim_policies.py), and the Alibaba GPU v2023 pods against the Alibaba
-node list. Arrivals are rescaled to each offered load. Runs go to a process
-pool; each prints nothing, the parent prints the table. Writes
+node list. Arrivals are rescaled to each offered load. Runs are Ray tasks, as
+``attnsched sweep`` runs them (each trace read once); the driver prints the table. Writes
 ``matrix.md``, ``matrix.json`` and ``plots/<trace>.png`` under ``--out``;
 the best value of each column within a trace and load is marked (bold in
 Markdown, ``*`` on the terminal). Then checks the issue's targets for
@@ -27,7 +27,6 @@ import os
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,7 +39,8 @@ from scheduler.cluster import load_cluster
 from scheduler.jobs import ClusterJob, Job
 from scheduler.pricing import ClusterCost
 from scheduler.report import fmt_value
-from scheduler.runs import RunSpec, prepare, run_sim, trace_jobs
+from scheduler.runs import RunSpec, prepare, trace_jobs
+from scheduler.sweeps import run_grid
 from scheduler.traces import open_trace, write_trace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,12 +134,6 @@ def device_seconds_alone(cost: ClusterCost, job: Job) -> float:
     seconds = cost.best_seconds(job)
     cost.forget(job.id)
     return seconds
-
-
-def one(spec: RunSpec) -> tuple[dict[str, Any], float]:
-    t0 = time.perf_counter()
-    result = run_sim(spec)
-    return result.summary, time.perf_counter() - t0
 
 
 def parse_limits(text: str | None, traces: Sequence[str]) -> dict[str, int | None]:
@@ -256,7 +250,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--alibaba-every", type=int, default=0,
                         help="sample every Nth Alibaba node (0: 4x pods-per-node ratio; see "
                              "sampled_nodes)")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster to run on (default: an embedded Ray, one task per core)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "policy_matrix")
     return parser.parse_args()
 
@@ -303,14 +298,13 @@ def run_specs(traces: Sequence[str], loads: Sequence[float], policies: Sequence[
     return specs, keys
 
 
-def run_pool(specs: Sequence[RunSpec], keys: Sequence[Key],
-             workers: int) -> tuple[dict[int, Outcome], float]:
-    """Every run's outcome by its index in ``specs``, and the pool's wall seconds."""
+def run_grid_of(specs: Sequence[RunSpec], keys: Sequence[Key],
+                address: str | None) -> tuple[dict[int, Outcome], float]:
+    """Every run's outcome by its index in ``specs``, and the grid's wall seconds: the
+    runs are Ray tasks (``attnsched sweep``'s runner), each trace read once."""
     t0 = time.perf_counter()
-    # Longest first (the Alibaba runs), so the pool does not end on one straggler.
-    order = sorted(range(len(specs)), key=lambda i: keys[i][0] != "alibaba")
-    with ProcessPoolExecutor(max(1, workers)) as pool:
-        done = dict(zip(order, pool.map(one, [specs[i] for i in order]), strict=True))
+    results = run_grid(dict(enumerate(specs)), address)
+    done = {i: (r.summary, float(r.run_info["wall_seconds"])) for i, r in results.items()}
     return done, time.perf_counter() - t0
 
 
@@ -335,7 +329,8 @@ def header_lines(args: argparse.Namespace, traces: Sequence[str],
     """The lines above the table (date, machine, traces, floors), then the floors, the
     machine and the date on their own for matrix.json."""
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python "
-               f"{platform.python_version()}; {args.workers} worker processes")
+               f"{platform.python_version()}; runs as Ray tasks"
+               f"{' on ' + args.address if args.address else ', one per core'}")
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     header = [f"Policy matrix, {stamp}; {machine}; {wall:.0f} s wall.", ""]
     header += [f"- {t}: {TRACES[t].about}; "
@@ -361,7 +356,7 @@ def main() -> None:
     limits = parse_limits(args.limit, traces)
     files, clusters, notes = trace_inputs(args, traces, limits)
     specs, keys = run_specs(traces, loads, policies, files, clusters, limits)
-    done, wall = run_pool(specs, keys, args.workers)
+    done, wall = run_grid_of(specs, keys, args.address)
     results = result_rows(keys, done, limits)
     header, floors, machine, stamp = header_lines(args, traces, limits, notes, specs, keys, wall)
     check = targets(results, max(loads))

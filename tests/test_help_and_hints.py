@@ -118,17 +118,19 @@ def test_a_live_run_of_gpu_jobs_without_gpus_says_to_emulate_them(cli, tmp_path:
 def test_a_gpu_machine_or_emulated_gpus_pass_the_gpu_check(tmp_path: Path,
                                                           monkeypatch) -> None:
     from scheduler.cli import live_cmd
-    from scheduler.runs import RunSpec
+    from scheduler.runs import RunSpec, scan_arrivals
     from workers.executor import LiveConfig
 
     trace = tmp_path / "pods.jsonl"
     trace.write_text(GPU_TRACE, encoding="utf-8")
     spec = RunSpec(trace=trace, policy="greedy")
+    arrivals = scan_arrivals(spec)
+    assert arrivals.needs_gpu is not None and arrivals.needs_gpu.id == "pod1"
     monkeypatch.setattr(live_cmd, "has_cuda", lambda: False)
-    live_cmd.check_gpus(spec, LiveConfig(emulate_gpus=2))
-    live_cmd.check_gpus(spec, LiveConfig(address="auto"))
+    live_cmd.check_gpus(spec, LiveConfig(emulate_gpus=2), arrivals)
+    live_cmd.check_gpus(spec, LiveConfig(address="auto"), arrivals)
     monkeypatch.setattr(live_cmd, "has_cuda", lambda: True)
-    live_cmd.check_gpus(spec, LiveConfig())
+    live_cmd.check_gpus(spec, LiveConfig(), arrivals)
 
 
 @pytest.mark.parametrize("address", ["auto", "ray://10.0.0.1:10001"])

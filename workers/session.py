@@ -2,46 +2,23 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 from typing import Any
 
 from scheduler.cluster import ClusterSpec, for_live_run, from_ray_nodes
 from scheduler.errors import InputError
+from scheduler.ray_start import join_or_start
 from workers.fleet import create_workers
 from workers.live_config import LiveConfig
 
 
 def start_ray(config: LiveConfig) -> None:
     """Join ``address``, or start an embedded Ray bound to loopback (nobody else needs it)."""
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
-
-    if ray.is_initialized():
-        return
-    try:
-        if config.address:
-            ray.init(address=config.address, log_to_driver=False, configure_logging=False)
-        else:
-            # address="local": always a new embedded Ray, never a cluster someone else
-            # started on this machine (ray.init() alone would join the latest one).
-            extra: dict[str, Any] = {}
-            if config.metrics_port:
-                extra["_metrics_export_port"] = config.metrics_port
-            ray.init(address="local", num_cpus=config.num_cpus,
-                     num_gpus=config.emulate_gpus or None, **extra,
-                     include_dashboard=False, log_to_driver=False, configure_logging=False,
-                     _node_ip_address="127.0.0.1")
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        if config.address:
-            hint = (f"cannot reach Ray at {config.address} ({cause}); start it first (`ray "
-                    "start --head` here, `ray up cluster.yaml` for a cluster) or leave out "
-                    "--address to run on a private local Ray")
-        else:
-            hint = (f"cannot start a local Ray ({cause}); check free memory and /tmp space, "
-                    "or join a running one with --address auto")
-        raise InputError(hint, field="--address") from None
+    extra: dict[str, Any] = {}
+    if config.metrics_port:
+        extra["_metrics_export_port"] = config.metrics_port
+    join_or_start(config.address, num_cpus=config.num_cpus,
+                  num_gpus=config.emulate_gpus or None, **extra)
 
 
 def metrics_endpoints() -> list[str]:

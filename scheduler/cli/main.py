@@ -34,6 +34,7 @@ from scheduler.cli import (
     report_cmd,
     run_cmd,
     sim_cmd,
+    sweep_cmd,
     trace_cmd,
 )
 from scheduler.errors import InputError
@@ -69,6 +70,7 @@ app.add_typer(profile_cmd.app, name="profile")
 app.command()(run_cmd.run)
 app.command()(sim_cmd.simulate)
 app.command()(compare_cmd.compare)
+app.command()(sweep_cmd.sweep)
 app.command()(sim_cmd.explain)
 app.command("policies")(sim_cmd.policies_cmd)
 app.command()(calibrate_cmd.calibrate)
