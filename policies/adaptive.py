@@ -44,6 +44,11 @@ from scheduler.decisions import Action, Decisions, Offload, Place, Split
 from scheduler.jobs import AttentionJob, ClusterJob, Job
 from scheduler.view import DeviceView, View
 
+# Devices within 2% of the fastest of their profile count as fastest: measured speeds
+# wander more than that between samples, and scanning every free device for the last
+# percent costs O(devices) per placement on a large cluster.
+SPEED_TOLERANCE = 0.02
+
 
 class AdaptivePolicy:
     name: ClassVar[str] = "adaptive"
@@ -67,7 +72,8 @@ class AdaptivePolicy:
         self.aging_s, self.budget_factor, self.min_budget_s = aging_s, budget_factor, min_budget_s
         self.offload_max_s, self.slow_speed = offload_max_s, slow_speed
         self.aging_rel, self.tenants = aging_rel, tenants
-        self._peer: tuple[int, float] | None = None  # (view epoch, peer speed)
+        # (view epoch, peers' median speed, top speed per profile)
+        self._memo: tuple[int, float, Mapping[str | None, float]] | None = None
 
     # -- urgency ---------------------------------------------------------------------------
 
@@ -104,29 +110,40 @@ class AdaptivePolicy:
         return max(0.05, sample.ema_speed) if sample else 1.0
 
     def peer_speed(self, view: View) -> float:
-        """The median measured speed of the GPUs that are up: what a straggler lags.
+        """The median measured speed of the GPUs that are up: what a straggler lags."""
+        return self._speeds(view)[0]
 
-        O(devices), so it is kept for the view's ``epoch``: it changes with the
-        telemetry and the devices' health, far less often than decisions come.
-        """
-        memo = self._peer
+    def _speeds(self, view: View) -> tuple[float, Mapping[str | None, float]]:
+        """The peers' median speed, and the top speed of each profile's devices that are
+        up. O(devices), so kept for the view's ``epoch``: it changes with the telemetry
+        and the devices' health, far less often than decisions come."""
+        memo = self._memo
         if memo is not None and memo[0] == view.epoch and view.epoch:
-            return memo[1]
-        speeds = [self.speed(view, d.id) for d in view.devices.values()
-                  if d.up and d.kind != "cpu"]
+            return memo[1], memo[2]
+        speeds: list[float] = []
+        top: dict[str | None, float] = {}
+        for d in view.devices.values():
+            if d.up:
+                speed = self.speed(view, d.id)
+                top[d.profile] = max(top.get(d.profile, 0.0), speed)
+                if d.kind != "cpu":
+                    speeds.append(speed)
         peer = statistics.median(speeds) if speeds else 1.0
-        self._peer = (view.epoch, peer)
-        return peer
+        self._memo = (view.epoch, peer, top)
+        return peer, top
 
     def _route(self, view: View, job: Job, taken: dict[str, int], peer: float
                ) -> tuple[DeviceView, float] | None:
         """The free GPU where ``job`` finishes first at measured speed, or None to wait.
 
         Devices of one profile price a job alike, so the scan stops at the
-        first healthy device of the fastest profile: routing costs O(1) on a
-        mostly healthy cluster, not O(devices).
+        first device of the fastest profile within ``SPEED_TOLERANCE`` of the
+        top speed of that profile's devices: routing costs O(1) on a mostly
+        healthy cluster, not O(free devices), even when every device's
+        measured speed sits a little below its profile's.
         """
         fastest = reference_seconds(view, job)
+        top = self._speeds(view)[1]
         # CPU workers take GPU work only as an offload, unless no GPU can run the job
         # at all (a dtype no GPU profile measures): then a CPU is its only home.
         cpu_ok = not any(math.isfinite(view.cost.seconds([job], ids[0]))
@@ -140,7 +157,8 @@ class AdaptivePolicy:
             finish = seconds / speed
             if math.isfinite(finish) and (best is None or finish < best[0]):
                 best = (finish, device, seconds)
-                if speed >= 1.0 and seconds <= fastest:
+                if seconds <= fastest and speed >= top.get(device.profile, 1.0) * (
+                        1 - SPEED_TOLERANCE):
                     break
         if best is None:
             return None
@@ -188,14 +206,21 @@ class AdaptivePolicy:
     # -- the decision ----------------------------------------------------------------------
 
     def _head(self, view: View, jobs: Mapping[str, Job], placed: AbstractSet[str],
-              skipped: AbstractSet[str] = frozenset()) -> tuple[float, Job] | None:
-        """The most urgent of a tenant's first ``head`` jobs not placed or tried this round."""
+              skipped: AbstractSet[str], scores: dict[str, float]) -> tuple[float, Job] | None:
+        """The most urgent of a tenant's first ``head`` jobs not placed or tried this round.
+
+        ``scores`` keeps each job's urgency for the round (the clock does not move
+        within it): after a placement the tenant's window slides by a job or a
+        batch, and the jobs still in it are not scored again.
+        """
         best: tuple[float, Job] | None = None
         seen = 0
         for job in jobs.values():
             if job.id in placed or job.id in skipped:
                 continue
-            score = self.urgency(view, job, reference_seconds(view, job))
+            score = scores.get(job.id)
+            if score is None:
+                score = scores[job.id] = self.urgency(view, job, reference_seconds(view, job))
             if best is None or score > best[0]:
                 best = (score, job)
             seen += 1
@@ -215,8 +240,9 @@ class AdaptivePolicy:
         # Each tenant's head is computed once and refreshed only for the tenant
         # that was served: a placement touches no other tenant's queue.
         heads: dict[str, tuple[float, Job]] = {}
+        scores: dict[str, float] = {}
         for tenant, jobs in itertools.islice(view.tenants.items(), self.tenants):
-            best = self._head(view, jobs, placed)
+            best = self._head(view, jobs, placed, skipped, scores)
             if best is not None:
                 heads[tenant] = best
         rounds = 0
@@ -234,7 +260,7 @@ class AdaptivePolicy:
                 # what is free): the tenant's next most urgent job may, rather than the
                 # whole tenant waiting behind it this round.
                 skipped.add(job.id)
-            best = self._head(view, view.tenants.get(tenant, {}), placed, skipped)
+            best = self._head(view, view.tenants.get(tenant, {}), placed, skipped, scores)
             if best is None:
                 del heads[tenant]
             else:
