@@ -82,7 +82,7 @@ def test_compare_live_runs_each_policy_with_the_sim_outputs(cli, local_ray, tmp_
     (["--speed", "2"], "--speed"),
     (["--emulate-gpus", "1"], "--emulate-gpus"),
     (["--memory-fraction", "0.5"], "--memory-fraction"),
-    (["--address", "auto"], "--address"),
+    (["--address", "auto", "--jobs", "2"], "--jobs"),
     (["--mode", "live", "--load", "0.5"], "--load"),
     (["--mode", "live", "--nodes", "gpu_h100=1"], "--nodes"),
     (["--mode", "live", "--fail", "x@1"], "--fail"),

@@ -75,3 +75,25 @@ def test_bad_sweep_options_fail_in_one_line_before_ray(cli, trace, tmp_path, rep
     assert code == 2, err
     assert field in err and len(err.strip().splitlines()) == 1
     assert not ray.is_initialized()
+
+
+def test_compare_with_an_address_runs_each_policy_as_a_ray_task(cli, trace, tmp_path,
+                                                                 repo) -> None:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    args = ("--cluster", repo / "cluster.yaml", "--policies", "fifo,adaptive", "--load", "0.8")
+    assert cli("compare", trace, *args, "--out", tmp_path / "pool")[0] == 0
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1)
+        code, _, err = cli("compare", trace, *args, "--address", cluster.address,
+                           "--out", tmp_path / "ray")
+        assert not ray.is_initialized()
+    finally:
+        cluster.shutdown()
+    assert code == 0, err
+    for policy in ("fifo", "adaptive"):
+        assert (tmp_path / "ray" / policy / "summary.json").read_bytes() == (
+            tmp_path / "pool" / policy / "summary.json").read_bytes()
+    assert "adaptive" in (tmp_path / "ray" / "comparison.md").read_text()

@@ -39,7 +39,7 @@ from scheduler.cli.sim_cmd import NO_SIM_PROGRESS, progress_bar, sim_fields
 from scheduler.errors import InputError
 from scheduler.live_runs import live_config
 from scheduler.run_options import parse_profiles, parse_slow, policy_folder
-from scheduler.sims import MAX_PROCESSES, Update, compare_sims, sim_spec
+from scheduler.sims import MAX_PROCESSES, Update, compare_on_ray, compare_sims, sim_spec
 
 if TYPE_CHECKING:
     from scheduler.sim.runner import SimProgress
@@ -51,7 +51,7 @@ class Mode(str, Enum):
 
 
 # The options only a live run reads, by parameter name: compare --mode sim rejects them.
-LIVE_ONLY = ("address", "speed", "emulate_gpus", "cpu_workers", "memory_fraction",
+LIVE_ONLY = ("speed", "emulate_gpus", "cpu_workers", "memory_fraction",
              "overwrite")
 # The options only the simulator reads, by parameter name: compare --mode live rejects them.
 SIM_ONLY = ("cluster", "nodes", "load", "slots", "fail", "fail_node", "decision_interval",
@@ -88,8 +88,9 @@ def compare(
 
     Live: attnsched compare trace.jsonl --mode live --emulate-gpus 2 --speed 4 --out runs/y
 
-    Only live: --address, --emulate-gpus, --cpu-workers, --speed, --memory-fraction,
-    --overwrite (a simulation always replaces its folder). Only
+    Only live: --emulate-gpus, --cpu-workers, --speed, --memory-fraction,
+    --overwrite (a simulation always replaces its folder). With --address, simulations
+    run as Ray tasks on that cluster (as `attnsched sweep` runs them). Only
     sim: --cluster, --nodes, --load, --slots, --fail, --fail-node, --decision-interval, --jobs.
     """
     names = policy_names(policies)
@@ -112,7 +113,13 @@ def compare(
                             profile=profile, live_costs=live_costs,
                             out=out / policy_folder(name))
              for name in names}
-    results = compare_sims(specs, out, jobs, progress=_bars)
+    if address:
+        if jobs:
+            raise InputError("--jobs counts local processes; with --address the cluster's "
+                             "CPUs run the simulations", field="--jobs")
+        results = compare_on_ray(specs, out, address)
+    else:
+        results = compare_sims(specs, out, jobs, progress=_bars)
     print_summary(results)
     console.print(f"comparison: {out / 'comparison.md'}")
     exit_all(results)
