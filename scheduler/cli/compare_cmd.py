@@ -42,7 +42,8 @@ from scheduler.run_options import parse_profiles, parse_slow, policy_folder
 from scheduler.sims import MAX_PROCESSES, Update, compare_on_ray, compare_sims, sim_spec
 
 if TYPE_CHECKING:
-    from scheduler.sim.runner import SimProgress
+    from scheduler.runs import RunSpec
+    from scheduler.sim.runner import RunResult, SimProgress
 
 
 class Mode(str, Enum):
@@ -113,16 +114,22 @@ def compare(
                             profile=profile, live_costs=live_costs,
                             out=out / policy_folder(name))
              for name in names}
-    if address:
-        if jobs:
-            raise InputError("--jobs counts local processes; with --address the cluster's "
-                             "CPUs run the simulations", field="--jobs")
-        results = compare_on_ray(specs, out, address)
-    else:
-        results = compare_sims(specs, out, jobs, progress=_bars)
+    results = _simulate_all(specs, out, jobs, address)
     print_summary(results)
     console.print(f"comparison: {out / 'comparison.md'}")
     exit_all(results)
+
+
+def _simulate_all(specs: dict[str, RunSpec], out: Path, jobs: int,
+                  address: str | None) -> dict[str, RunResult]:
+    """The policies' simulations: Ray tasks on the cluster at ``address``, else a local
+    process pool of ``jobs`` processes with a progress bar per policy."""
+    if not address:
+        return compare_sims(specs, out, jobs, progress=_bars)
+    if jobs:
+        raise InputError("--jobs counts local processes; with --address the cluster's "
+                         "CPUs run the simulations", field="--jobs")
+    return compare_on_ray(specs, out, address)
 
 
 @contextlib.contextmanager
