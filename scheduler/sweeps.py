@@ -6,7 +6,8 @@ store, and runs each cell as a task with the same ``run_sim`` as
 ``attnsched simulate``: a cell's outputs are those of the same simulation run
 on its own. Ray is an embedded one on 127.0.0.1 unless ``address`` names a
 cluster (whose nodes must have attnsched installed, as ``cluster.yaml`` sets
-up; the trace need not be on them).
+up; the trace need not be on them unless it holds more jobs than
+``KEEP_JOBS``, which each task then reads itself).
 """
 
 from __future__ import annotations
