@@ -175,8 +175,7 @@ def simulate(trace: str | Path | LoadedTrace, policy: Any = "adaptive", *,
     ``"KEY=VALUE"`` strings; ``fail`` takes ``"DEVICE@SECONDS"``. Without
     ``out`` the outputs go to a temporary folder that is gone on return.
     """
-    from scheduler.runs import prepare, run_sim
-    from scheduler.sims import validate_spec
+    from scheduler.runs import prepare, run_sim, validate_spec
 
     name, built = _policy(policy, policy_options)
     spec = _sim_spec(trace, name, policy_options, cluster=cluster, nodes=nodes, model=model,

@@ -316,15 +316,29 @@ def _handed_over(jobs: list[Job]) -> Iterator[Job]:
         yield jobs.pop()
 
 
-def plan_arrivals(spec: RunSpec, cluster: ClusterSpec, profiles: Mapping[str, DeviceProfile],
-                  keep: int = 0) -> Plan:
-    """One pass over the trace (see :class:`Plan`); refuses a load or a telemetry
-    interval the trace cannot take. ``keep``: as :func:`scan_arrivals`."""
-    priced = ClusterCost(cluster, dict(profiles)) if spec.load is not None else None
-    arrivals = scan_arrivals(spec, priced, keep)
+def arrival_factor(spec: RunSpec, cluster: ClusterSpec, arrivals: Arrivals) -> float:
+    """The factor ``--load`` puts on submit times (1 without it); refuses a load or a
+    telemetry interval the trace cannot take."""
     factor = 1.0 if spec.load is None else load_factor(spec, cluster, arrivals)
     check_samples(spec, arrivals.last * factor)
-    return Plan(factor, arrivals.jobs, arrivals.kept)
+    return factor
+
+
+def plan_arrivals(spec: RunSpec, cluster: ClusterSpec, profiles: Mapping[str, DeviceProfile],
+                  keep: int = 0) -> Plan:
+    """One pass over the trace (see :class:`Plan`), checked by :func:`arrival_factor`.
+    ``keep``: as :func:`scan_arrivals`."""
+    priced = ClusterCost(cluster, dict(profiles)) if spec.load is not None else None
+    arrivals = scan_arrivals(spec, priced, keep)
+    return Plan(arrival_factor(spec, cluster, arrivals), arrivals.jobs, arrivals.kept)
+
+
+def validate_spec(spec: RunSpec) -> Any:
+    """Check the whole spec up front; returns the built policy."""
+    from policies.base import load_policy
+
+    prepare(spec)
+    return load_policy(spec.policy, spec.policy_options)
 
 
 def check_arrivals(spec: RunSpec, keep: int = 0) -> Plan:
@@ -372,5 +386,5 @@ def run_sim(spec: RunSpec, progress: Callable[[SimProgress], None] | None = None
     return result
 
 
-__all__ = ["KEEP_JOBS", "Arrivals", "AttentionJob", "Plan", "RunSpec", "check_arrivals",
-           "prepare", "replay", "run_sim", "scan_arrivals"]
+__all__ = ["KEEP_JOBS", "Arrivals", "AttentionJob", "Plan", "RunSpec", "arrival_factor",
+           "check_arrivals", "prepare", "replay", "run_sim", "scan_arrivals", "validate_spec"]

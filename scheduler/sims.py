@@ -18,7 +18,7 @@ from typing import Any
 
 from scheduler.cluster import parse_node_counts
 from scheduler.run_options import parse_profiles, parse_slow
-from scheduler.runs import Plan, RunSpec, bounded, check_arrivals, prepare, run_sim
+from scheduler.runs import Plan, RunSpec, bounded, check_arrivals, run_sim, validate_spec
 from scheduler.sim.runner import RunResult, SimProgress
 
 MAX_PROCESSES = 256  # compare --jobs: more than any machine's useful parallelism
@@ -42,14 +42,6 @@ def sim_spec(trace: Path, policy: str, **kw: Any) -> RunSpec:
                    profiles=parse_profiles(kw.pop("profile", [])),
                    nodes=parse_node_counts(kw.pop("nodes")), slow=parse_slow(kw.pop("slow")),
                    fail=tuple(kw.pop("fail")), fail_node=tuple(kw.pop("fail_node")), **kw)
-
-
-def validate_spec(spec: RunSpec) -> Any:
-    """Check the whole spec up front; returns the built policy."""
-    from policies.base import load_policy
-
-    prepare(spec)
-    return load_policy(spec.policy, spec.policy_options)
 
 
 def compare_sims(specs: dict[str, RunSpec], out: Path, processes: int = 0,

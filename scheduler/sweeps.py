@@ -28,11 +28,11 @@ from scheduler.runs import (
     KEEP_JOBS,
     Plan,
     RunSpec,
-    check_samples,
-    load_factor,
+    arrival_factor,
     prepare,
     run_sim,
     scan_arrivals,
+    validate_spec,
 )
 from scheduler.sim.runner import RunResult
 
@@ -93,16 +93,14 @@ def plan(specs: Mapping[K, RunSpec]) -> tuple[dict[K, tuple[float, int]],
                   if any(specs[k].load is not None for k in keys) else None)
         arrivals = scan_arrivals(first, priced, keep=KEEP_JOBS)
         for key in keys:
-            spec = specs[key]
-            factor = 1.0 if spec.load is None else load_factor(spec, cluster, arrivals)
-            check_samples(spec, arrivals.last * factor)
-            factors[key] = (factor, len(kept))
+            factors[key] = (arrival_factor(specs[key], cluster, arrivals), len(kept))
         kept.append(arrivals.kept)
     return factors, kept
 
 
 def _run_cell(spec: RunSpec, factor: float, jobs: list[Job] | None) -> RunResult:
-    """One cell, in a Ray worker: ``jobs`` is this task's own copy from the object store."""
+    """One cell, in a Ray worker. The plan hands its jobs over by emptying the list, so
+    it gets a copy: another task in this worker may be handed the same object."""
     kept = list(jobs) if jobs is not None else None
     return run_sim(spec, None, None, Plan(factor, len(kept or ()), kept))
 
@@ -112,11 +110,8 @@ def run_grid(specs: Mapping[K, RunSpec], address: str | None = None,
     """Run every simulation as a Ray task; results in ``specs``' order. ``progress``
     hears of each as it finishes. Every spec is checked, and each trace read once,
     before Ray starts."""
-    from policies.base import load_policy
-
     for spec in specs.values():
-        prepare(spec)
-        load_policy(spec.policy, spec.policy_options)
+        validate_spec(spec)
     factors, kept = plan(specs)
     started = join_or_start(address, num_cpus=os.cpu_count() or 1)
     import ray

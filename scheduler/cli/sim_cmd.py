@@ -30,8 +30,8 @@ from scheduler.cli.options import (
 )
 from scheduler.cli.results import console, err_console, exit_for, print_summary
 from scheduler.errors import InputError
-from scheduler.runs import KEEP_JOBS, check_arrivals, run_sim
-from scheduler.sims import sim_spec, validate_spec
+from scheduler.runs import KEEP_JOBS, check_arrivals, run_sim, validate_spec
+from scheduler.sims import sim_spec
 
 if TYPE_CHECKING:
     from scheduler.sim.runner import SimProgress
