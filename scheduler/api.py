@@ -161,7 +161,7 @@ def load_trace(path: str | Path, *, model: str | None = None, fmt: str = "auto",
 
 def simulate(trace: str | Path | LoadedTrace, policy: Any = "adaptive", *,
              policy_options: Mapping[str, Any] | None = None,
-             cluster: str | Path = "cluster.yaml", nodes: Pairs = None,
+             cluster: str | Path | None = None, nodes: Pairs = None,
              model: str | None = None, load: float | None = None, limit: int | None = None,
              seed: int = 0, slots: int = 1, telemetry_interval: float = 1.0,
              decision_interval: float = 0.0, fail: Sequence[str] = (),
@@ -194,7 +194,7 @@ def simulate(trace: str | Path | LoadedTrace, policy: Any = "adaptive", *,
 
 def compare(trace: str | Path | LoadedTrace,
             policies: Sequence[str] | str = ("static", "greedy", "adaptive"), *,
-            cluster: str | Path = "cluster.yaml", nodes: Pairs = None,
+            cluster: str | Path | None = None, nodes: Pairs = None,
             model: str | None = None, load: float | None = None, limit: int | None = None,
             seed: int = 0, slots: int = 1, telemetry_interval: float = 1.0,
             decision_interval: float = 0.0, fail: Sequence[str] = (),
@@ -316,13 +316,15 @@ def _trace(trace: str | Path | LoadedTrace, model: str | None) -> tuple[Path, st
 
 
 def _sim_spec(trace: str | Path | LoadedTrace, policy: str,
-              policy_options: Mapping[str, Any] | None, *, cluster: str | Path, nodes: Pairs,
+              policy_options: Mapping[str, Any] | None, *, cluster: str | Path | None,
+              nodes: Pairs,
               fail: Sequence[str], fail_node: Sequence[str], slow: Pairs, profiles: Pairs,
               model: str | None, **kw: Any) -> RunSpec:
     from scheduler.sims import sim_spec
 
     path, fmt, model = _trace(trace, model)
-    return sim_spec(path, policy, opts=_pairs(policy_options), cluster=Path(cluster),
+    return sim_spec(path, policy, opts=_pairs(policy_options),
+                    cluster=None if cluster is None else Path(cluster),
                     nodes=_pairs(nodes), fail=list(fail), fail_node=list(fail_node),
                     slow=_pairs(slow), profile=_pairs(profiles), model=model, fmt=fmt, **kw)
 

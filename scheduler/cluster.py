@@ -207,9 +207,25 @@ def parse_node_counts(items: Sequence[str]) -> dict[str, int]:
     return counts
 
 
-def load_cluster(path: str | Path, nodes: Mapping[str, int] | None = None) -> ClusterSpec:
-    """A cluster spec from a Ray cluster .yaml/.yml or an Alibaba node-list .csv."""
-    p = Path(path)
+# The repository's cluster.yaml (8 H100s and a CPU node), shipped inside the package so
+# a run from any folder has a cluster without naming one.
+PACKAGED_CLUSTER = Path(__file__).with_name("cluster_data") / "cluster.yaml"
+
+
+def cluster_path(given: str | Path | None) -> Path:
+    """The cluster file a run uses: the one given, else ``./cluster.yaml`` where there is
+    one, else the packaged default (:data:`PACKAGED_CLUSTER`)."""
+    if given is not None:
+        return Path(given)
+    local = Path("cluster.yaml")
+    return local if local.is_file() else PACKAGED_CLUSTER
+
+
+def load_cluster(path: str | Path | None, nodes: Mapping[str, int] | None = None
+                 ) -> ClusterSpec:
+    """A cluster spec from a Ray cluster .yaml/.yml or an Alibaba node-list .csv; with no
+    path, the one :func:`cluster_path` picks."""
+    p = cluster_path(path)
     suffix = p.suffix.lower()
     if suffix in (".yaml", ".yml"):
         return load_cluster_yaml(p, nodes)

@@ -41,7 +41,7 @@ class RunSpec:
     trace: Path
     policy: str = "adaptive"
     policy_options: Mapping[str, str] = field(default_factory=dict)
-    cluster: Path = Path("cluster.yaml")
+    cluster: Path | None = None  # None: see scheduler.cluster.cluster_path
     nodes: Mapping[str, int] = field(default_factory=dict)
     fmt: str = "auto"
     model: str | None = None
@@ -283,7 +283,7 @@ def prepare(spec: RunSpec) -> tuple[ClusterSpec, dict[str, DeviceProfile], tuple
     check_options(spec)
     cluster = load_cluster(spec.cluster, spec.nodes or None)
     if not cluster.devices:
-        raise InputError("the cluster has no devices to run jobs on", path=spec.cluster)
+        raise InputError("the cluster has no devices to run jobs on", path=cluster.source)
     profiles = load_profiles(cluster, spec.profiles)
     faults = parse_faults(spec.fail, "device", cluster) + parse_faults(spec.fail_node, "node",
                                                                         cluster)

@@ -20,8 +20,10 @@ GIB = 1 << 30
 
 @app.command()
 def show(
-    path: Path = typer.Argument(Path("cluster.yaml"),
-                                help="cluster.yaml (Ray launcher config) or a node-list CSV."),
+    path: Path | None = typer.Argument(None, show_default=False,
+                                       help="A Ray cluster .yaml or a node-list CSV [default: "
+                                            "./cluster.yaml if there is one, else the packaged "
+                                            "8-H100 + CPU cluster]."),
     nodes: list[str] = typer.Option([], "--nodes",
                                     help="Override a node type's count: TYPE=N (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print the spec as JSON."),

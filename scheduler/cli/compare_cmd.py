@@ -66,7 +66,7 @@ def compare(
                                  help="Comma-separated policies to compare."),
     mode: Mode = typer.Option(Mode.SIM, "--mode", help="sim: the simulator, policies in "
                               "parallel; live: Ray workers, one policy after another."),
-    cluster: Path = CLUSTER, nodes: list[str] = NODES, model: str | None = MODEL,
+    cluster: Path | None = CLUSTER, nodes: list[str] = NODES, model: str | None = MODEL,
     load: float | None = LOAD, limit: int | None = LIMIT, seed: int = SEED, slots: int = SLOTS,
     telemetry_interval: float = TICK, fail: list[str] = FAIL, fail_node: list[str] = FAIL_NODE,
     slow: list[str] = SLOW, decision_interval: float = QUANTUM, profile: list[str] = PROFILE,

@@ -29,7 +29,9 @@ def policy_names(policies: str) -> list[str]:
 
 TRACE_ARG = typer.Argument(..., help="Trace file (.csv, .jsonl or .parquet).",
                            callback=_trace_exists)
-CLUSTER = typer.Option(Path("cluster.yaml"), "--cluster", help="cluster.yaml or a node list.")
+CLUSTER = typer.Option(None, "--cluster", show_default=False,
+                       help="A Ray cluster .yaml or a node-list .csv [default: ./cluster.yaml "
+                            "if there is one, else the packaged 8-H100 + CPU cluster].")
 NODES = typer.Option([], "--nodes", help="Override a node type's count: TYPE=N (repeatable).")
 MODEL = typer.Option(None, "--model", help="Model preset for token traces (default llama3-8b).")
 LOAD = typer.Option(None, "--load", help=f"Rescale arrivals to this offered load (0.9 = 90%; "

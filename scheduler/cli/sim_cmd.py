@@ -41,7 +41,7 @@ def simulate(
     trace: Path = TRACE_ARG,
     policy: str = typer.Option("adaptive", "--policy", help=POLICY_HELP),
     policy_opt: list[str] = OPTS,
-    cluster: Path = CLUSTER, nodes: list[str] = NODES, model: str | None = MODEL,
+    cluster: Path | None = CLUSTER, nodes: list[str] = NODES, model: str | None = MODEL,
     load: float | None = LOAD, limit: int | None = LIMIT, seed: int = SEED, slots: int = SLOTS,
     telemetry_interval: float = TICK, fail: list[str] = FAIL, fail_node: list[str] = FAIL_NODE,
     slow: list[str] = SLOW, decision_interval: float = QUANTUM, profile: list[str] = PROFILE,

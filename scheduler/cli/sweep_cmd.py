@@ -62,7 +62,7 @@ def sweep(
     loads: str = typer.Option("", "--loads", help="Comma-separated offered loads, e.g. "
                               "0.5,0.7,0.9 (empty: the trace's own arrival times)."),
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds for the policies' RNG."),
-    cluster: Path = CLUSTER, nodes: list[str] = NODES, model: str | None = MODEL,
+    cluster: Path | None = CLUSTER, nodes: list[str] = NODES, model: str | None = MODEL,
     limit: int | None = LIMIT, slots: int = SLOTS, telemetry_interval: float = TICK,
     decision_interval: float = QUANTUM, profile: list[str] = PROFILE,
     live_costs: bool = LIVE_COSTS, address: str | None = ADDRESS,
