@@ -36,7 +36,7 @@ import itertools
 import math
 import statistics
 from collections.abc import Mapping
-from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from policies.common import BestFit, fits, pack, reference_seconds, window
@@ -48,6 +48,21 @@ from scheduler.view import DeviceView, View
 # wander more than that between samples, and scanning every free device for the last
 # percent costs O(devices) per placement on a large cluster.
 SPEED_TOLERANCE = 0.02
+CPU_MEMO_SIZE = 65_536  # jobs whose CPU use is remembered; full, it starts over
+
+
+@dataclass
+class _Round:
+    """One decision's working state: the devices it took, the jobs it placed or tried,
+    each job's urgency (the clock does not move within a round), where each tenant's
+    untried jobs begin, and whether only CPUs are left to fill."""
+
+    taken: dict[str, int] = field(default_factory=dict)
+    placed: set[str] = field(default_factory=set)
+    skipped: set[str] = field(default_factory=set)  # tried this round and could not start
+    scores: dict[str, float] = field(default_factory=dict)
+    starts: dict[str, int] = field(default_factory=dict)
+    cpus_only: bool = False
 
 
 class AdaptivePolicy:
@@ -74,6 +89,9 @@ class AdaptivePolicy:
         self.aging_rel, self.tenants = aging_rel, tenants
         # (view epoch, peers' median speed, top speed per profile)
         self._memo: tuple[int, float, Mapping[str | None, float]] | None = None
+        # (view epoch, job id -> whether it has a use for CPUs alone): kept across the
+        # rounds of an epoch, as a deep queue offers the same jobs round after round
+        self._cpu_memo: tuple[int, dict[str, bool]] = (0, {})
 
     # -- urgency ---------------------------------------------------------------------------
 
@@ -205,67 +223,117 @@ class AdaptivePolicy:
 
     # -- the decision ----------------------------------------------------------------------
 
-    def _head(self, view: View, jobs: Mapping[str, Job], placed: AbstractSet[str],
-              skipped: AbstractSet[str], scores: dict[str, float]) -> tuple[float, Job] | None:
-        """The most urgent of a tenant's first ``head`` jobs not placed or tried this round.
+    def _head(self, view: View, tenant: str, r: _Round) -> tuple[float, Job] | None:
+        """The most urgent of a tenant's first ``head`` jobs not placed or tried this round
+        (once every free GPU is taken, the most urgent of them that has a use for what is
+        left: see :meth:`_cpu_work`).
 
-        ``scores`` keeps each job's urgency for the round (the clock does not move
+        ``r.scores`` keeps each job's urgency for the round (the clock does not move
         within it): after a placement the tenant's window slides by a job or a
-        batch, and the jobs still in it are not scored again.
+        batch, and the jobs still in it are not scored again. ``r.starts`` skips the
+        tenant's leading jobs already placed or tried, so a round that places many
+        batches does not walk past them again for every one.
         """
+        start = r.starts.get(tenant, 0)
+        leading = True
         best: tuple[float, Job] | None = None
         seen = 0
-        for job in jobs.values():
-            if job.id in placed or job.id in skipped:
+        for job in itertools.islice(view.tenants.get(tenant, {}).values(), start, None):
+            if job.id in r.placed or job.id in r.skipped:
+                start += leading
                 continue
-            score = scores.get(job.id)
-            if score is None:
-                score = scores[job.id] = self.urgency(view, job, reference_seconds(view, job))
-            if best is None or score > best[0]:
-                best = (score, job)
+            leading = False
             seen += 1
+            if not r.cpus_only or self._cpu_work(view, job):
+                score = r.scores.get(job.id)
+                if score is None:
+                    score = r.scores[job.id] = self.urgency(view, job,
+                                                            reference_seconds(view, job))
+                if best is None or score > best[0]:
+                    best = (score, job)
             if seen >= self.head:
                 break
+        r.starts[tenant] = start
         return best
+
+    def _cpu_work(self, view: View, job: Job) -> bool:
+        """Whether ``job`` has a use for a round whose free GPUs are all taken: a CPU may
+        run it (no GPU can, or it is short enough to offload), or it is a pod (placed by
+        best fit on any node with room). Any other job would only be tried and fail, in
+        every round of a deep queue; one too big for any device whole is split in a round
+        with a free GPU, where its parts can start."""
+        if not isinstance(job, AttentionJob):
+            return True
+        epoch, known = self._cpu_memo
+        if epoch != view.epoch or not view.epoch or len(known) >= CPU_MEMO_SIZE:
+            known = {}
+            self._cpu_memo = (view.epoch, known)
+        answer = known.get(job.id)
+        if answer is None:
+            answer = known[job.id] = self._cpu_runs(view, job)
+        return answer
+
+    def _cpu_runs(self, view: View, job: AttentionJob) -> bool:
+        cpu_s, gpu_runs = math.inf, False
+        for ids in view.groups.values():
+            seconds = view.cost.seconds([job], ids[0])
+            if view.devices[ids[0]].kind == "cpu":
+                cpu_s = min(cpu_s, seconds)
+            else:
+                gpu_runs = gpu_runs or math.isfinite(seconds)
+        # A job some GPU runs goes to a CPU only as an offload; one no GPU runs, to a CPU.
+        return not gpu_runs or cpu_s <= self.offload_max_s
+
+    def _gpu_room(self, view: View, taken: Mapping[str, int]) -> bool:
+        return any(d.kind != "cpu" and d.slots_free - taken.get(d.id, 0) >= 1
+                   for d in view.free.values())
 
     def decide(self, view: View) -> Decisions:
         actions: list[Action] = []
         if not view.pending:
             return Decisions()
-        taken: dict[str, int] = {}
-        placed: set[str] = set()
-        skipped: set[str] = set()  # tried this round and could not start
+        r = _Round()
         fit: BestFit | None = None
         peer = self.peer_speed(view)  # once a round: O(devices)
         # Each tenant's head is computed once and refreshed only for the tenant
         # that was served: a placement touches no other tenant's queue.
-        heads: dict[str, tuple[float, Job]] = {}
-        scores: dict[str, float] = {}
-        for tenant, jobs in itertools.islice(view.tenants.items(), self.tenants):
-            best = self._head(view, jobs, placed, skipped, scores)
-            if best is not None:
-                heads[tenant] = best
+        heads = self._heads(view, [t for t, _ in itertools.islice(view.tenants.items(),
+                                                                     self.tenants)], r)
         rounds = 0
-        while heads and len(taken) < len(view.free) and rounds < 4 * len(view.free) + 8:
+        while heads and len(r.taken) < len(view.free) and rounds < 4 * len(view.free) + 8:
             rounds += 1
             tenant = self._pick_tenant(view, heads)
             job = heads[tenant][1]
             if fit is None and isinstance(job, ClusterJob):
                 fit = BestFit(view)  # built once a round, only when a gang job comes up
-            action = self._place_one(view, job, taken, placed, fit, peer)
+            action = self._place_one(view, job, r.taken, r.placed, fit, peer)
             if action is not None:
                 actions.append(action)
             else:
                 # It cannot start now (a gang no node has room for, a job too big for
                 # what is free): the tenant's next most urgent job may, rather than the
                 # whole tenant waiting behind it this round.
-                skipped.add(job.id)
-            best = self._head(view, view.tenants.get(tenant, {}), placed, skipped, scores)
+                r.skipped.add(job.id)
+                if not r.cpus_only and not self._gpu_room(view, r.taken):
+                    r.cpus_only = True  # what is left is CPUs: only CPU work is worth a try
+                    heads = self._heads(view, list(heads), r)
+                    continue
+            best = self._head(view, tenant, r)
             if best is None:
                 del heads[tenant]
             else:
                 heads[tenant] = best
         return Decisions(tuple(actions))
+
+    def _heads(self, view: View, tenants: list[str], r: _Round
+               ) -> dict[str, tuple[float, Job]]:
+        """Each of ``tenants``' heads (see :meth:`_head`), leaving out those without one."""
+        heads: dict[str, tuple[float, Job]] = {}
+        for tenant in tenants:
+            best = self._head(view, tenant, r)
+            if best is not None:
+                heads[tenant] = best
+        return heads
 
     def _place_one(self, view: View, job: Job, taken: dict[str, int],
                    placed: set[str], fit: BestFit | None, peer: float) -> Action | None:

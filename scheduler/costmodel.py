@@ -170,6 +170,11 @@ class _DecodeGroup:
     mask_s: float
 
 
+# What a job adds to a pack: the decode group it makes (None unless a decode), and the
+# compute, bytes and mask it adds.
+_Joined = tuple[_DecodeGroup | None, float, float, float]
+
+
 class Pack:
     """Running totals of a packed batch on one device: adding a job is O(1), a decode O(group).
 
@@ -186,7 +191,7 @@ class Pack:
     """
 
     __slots__ = ("backend", "calls", "compute_s", "decodes", "flops", "groups", "jobs",
-                 "kind", "mask_s", "memo", "nbytes", "profile", "want")
+                 "kind", "last", "mask_s", "memo", "nbytes", "profile", "want")
 
     def __init__(self, profile: DeviceProfile, backend: str | None = None,
                  memo: dict[str, Terms] | None = None) -> None:
@@ -199,6 +204,8 @@ class Pack:
         self.decodes: dict[packing.GroupKey, _DecodeGroup] = {}
         self.backend = ""
         self.kind = ""  # scale kind of the batch (see packing.scale_kind)
+        # (job, what it adds) from the last seconds_with: packing asks, then adds that job
+        self.last: tuple[AttentionJob, _Joined] | None = None
 
     def _terms(self, job: AttentionJob) -> Terms:
         if self.memo is not None:
@@ -212,7 +219,7 @@ class Pack:
         return _job_terms(job, self.profile, self.want)
 
     def _joining(self, job: AttentionJob, group: packing.GroupKey, compute: float,
-                 nbytes: float) -> tuple[_DecodeGroup | None, float, float, float]:
+                 nbytes: float) -> _Joined:
         """(the group ``job`` makes, and the compute, bytes and mask it adds to the pack);
         no group unless ``job`` is a decode, whose own terms are ``compute``/``nbytes``."""
         if job.kind is not JobKind.DECODE:
@@ -232,8 +239,10 @@ class Pack:
         terms = self._terms(job)
         self.backend = terms.backend
         group = terms.group
-        decodes, compute, nbytes, mask = self._joining(job, group, terms.compute_s,
-                                                       terms.nbytes)
+        last, self.last = self.last, None
+        decodes, compute, nbytes, mask = (
+            last[1] if last is not None and last[0] is job
+            else self._joining(job, group, terms.compute_s, terms.nbytes))
         if decodes is not None:
             self.decodes[group] = decodes
         self.compute_s += compute
@@ -250,7 +259,9 @@ class Pack:
         """What the batch would take with ``job`` added, without adding it."""
         terms = self._terms(job)
         group = terms.group
-        _, compute, nbytes, mask = self._joining(job, group, terms.compute_s, terms.nbytes)
+        joined = self._joining(job, group, terms.compute_s, terms.nbytes)
+        self.last = (job, joined)
+        _, compute, nbytes, mask = joined
         forward, backward = self.groups.get(group, (0, 0))
         more = max(0, terms.calls - forward) + max(0, terms.backward - backward)
         kind = terms.kind if not self.kind or self.kind == terms.kind else "prefill"
