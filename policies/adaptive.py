@@ -25,7 +25,9 @@ peers, not to the profile: a host slowed as a whole, or two workers sharing
 a node's cores, slows every device alike, and declining any of them then only
 leaves capacity idle. Jobs that fit no
 device whole are split along batch or heads; small jobs go to CPU workers
-when no GPU is free. Cluster jobs (pods) are placed best fit, on the node
+when no GPU is free. Once a round has taken every free GPU it tries only jobs
+a CPU can take (an offload, a job no GPU runs, a pod), so a deep queue of GPU
+work costs no fruitless tries for an idle CPU. Cluster jobs (pods) are placed best fit, on the node
 whose GPUs are fullest and whose host still has their CPUs and memory
 (:class:`policies.common.BestFit`).
 """
