@@ -59,11 +59,13 @@ print(f"  slowest job: {pc.max(adaptive.jobs['jct']).as_py():.3g}s")
 # %% Three policies on the same jobs, in parallel processes.
 policies = compare(trace, ["static", "greedy", "adaptive"], limit=args.jobs, load=0.8,
                    out=out / "compare")
-for name, summary in policies.summary.items():
+for name, result in policies.items():  # a mapping: policy -> its result
+    summary = result.summary
     print(f"{name:9} mean JCT {summary['jct_mean']:.3g}s  p99 {summary['jct_p99']:.3g}s  "
           f"makespan {summary['makespan']:.3g}s")
-best = min(policies.summary, key=lambda name: policies.summary[name]["jct_mean"])
-print(f"lowest mean JCT: {best}")
+# .summary is a table, a row per policy (.to_pandas() where pandas is installed).
+table = policies.summary.select(["policy", "jct_mean"]).sort_by("jct_mean")
+print(f"lowest mean JCT: {table['policy'][0].as_py()}")
 
 # %% Live: the same policy code on Ray workers running real PyTorch attention.
 runs = [out / "compare"]

@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -74,11 +74,21 @@ class Result:
 
 
 @dataclass(frozen=True)
-class Comparison:
-    """Several policies on one trace; ``results`` keeps the order they were given in."""
+class Comparison(Mapping[str, Result]):
+    """Several policies on one trace: a mapping policy → :class:`Result`, in the order
+    the policies were given (``c["greedy"]``, ``list(c)``, ``c.items()``)."""
 
     results: dict[str, Result]
     out: Path | None = None
+
+    def __getitem__(self, policy: str) -> Result:
+        return self.results[policy]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
 
     @property
     def exit_code(self) -> int:
@@ -93,9 +103,20 @@ class Comparison:
         return self.exit_code == 0
 
     @property
-    def summary(self) -> dict[str, dict[str, Any]]:
+    def summaries(self) -> dict[str, dict[str, Any]]:
         """Policy → its summary; ``comparison.json`` holds the same."""
         return {name: r.summary for name, r in self.results.items()}
+
+    @property
+    def summary(self) -> pa.Table:
+        """One row per policy, its figures in columns (``.to_pandas()`` for a DataFrame);
+        a figure that is itself a mapping or list, such as ``failed_reasons``, as JSON."""
+        import pyarrow as pa
+
+        rows = [{"policy": name, **{k: json.dumps(v) if isinstance(v, dict | list) else v
+                                    for k, v in r.summary.items() if k != "policy"}}
+                for name, r in self.results.items()]
+        return pa.Table.from_pylist(rows)
 
     @property
     def jobs(self) -> pa.Table:
@@ -107,9 +128,6 @@ class Comparison:
                   for name, r in self.results.items()]
         return pa.concat_tables(tables)
 
-    def __getitem__(self, policy: str) -> Result:
-        return self.results[policy]
-
     def __repr__(self) -> str:
         return f"Comparison({list(self.results)}, out={self.out!r})"
 
@@ -119,7 +137,8 @@ class LoadedTrace:
     """A trace read whole: its jobs as a table in the canonical columns, and its statistics.
 
     Pass it to :func:`simulate`, :func:`compare` or :func:`run` in place of a
-    path: they replay the file it came from, read the same way.
+    path: they replay the jobs it holds, read from its file the same way (a
+    ``limit`` given to the run as well replays the first that many of them).
     """
 
     path: Path
@@ -127,6 +146,11 @@ class LoadedTrace:
     model: str | None
     jobs: pa.Table
     summary: dict[str, Any] = field(default_factory=dict)
+    # How it was read, so a run replays the same jobs: the first ``limit`` of them
+    # (None: all), at ``token_scale``, through the ``fmt`` importer asked for.
+    limit: int | None = None
+    token_scale: float = 1.0
+    fmt: str = "auto"
 
     def __len__(self) -> int:
         return int(self.jobs.num_rows)
@@ -156,7 +180,8 @@ def load_trace(path: str | Path, *, model: str | None = None, fmt: str = "auto",
     jobs = list(itertools.islice(trace.jobs(), limit) if limit else trace.jobs())
     rows = [record_from_job(job) for job in jobs]
     table = pa.table({name: [row.get(name) for row in rows] for name in FIELDS}, schema=SCHEMA)
-    return LoadedTrace(Path(path), trace.format, model, table, trace_stats(jobs))
+    return LoadedTrace(Path(path), trace.format, model, table, trace_stats(jobs), limit,
+                       token_scale, fmt)
 
 
 def simulate(trace: str | Path | LoadedTrace, policy: Any = "adaptive", *,
@@ -259,18 +284,19 @@ def run(trace: str | Path | LoadedTrace, policy: Any = "adaptive", *,
     if metrics_port is not None:  # typer bounds the CLI's; live_setup bounds the rest
         bounded("--metrics-port", metrics_port, 1, 65535)
     name, built = _policy(policy, policy_options)
-    path, _, model = _trace(trace, model)
+    source = _trace(trace, model, limit)
     if resume is not None and out is None:
         out = resume
     with _folder(out) as folder:
         spec, built, config = live_setup(
-            path, name, policy_opt=_pairs(policy_options), address=address, model=model,
-            limit=limit, seed=seed, speed=speed, emulate_gpus=emulate_gpus,
-            cpu_workers=cpu_workers, memory_fraction=memory_fraction,
+            source.path, name, policy_opt=_pairs(policy_options), address=address,
+            model=source.model, limit=source.limit, seed=seed, speed=speed,
+            emulate_gpus=emulate_gpus, cpu_workers=cpu_workers, memory_fraction=memory_fraction,
             telemetry_interval=telemetry_interval, slow=_pairs(slow), profile=_pairs(profiles),
             out=folder, resume=None if resume is None else Path(resume),
             fallback_policy=fallback_policy, decide_timeout=decide_timeout,
             metrics_port=metrics_port, built=built, overwrite=overwrite)
+        spec = replace(spec, fmt=source.fmt, token_scale=source.token_scale)
         if num_cpus is not None:
             config.num_cpus = num_cpus
         arrivals = scan_arrivals(spec, keep=KEEP_JOBS)  # the trace checked before Ray starts
@@ -309,24 +335,39 @@ def _policy(policy: Any, options: Mapping[str, Any] | None) -> tuple[str, Any]:
     return str(getattr(policy, "name", type(policy).__name__)), policy
 
 
-def _trace(trace: str | Path | LoadedTrace, model: str | None) -> tuple[Path, str, str | None]:
+class _Source(NamedTuple):
+    """Where a run's jobs come from, and how they are read."""
+
+    path: Path
+    fmt: str
+    model: str | None
+    token_scale: float
+    limit: int | None
+
+
+def _trace(trace: str | Path | LoadedTrace, model: str | None, limit: int | None) -> _Source:
+    """A path, or a loaded trace replayed as it was read (its limit, and the run's if
+    that is smaller)."""
     if isinstance(trace, LoadedTrace):
-        return trace.path, "auto", model or trace.model
-    return Path(trace), "auto", model
+        both = [n for n in (trace.limit, limit) if n is not None]
+        return _Source(trace.path, trace.fmt, model or trace.model, trace.token_scale,
+                       min(both) if both else None)
+    return _Source(Path(trace), "auto", model, 1.0, limit)
 
 
 def _sim_spec(trace: str | Path | LoadedTrace, policy: str,
               policy_options: Mapping[str, Any] | None, *, cluster: str | Path | None,
               nodes: Pairs,
               fail: Sequence[str], fail_node: Sequence[str], slow: Pairs, profiles: Pairs,
-              model: str | None, **kw: Any) -> RunSpec:
+              model: str | None, limit: int | None, **kw: Any) -> RunSpec:
     from scheduler.sims import sim_spec
 
-    path, fmt, model = _trace(trace, model)
-    return sim_spec(path, policy, opts=_pairs(policy_options),
+    source = _trace(trace, model, limit)
+    return sim_spec(source.path, policy, opts=_pairs(policy_options),
                     cluster=None if cluster is None else Path(cluster),
                     nodes=_pairs(nodes), fail=list(fail), fail_node=list(fail_node),
-                    slow=_pairs(slow), profile=_pairs(profiles), model=model, fmt=fmt, **kw)
+                    slow=_pairs(slow), profile=_pairs(profiles), model=source.model,
+                    fmt=source.fmt, token_scale=source.token_scale, limit=source.limit, **kw)
 
 
 @contextlib.contextmanager

@@ -52,6 +52,19 @@ def test_load_trace_gives_the_jobs_as_a_table_and_the_stats(trace: Path) -> None
     assert len(scheduler.load_trace(trace, limit=7)) == 7
 
 
+def test_a_loaded_trace_replays_the_jobs_it_holds(trace: Path) -> None:
+    """``load_trace(limit=N)`` then a run: the N jobs loaded, not the whole file; a run's
+    own smaller limit takes the first that many of them."""
+    loaded = scheduler.load_trace(trace, limit=30, model="tiny")
+    result = scheduler.simulate(loaded, "greedy")
+    assert result.summary["jobs_total"] == 30
+    assert result.jobs.column("id").to_pylist() == loaded.jobs.column("id").to_pylist()
+    assert scheduler.simulate(loaded, "greedy", limit=12).summary["jobs_total"] == 12
+    assert scheduler.simulate(loaded, "greedy", limit=500).summary["jobs_total"] == 30
+    both = scheduler.compare(loaded, ["static", "greedy"], processes=1)
+    assert [both[p].summary["jobs_total"] for p in both] == [30, 30]
+
+
 def test_simulate_matches_the_cli_run_byte_for_byte(trace: Path, cli, tmp_path: Path) -> None:
     result = scheduler.simulate(trace, "greedy", nodes={"gpu_h100": 1}, out=tmp_path / "api")
     code, _, err = cli("simulate", trace, "--policy", "greedy", "--nodes", "gpu_h100=1",
@@ -147,8 +160,12 @@ def test_missing_trace_raises_input_error(tmp_path: Path) -> None:
 def test_compare_runs_each_policy_and_writes_the_comparison(trace: Path, tmp_path: Path) -> None:
     both = scheduler.compare(trace, ["static", "adaptive"], limit=60, processes=1,
                              out=tmp_path / "cmp")
-    assert list(both.summary) == ["static", "adaptive"]
+    assert list(both) == list(both.keys()) == list(both.summaries) == ["static", "adaptive"]
     assert both["adaptive"].summary["policy"] == "adaptive"
+    assert dict(both.items())["static"] is both["static"] and len(both) == 2
+    table = both.summary
+    assert table.column("policy").to_pylist() == ["static", "adaptive"]
+    assert table.column("jct_mean").to_pylist() == [both[p].summary["jct_mean"] for p in both]
     assert (tmp_path / "cmp" / "comparison.md").exists()
     assert (tmp_path / "cmp" / "static" / "jobs.parquet").exists()
     jobs = both.jobs
