@@ -191,7 +191,8 @@ def simulate(trace: str | Path | LoadedTrace, policy: Any = "adaptive", *,
              seed: int = 0, slots: int = 1, telemetry_interval: float = 1.0,
              decision_interval: float = 0.0, fail: Sequence[str] = (),
              fail_node: Sequence[str] = (), slow: Pairs = None, profiles: Pairs = None,
-             live_costs: bool = True, out: str | Path | None = None) -> Result:
+             live_costs: bool = True, fallback_policy: str | None = None,
+             out: str | Path | None = None) -> Result:
     """Replay a trace in the simulator with one policy, as ``attnsched simulate`` does.
 
     ``policy`` is a registered name, ``module:Class``, ``path.py:Class``, or a
@@ -207,7 +208,7 @@ def simulate(trace: str | Path | LoadedTrace, policy: Any = "adaptive", *,
                      load=load, limit=limit, seed=seed, slots=slots,
                      telemetry_interval=telemetry_interval, fail=fail, fail_node=fail_node,
                      slow=slow, decision_interval=decision_interval, profiles=profiles,
-                     live_costs=live_costs)
+                     live_costs=live_costs, fallback_policy=fallback_policy)
     with _folder(out) as folder:
         spec = replace(spec, out=folder, report=out is not None)
         if built is None:

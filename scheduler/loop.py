@@ -211,6 +211,7 @@ class _Tally:
     next_decide: float = 0.0
     decide_queued: bool = False
     fallback: str | None = None
+    fallback_to: dict[str, str] | None = None  # the summary's: which policy, and why
     exit_code: int = 0
     message: str | None = None
     latencies: Latencies = field(default_factory=Latencies)
@@ -332,6 +333,7 @@ def _decide(now: float, event: str, controller: Controller, executor: Executor,
             raise
         fallback, name = config.fallback
         tally.fallback = f"{e}; fell back to {name!r}"
+        tally.fallback_to = {"policy": name, "why": str(e)}
         log.warning("policy %r failed repeatedly (%s); falling back to %r",
                     config.policy_name, e, name)
         controller.switch_policy(fallback, name, str(e))
@@ -368,7 +370,8 @@ def _result(controller: Controller, executor: Executor, clock: Clock, sink: RunO
             config: LoopConfig, tally: _Tally, wall0: float) -> RunResult:
     makespan = sink.last_end - sink.first_submit if sink.completed else 0.0
     summary = sink.summary(policy=config.policy_name, mode=executor.mode,
-                           **executor.summary_fields(makespan), **dict(config.context))
+                           fallback=tally.fallback_to, **executor.summary_fields(makespan),
+                           **dict(config.context))
     p50, p99 = tally.latencies.quantile(0.5), tally.latencies.quantile(0.99)
     run_info = {
         "wall_seconds": time.perf_counter() - wall0,

@@ -47,6 +47,10 @@ TELEMETRY_SCHEMA = pa.schema([
 ])
 
 
+# Actions that start jobs: who placed how many is counted from them (summary's placed_by).
+PLACING = frozenset({"place", "offload"})
+
+
 class _Table:
     """Columns buffered in memory and flushed to a Parquet file in row groups."""
 
@@ -89,6 +93,7 @@ class RunOutputs(Sink):
         self.slo_total = self.slo_met = 0
         self.tenant_slowdown: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
         self.decisions = {"applied": 0, "rejected": 0, "error": 0}
+        self.placed_by: dict[str, int] = {}  # policy -> jobs it placed (a fallback's too)
         self.reasons: dict[str, int] = {}
         self._jobs: _Table | None = None
         self._telemetry: _Table | None = None
@@ -151,6 +156,9 @@ class RunOutputs(Sink):
         if self.observer is not None:
             self.observer.decision(record)
         self.decisions[record.outcome] = self.decisions.get(record.outcome, 0) + 1
+        if record.outcome == "applied" and record.action in PLACING and record.jobs:
+            self.placed_by[record.policy] = self.placed_by.get(record.policy, 0) + len(
+                record.jobs)
         if self._decisions is not None:
             self._decisions.write(json.dumps(record.row(), separators=(",", ":")) + "\n")
 
@@ -188,6 +196,7 @@ class RunOutputs(Sink):
             "jain_fairness": jain,
             "slo_attainment": self.slo_met / self.slo_total if self.slo_total else None,
             "decisions": dict(self.decisions),
+            "placed_by": dict(self.placed_by),
         }
         summary.update(extra)
         return summary

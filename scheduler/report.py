@@ -62,11 +62,14 @@ from scheduler.report_text import (
     SECONDS,
     SUMMARY_ORDER,
     UNITS,
+    WORDED,
     _compared_rows,
     _md_table,
     fmt_seconds,
     fmt_value,
     md_text,
+    placed_by_text,
+    policy_label,
     summary_table_rows,
 )
 
@@ -104,8 +107,16 @@ def job_batches(path: Path, columns: Sequence[str] = JOB_COLUMNS,
 
 def _summary_lines(summary: Mapping[str, Any]) -> list[str]:
     keys = [k for k in SUMMARY_ORDER if k in summary]
-    keys += sorted(k for k in summary if k not in SUMMARY_ORDER and k != "failed_reasons")
-    return _md_table(["metric", "value"], [[k, fmt_value(k, summary[k])] for k in keys])
+    keys += sorted(k for k in summary if k not in SUMMARY_ORDER and k not in WORDED)
+    rows = [[k, fmt_value(k, summary[k])] for k in keys]
+    fallback = summary.get("fallback")
+    if isinstance(fallback, Mapping):
+        rows.insert(1, ["fallback", f"{fallback.get('policy')} took over: "
+                                    f"{fallback.get('why')}"])
+    placed = placed_by_text(summary)
+    if placed is not None:
+        rows.insert(1, ["placed by", placed])
+    return _md_table(["metric", "value"], rows)
 
 
 def _failure_lines(summary: Mapping[str, Any], stats: JobStats) -> list[str]:
@@ -150,7 +161,8 @@ def write_report(run_dir: Path) -> Path:
     telemetry = _read_table(run_dir / "telemetry.parquet", TELEMETRY_COLUMNS,
                             TELEMETRY_COLUMNS)
     stats, shares = read_jobs(run_dir / "jobs.parquet", keep_times=not telemetry.num_rows)
-    policy, mode = str(summary.get("policy", "?")), str(summary.get("mode", "?"))
+    policy = policy_label(str(summary.get("policy", "?")), summary)
+    mode = str(summary.get("mode", "?"))
     title = f"{policy} ({mode})"
     plots = run_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,14 @@ from scheduler.report_plots import (
     plot_slowdown_by_size,
     slo_by_tenant,
 )
-from scheduler.report_text import BEST, _compared_rows, _md_table, fmt_value, md_text
+from scheduler.report_text import (
+    BEST,
+    _compared_rows,
+    _md_table,
+    fmt_value,
+    md_text,
+    policy_label,
+)
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +200,8 @@ def _run_rows(runs: Sequence[Run]) -> list[list[str]]:
     rows = [["run", "policy", "mode", "trace", "jobs", "folder"]]
     for r in runs:
         s = r.summary
-        rows.append([r.label, str(s.get("policy", "?")), str(s.get("mode", "?")),
+        rows.append([r.label, policy_label(str(s.get("policy", "?")), s),
+                     str(s.get("mode", "?")),
                      str(s.get("trace", "—")), fmt_value("jobs_total", s.get("jobs_total")),
                      str(r.path)])
     return rows

@@ -26,6 +26,8 @@ SUMMARY_ORDER = ("policy", "mode", "jobs_total", "jobs_completed", "jobs_failed"
                  "jct_p50", "jct_p99", "queue_delay_mean", "slowdown_mean", "makespan",
                  "throughput_jobs_per_s", "achieved_tflops", "device_util_mean",
                  "jain_fairness", "slo_attainment", "wall_seconds")
+# Summary keys a report words on lines of their own rather than as a raw value.
+WORDED = frozenset({"failed_reasons", "fallback", "placed_by"})
 BEST = "\x00"  # marks a best cell in table rows until a table renders it (bold or *)
 # Markdown punctuation that can start a link, emphasis, code, math or a table cell;
 # a backslash before it makes it a literal character everywhere in CommonMark/GFM. An
@@ -42,6 +44,23 @@ def md_text(text: str) -> str:
     """
     escaped = _MD_SPECIAL.sub(r"\\\g<0>", " ".join(text.splitlines()) if text else "")
     return html.escape(escaped, quote=False)
+
+
+def policy_label(name: str, summary: Mapping[str, Any]) -> str:
+    """A run's policy as people read it: ``name``, or ``name → fallback`` when the
+    fallback policy took over (``summary["placed_by"]`` says who placed how many)."""
+    fallback = summary.get("fallback")
+    if isinstance(fallback, Mapping) and isinstance(fallback.get("policy"), str):
+        return f"{name} → {fallback['policy']}"
+    return name
+
+
+def placed_by_text(summary: Mapping[str, Any]) -> str | None:
+    """``"a: 10 jobs, b: 90 jobs"`` from the summary's ``placed_by`` (None without one)."""
+    placed = summary.get("placed_by")
+    if not isinstance(placed, Mapping) or not placed:
+        return None
+    return ", ".join(f"{k}: {fmt_value('jobs', v)} jobs" for k, v in placed.items())
 
 
 def _number(value: Any) -> float | None:
@@ -112,7 +131,7 @@ def _compared_rows(summaries: Mapping[str, Mapping[str, Any]],
                    mark: Callable[[str], str]) -> list[list[str]]:
     rows = [["policy", *(header for _, header, _ in COMPARED)]]
     for (name, summary), marks in zip(summaries.items(), _best_flags(summaries), strict=True):
-        rows.append([name, *(mark(fmt_value(key, summary.get(key))) if best
+        rows.append([policy_label(name, summary), *(mark(fmt_value(key, summary.get(key))) if best
                              else fmt_value(key, summary.get(key))
                              for (key, _, _), best in zip(COMPARED, marks, strict=True))])
     return rows

@@ -58,6 +58,7 @@ class RunSpec:
     profiles: Mapping[str, str] = field(default_factory=dict)  # profile name -> file
     out: Path | None = None
     report: bool = True
+    fallback_policy: str | None = None  # takes over when the policy fails repeatedly
     # Model what the live path costs beyond the attention (Ray round trips, the
     # controller's decisions, worker setup, CPU contention), as measured in the
     # profiles; off: devices cost exactly what the cost model predicts.
@@ -338,6 +339,8 @@ def validate_spec(spec: RunSpec) -> Any:
     from policies.base import load_policy
 
     prepare(spec)
+    if spec.fallback_policy is not None:
+        load_policy(spec.fallback_policy)
     return load_policy(spec.policy, spec.policy_options)
 
 
@@ -376,7 +379,9 @@ def run_sim(spec: RunSpec, progress: Callable[[SimProgress], None] | None = None
                        decision_interval=spec.decision_interval, faults=faults,
                        slow=dict(spec.slow), progress=progress,
                        live=LiveCosts.from_profiles(profiles.values()) if spec.live_costs
-                       else None)
+                       else None,
+                       fallback=None if spec.fallback_policy is None else
+                       (load_policy(spec.fallback_policy), spec.fallback_policy))
     name = getattr(policy, "name", spec.policy)
     result = simulate(jobs, cluster, profiles, policy, str(name), spec.out, config, context)
     if spec.out is not None and spec.report:

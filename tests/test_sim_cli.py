@@ -263,3 +263,42 @@ def test_a_trace_longer_than_keep_is_read_again_not_held(cli, tmp_path) -> None:
     streamed = scan_arrivals(spec, keep=29)
     assert streamed.jobs == 30 and streamed.kept is None
     assert [j.id for j in replay(spec, streamed)] == [j.id for j in held.kept]
+
+
+FLAKY = '''
+from policies.base import load_policy
+
+
+class Flaky:
+    name = "flaky"
+
+    def __init__(self):
+        self.calls, self.inner = 0, load_policy("greedy")
+
+    def decide(self, view):
+        self.calls += 1
+        if self.calls > 4:
+            raise RuntimeError("boom")
+        return self.inner.decide(view)
+'''
+
+
+def test_a_fallback_is_credited_in_the_summary_report_and_table(cli, tmp_path, repo) -> None:
+    """After --fallback-policy took over, every output names both policies and how many
+    jobs each placed, not only run.json."""
+    (tmp_path / "flaky.py").write_text(FLAKY)
+    trace, out = tmp_path / "t.jsonl", tmp_path / "r"
+    assert cli("trace", "generate", "-o", trace, "--jobs", "60", "--seed", "3")[0] == 0
+    code, text, err = cli("simulate", trace, "--policy", f"{tmp_path / 'flaky.py'}:Flaky",
+                          "--fallback-policy", "greedy", "--out", out)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["fallback"]["policy"] == "greedy" and "boom" in summary["fallback"]["why"]
+    placed = summary["placed_by"]
+    assert set(placed) == {summary["policy"], "greedy"} and all(placed.values())
+    assert sum(placed.values()) == summary["jobs_completed"] == 60
+    report = (out / "report.md").read_text()
+    assert "→ greedy" in report and "placed by" in report and "greedy: " in report
+    assert "→ greedy" in text
+    code, _, err = cli("simulate", trace, "--fallback-policy", "nope")
+    assert code == 2 and "nope" in err

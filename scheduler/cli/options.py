@@ -69,3 +69,6 @@ MEMORY_FRACTION = typer.Option(0.9, "--memory-fraction",
                                help="Share of each device's memory that policies may plan "
                                     "with and its worker enforces, 0.01 to 1.")
 POLICY_HELP = "Registered name, module:Class or path/file.py:Class."
+FALLBACK = typer.Option(None, "--fallback-policy",
+                        help="Switch to this policy (e.g. greedy) when the policy fails "
+                             "repeatedly, instead of stopping the run.")

@@ -11,6 +11,7 @@ from scheduler.cli.options import (
     ADDRESS,
     CPU_WORKERS,
     EMULATE_GPUS,
+    FALLBACK,
     LIMIT,
     MEMORY_FRACTION,
     MODEL,
@@ -46,10 +47,7 @@ def run(
         False, "--overwrite",
         help="Start afresh in --out even when it holds a run that did not finish (its "
              "journal is deleted; without this, such a folder is refused)."),
-    fallback_policy: str | None = typer.Option(
-        None, "--fallback-policy",
-        help="Switch to this policy (e.g. greedy) when the policy fails repeatedly, instead "
-             "of stopping the run."),
+    fallback_policy: str | None = FALLBACK,
     metrics_port: int | None = typer.Option(
         None, "--metrics-port", min=1, max=65535,
         help="Serve the local Ray's Prometheus metrics (attnsched's gauges among them) on "

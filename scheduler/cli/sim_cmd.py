@@ -13,6 +13,7 @@ from scheduler.cli.options import (
     CLUSTER,
     FAIL,
     FAIL_NODE,
+    FALLBACK,
     LIMIT,
     LIVE_COSTS,
     LOAD,
@@ -45,7 +46,7 @@ def simulate(
     load: float | None = LOAD, limit: int | None = LIMIT, seed: int = SEED, slots: int = SLOTS,
     telemetry_interval: float = TICK, fail: list[str] = FAIL, fail_node: list[str] = FAIL_NODE,
     slow: list[str] = SLOW, decision_interval: float = QUANTUM, profile: list[str] = PROFILE,
-    live_costs: bool = LIVE_COSTS,
+    live_costs: bool = LIVE_COSTS, fallback_policy: str | None = FALLBACK,
     out: Path | None = typer.Option(None, "--out", help="Write outputs and report here."),
 ) -> None:
     """Replay a trace in the simulator with one policy.
@@ -57,7 +58,7 @@ def simulate(
                     load=load, limit=limit, seed=seed, slots=slots,
                     telemetry_interval=telemetry_interval, fail=fail, fail_node=fail_node,
                     slow=slow, decision_interval=decision_interval, profile=profile,
-                    live_costs=live_costs, out=out)
+                    live_costs=live_costs, fallback_policy=fallback_policy, out=out)
     built = validate_spec(spec)  # bad input is reported before any progress bar draws
     plan = check_arrivals(spec, keep=KEEP_JOBS)  # the one pass over the trace
     with progress_bar() as bar:
