@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from scheduler.errors import InputError
 from scheduler.inputfiles import clip, shown
-from scheduler.policy import Policy  # re-exported: a policy author's import
+from scheduler.policy import Policy, run_name  # Policy: a policy author's import
 
 ENTRY_POINT_GROUP = "attnsched.policies"
 __all__ = ["Policy", "PolicyFactory", "policy_factory"]
@@ -120,6 +120,30 @@ def _plugins() -> dict[str, Any]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
+def _plugin_line(ep: Any) -> str:
+    """An installed plugin described from its package's metadata (its summary, the
+    package and version), without importing it."""
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return f"plugin {ep.value}"
+    summary = (dist.metadata.get("Summary") or "").strip()
+    source = f"{dist.metadata.get('Name') or ep.value} {dist.version}"
+    return f"{summary} (plugin from {source})" if summary else f"plugin from {source}"
+
+
+def run_names(built: Mapping[str, object]) -> dict[str, str]:
+    """Each spec's :func:`run_name`, from its built policy; refuses two runs of one name."""
+    names = {spec: run_name(spec, policy) for spec, policy in built.items()}
+    seen: dict[str, str] = {}
+    for spec, name in names.items():
+        if name in seen:
+            raise InputError(f"{clip(seen[name])} and {clip(spec)} are both called "
+                             f"{clip(name)}; a comparison needs one name per run",
+                             field="--policies")
+        seen[name] = spec
+    return names
+
+
 def available() -> dict[str, str]:
     """Every policy loadable by name, with its one-line description."""
     out: dict[str, str] = {}
@@ -130,7 +154,7 @@ def available() -> dict[str, str]:
         if name not in out:
             # Listed from its metadata, never imported: installed code runs only when a
             # user names it (a listing must not execute every plugin on the machine).
-            out[name] = f"plugin {ep.value} (imported only when named)"
+            out[name] = _plugin_line(ep)
     return out
 
 

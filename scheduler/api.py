@@ -231,10 +231,13 @@ def compare(trace: str | Path | LoadedTrace,
 
     Each policy runs in its own process (``processes``: at most this many at
     once; 0: one per core), so policies are given by name or ``module:Class``
-    / ``path.py:Class``, which a fresh process can load. With ``out``, each
+    / ``path.py:Class``, which a fresh process can load. The comparison, its
+    folders and tables go by each policy's own ``name`` (a plugin's, not its
+    file spec), as ``summary.json`` does. With ``out``, each
     policy's folder and ``comparison.md`` are written there, ready for
     ``attnsched report``. Live comparisons: ``attnsched compare --mode live``.
     """
+    from policies.base import load_policy, run_names
     from scheduler.errors import InputError
     from scheduler.run_options import policy_folder
     from scheduler.sims import compare_sims
@@ -243,19 +246,20 @@ def compare(trace: str | Path | LoadedTrace,
              if p.strip()]
     if not names or len(set(names)) != len(names):
         raise InputError("expected distinct policy names", field="policies")
-    specs = {name: _sim_spec(trace, name, None, cluster=cluster, nodes=nodes, model=model,
-                             load=load, limit=limit, seed=seed, slots=slots,
-                             telemetry_interval=telemetry_interval, fail=fail,
-                             fail_node=fail_node, slow=slow,
-                             decision_interval=decision_interval, profiles=profiles,
-                             live_costs=live_costs)
+    shown = run_names({name: load_policy(name) for name in names})
+    specs = {shown[name]: _sim_spec(trace, name, None, cluster=cluster, nodes=nodes,
+                                    model=model, load=load, limit=limit, seed=seed, slots=slots,
+                                    telemetry_interval=telemetry_interval, fail=fail,
+                                    fail_node=fail_node, slow=slow,
+                                    decision_interval=decision_interval, profiles=profiles,
+                                    live_costs=live_costs)
              for name in names}
     with _folder(out) as folder:
         specs = {name: replace(spec, out=folder / policy_folder(name), report=out is not None)
                  for name, spec in specs.items()}
         results = compare_sims(specs, folder, processes)
         return Comparison({name: _result(results[name], folder / policy_folder(name),
-                                         out is not None) for name in names},
+                                         out is not None) for name in specs},
                           folder if out is not None else None)
 
 

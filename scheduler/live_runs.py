@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from scheduler.errors import InputError
 from scheduler.inputfiles import clip
 from scheduler.jobs import Job
+from scheduler.policy import run_name
 from scheduler.run_options import parse_profiles, parse_slow
 from scheduler.runs import MIN_TELEMETRY_S, RunSpec, bounded, check_options, check_seed, trace_jobs
 
@@ -135,7 +136,7 @@ def live_run(spec: RunSpec, policy: Any, config: LiveConfig, report: bool = True
     """
     from workers.executor import run_identity, run_live
 
-    name = str(getattr(policy, "name", spec.policy))
+    name = run_name(spec.policy, policy)
     identity = run_identity(spec, config, name) if spec.out is not None else None
     result = run_live(trace_jobs(spec) if jobs is None else jobs, policy, name, spec.out, config,
                       {"trace": str(spec.trace)}, identity=identity)

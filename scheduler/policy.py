@@ -35,3 +35,10 @@ class Policy(Protocol):
     description: ClassVar[str]
 
     def decide(self, view: View) -> Decisions | Sequence[Action]: ...
+
+
+def run_name(spec: str, policy: object) -> str:
+    """The name a run of ``policy`` goes by in every output (summary, tables, folders,
+    decision records): the policy's own ``name``, else the spec that loaded it."""
+    name = getattr(policy, "name", None)
+    return name if isinstance(name, str) and name else spec

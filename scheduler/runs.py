@@ -20,6 +20,7 @@ from scheduler.cluster import ClusterSpec, load_cluster
 from scheduler.errors import InputError
 from scheduler.inputfiles import MAX_ECHO, clip
 from scheduler.jobs import MAX_TIME_S, AttentionJob, ClusterJob, Job
+from scheduler.policy import run_name
 from scheduler.pricing import ClusterCost, load_profiles
 from scheduler.profiles import DeviceProfile
 from scheduler.sim.executor import LiveCosts
@@ -382,7 +383,7 @@ def run_sim(spec: RunSpec, progress: Callable[[SimProgress], None] | None = None
                        else None,
                        fallback=None if spec.fallback_policy is None else
                        (load_policy(spec.fallback_policy), spec.fallback_policy))
-    name = getattr(policy, "name", spec.policy)
+    name = run_name(spec.policy, policy)
     result = simulate(jobs, cluster, profiles, policy, str(name), spec.out, config, context)
     if spec.out is not None and spec.report:
         from scheduler.report import write_report

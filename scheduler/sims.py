@@ -83,12 +83,13 @@ def compare_on_ray(specs: dict[str, RunSpec], out: Path, address: str) -> dict[s
     return results
 
 
-def _run_one(spec: RunSpec, factor: float, updates: Any = None) -> RunResult:
-    """One policy's run in a worker process; progress goes back through ``updates``."""
+def _run_one(spec: RunSpec, factor: float, updates: Any = None, key: str = "") -> RunResult:
+    """One policy's run in a worker process; progress goes back through ``updates``,
+    labelled ``key``."""
     report = None
     if updates is not None:
         def report(p: SimProgress) -> None:
-            updates.put((spec.policy, p))
+            updates.put((key, p))
     return run_sim(spec, report, plan=Plan(factor, 0))
 
 
@@ -97,7 +98,7 @@ def _run_with_progress(specs: dict[str, RunSpec], workers: int, factor: float,
     with view as update, multiprocessing.Manager() as manager:
         updates = manager.Queue()
         with ProcessPoolExecutor(workers) as pool:
-            futures = {name: pool.submit(_run_one, spec, factor, updates)
+            futures = {name: pool.submit(_run_one, spec, factor, updates, name)
                        for name, spec in specs.items()}
             while not all(f.done() for f in futures.values()):
                 _drain(updates, update, timeout=0.2)

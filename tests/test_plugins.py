@@ -36,6 +36,26 @@ def test_example_plugin_runs_by_path(cli, small_trace, tmp_path) -> None:
     assert summary["jobs_completed"] == 200
 
 
+def test_a_plugin_goes_by_its_own_name_in_every_output(cli, small_trace, tmp_path) -> None:
+    """Console tables, compare folders and comparison.md say ``sjf-example``, as
+    summary.json does, never the file spec that loaded it."""
+    spec = f"{REPO / 'examples' / 'custom_policy.py'}:ShortestJobFirst"
+    code, text, err = cli("simulate", small_trace, "--policy", spec, *SMALL)
+    assert code == 0, err
+    assert "sjf-example" in text and "custom_policy" not in text
+    out = tmp_path / "cmp"
+    code, text, err = cli("compare", small_trace, "--policies", f"greedy,{spec}", "--jobs", "1",
+                          "--out", out, *SMALL)
+    assert code == 0, err
+    assert {p.name for p in out.iterdir() if p.is_dir()} >= {"greedy", "sjf-example"}
+    assert not [p for p in out.iterdir() if "custom_policy" in p.name]
+    assert "sjf-example" in (out / "comparison.md").read_text()
+    assert "custom_policy" not in text + (out / "comparison.md").read_text()
+    code, _, err = cli("compare", small_trace, "--policies",
+                       f"{spec},examples.custom_policy:ShortestJobFirst", *SMALL)
+    assert code == 2 and "both called 'sjf-example'" in err, err
+
+
 def test_plugin_by_module_with_options(cli, small_trace, tmp_path) -> None:
     code, _, err = cli("simulate", small_trace, "--policy", "policies.greedy:GreedyPolicy",
                        "--policy-opt", "max_batch=4", "--cluster", REPO / "cluster.yaml",
@@ -126,6 +146,7 @@ def test_installed_entry_point_plugin_runs_by_name(small_trace, tmp_path) -> Non
         [project]
         name = "fifo-plugin"
         version = "0.1"
+        description = "FIFO onto any free device, from a package"
         [project.entry-points."attnsched.policies"]
         fifo-plugin = "fifo_plugin:Fifo"
     '''))
@@ -137,6 +158,9 @@ def test_installed_entry_point_plugin_runs_by_name(small_trace, tmp_path) -> Non
     listed = subprocess.run([sys.executable, "-m", "scheduler.cli", "policies"], env=env,
                             capture_output=True, text=True, check=True)
     assert "fifo-plugin" in listed.stdout
+    # Described from its package's metadata (summary, package, version), not imported.
+    assert "FIFO onto any free device, from a package" in " ".join(listed.stdout.split())
+    assert "fifo-plugin 0.1" in listed.stdout
     assert not marker.exists(), "listing the policies imported a plugin nobody named"
     result = subprocess.run([sys.executable, "-m", "scheduler.cli", "simulate",
                              str(small_trace), "--policy", "fifo-plugin", "--cluster",

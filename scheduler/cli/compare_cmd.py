@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from policies.base import load_policy, run_names
 from scheduler.cli.live_cmd import compare_live
 from scheduler.cli.options import (
     ADDRESS,
@@ -107,12 +108,13 @@ def compare(
                      telemetry_interval=telemetry_interval, slow=parse_slow(slow), out=out,
                      config=config)
         return
-    specs = {name: sim_spec(trace, name, opts=[], cluster=cluster, nodes=nodes, model=model,
-                            load=load, limit=limit, seed=seed, slots=slots,
-                            telemetry_interval=telemetry_interval, fail=fail,
-                            fail_node=fail_node, slow=slow, decision_interval=decision_interval,
-                            profile=profile, live_costs=live_costs,
-                            out=out / policy_folder(name))
+    shown = run_names({name: load_policy(name) for name in names})
+    specs = {shown[name]: sim_spec(trace, name, opts=[], cluster=cluster, nodes=nodes,
+                                   model=model, load=load, limit=limit, seed=seed, slots=slots,
+                                   telemetry_interval=telemetry_interval, fail=fail,
+                                   fail_node=fail_node, slow=slow,
+                                   decision_interval=decision_interval, profile=profile,
+                                   live_costs=live_costs, out=out / policy_folder(shown[name]))
              for name in names}
     results = _simulate_all(specs, out, jobs, address)
     print_summary(results)

@@ -37,6 +37,7 @@ from scheduler.cli.options import (
 )
 from scheduler.cli.results import console
 from scheduler.live_runs import live_config
+from scheduler.policy import run_name
 from scheduler.profiles import DeviceProfile
 from scheduler.run_options import parse_profiles, policy_folder
 from scheduler.runs import RunSpec, check_options, check_out_dir, count_jobs, trace_jobs
@@ -135,7 +136,7 @@ def _live_rounds(specs: dict[str, RunSpec], folders: dict[str, Path], config: Li
             for r in range(repeats):
                 for name, spec in specs.items():
                     policy = load_policy(name)  # a fresh policy each time: plugins keep state
-                    label = str(getattr(policy, "name", name))
+                    label = run_name(name, policy)
                     folder = folders[name] / ("live" if r == 0 else f"live-{r + 1}")
                     lives.summaries[name].append(run_live(
                         trace_jobs(spec), policy, label, folder,
@@ -178,7 +179,7 @@ def _simulate(spec: RunSpec, cluster: ClusterSpec, profiles: dict[str, DevicePro
     policy = load_policy(spec.policy)
     slowed = {d.id: slow for d in cluster.devices} if slow != 1.0 else {}
     return simulate(trace_jobs(spec), cluster, profiles, policy,
-                    str(getattr(policy, "name", spec.policy)), folder,
+                    run_name(spec.policy, policy), folder,
                     SimConfig(seed=spec.seed, telemetry_interval=spec.telemetry_interval,
                               slow=slowed,
                               live=LiveCosts.from_profiles(profiles.values(), speed)),

@@ -120,9 +120,11 @@ def compare_live(trace: Path, names: list[str], *, model: str | None, limit: int
     One Ray session and one set of workers serve every policy; each run
     resets the workers first, so no policy inherits another's telemetry.
     """
-    from policies.base import load_policy
+    from policies.base import load_policy, run_names
 
-    folders = {name: out / policy_folder(name) for name in names}
+    built = {name: load_policy(name) for name in names}
+    shown = run_names(built)
+    folders = {name: out / policy_folder(shown[name]) for name in names}
     specs = {name: RunSpec(trace=trace, policy=name, model=model, limit=limit, seed=seed,
                            telemetry_interval=telemetry_interval, slow=slow, out=folders[name])
              for name in names}
@@ -131,21 +133,20 @@ def compare_live(trace: Path, names: list[str], *, model: str | None, limit: int
     first = next(iter(specs.values()))  # the specs differ only in their policy
     arrivals = scan_arrivals(first, keep=KEEP_JOBS)
     check_gpus(first, config, arrivals)
-    built = {name: load_policy(name) for name in names}
     total = arrivals.jobs
     from scheduler.report import write_comparison, write_report
     from workers.executor import close_session, open_session, run_identity, run_live
 
     results: dict[str, RunResult] = {}
     with live_progress_bar() as bar:
-        tasks = {name: bar.add_task(name, total=total, start=False, **NO_PROGRESS)
+        tasks = {name: bar.add_task(shown[name], total=total, start=False, **NO_PROGRESS)
                  for name in names}
         session = open_session(config)
         try:
             for name, spec in specs.items():
                 policy = built[name]
-                results[name] = run_live(
-                    replay(spec, arrivals), policy, str(getattr(policy, "name", name)),
+                results[shown[name]] = run_live(
+                    replay(spec, arrivals), policy, shown[name],
                     folders[name],
                     dataclasses.replace(config, progress=track(bar, tasks[name])),
                     {"trace": str(trace)}, session=session,
@@ -153,7 +154,7 @@ def compare_live(trace: Path, names: list[str], *, model: str | None, limit: int
                 write_report(folders[name])
         finally:
             close_session(session)
-    report = write_comparison(folders, out)
+    report = write_comparison({shown[n]: f for n, f in folders.items()}, out)
     print_summary(results)
     console.print(f"comparison: {report}")
     exit_all(results)

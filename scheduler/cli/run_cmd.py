@@ -26,6 +26,7 @@ from scheduler.cli.options import (
 )
 from scheduler.cli.results import console, exit_for, print_summary
 from scheduler.live_runs import live_run, live_setup
+from scheduler.policy import run_name
 from scheduler.runs import KEEP_JOBS, replay, scan_arrivals
 
 
@@ -78,7 +79,7 @@ def run(
         task = bar.add_task(f"run {policy}", total=total, start=False, **NO_PROGRESS)
         config.progress = track(bar, task)
         result = live_run(spec, built, config, jobs=replay(spec, arrivals))
-    print_summary({policy: result})
+    print_summary({run_name(policy, built): result})
     if out is not None:
         console.print(f"outputs in {out}/ (report: {out / 'report.md'})")
     exit_for(result)

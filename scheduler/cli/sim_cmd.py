@@ -31,6 +31,7 @@ from scheduler.cli.options import (
 )
 from scheduler.cli.results import console, err_console, exit_for, print_summary
 from scheduler.errors import InputError
+from scheduler.policy import run_name
 from scheduler.runs import KEEP_JOBS, check_arrivals, run_sim, validate_spec
 from scheduler.sims import sim_spec
 
@@ -64,7 +65,7 @@ def simulate(
     with progress_bar() as bar:
         task = bar.add_task(f"simulate {policy}", total=plan.jobs, **NO_SIM_PROGRESS)
         result = run_sim(spec, lambda p: bar.update(task, **sim_fields(p)), built, plan)
-    print_summary({policy: result})
+    print_summary({run_name(policy, built): result})
     if out is not None:
         console.print(f"outputs in {out}/ (report: {out / 'report.md'})")
     exit_for(result)
