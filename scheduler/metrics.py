@@ -1,7 +1,9 @@
 """Run outputs: jobs.parquet, telemetry.parquet, decisions.jsonl and summary.json.
 
 Finished jobs stream to disk in row groups and leave memory; the summary is
-built from compact arrays, so a run of a million jobs stays small. Every
+built from compact arrays, so a run of a million jobs stays small. Each file is
+written as ``NAME.partial`` and renamed when the run ends (or stops on an
+error), so a killed run never leaves a truncated file under its final name. Every
 output is deterministic for a deterministic run: wall-clock figures go to a
 separate ``run.json``, never into these files.
 """
@@ -13,7 +15,7 @@ import math
 from array import array
 from collections import defaultdict
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +27,7 @@ from scheduler.records import DecisionRecord, Sink
 from scheduler.state import JobRecord, JobState
 from scheduler.view import Telemetry
 
+PARTIAL = ".partial"  # suffix of an output still being written
 ROWS_PER_GROUP = 16_384  # rows buffered in Python lists before a flush: the bound on them
 TOP_REASONS = 5  # failure reasons the summary names, most common first
 # Distinct reasons counted one by one; reasons often name a job ("dependency 'j7'
@@ -51,13 +54,26 @@ TELEMETRY_SCHEMA = pa.schema([
 PLACING = frozenset({"place", "offload"})
 
 
+def partial(path: Path) -> Path:
+    """Where an output is written until the run finishes: a run killed midway leaves
+    ``NAME.partial``, never a truncated file under the final name."""
+    return path.with_name(path.name + PARTIAL)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` whole or not at all (a temporary file renamed over ``path``)."""
+    temporary = partial(path)
+    temporary.write_text(text, encoding="utf-8")
+    temporary.replace(path)
+
+
 class _Table:
     """Columns buffered in memory and flushed to a Parquet file in row groups."""
 
     def __init__(self, path: Path, schema: pa.Schema) -> None:
-        self.schema = schema
+        self.schema, self.path = schema, path
         self.columns: dict[str, list[Any]] = {f.name: [] for f in schema}
-        self.writer = pq.ParquetWriter(path, schema, compression="zstd")
+        self.writer = pq.ParquetWriter(partial(path), schema, compression="zstd")
         self.rows = 0
 
     def append(self, row: tuple[Any, ...]) -> None:
@@ -73,8 +89,48 @@ class _Table:
             self.columns = {f.name: [] for f in self.schema}
 
     def close(self) -> None:
+        if self.writer.is_open:
+            self.flush()
+            self.writer.close()
+            partial(self.path).replace(self.path)
+
+
+class _DecisionLog:
+    """decisions.jsonl: a line per record, and a run of records alike in all but their
+    time as one line with ``count`` and ``t_last`` (a policy that defers every tick
+    writes a line, not one per tick)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file = partial(path).open("w", encoding="utf-8")
+        self.held: dict[str, Any] | None = None  # the run's row, less its time
+        self.first = self.last = 0.0
+        self.count = 0
+
+    def write(self, record: DecisionRecord) -> None:
+        row = record.row()
+        t = row.pop("t")
+        if row == self.held:
+            self.count += 1
+            self.last = t
+            return
         self.flush()
-        self.writer.close()
+        self.held, self.first, self.last, self.count = row, t, t, 1
+
+    def flush(self) -> None:
+        if self.held is None:
+            return
+        line = {"t": self.first, **self.held}
+        if self.count > 1:
+            line.update(count=self.count, t_last=self.last)
+        self.file.write(json.dumps(line, separators=(",", ":")) + "\n")
+        self.held = None
+
+    def close(self) -> None:
+        if not self.file.closed:
+            self.flush()
+            self.file.close()
+            partial(self.path).replace(self.path)
 
 
 class RunOutputs(Sink):
@@ -97,12 +153,12 @@ class RunOutputs(Sink):
         self.reasons: dict[str, int] = {}
         self._jobs: _Table | None = None
         self._telemetry: _Table | None = None
-        self._decisions: IO[str] | None = None
+        self._decisions: _DecisionLog | None = None
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             self._jobs = _Table(out / "jobs.parquet", JOB_SCHEMA)
             self._telemetry = _Table(out / "telemetry.parquet", TELEMETRY_SCHEMA)
-            self._decisions = (out / "decisions.jsonl").open("w", encoding="utf-8")
+            self._decisions = _DecisionLog(out / "decisions.jsonl")
 
     def job_finished(self, record: JobRecord) -> None:
         if self.observer is not None:
@@ -160,7 +216,7 @@ class RunOutputs(Sink):
             self.placed_by[record.policy] = self.placed_by.get(record.policy, 0) + len(
                 record.jobs)
         if self._decisions is not None:
-            self._decisions.write(json.dumps(record.row(), separators=(",", ":")) + "\n")
+            self._decisions.write(record)
 
     def telemetry(self, samples: list[Telemetry]) -> None:
         if self._telemetry is None:
@@ -213,8 +269,8 @@ class RunOutputs(Sink):
         if self.out is None:
             return
         self.abort()
-        (self.out / "summary.json").write_text(json.dumps(_ordered(summary), indent=1) + "\n")
-        (self.out / "run.json").write_text(json.dumps(run_info, indent=1, sort_keys=True) + "\n")
+        write_atomic(self.out / "summary.json", json.dumps(_ordered(summary), indent=1) + "\n")
+        write_atomic(self.out / "run.json", json.dumps(run_info, indent=1, sort_keys=True) + "\n")
 
 
 def _ordered(summary: dict[str, Any]) -> dict[str, Any]:

@@ -37,8 +37,8 @@ from scheduler.report_data import (
     _done_jct,
     _read_summary,
     _read_table,
-    _require,
     area_under,
+    require_output,
     tenant_shares,
 )
 from scheduler.report_figures import (
@@ -94,7 +94,7 @@ REPORT_COLUMNS = (*JOB_COLUMNS, "slowdown", "reason")
 def job_batches(path: Path, columns: Sequence[str] = JOB_COLUMNS,
                 required: Sequence[str] = JOB_COLUMNS) -> Iterator[pa.Table]:
     """``jobs.parquet`` in tables of at most BATCH_ROWS rows, only ``columns`` read."""
-    file = pq.ParquetFile(_require(path))
+    file = pq.ParquetFile(require_output(path))
     names = file.schema_arrow.names
     missing = [c for c in required if c not in names]
     if missing and file.metadata.num_rows:

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scheduler.errors import InputError
+from scheduler.metrics import PARTIAL
 from scheduler.report_text import fmt_seconds
 
 Floats = npt.NDArray[np.float64]
@@ -34,8 +35,11 @@ SHARE_BINS = 50
 MAX_REASONS = 1_000  # distinct failure reasons counted one by one; the rest share a bucket
 
 
-def _require(path: Path) -> Path:
+def require_output(path: Path) -> Path:
     if not path.exists():
+        if path.with_name(path.name + PARTIAL).exists():
+            raise InputError(f"missing: the run was stopped before it finished ({path.name}"
+                             f"{PARTIAL} holds what it wrote)", path=path)
         raise InputError("missing; expected a run directory written by `attnsched run`",
                          path=path)
     return path
@@ -47,7 +51,7 @@ def _read_table(path: Path, required: Sequence[str],
 
     ``columns``: read only these (those present), the rest are never decoded.
     """
-    names = pq.read_schema(_require(path)).names
+    names = pq.read_schema(require_output(path)).names
     table = pq.read_table(path, columns=None if columns is None else
                           [c for c in columns if c in names])
     missing = [c for c in required if c not in table.column_names]
@@ -84,7 +88,7 @@ def _done_jct(jobs: pa.Table) -> Floats:
 
 
 def _read_summary(run_dir: Path) -> dict[str, Any]:
-    path = _require(run_dir / "summary.json")
+    path = require_output(run_dir / "summary.json")
     summary = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(summary, dict):
         raise InputError("expected a JSON object of summary metrics", path=path)

@@ -22,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 
 from scheduler.errors import InputError
+from scheduler.metrics import PARTIAL
 from scheduler.report_data import (
     JOB_COLUMNS,
     TELEMETRY_COLUMNS,
@@ -91,6 +92,9 @@ def run_dirs(paths: Sequence[Path]) -> list[Path]:
             found.append(path)
             continue
         inner = sorted(p for p in path.iterdir() if (p / "summary.json").is_file())
+        if not inner and any(path.glob(f"*{PARTIAL}")):
+            raise InputError(f"the run was stopped before it finished (its *{PARTIAL} "
+                             "files hold what it wrote); run it again", path=path)
         if not inner:
             raise InputError("not a run directory: no summary.json here or in its subfolders "
                              "(expected the --out of attnsched simulate, compare or run)",

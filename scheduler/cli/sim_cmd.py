@@ -97,11 +97,10 @@ def explain(
 
     Example: attnsched explain runs/adaptive r42-decode
     """
-    decisions = run_dir / "decisions.jsonl"
-    if not decisions.exists():
-        raise InputError("no decisions.jsonl here; is this a run folder?", path=run_dir)
-    if not (run_dir / "jobs.parquet").exists():
-        raise InputError("no jobs.parquet here; is this a finished run folder?", path=run_dir)
+    from scheduler.report_data import require_output
+
+    decisions = require_output(run_dir / "decisions.jsonl")
+    require_output(run_dir / "jobs.parquet")
     found = 0
     with decisions.open(encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
@@ -114,8 +113,10 @@ def explain(
                 verdict = "[green]applied[/]" if row["outcome"] == "applied" else \
                     f"[red]{row['outcome']}[/]: {row.get('why', '')}"
                 target = f" on {row['device']}" if "device" in row else ""
+                repeats = (f" (x{row['count']:,}, the last at t={row['t_last']:.6g}s)"
+                           if "count" in row else "")
                 console.print(f"t={row['t']:.6g}s {row['policy']} {row['action']}{target}: "
-                              f"{row.get('reason', '')} -> {verdict}")
+                              f"{row.get('reason', '')} -> {verdict}{repeats}")
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
