@@ -71,3 +71,20 @@ def test_a_killed_run_leaves_no_truncated_output_under_a_final_name(cli, tmp_pat
         assert not (out / name).exists(), name
     code, _, err = cli("report", out)
     assert code == 2 and "stopped before it finished" in err, err
+
+
+def test_a_long_run_reports_progress_where_no_bar_is_drawn(cli, tmp_path, monkeypatch) -> None:
+    """stderr is not a terminal here (a pipe, a log file, CI): rich draws no bar, so the
+    run prints plain progress lines instead of staying silent."""
+    from scheduler.cli import progress
+
+    monkeypatch.setattr(progress, "PLAIN_EVERY_S", 0.0)  # a line per update, not per 10 s
+    trace = tmp_path / "t.parquet"  # a report every 4,096 arrivals: two here
+    assert cli("trace", "generate", "-o", trace, "--jobs", "9000", "--seed", "4")[0] == 0
+    code, _, err = cli("simulate", trace)
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if line.startswith("simulate adaptive")]
+    assert len(lines) == 2 and "8,192/9,000 jobs" in lines[-1] and "queue" in lines[-1], err
+    monkeypatch.setattr(progress, "PLAIN_EVERY_S", 1e9)
+    code, _, err = cli("simulate", trace)
+    assert code == 0 and len([x for x in err.splitlines() if "simulate adaptive" in x]) == 1

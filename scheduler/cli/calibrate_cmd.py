@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
 from scheduler.calibration.plan import Plan, count_steps
 from scheduler.cli.consoles import make_console
+from scheduler.cli.progress import Bars
 from scheduler.errors import InputError
 from scheduler.profiles import SCHEMA, check_profile_json
 from scheduler.runs import check_out_file
@@ -75,7 +76,7 @@ def write_calibration(plan: Plan, name: str, output: Path, note: str = "") -> di
     from workers.calibrate import build_profile
 
     start = time.perf_counter()
-    with Progress(TextColumn("[bold]{task.description:<44}"), BarColumn(), MofNCompleteColumn(),
+    with Bars(TextColumn("[bold]{task.description:<44}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err_console, transient=True) as bar:
         task = bar.add_task("calibrate", total=count_steps(plan))
         started = False

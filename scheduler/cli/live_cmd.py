@@ -18,6 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
+from scheduler.cli.progress import Bars
 from scheduler.cli.results import console, err_console, exit_all, print_summary
 from scheduler.errors import InputError
 from scheduler.run_options import policy_folder
@@ -48,7 +49,7 @@ def check_gpus(spec: RunSpec, config: LiveConfig, arrivals: Arrivals) -> None:
                      field="--emulate-gpus")
 
 
-class LiveView(Progress):
+class LiveView(Bars):
     """The progress bars, and below them one line per device: a utilization bar,
     the jobs running there, and whether its worker is up."""
 

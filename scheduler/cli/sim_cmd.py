@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from scheduler.cli.options import (
     CLUSTER,
@@ -29,6 +29,7 @@ from scheduler.cli.options import (
     TICK,
     TRACE_ARG,
 )
+from scheduler.cli.progress import Bars
 from scheduler.cli.results import console, err_console, exit_for, print_summary
 from scheduler.errors import InputError
 from scheduler.policy import run_name
@@ -71,9 +72,9 @@ def simulate(
     exit_for(result)
 
 
-def progress_bar() -> Progress:
+def progress_bar() -> Bars:
     """Jobs arrived (with an ETA), trace time, the queue and how many devices are busy."""
-    return Progress(TextColumn("[bold]{task.description:>18}"), BarColumn(),
+    return Bars(TextColumn("[bold]{task.description:>18}"), BarColumn(),
                     TextColumn("{task.completed:>9,}/{task.total:,} jobs, "
                                "t={task.fields[t]:,.0f}s, queue {task.fields[queue]:,}, "
                                "busy {task.fields[busy]}"),

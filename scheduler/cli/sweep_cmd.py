@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 from rich import box
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from scheduler.cli.options import (
@@ -24,6 +24,7 @@ from scheduler.cli.options import (
     TRACE_ARG,
     policy_names,
 )
+from scheduler.cli.progress import Bars
 from scheduler.cli.results import console, exit_all
 from scheduler.errors import InputError
 from scheduler.runs import MAX_LOAD, MIN_LOAD, bounded, check_seed
@@ -83,7 +84,7 @@ def sweep(
                     decision_interval=decision_interval, profile=profile,
                     live_costs=live_costs)
     specs = grid(base, policy_names(policies), parse_loads(loads), parse_seeds(seeds), out)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+    with Bars(TextColumn("[bold]{task.description}"), BarColumn(),
                   TextColumn("{task.completed}/{task.total} simulations"),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task("sweep", total=len(specs))
