@@ -167,3 +167,18 @@ def test_a_local_ray_that_cannot_start_says_what_to_check(cli, tmp_path: Path,
     assert cli("trace", "generate", "-o", trace, "--jobs", "3", "--model", "tiny")[0] == 0
     err = one_line_hint(*cli("run", trace, "--out", tmp_path / "r")[::2])
     assert "cannot start a local Ray (RuntimeError)" in err and "free memory" in err
+
+
+@pytest.mark.parametrize("path", command_paths(), ids=lambda p: " ".join(p) or "attnsched")
+def test_help_at_80_columns_shows_every_option_name_whole(path, cli, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    command = typer.main.get_command(app)
+    for word in path:
+        command = command.commands[word]  # type: ignore[attr-defined]
+    code, text, _ = cli(*path, "--help")
+    assert code == 0
+    assert all(len(line) <= 80 for line in text.splitlines()), text
+    for param in command.params:
+        for name in (*param.opts, *param.secondary_opts):
+            if name.startswith("-"):
+                assert f"{name} " in text or f"{name}\n" in text or f"{name}," in text, name

@@ -302,3 +302,17 @@ def test_a_fallback_is_credited_in_the_summary_report_and_table(cli, tmp_path, r
     assert "→ greedy" in text
     code, _, err = cli("simulate", trace, "--fallback-policy", "nope")
     assert code == 2 and "nope" in err
+
+
+def test_explain_on_a_comparison_tells_the_job_in_each_run(cli, tmp_path) -> None:
+    trace, out = tmp_path / "t.jsonl", tmp_path / "cmp"
+    assert cli("trace", "generate", "-o", trace, "--jobs", "40", "--seed", "5")[0] == 0
+    assert cli("compare", trace, "--policies", "static,greedy", "--jobs", "1", "--out",
+               out)[0] == 0
+    code, text, err = cli("explain", out, "j3")
+    assert code == 0, err
+    greedy, static = text.index("greedy ("), text.index("static (")  # runs by name
+    assert greedy < static
+    assert text[greedy:static].count("j3: done") == 1 and text[static:].count("j3: done") == 1
+    code, _, err = cli("explain", out, "j999")
+    assert code == 2 and "no job 'j999' in these runs (greedy, static)" in err

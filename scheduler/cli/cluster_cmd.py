@@ -11,7 +11,8 @@ from rich.table import Table
 from scheduler.cli.consoles import make_console
 from scheduler.cluster import ClusterSpec, load_cluster, parse_node_counts
 
-app = typer.Typer(help="Describe clusters (cluster.yaml or a node list).",
+# Plain help text: rich's panels cut option names to fit 80 columns.
+app = typer.Typer(rich_markup_mode=None, help="Describe clusters (cluster.yaml or a node list).",
                   epilog="Example: attnsched cluster show cluster.yaml --nodes gpu_h100=4",
                   no_args_is_help=True)
 console = make_console()

@@ -29,6 +29,7 @@ from scheduler.cli import (
     calibrate_cmd,
     cluster_cmd,
     compare_cmd,
+    explain_cmd,
     fidelity_cmd,
     profile_cmd,
     report_cmd,
@@ -56,8 +57,10 @@ TRACE_HINT = ("give a trace file (.csv, .jsonl or .parquet), e.g. "
               "../shared/traces/azure_llm_2023_conv.csv, or make one: attnsched trace "
               "generate -o trace.jsonl --jobs 1000 --model tiny")
 
+# Plain help text: rich's panels cut option names to fit 80 columns.
 app = typer.Typer(
     name="attnsched",
+    rich_markup_mode=None,
     help="Schedule attention jobs on Ray: replay traces in a simulator or live.",
     epilog=EXAMPLES,
     no_args_is_help=True,
@@ -71,7 +74,7 @@ app.command()(run_cmd.run)
 app.command()(sim_cmd.simulate)
 app.command()(compare_cmd.compare)
 app.command()(sweep_cmd.sweep)
-app.command()(sim_cmd.explain)
+app.command()(explain_cmd.explain)
 app.command("policies")(sim_cmd.policies_cmd)
 app.command()(calibrate_cmd.calibrate)
 app.command("fidelity")(fidelity_cmd.fidelity_cmd)

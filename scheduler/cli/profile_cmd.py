@@ -11,7 +11,9 @@ from rich.table import Table
 from scheduler.cli.consoles import make_console
 from scheduler.profiles import DeviceProfile, load_profile, shipped_profiles
 
-app = typer.Typer(help="Inspect device profiles (measured attention throughput).",
+# Plain help text: rich's panels cut option names to fit 80 columns.
+app = typer.Typer(rich_markup_mode=None,
+                  help="Inspect device profiles (measured attention throughput).",
                   epilog="Example: attnsched profile show h100", no_args_is_help=True)
 console = make_console()
 

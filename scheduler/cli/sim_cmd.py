@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +30,6 @@ from scheduler.cli.options import (
 )
 from scheduler.cli.progress import Bars
 from scheduler.cli.results import console, err_console, exit_for, print_summary
-from scheduler.errors import InputError
 from scheduler.policy import run_name
 from scheduler.runs import KEEP_JOBS, check_arrivals, run_sim, validate_spec
 from scheduler.sims import sim_spec
@@ -88,49 +86,6 @@ NO_SIM_PROGRESS: dict[str, Any] = {"t": 0.0, "queue": 0, "busy": "-"}
 def sim_fields(p: SimProgress) -> dict[str, Any]:
     return {"completed": p.submitted, "t": p.clock, "queue": p.queued,
             "busy": f"{p.busy}/{p.devices} devices"}
-
-
-def explain(
-    run_dir: Path = typer.Argument(..., help="A run's --out folder."),
-    job: str = typer.Argument(..., help="The job id to explain."),
-) -> None:
-    """Every decision that touched a job, and why, and how the job ended.
-
-    Example: attnsched explain runs/adaptive r42-decode
-    """
-    from scheduler.report_data import require_output
-
-    decisions = require_output(run_dir / "decisions.jsonl")
-    require_output(run_dir / "jobs.parquet")
-    found = 0
-    with decisions.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"invalid JSON: {e.msg}", path=decisions, line=number) from None
-            if job in (row.get("jobs") or ()):
-                found += 1
-                verdict = "[green]applied[/]" if row["outcome"] == "applied" else \
-                    f"[red]{row['outcome']}[/]: {row.get('why', '')}"
-                target = f" on {row['device']}" if "device" in row else ""
-                repeats = (f" (x{row['count']:,}, the last at t={row['t_last']:.6g}s)"
-                           if "count" in row else "")
-                console.print(f"t={row['t']:.6g}s {row['policy']} {row['action']}{target}: "
-                              f"{row.get('reason', '')} -> {verdict}{repeats}")
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(run_dir / "jobs.parquet")
-    rows = table.filter(pc.equal(table["id"], job)).to_pylist()
-    if not rows and not found:
-        raise InputError(f"no job {job!r} in this run", path=run_dir, field="job")
-    for r in rows:
-        start = "-" if r["start"] is None else f"{r['start']:.6g}s"
-        end = "-" if r["end"] is None else f"{r['end']:.6g}s"
-        console.print(f"{job}: {r['status']} after {r['attempts']} attempt(s); submit "
-                      f"{r['submit']:.6g}s, start {start}, end {end}, device {r['device']}"
-                      + (f"; reason: {r['reason']}" if r["reason"] else ""))
 
 
 def policies_cmd() -> None:

@@ -20,7 +20,8 @@ from scheduler.traces import FORMATS, open_trace, write_trace
 from scheduler.traces.stats import trace_stats
 from scheduler.traces.synth import SynthSpec, generate, parse_mix
 
-app = typer.Typer(help="Inspect, convert and generate job traces.",
+# Plain help text: rich's panels cut option names to fit 80 columns.
+app = typer.Typer(rich_markup_mode=None, help="Inspect, convert and generate job traces.",
                   epilog="Example: attnsched trace stats "
                          "../shared/traces/azure_llm_2023_conv.csv --model llama3-8b",
                   no_args_is_help=True)
