@@ -26,10 +26,10 @@ from typing import Any, TypeVar
 
 from scheduler.errors import InputError
 from scheduler.inputfiles import clip, shown
-from scheduler.policy import Policy, run_name  # Policy: a policy author's import
+from scheduler.policy import API_VERSION, Policy, run_name  # a policy author's imports
 
 ENTRY_POINT_GROUP = "attnsched.policies"
-__all__ = ["Policy", "PolicyFactory", "policy_factory"]
+__all__ = ["API_VERSION", "Policy", "PolicyFactory", "policy_factory"]
 
 
 PolicyFactory = Callable[..., Policy]

@@ -38,6 +38,7 @@ class GreedyPolicy:
             if job.id in placed:
                 continue
             if isinstance(job, ClusterJob):
+                used.update(taken)  # a device this round gave a batch has no room for a pod
                 place = place_cluster_job(view, job, used, "greedy first fit")
                 actions.extend([place] if place else [])
                 taken.update(dict.fromkeys(used, 1))  # its devices are spoken for this round

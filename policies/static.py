@@ -48,6 +48,7 @@ class StaticPolicy:
         if not view.free:
             return Decisions()
         idle = {d for d, dev in view.free.items() if not dev.running}
+        at_start = set(idle)
         used: set[str] = set()
         # Each idle device waits for its own next job, about one in |devices| of the
         # queue: look that deep, bounded, rather than at the whole queue.
@@ -56,6 +57,7 @@ class StaticPolicy:
             if not idle:
                 break
             if isinstance(job, ClusterJob):
+                used.update(at_start - idle)  # a device given a job this round has no room
                 place = place_cluster_job(view, job, used, "static first fit")
                 actions.extend([place] if place else [])
                 idle.difference_update(used)  # its devices are spoken for this round

@@ -237,6 +237,7 @@ class Controller:
         with it, the work goes where it fits, or is split.
         """
         limit = self._cap.shrink(batch.device, batch)
+        self._views.changed()  # a policy's per-epoch caches may hold the old limit
         self._sink.decision(DecisionRecord(
             self._now, "controller", "oom", "learned", batch.jobs, batch.device,
             why=f"out of memory: plans with {size(limit)} there from now"))

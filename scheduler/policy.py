@@ -12,6 +12,10 @@ from typing import ClassVar, Protocol, runtime_checkable
 from scheduler.decisions import Action, Decisions
 from scheduler.view import View
 
+# The version of the policy API (the protocol, the view and its members, the actions):
+# within one version members are only added, never removed or changed in meaning.
+API_VERSION = 1
+
 
 class PolicyFailure(RuntimeError):
     """The policy failed too many times in a row; the run cannot go on sensibly."""

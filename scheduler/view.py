@@ -201,11 +201,11 @@ class View:
         groups: device ids grouped by profile, in cluster order (fixed for a run).
         nodes: every node by name: its free CPUs and host memory, which cluster
             jobs (pods) need on the node that holds their GPUs.
-        epoch: changes whenever the telemetry or a device's health (``up``)
-            does, and only then (unique within the process): a policy may
-            memoize what it derives from those two alone, keyed by it, instead
-            of recomputing it over every device each call (0: a view made by
-            hand, not to be memoized).
+        epoch: changes whenever the telemetry, a device's health (``up``) or its
+            memory limit (after running out of memory) does, and only then
+            (unique within the process): a policy may memoize what it derives
+            from those alone, keyed by it, instead of recomputing it over every
+            device each call (0: a view made by hand, not to be memoized).
     """
 
     now: float

@@ -81,7 +81,8 @@ def test_plugin_package_installs_and_runs_by_name(shared_trace, tmp_path: Path) 
                 "--target", str(target), str(source))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), str(REPO)])}
     listed = run_example("-m", "scheduler.cli", "policies", env=env).stdout
-    assert "tenant-rr" in listed and "attnsched_tenant_rr:TenantRoundRobin" in listed
+    assert "tenant-rr" in listed and "plugin from attnsched-tenant-rr 0.1.0" in listed
+    assert "tenants take turns" in listed  # the package's own description, not imported
     ran = run_example("-m", "scheduler.cli", "simulate", str(azure), "--policy", "tenant-rr",
                       "--policy-opt", "lookahead=4", "--limit", "300", "--out",
                       str(tmp_path / "run"), env=env)

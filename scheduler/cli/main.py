@@ -31,6 +31,7 @@ from scheduler.cli import (
     compare_cmd,
     explain_cmd,
     fidelity_cmd,
+    policy_cmd,
     profile_cmd,
     report_cmd,
     run_cmd,
@@ -70,6 +71,7 @@ app = typer.Typer(
 app.add_typer(trace_cmd.app, name="trace")
 app.add_typer(cluster_cmd.app, name="cluster")
 app.add_typer(profile_cmd.app, name="profile")
+app.add_typer(policy_cmd.app, name="policy")
 app.command()(run_cmd.run)
 app.command()(sim_cmd.simulate)
 app.command()(compare_cmd.compare)
