@@ -2,8 +2,9 @@
 
 The README's "Using it" section walks: replay a real trace, compare the three
 policies, write and run their own policy, open the HTML report. This runs that
-walk as written and in order, in a sandbox laid out like the workspace
-(``../shared/traces`` beside the checkout), so a README edit that breaks a step
+walk as written and in order, from an empty folder of the user's own (no
+cluster.yaml, no examples; the shared traces by absolute path), so a README
+edit that breaks a step, or a default that only works inside the checkout,
 fails here. The browser side of the report is tests/test_report_html.py.
 """
 
@@ -14,8 +15,12 @@ import re
 import shlex
 from pathlib import Path
 
-from tests.conftest import REPO
-from tests.test_docs_commands import fenced_blocks, sandbox, saved_files  # noqa: F401
+import pytest
+
+from tests.conftest import REPO, TRACES
+from tests.test_docs_commands import fenced_blocks, saved_files
+
+SHARED_TRACES = "../shared/traces/"
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
 
@@ -40,10 +45,29 @@ def test_the_walk_has_the_four_steps_in_order() -> None:
         assert needle in text, needle
 
 
-def test_a_newcomer_walks_the_readme(sandbox: Path, cli) -> None:  # noqa: F811
+@pytest.fixture
+def elsewhere(tmp_path: Path, monkeypatch) -> Path:
+    """A user's own empty folder: no cluster.yaml, no examples, no ../shared beside it."""
+    if not TRACES.exists():
+        pytest.skip(f"{TRACES} not present")
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    return folder
+
+
+def absolute(word: str) -> str:
+    """The walk's ``../shared/traces/...`` as a user outside the workspace gives it."""
+    return str(TRACES / word.removeprefix(SHARED_TRACES)) if word.startswith(SHARED_TRACES) \
+        else word
+
+
+def test_a_newcomer_walks_the_readme(elsewhere: Path, cli) -> None:
+    """Every step, as written, from a folder of the user's own (the traces by absolute
+    path): the packaged cluster stands in for cluster.yaml."""
     text = walk()
     for name, body in saved_files(text).items():  # step 3: "Save this as my_policy.py"
-        (sandbox / name).write_text(body, encoding="utf-8")
+        (elsewhere / name).write_text(body, encoding="utf-8")
     opened = []
     for block in fenced_blocks(text):
         for raw in re.sub(r"\\\n\s*", " ", block).splitlines():
@@ -53,23 +77,23 @@ def test_a_newcomer_walks_the_readme(sandbox: Path, cli) -> None:  # noqa: F811
             if words[:2] == ["source", ".venv/bin/activate"]:
                 continue  # the console script this test calls in-process
             if words[:3] == ["python", "-m", "webbrowser"]:
-                opened.append(sandbox / words[3])
+                opened.append(elsewhere / words[3])
                 continue
             assert words[0] == "attnsched", f"the walk holds a step this test cannot run: {raw}"
-            code, _, err = cli(*words[1:])
+            code, _, err = cli(*map(absolute, words[1:]))
             assert code == 0, f"`{raw.strip()}` exited {code}: {err.strip()}"
 
     def summary(run: str) -> dict[str, object]:
-        return json.loads((sandbox / "runs" / run / "summary.json").read_text(encoding="utf-8"))
+        return json.loads((elsewhere / "runs" / run / "summary.json").read_text(encoding="utf-8"))
 
     assert summary("adaptive")["jobs_completed"] == summary("adaptive")["jobs_total"] == 2000
     for policy in ("static", "greedy", "adaptive"):
         assert summary(f"compare/{policy}")["jobs_completed"] == 2000
     mine = summary("mine")
     assert mine["policy"] == "most-free-memory" and mine["jobs_completed"] == 2000
-    mine_vs = (sandbox / "runs/yours/comparison.md").read_text(encoding="utf-8")
+    mine_vs = (elsewhere / "runs/yours/comparison.md").read_text(encoding="utf-8")
     assert "most-free-memory" in mine_vs and "my_policy.py" not in mine_vs  # its own name
-    assert opened == [sandbox / "runs/report/report.html"]
+    assert opened == [elsewhere / "runs/report/report.html"]
     page = opened[0].read_text(encoding="utf-8")
     assert page.startswith("<!doctype html") or "<html" in page[:500]
     assert "most-free-memory" in page and "adaptive" in page
