@@ -57,6 +57,7 @@ from scheduler.report_figures import (
 )
 from scheduler.report_text import (
     BEST,
+    BEST_MEANS,
     COMPARED,
     PERCENT,
     SECONDS,
@@ -213,7 +214,7 @@ def write_comparison(run_dirs: Mapping[str, Path], out_dir: Path) -> Path:
     if len(traces) > 1:
         log.warning("comparing runs of different traces: %s", sorted(traces))
         lines += ["Warning: these runs used different traces.", ""]
-    lines += [*_md_table(header, rows), "", "Best value per column in bold.", "",
+    lines += [*_md_table(header, rows), "", BEST_MEANS, "",
               "![JCT CDF by policy](plots/jct_cdf.png)"]
     path = out_dir / "comparison.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -31,6 +31,7 @@ from scheduler.report_data import (
     _read_table,
 )
 from scheduler.report_figures import plot_jct_cdf, plot_tenant_share
+from scheduler.report_interactive import gantt, jct_cdf, plotly_js, tenants_of, utilization
 from scheduler.report_plots import (
     batches,
     default_window,
@@ -42,6 +43,7 @@ from scheduler.report_plots import (
 )
 from scheduler.report_text import (
     BEST,
+    BEST_MEANS,
     _compared_rows,
     _md_table,
     fmt_value,
@@ -62,6 +64,7 @@ th:first-child, td:first-child { text-align: left; }
 th { background: #f6f6f6; } td.best { font-weight: 700; }
 figure { margin: 1em 0 2em; } figure img { max-width: 100%; height: auto; }
 figcaption { color: #555; font-size: .9em; } code { background: #f3f3f3; padding: 0 .2em; }
+p.warn { color: #8a4b00; font-weight: 600; }
 """
 
 
@@ -171,32 +174,47 @@ class Plot:
     caption: str
 
 
-def draw_plots(runs: Sequence[Run], plots: Path,
-               window: tuple[float, float] | None) -> tuple[list[Plot], dict[str, list[Plot]],
-                                                            tuple[float, float]]:
-    """Write every PNG; returns the cross-run plots, each run's plots and the Gantt window."""
+def trace_groups(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    """Runs by the trace they replayed: runs are compared only with runs of their trace."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(str(run.summary.get("trace", "—")), []).append(run)
+    return groups
+
+
+def draw_plots(runs: Sequence[Run], plots: Path, window: tuple[float, float] | None
+               ) -> tuple[dict[str, list[Plot]], dict[str, list[Plot]], tuple[float, float]]:
+    """Write every PNG (report.md's figures); returns each trace's cross-run plots, each
+    run's plots and the Gantt window."""
     plots.mkdir(parents=True, exist_ok=True)
-    jobs = {r.label: r.jobs for r in runs}
-    plot_jct_cdf({r.label: _done_jct(r.jobs) for r in runs}, plots / "jct_cdf.png",
-                 "JCT CDF by run")
-    plot_slowdown_by_size(jobs, plots / "slowdown_by_size.png")
-    plot_slo(jobs, plots / "slo.png")
-    shared = [Plot("jct_cdf.png", "Job completion time CDF (completed jobs)"),
-              Plot("slowdown_by_size.png", "Mean slowdown by job size (log-spaced bins)"),
-              Plot("slo.png", "SLO attainment per tenant and overall")]
+    groups = trace_groups(runs)
+    shared: dict[str, list[Plot]] = {}
+    for g, (trace, group) in enumerate(groups.items()):
+        stem = "" if len(groups) == 1 else f"trace{g + 1}_"
+        jobs = {r.label: r.jobs for r in group}
+        plot_jct_cdf({r.label: _done_jct(r.jobs) for r in group}, plots / f"{stem}jct_cdf.png",
+                     "JCT CDF by run")
+        plot_slowdown_by_size(jobs, plots / f"{stem}slowdown_by_size.png")
+        plot_slo(jobs, plots / f"{stem}slo.png")
+        shared[trace] = [
+            Plot(f"{stem}jct_cdf.png", "Job completion time CDF (completed jobs)"),
+            Plot(f"{stem}slowdown_by_size.png", "Mean slowdown by job size (log-spaced bins)"),
+            Plot(f"{stem}slo.png", "SLO attainment per tenant and overall")]
     grouped = {r.label: batches(r.jobs) for r in runs}
     window = window or default_window(list(grouped.values()))
     per_run: dict[str, list[Plot]] = {}
     for i, run in enumerate(runs):
         stem = f"run{i + 1}_{_slug(run.label)}"
         plot_device_timeline(run.telemetry, run.jobs, plots / f"{stem}_timeline.png", run.label)
-        plot_tenant_share(run.jobs, plots / f"{stem}_tenant_share.png", run.label)
         plot_gantt(grouped[run.label], window, plots / f"{stem}_gantt.png", run.label)
         per_run[run.label] = [
             Plot(f"{stem}_timeline.png", "Pending jobs, jobs waiting per device, utilization"),
-            Plot(f"{stem}_tenant_share.png", "Tenant shares of completed device-time"),
             Plot(f"{stem}_gantt.png", f"Batches per device, {window[0]:.4g}–{window[1]:.4g} s "
                                       "(the number is the batch's job count)")]
+        if tenants_of(run.jobs) > 1:  # one tenant's share of everything says nothing
+            plot_tenant_share(run.jobs, plots / f"{stem}_tenant_share.png", run.label)
+            per_run[run.label].insert(1, Plot(f"{stem}_tenant_share.png",
+                                              "Tenant shares of completed device-time"))
     return shared, per_run, window
 
 
@@ -244,7 +262,8 @@ def write_html_report(paths: Sequence[Path], out: Path,
 
     ``window`` is the Gantt view's (start, end) in seconds; by default the first
     couple of hundred batches. Raises :class:`InputError` for a path that is not a
-    run directory, before anything is written.
+    run directory, before anything is written. Runs of different traces are
+    compared only within their trace (a warning says so).
     """
     runs = load_runs(paths)
     out = Path(out)
@@ -252,39 +271,79 @@ def write_html_report(paths: Sequence[Path], out: Path,
         raise InputError("exists and is not a directory", path=out, field="--out")
     plots = out / "plots"
     shared, per_run, window = draw_plots(runs, plots, window)
-    summaries = {r.label: r.summary for r in runs}
-    compared = _compared_rows(summaries, lambda cell: BEST + cell)
-    compared[0][0] = "run"
-    slo = _slo_rows(runs)
+    groups = trace_groups(runs)
+    if len(groups) > 1:
+        log.warning("these runs replay %d different traces: each is compared only with the "
+                    "runs of its own trace", len(groups))
     title = "attnsched report: " + ", ".join(r.label for r in runs)
+    html_path, md_path = out / "report.html", out / "report.md"
+    html_path.write_text(_page(title, runs, groups, plots, shared, per_run, window),
+                         encoding="utf-8")
+    md_path.write_text("\n".join(_markdown(title, runs, groups, shared, per_run)).rstrip("\n")
+                       + "\n", encoding="utf-8")
+    log.info("wrote %s and %s (Gantt window %.4g–%.4g s)", html_path, md_path, *window)
+    return html_path, md_path
 
-    md = [f"# {md_text(title)}", "", "## Runs", "", *_md_table(*_split(_run_rows(runs))), "",
-          "## Summary", "", *_md_table(*_split(compared)),
-          "", "Best value per column in bold.", ""]
-    if slo:
-        md += ["## SLO attainment per tenant", "", *_md_table(*_split(slo)), ""]
-    md += ["## Plots", ""]
-    md += [line for p in shared for line in (f"![{p.caption}](plots/{p.file})", "")]
+
+MIXED = ("These runs replay different traces: each section compares only the runs of "
+         "one trace, and marks the best among them.")
+
+
+def _compared(group: Sequence[Run]) -> list[list[str]]:
+    rows = _compared_rows({r.label: r.summary for r in group}, lambda cell: BEST + cell)
+    rows[0][0] = "run"
+    return rows
+
+
+def _markdown(title: str, runs: Sequence[Run], groups: dict[str, list[Run]],
+              shared: dict[str, list[Plot]], per_run: dict[str, list[Plot]]) -> list[str]:
+    md = [f"# {md_text(title)}", "", "## Runs", "", *_md_table(*_split(_run_rows(runs))), ""]
+    if len(groups) > 1:
+        md += [MIXED, ""]
+    for trace, group in groups.items():
+        head = "##" if len(groups) == 1 else "###"
+        if len(groups) > 1:
+            md += [f"## Trace {md_text(trace)}", ""]
+        md += [f"{head} Summary", "", *_md_table(*_split(_compared(group))), "", BEST_MEANS, ""]
+        slo = _slo_rows(group)
+        if slo:
+            md += [f"{head} SLO attainment per tenant", "", *_md_table(*_split(slo)), ""]
+        md += [line for p in shared[trace] for line in (f"![{p.caption}](plots/{p.file})", "")]
+    md += ["## Plots per run", ""]
     for label, items in per_run.items():
         md += [f"### {md_text(label)}", ""]
         md += [line for p in items for line in (f"![{p.caption}](plots/{p.file})", "")]
+    return md
 
-    body = [f"<h1>{html.escape(title)}</h1>", "<h2>Runs</h2>", _html_table(_run_rows(runs)),
-            "<h2>Summary</h2>", _html_table(compared),
-            "<p>Best value per column in bold.</p>"]
-    if slo:
-        body += ["<h2>SLO attainment per tenant</h2>", _html_table(slo)]
-    body += ["<h2>Across runs</h2>", *(_figure(plots, p) for p in shared)]
-    for label, items in per_run.items():
-        body += [f"<h2>{html.escape(label)}</h2>", *(_figure(plots, p) for p in items)]
-    page = ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
-            + "\n".join(body) + "\n</body>\n</html>\n")
-    html_path, md_path = out / "report.html", out / "report.md"
-    html_path.write_text(page, encoding="utf-8")
-    md_path.write_text("\n".join(md).rstrip("\n") + "\n", encoding="utf-8")
-    log.info("wrote %s and %s (Gantt window %.4g–%.4g s)", html_path, md_path, *window)
-    return html_path, md_path
+
+def _page(title: str, runs: Sequence[Run], groups: dict[str, list[Run]], plots: Path,
+          shared: dict[str, list[Plot]], per_run: dict[str, list[Plot]],
+          window: tuple[float, float]) -> str:
+    body = [f"<h1>{html.escape(title)}</h1>", "<h2>Runs</h2>", _html_table(_run_rows(runs))]
+    if len(groups) > 1:
+        body.append(f'<p class="warn">{html.escape(MIXED)}</p>')
+    for g, (trace, group) in enumerate(groups.items()):
+        if len(groups) > 1:
+            body.append(f"<h2>Trace {html.escape(trace)}</h2>")
+        body += ["<h3>Summary</h3>", _html_table(_compared(group)),
+                 f"<p>{html.escape(BEST_MEANS)}</p>"]
+        slo = _slo_rows(group)
+        if slo:
+            body += ["<h3>SLO attainment per tenant</h3>", _html_table(slo)]
+        body += ["<h3>Job completion time CDF</h3>",
+                 "<p>Hover a point for its job, where it ran and why it was placed there.</p>",
+                 jct_cdf(group, f"jct_cdf_{g + 1}"),
+                 "<h3>Utilization per device, side by side</h3>",
+                 utilization(group, f"utilization_{g + 1}"),
+                 *(_figure(plots, p) for p in shared[trace][1:])]
+    for i, run in enumerate(runs):
+        body += [f"<h2>{html.escape(run.label)}</h2>",
+                 "<p>Batches per device (drag to zoom, double-click to reset).</p>",
+                 gantt(run, window, f"gantt_{i + 1}"),
+                 *(_figure(plots, p) for p in per_run[run.label] if "_gantt" not in p.file)]
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n{plotly_js()}\n"
+            "</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n")
 
 
 def _split(rows: Sequence[Sequence[str]]) -> tuple[Sequence[str], Sequence[Sequence[str]]]:

@@ -14,11 +14,16 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-# Comparison columns in table order: (summary key, header, which way is better).
-COMPARED = (("jct_mean", "JCT mean", min), ("jct_p50", "JCT p50", min),
-            ("jct_p99", "JCT p99", min), ("makespan", "makespan", min),
-            ("device_util_mean", "device util", max), ("jain_fairness", "Jain fairness", max),
-            ("slo_attainment", "SLO attainment", max))
+# Comparison columns in table order: (summary key, header, which way is better; None:
+# not ranked). Busy devices can mean more work done or worse packing, so utilization
+# has no "best".
+COMPARED: tuple[tuple[str, str, Callable[[list[float]], float] | None], ...] = (
+    ("jct_mean", "JCT mean", min), ("jct_p50", "JCT p50", min), ("jct_p99", "JCT p99", min),
+    ("makespan", "makespan", min), ("device_util_mean", "device util", None),
+    ("jain_fairness", "Jain fairness", max), ("slo_attainment", "SLO attainment", max))
+BEST_MEANS = ("Bold: the best in its column (lowest JCT and makespan, highest Jain fairness "
+              "and SLO attainment); device utilization is not ranked, as busy devices can "
+              "mean worse packing as well as more work done.")
 SECONDS = ("jct_mean", "jct_p50", "jct_p99", "queue_delay_mean", "makespan", "wall_seconds")
 PERCENT = ("device_util_mean", "jain_fairness", "slo_attainment")
 UNITS = {"slowdown_mean": "×", "throughput_jobs_per_s": " jobs/s", "achieved_tflops": " TFLOP/s"}
@@ -117,6 +122,8 @@ def _best_flags(summaries: Mapping[str, Mapping[str, Any]]) -> list[list[bool]]:
     """
     flags = [[False] * len(COMPARED) for _ in summaries]
     for col, (key, _, better) in enumerate(COMPARED):
+        if better is None:
+            continue
         values = [_number(s.get(key)) for s in summaries.values()]
         present = [v for v in values if v is not None]
         if len(present) < 2 or min(present) == max(present):

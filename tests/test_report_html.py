@@ -1,7 +1,8 @@
 """``attnsched report``: the HTML page and Markdown built from real simulated runs.
 
 The page is opened in headless Chromium (CI installs /usr/bin/chromium): it must
-load offline, decode every embedded plot and log no console error.
+load offline, decode every embedded plot, draw its interactive figures (a hover
+on the CDF names a job of the run) and log no console error.
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-SHARED_PLOTS = 3  # JCT CDF, slowdown by size, SLO attainment
-PLOTS_PER_RUN = 3  # device timeline, tenant shares, Gantt
+SHARED_PLOTS = 3  # report.md: JCT CDF, slowdown by size, SLO attainment
+PLOTS_PER_RUN = 3  # report.md: device timeline, tenant shares, Gantt
+# The page draws the CDF, the utilization and each Gantt interactively; the rest as PNGs.
+SHARED_IMAGES, IMAGES_PER_RUN = 2, 2
+FIGURES = ("jct_cdf_1", "utilization_1", "gantt_1", "gantt_2")
+JOB_IDS = {f"j{i}" for i in range(150)}  # the fixture's trace
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +60,17 @@ def page(runs, tmp_path_factory) -> Path:
 def test_page_embeds_every_plot_and_links_nothing_outside(page: Path) -> None:
     text = page.read_text(encoding="utf-8")
     sources = re.findall(r'<img src="([^"]+)"', text)
-    assert len(sources) == SHARED_PLOTS + 2 * PLOTS_PER_RUN
+    assert len(sources) == SHARED_IMAGES + 2 * IMAGES_PER_RUN
+    for figure in FIGURES:
+        assert f'id="{figure}"' in text, figure
     for src in sources:
         prefix = "data:image/png;base64,"
         assert src.startswith(prefix)
         assert base64.b64decode(src[len(prefix):]).startswith(PNG_SIGNATURE)
-    assert "http://" not in text and "https://" not in text
+    # Nothing is fetched: no element loads from the network (Plotly's bundle names URLs in
+    # its code, for features the page never uses; the Chromium test watches requests).
+    body = text.split("</head>", 1)[1]
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", body)
     assert "<h2>static</h2>" in text and "<h2>adaptive</h2>" in text
 
 
@@ -93,10 +103,19 @@ def test_page_loads_in_headless_chromium_with_every_plot_decoded(page: Path) -> 
             images = tab.evaluate("Array.from(document.images).map(i => "
                                   "({ok: i.complete, w: i.naturalWidth, h: i.naturalHeight}))")
             title = tab.title()
+            drawn = [tab.evaluate(f"!!document.querySelector('#{f} .main-svg')")
+                     for f in FIGURES]
+            tab.evaluate("Plotly.Fx.hover('jct_cdf_1', [{curveNumber: 0, pointNumber: 3}])")
+            hover = tab.evaluate("document.querySelector('#jct_cdf_1 .hoverlayer').textContent")
         finally:
             browser.close()
-    assert len(images) == SHARED_PLOTS + 2 * PLOTS_PER_RUN
+    assert len(images) == SHARED_IMAGES + 2 * IMAGES_PER_RUN
     assert all(i["ok"] and i["w"] > 0 and i["h"] > 0 for i in images), images
+    assert all(drawn), dict(zip(FIGURES, drawn, strict=True))
+    # The hover names one of the run's jobs, where it ran and the reason it was placed.
+    job = re.match(r"\w+?(j\d+) \(", hover)
+    assert job and job.group(1) in JOB_IDS, hover
+    assert "ran on gpu_h100-0/gpu" in hover and ("place:" in hover or "offload:" in hover)
     assert errors == []
     assert all(url.startswith(("file:", "data:")) for url in requests), requests
     assert title == "attnsched report: adaptive, static"
@@ -115,6 +134,45 @@ def test_window_option_sets_the_gantt_window(runs: Path, cli, tmp_path: Path) ->
     md = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "Batches per device, 1–2.5 s" in md
     assert md.count("![") == SHARED_PLOTS + PLOTS_PER_RUN
+
+
+def test_utilization_is_not_ranked_and_the_legend_says_what_best_means(page: Path) -> None:
+    md = (page.parent / "report.md").read_text(encoding="utf-8")
+    header = next(line for line in md.splitlines() if line.startswith("| run | JCT mean"))
+    util = header.split(" | ").index("device util")
+    for line in md.splitlines():
+        if line.startswith(("| static |", "| adaptive |")):
+            assert "**" not in line.split(" | ")[util], line
+    assert "device utilization is not ranked" in md
+
+
+def test_runs_of_different_traces_are_compared_only_within_their_trace(
+        runs: Path, cli, tmp_path: Path) -> None:
+    other = tmp_path / "other.jsonl"
+    assert cli("trace", "generate", "-o", other, "--jobs", "60", "--seed", "9")[0] == 0
+    code, _, err = cli("simulate", other, "--policy", "greedy", "--out", tmp_path / "greedy")
+    assert code == 0, err
+    code, _, err = cli("report", runs, tmp_path / "greedy", "--out", tmp_path / "rep")
+    assert code == 0, err
+    assert "2 different traces" in err
+    md = (tmp_path / "rep" / "report.md").read_text(encoding="utf-8")
+    sections = [text.split("## Plots per run")[0] for text in md.split("## Trace ")[1:]]
+    assert len(sections) == 2
+    first, second = sorted(sections, key=lambda text: "| greedy |" in text)
+    assert "| static |" in first and "| greedy |" not in first
+    assert "| greedy |" in second and "| static |" not in second
+    assert "**" not in second.split("\n\n")[1]  # a run alone has no "best" to mark
+    page = (tmp_path / "rep" / "report.html").read_text(encoding="utf-8")
+    assert 'id="jct_cdf_1"' in page and 'id="jct_cdf_2"' in page
+
+
+def test_a_single_tenant_run_has_no_tenant_share_plot(cli, tmp_path: Path) -> None:
+    trace = tmp_path / "one.jsonl"
+    assert cli("trace", "generate", "-o", trace, "--jobs", "40", "--tenants", "1")[0] == 0
+    assert cli("simulate", trace, "--out", tmp_path / "r")[0] == 0
+    assert cli("report", tmp_path / "r", "--out", tmp_path / "rep")[0] == 0
+    md = (tmp_path / "rep" / "report.md").read_text(encoding="utf-8")
+    assert "Tenant shares" not in md and md.count("![") == SHARED_PLOTS + PLOTS_PER_RUN - 1
 
 
 @pytest.mark.parametrize(("make", "expected"), [

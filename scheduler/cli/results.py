@@ -48,7 +48,8 @@ def print_summary(results: dict[str, RunResult]) -> None:
     rows = summary_table_rows({name: r.summary for name, r in results.items()})
     short = {"JCT mean": "JCT mean", "JCT p50": "p50", "JCT p99": "p99", "device util": "util",
              "Jain fairness": "Jain", "SLO attainment": "SLO"}
-    table = Table(caption="* best in column", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(caption="* best in column (utilization not ranked)", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
     for i, col in enumerate(rows[0]):
         label = short.get(col, col)
         width = max(len(label), *(len(row[i]) for row in rows[1:]))
