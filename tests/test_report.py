@@ -144,7 +144,7 @@ def test_comparison_bolds_best_jct_and_records_every_summary(tmp_path: Path) -> 
     rows = {line.split(" | ")[0].strip("| "): line for line in md.read_text().splitlines()
             if line.startswith("| ")}
     assert "**2 s**" in rows["srpt"] and "**" not in rows["fifo"].split(" | ")[1]
-    assert "**90.0%**" in rows["fifo"]
+    assert "90.0%" in rows["fifo"] and "**90.0%**" not in rows["fifo"]  # util: not ranked
     saved = json.loads((out / "comparison.json").read_text())
     assert set(saved) == {"fifo", "srpt"} and saved["srpt"]["jct_mean"] == 2.0
     assert_png(out / "plots" / "jct_cdf.png")
@@ -153,14 +153,17 @@ def test_comparison_bolds_best_jct_and_records_every_summary(tmp_path: Path) -> 
 @pytest.mark.parametrize(("column", "header", "fifo", "srpt", "starred"), [
     ("jct_mean", "JCT mean", 4.0, 2.0, "srpt"),  # lower is better
     ("jct_p99", "JCT p99", 1.0, 2.0, "fifo"),
-    ("device_util_mean", "device util", 0.9, 0.6, "fifo"),  # higher is better
+    ("device_util_mean", "device util", 0.9, 0.6, None),  # not ranked: busy is not better
     ("slo_attainment", "SLO attainment", 0.5, 0.75, "srpt"),
 ])
 def test_summary_rows_star_the_best_cell(column: str, header: str, fifo: float, srpt: float,
-                                         starred: str) -> None:
+                                         starred: str | None) -> None:
     head, *rows = summary_table_rows({"fifo": summary("fifo", **{column: fifo}),
                                       "srpt": summary("srpt", **{column: srpt})})
     cells = {row[0]: row[head.index(header)] for row in rows}
+    if starred is None:
+        assert not any(cell.endswith("*") for cell in cells.values())
+        return
     other = "fifo" if starred == "srpt" else "srpt"
     assert cells[starred].endswith("*") and not cells[other].endswith("*")
     assert [row[0] for row in rows] == ["fifo", "srpt"]
