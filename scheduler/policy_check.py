@@ -77,17 +77,18 @@ class Report:
     runs: int = 0
 
 
-def scenarios(count: int, seed: int) -> Iterator[Scenario]:
-    """``count`` small runs, growing from a handful of jobs to a few dozen."""
+def scenarios(count: int, seed: int, pods: bool = True) -> Iterator[Scenario]:
+    """``count`` small runs, growing from a handful of jobs to a few dozen (a tenth of
+    them pods, duration-only cluster jobs, unless ``pods`` is False)."""
     rng = random.Random(seed)
     for i in range(count):
         n = 2 + (i * 58) // max(1, count - 1)
         gpus = rng.choice((0, 1, 1, 2))  # no GPU node: the jobs queue for the CPUs
-        yield Scenario(tuple(_jobs(rng, n)), gpus, rng.choice((0, 1)) if gpus else 1,
+        yield Scenario(tuple(_jobs(rng, n, pods)), gpus, rng.choice((0, 1)) if gpus else 1,
                        rng.randrange(4))
 
 
-def _jobs(rng: random.Random, n: int) -> list[Job]:
+def _jobs(rng: random.Random, n: int, pods: bool) -> list[Job]:
     jobs: list[Job] = []
     t = 0.0
     for i in range(n):
@@ -95,7 +96,7 @@ def _jobs(rng: random.Random, n: int) -> list[Job]:
         common: dict[str, Any] = {
             "submit_time": t, "tenant": rng.choice("abc"), "priority": rng.randrange(3),
             "deadline": rng.choice((None, None, 0.01, 0.5, 5.0))}
-        if rng.randrange(10) == 0:
+        if rng.randrange(10) == 0 and pods:
             jobs.append(ClusterJob(id=f"c{i}", duration=rng.choice((0.01, 0.2, 1.0)),
                                    gpus=rng.randrange(3), **common))
             continue
@@ -255,13 +256,13 @@ def _without(jobs: Sequence[Job], gone: Sequence[Job]) -> tuple[Job, ...]:
 
 
 def check_policy(load: Callable[[], Any], runs: int = 24, seed: int = 0,
-                 budget_s: float = 45.0) -> Report:
+                 budget_s: float = 45.0, pods: bool = True) -> Report:
     """Check the policy ``load`` builds on ``runs`` generated runs; stop at the first
     violation and shrink it within what is left of ``budget_s``."""
     deadline = time.monotonic() + budget_s
     report = Report()
     changed: set[str] = set()
-    for scenario in scenarios(runs, seed):
+    for scenario in scenarios(runs, seed, pods):
         report.runs += 1
         found = check_scenario(load, scenario, changed)
         if found is not None:

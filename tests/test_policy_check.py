@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from policies.base import available
+from tests.conftest import REPO
 
 LAZY = '''
 from scheduler.decisions import Decisions
@@ -94,3 +95,16 @@ def test_bad_input_is_one_line_and_exit_2(cli, tmp_path) -> None:
     assert code == 2 and "no such file" in err
     code, _, err = cli("policy", "check", "fifo", "--runs", "0")
     assert code == 2 and "--runs" in err
+
+
+def test_a_policy_for_attention_jobs_alone_is_checked_without_pods(cli, tmp_path,
+                                                                   monkeypatch) -> None:
+    """The shipped example places attention jobs only: pods needing a gang of GPUs break it
+    (named, with the pod as the reproducer), and --no-pods leaves them out."""
+    monkeypatch.chdir(tmp_path)
+    example = f"{REPO / 'examples' / 'custom_policy.py'}:ShortestJobFirst"
+    code, text, _ = cli("policy", "check", example)
+    assert code == 1 and "broke 'valid actions'" in text and "gang" in text
+    assert '"kind":"cluster"' in (tmp_path / "policy-check-repro.jsonl").read_text()
+    code, text, err = cli("policy", "check", example, "--no-pods")
+    assert code == 0, text + err

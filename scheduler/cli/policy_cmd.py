@@ -28,6 +28,10 @@ def check(
     policy_opt: list[str] = OPTS,
     runs: int = typer.Option(24, "--runs", help="Generated runs to try (1 to 1000)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated runs."),
+    pods: bool = typer.Option(True, "--pods/--no-pods",
+                              help="Mix in pods (duration-only cluster jobs, some needing "
+                                   "several GPUs); --no-pods for a policy of attention jobs "
+                                   "only."),
     out: Path = typer.Option(Path("policy-check-repro.jsonl"), "--out",
                              help="Where a broken rule's minimal trace is written."),
 ) -> None:
@@ -40,7 +44,7 @@ def check(
     bounded("--runs", runs, 1, 1000)
     options = parse_options(policy_opt)
     name = run_name(policy, load_policy(policy, options))  # bad specs fail here, once
-    report = check_policy(lambda: load_policy(policy, options), runs, seed)
+    report = check_policy(lambda: load_policy(policy, options), runs, seed, pods=pods)
     for warning in report.warnings:
         console.print(f"warning: {warning}", markup=False)
     found = report.violation
