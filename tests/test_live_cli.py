@@ -76,6 +76,9 @@ def test_compare_live_runs_each_policy_with_the_sim_outputs(cli, local_ray, tmp_
     assert "static" in comparison and "adaptive" in comparison
     assert set(json.loads((out / "comparison.json").read_text())) == {"static", "adaptive"}
     assert "comparison.md" in text and text.count("ran live") == 2
+    for policy in ("static", "adaptive"):  # the replay's own wall time, as `run` prints it
+        assert f"{policy}: 30/30 jobs done, 0 failed; ran live in " \
+               f"{runs[policy]['wall_seconds']:.1f}s" in text
 
 
 @pytest.mark.parametrize(("args", "field"), [

@@ -60,6 +60,8 @@ def print_summary(results: dict[str, RunResult]) -> None:
     console.print(table)
     for name, r in results.items():
         s = r.summary
+        # One meaning for run and compare --mode live: the replay's own wall-clock time,
+        # from its first arrival to its last result (Ray and the workers' start not counted).
         verb = "ran live" if s["mode"] == "live" else "simulated"
         console.print(f"{name}: {s['jobs_completed']:,}/{s['jobs_total']:,} jobs done, "
                       f"{s['jobs_failed']:,} failed; {verb} in "
