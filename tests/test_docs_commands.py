@@ -1,8 +1,9 @@
 """Every ``attnsched`` command in the README's and docs' shell blocks runs: docs do not rot.
 
-Each document's commands run in order, in-process, in a sandbox laid out like
-the repository's workspace (``cluster.yaml``, ``examples/``, ``../shared/traces``,
-a small ``demo/trace.jsonl``), so a command may read what an earlier one wrote.
+Each document's commands run in order, in-process, in a fresh folder of the
+user's own outside the checkout, as a user there gives them: the repository's
+files (``../shared/traces/...``, ``examples/...``, ``cluster.yaml``) by absolute
+path, anything else as written; a command may read what an earlier one wrote.
 What cannot run here is only *parsed*: its command path and every option must
 exist. The exceptions are listed below, each with its reason, for review:
 
@@ -98,9 +99,23 @@ def is_synopsis(words: list[str]) -> bool:
                                                             for w in words)
 
 
+REPO_FILES = {"../shared/traces/": TRACES, "examples/": REPO / "examples",
+              "cluster.yaml": REPO / "cluster.yaml"}
+
+
+def absolute(word: str) -> str:
+    """A repository file the docs name from the checkout, as a user elsewhere names it."""
+    for prefix, place in REPO_FILES.items():
+        if word.startswith(prefix):
+            rest = word.removeprefix(prefix)
+            return str(place / rest.lstrip("/")) if rest.strip("/") else str(place)
+    return word
+
+
 def prepared(words: list[str]) -> list[str]:
-    """The words as they run here: placeholders filled in, a --limit where none is given."""
-    args = [PLACEHOLDERS.get(w, w) for w in words[1:]]
+    """The words as they run here: placeholders filled in, repository files by absolute
+    path, a --limit where none is given."""
+    args = [absolute(PLACEHOLDERS.get(w, w)) for w in words[1:]]
     if args[0] in LIMIT and "--limit" not in args:
         args += ["--limit", "1000"]
     return args
@@ -130,14 +145,12 @@ def stand_in(args: list[str]) -> list[str] | None:
 
 @pytest.fixture
 def sandbox(tmp_path: Path, monkeypatch, cli) -> Path:
-    """A workspace like ours: main/ (cwd) beside shared/, with small traces ready."""
+    """A user's own folder (cwd), nothing of the checkout in it or beside it; "your
+    trace" and make demo's trace ready in it."""
     if not TRACES.exists():
         pytest.skip(f"{TRACES} not present")
-    main = tmp_path / "main"
+    main = tmp_path / "mine"
     main.mkdir()
-    (tmp_path / "shared").symlink_to(TRACES.parent, target_is_directory=True)
-    (main / "examples").symlink_to(REPO / "examples", target_is_directory=True)
-    shutil.copy(REPO / "cluster.yaml", main / "cluster.yaml")
     monkeypatch.chdir(main)
     (main / "demo").mkdir()
     (main / "runs").mkdir()
