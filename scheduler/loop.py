@@ -51,6 +51,11 @@ class Clock(Protocol):
 
     def schedule(self, at: float, kind: int, payload: Any) -> None: ...
 
+    def every(self, seconds: float) -> float:
+        """The run-clock step of a periodic task due every ``seconds`` of the clock's own
+        time: simulated seconds for the simulator, wall seconds for a live run."""
+        ...
+
     def next(self) -> tuple[float, int, Any] | None: ...
 
     def more_now(self) -> bool:
@@ -97,7 +102,7 @@ class Executor(Protocol):
 
     def finish(self, controller: Controller) -> None: ...
 
-    def summary_fields(self, makespan: float) -> dict[str, Any]: ...
+    def summary_fields(self, makespan: float, completed: int) -> dict[str, Any]: ...
 
     def run_info(self, controller: Controller) -> dict[str, Any]: ...
 
@@ -114,6 +119,9 @@ class VirtualClock:
 
     def schedule(self, at: float, kind: int, payload: Any) -> None:
         self.queue.push(at, kind, payload)
+
+    def every(self, seconds: float) -> float:
+        return seconds
 
     def next(self) -> tuple[float, int, Any] | None:
         if not len(self.queue):
@@ -155,6 +163,11 @@ class WallClock:
 
     def schedule(self, at: float, kind: int, payload: Any) -> None:
         self.queue.push(at, kind, payload)
+
+    def every(self, seconds: float) -> float:
+        # Periodic work follows the wall clock: at --speed 1000 a telemetry interval of
+        # one trace second would poll every worker a thousand times a wall second.
+        return seconds * self.speed
 
     def _collect(self, timeout: float = 0.0) -> None:
         """Due timers, then whatever the executor has (waiting ``timeout`` if nothing is due)."""
@@ -224,7 +237,7 @@ def run(controller: Controller, arrivals: Iterator[Job], executor: Executor, clo
     tally = _Tally()
     _next_arrival(arrivals, clock, tally)
     if config.telemetry_interval > 0:
-        clock.schedule(clock.now() + config.telemetry_interval, TELEMETRY, None)
+        clock.schedule(clock.now() + clock.every(config.telemetry_interval), TELEMETRY, None)
     try:
         _events(controller, arrivals, executor, clock, sink, config, tally)
         if controller.unfinished and tally.exit_code == 0:
@@ -280,7 +293,7 @@ def _handle(kind: int, payload: Any, now: float, controller: Controller, executo
             _apply(ready, now, controller, executor, sink)
         if config.telemetry_interval > 0 and (controller.busy or controller.queued
                                               or tally.upcoming or executor.recovering()):
-            clock.schedule(now + config.telemetry_interval, TELEMETRY, None)
+            clock.schedule(now + clock.every(config.telemetry_interval), TELEMETRY, None)
         return "telemetry"
     event = executor.resolve(kind, payload, now)
     return None if event is None else _apply(event, now, controller, executor, sink)
@@ -319,7 +332,7 @@ def _decide_now(now: float, clock: Clock, config: LoopConfig, tally: _Tally) -> 
             clock.schedule(tally.next_decide, DECIDE, None)
             tally.decide_queued = True
         return False
-    tally.next_decide = now + config.decision_interval
+    tally.next_decide = now + clock.every(config.decision_interval)
     return True
 
 
@@ -362,7 +375,7 @@ def _stuck(now: float, controller: Controller, executor: Executor, clock: Clock,
             tally.exit_code = 0 if tally.message is None else 1
             return True
     if config.telemetry_interval <= 0:
-        clock.schedule(now + 1.0, TELEMETRY, None)  # something must wake the policy again
+        clock.schedule(now + clock.every(1.0), TELEMETRY, None)  # something must wake the policy
     return False
 
 
@@ -370,7 +383,8 @@ def _result(controller: Controller, executor: Executor, clock: Clock, sink: RunO
             config: LoopConfig, tally: _Tally, wall0: float) -> RunResult:
     makespan = sink.last_end - sink.first_submit if sink.completed else 0.0
     summary = sink.summary(policy=config.policy_name, mode=executor.mode,
-                           fallback=tally.fallback_to, **executor.summary_fields(makespan),
+                           fallback=tally.fallback_to,
+                           **executor.summary_fields(makespan, sink.completed),
                            **dict(config.context))
     p50, p99 = tally.latencies.quantile(0.5), tally.latencies.quantile(0.99)
     run_info = {

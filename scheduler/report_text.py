@@ -24,12 +24,15 @@ COMPARED: tuple[tuple[str, str, Callable[[list[float]], float] | None], ...] = (
 BEST_MEANS = ("Bold: the best in its column (lowest JCT and makespan, highest Jain fairness "
               "and SLO attainment); device utilization is not ranked, as busy devices can "
               "mean worse packing as well as more work done.")
-SECONDS = ("jct_mean", "jct_p50", "jct_p99", "queue_delay_mean", "makespan", "wall_seconds")
+SECONDS = ("jct_mean", "jct_p50", "jct_p99", "queue_delay_mean", "makespan", "wall_seconds",
+           "makespan_trace_s", "makespan_wall_s")
 PERCENT = ("device_util_mean", "jain_fairness", "slo_attainment")
-UNITS = {"slowdown_mean": "×", "throughput_jobs_per_s": " jobs/s", "achieved_tflops": " TFLOP/s"}
+UNITS = {"slowdown_mean": "×", "throughput_jobs_per_s": " jobs/s", "achieved_tflops": " TFLOP/s",
+         "throughput_jobs_per_wall_s": " jobs per wall second"}
 SUMMARY_ORDER = ("policy", "mode", "jobs_total", "jobs_completed", "jobs_failed", "jct_mean",
                  "jct_p50", "jct_p99", "queue_delay_mean", "slowdown_mean", "makespan",
-                 "throughput_jobs_per_s", "achieved_tflops", "device_util_mean",
+                 "makespan_trace_s", "makespan_wall_s", "throughput_jobs_per_s",
+                 "throughput_jobs_per_wall_s", "achieved_tflops", "device_util_mean",
                  "jain_fairness", "slo_attainment", "wall_seconds")
 # Summary keys a report words on lines of their own rather than as a raw value.
 WORDED = frozenset({"failed_reasons", "fallback", "placed_by"})

@@ -223,12 +223,17 @@ class RayExecutor:
             # must find them idle.
             ray.wait(refs, num_returns=len(refs), timeout=DRAIN_TIMEOUT)
 
-    def summary_fields(self, makespan: float) -> dict[str, Any]:
+    def summary_fields(self, makespan: float, completed: int) -> dict[str, Any]:
         peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        wall = makespan / self.config.speed  # the replay's span on the wall clock
+        # Both time bases, named: makespan and throughput_jobs_per_s are in trace seconds
+        # (the trace's own clock, which --speed compresses), the rest on the wall clock.
         return {"device_util_mean": sum(self.utils) / len(self.utils) if self.utils else None,
                 "devices": len(self.fleet.spec.devices), "speed": self.config.speed,
                 "memory_fraction": self.config.memory_fraction,
-                "peak_rss_mib": round(peak_rss, 1)}
+                "peak_rss_mib": round(peak_rss, 1), "makespan_trace_s": makespan,
+                "makespan_wall_s": wall,
+                "throughput_jobs_per_wall_s": completed / wall if wall > 0 else None}
 
     def run_info(self, controller: Controller) -> dict[str, Any]:
         fleet = self.fleet

@@ -42,10 +42,13 @@ SEED = typer.Option(0, "--seed", help="Seed for the policy's RNG (0 to 2^63-1)."
 SLOTS = typer.Option(1, "--slots", help="Batches a device may run at once (they share it; "
                                         "1 to 64).")
 TICK = typer.Option(1.0, "--telemetry-interval",
-                    help=f"Seconds between telemetry samples ({MIN_TELEMETRY_S:g} to 3600; a "
-                         "simulation takes at most 2e7: last arrival / interval).")
+                    help=f"Seconds between telemetry samples: simulated seconds in a "
+                         f"simulation, wall seconds in a live run, whatever --speed is "
+                         f"({MIN_TELEMETRY_S:g} to 3600; a simulation takes at most 2e7: last "
+                         "arrival / interval).")
 QUANTUM = typer.Option(0.0, "--decision-interval",
-                       help="Scheduling quantum: consult the policy at most this often (s; 0 "
+                       help="Scheduling quantum: consult the policy at most this often (s of "
+                            "the run's clock, as --telemetry-interval; 0 "
                             "to 3600).")
 FAIL = typer.Option([], "--fail", help="Fail a device at a time: DEVICE@SECONDS.")
 FAIL_NODE = typer.Option([], "--fail-node", help="Fail a node at a time: NODE@SECONDS.")

@@ -282,7 +282,7 @@ class SimExecutor:
     def finish(self, controller: Controller) -> None:
         """Nothing to wait for: simulated batches stop with the clock."""
 
-    def summary_fields(self, makespan: float) -> dict[str, Any]:
+    def summary_fields(self, makespan: float, completed: int) -> dict[str, Any]:
         return {"device_util_mean": self.utilization(makespan)}
 
     def run_info(self, controller: Controller) -> dict[str, Any]:
