@@ -52,9 +52,7 @@ class Clock(Protocol):
     def schedule(self, at: float, kind: int, payload: Any) -> None: ...
 
     def every(self, seconds: float) -> float:
-        """The run-clock step of a periodic task due every ``seconds`` of the clock's own
-        time: simulated seconds for the simulator, wall seconds for a live run."""
-        ...
+        """The step of a task due every ``seconds`` of the clock's own time (simulated, or wall)."""
 
     def next(self) -> tuple[float, int, Any] | None: ...
 
@@ -165,9 +163,7 @@ class WallClock:
         self.queue.push(at, kind, payload)
 
     def every(self, seconds: float) -> float:
-        # Periodic work follows the wall clock: at --speed 1000 a telemetry interval of
-        # one trace second would poll every worker a thousand times a wall second.
-        return seconds * self.speed
+        return seconds * self.speed  # else at --speed 1000, 1,000 polls of each worker a second
 
     def _collect(self, timeout: float = 0.0) -> None:
         """Due timers, then whatever the executor has (waiting ``timeout`` if nothing is due)."""

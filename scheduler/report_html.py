@@ -175,10 +175,13 @@ class Plot:
 
 
 def trace_groups(runs: Sequence[Run]) -> dict[str, list[Run]]:
-    """Runs by the trace they replayed: runs are compared only with runs of their trace."""
+    """Runs by the workload they replayed (the trace, and the load it was rescaled to):
+    runs are compared only with runs of the same workload."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
-        groups.setdefault(str(run.summary.get("trace", "—")), []).append(run)
+        load = run.summary.get("load")
+        key = str(run.summary.get("trace", "—")) + ("" if load is None else f" at load {load}")
+        groups.setdefault(key, []).append(run)
     return groups
 
 
@@ -262,8 +265,8 @@ def write_html_report(paths: Sequence[Path], out: Path,
 
     ``window`` is the Gantt view's (start, end) in seconds; by default the first
     couple of hundred batches. Raises :class:`InputError` for a path that is not a
-    run directory, before anything is written. Runs of different traces are
-    compared only within their trace (a warning says so).
+    run directory, before anything is written. Runs of different workloads (trace,
+    load) are compared only among runs of the same one (a warning says so).
     """
     runs = load_runs(paths)
     out = Path(out)
@@ -273,8 +276,8 @@ def write_html_report(paths: Sequence[Path], out: Path,
     shared, per_run, window = draw_plots(runs, plots, window)
     groups = trace_groups(runs)
     if len(groups) > 1:
-        log.warning("these runs replay %d different traces: each is compared only with the "
-                    "runs of its own trace", len(groups))
+        log.warning("these runs replay %d different workloads (trace and load): each is "
+                    "compared only with the runs of its own", len(groups))
     title = "attnsched report: " + ", ".join(r.label for r in runs)
     html_path, md_path = out / "report.html", out / "report.md"
     html_path.write_text(_page(title, runs, groups, plots, shared, per_run, window),
@@ -285,8 +288,8 @@ def write_html_report(paths: Sequence[Path], out: Path,
     return html_path, md_path
 
 
-MIXED = ("These runs replay different traces: each section compares only the runs of "
-         "one trace, and marks the best among them.")
+MIXED = ("These runs replay different workloads (trace and load): each section compares "
+         "only the runs of one, and marks the best among them.")
 
 
 def _compared(group: Sequence[Run]) -> list[list[str]]:

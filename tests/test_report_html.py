@@ -154,7 +154,7 @@ def test_runs_of_different_traces_are_compared_only_within_their_trace(
     assert code == 0, err
     code, _, err = cli("report", runs, tmp_path / "greedy", "--out", tmp_path / "rep")
     assert code == 0, err
-    assert "2 different traces" in err
+    assert "2 different workloads" in err
     md = (tmp_path / "rep" / "report.md").read_text(encoding="utf-8")
     sections = [text.split("## Plots per run")[0] for text in md.split("## Trace ")[1:]]
     assert len(sections) == 2
@@ -246,3 +246,14 @@ def test_slo_by_tenant_counts_deadlines_met() -> None:
     no_deadlines = _jobs(tenant=["a"], status=["done"], jct=[1.0],
                          deadline=pa.array([None], pa.float64()))
     assert slo_by_tenant(no_deadlines) == {}
+
+
+def test_one_trace_at_two_loads_is_two_workloads(cli, tmp_path: Path) -> None:
+    trace = tmp_path / "t.jsonl"
+    assert cli("trace", "generate", "-o", trace, "--jobs", "60", "--seed", "2")[0] == 0
+    for load in ("0.5", "0.9"):
+        assert cli("simulate", trace, "--load", load, "--out", tmp_path / load)[0] == 0
+    code, _, err = cli("report", tmp_path / "0.5", tmp_path / "0.9", "--out", tmp_path / "rep")
+    assert code == 0 and "2 different workloads" in err
+    md = (tmp_path / "rep" / "report.md").read_text(encoding="utf-8")
+    assert "at load 0.5" in md and "at load 0.9" in md
