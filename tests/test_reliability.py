@@ -184,6 +184,9 @@ def test_a_killed_controller_resumes_from_its_journal(cli, tmp_path) -> None:
     info = json.loads((out / "run.json").read_text())
     assert info["jobs_restored"] == len(before) and info["resumed_from_session"] == 1
     assert (out / "session-1").is_dir()
+    # The killed session's decisions, written as they were made, are kept aside.
+    kept = (out / "session-1" / "decisions.jsonl.partial").read_text().splitlines()
+    assert kept and all(json.loads(line)["t"] >= 0 for line in kept[:-1])
 
 
 # -- policy faults ------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from scheduler.jobs import Job
 from scheduler.journal import FILE as JOURNAL_FILE
 from scheduler.journal import Journal, RunIdentity, file_digest
 from scheduler.loop import LoopConfig, WallClock, run
-from scheduler.metrics import RunOutputs
+from scheduler.metrics import RunOutputs, partial
 from scheduler.pricing import ClusterCost, load_profiles
 from scheduler.traces import DEFAULT_MODEL, detect_format
 from workers.fleet import Fleet
@@ -74,8 +74,8 @@ def _prepare_outputs(out: Path | None, resume: bool) -> int:
     """On resume, move the interrupted session's partial outputs aside; returns its number.
 
     The jobs table is rebuilt from the journal, so the new outputs cover the
-    whole trace; the earlier decisions and telemetry stay readable in
-    ``session-N/``.
+    whole trace; what the earlier session wrote stays in ``session-N/`` (a
+    killed one's files as ``NAME.partial``: its decisions read line by line).
     """
     if out is None or not resume:
         return 0
@@ -86,8 +86,9 @@ def _prepare_outputs(out: Path | None, resume: bool) -> int:
     aside.mkdir()
     for name in ("jobs.parquet", "telemetry.parquet", "decisions.jsonl", "summary.json",
                  "run.json", "report.md", "plots"):
-        if (out / name).exists():
-            (out / name).rename(aside / name)
+        for path in (out / name, partial(out / name)):
+            if path.exists():
+                path.rename(aside / path.name)
     return n
 
 
