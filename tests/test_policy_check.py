@@ -74,9 +74,12 @@ def test_a_broken_plugin_is_caught_with_a_minimal_reproducer(cli, tmp_path, monk
     assert f"broke '{rule}'" in text
     repro = tmp_path / "policy-check-repro.jsonl"
     assert 1 <= len(repro.read_text().splitlines()) <= most_jobs
-    replay = text.split("replay with")[1].split()[1:]  # the command it printed, after attnsched
+    replay, explain = [line.split()[1:] for line in text.splitlines()
+                       if line.startswith("  attnsched ")]  # the commands it printed
     code, _, err = cli(*replay)
     assert code == 1, err  # the same failure, from the file alone
+    code, told, err = cli(*explain)
+    assert code == 0 and " failed" in " ".join(told.split()), told + err
 
 
 def test_nondeterminism_and_state_on_the_policy_are_named(cli, tmp_path, monkeypatch) -> None:

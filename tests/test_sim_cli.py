@@ -316,3 +316,19 @@ def test_explain_on_a_comparison_tells_the_job_in_each_run(cli, tmp_path) -> Non
     assert text[greedy:static].count("j3: done") == 1 and text[static:].count("j3: done") == 1
     code, _, err = cli("explain", out, "j999")
     assert code == 2 and "no job 'j999' in these runs (greedy, static)" in err
+
+
+def test_explain_without_a_job_lists_what_a_folder_holds(cli, tmp_path) -> None:
+    """A comparison's folder lists its runs (each with its outcome and the jobs worth
+    asking about) instead of demanding a job id."""
+    trace, out = tmp_path / "t.jsonl", tmp_path / "cmp"
+    assert cli("trace", "generate", "-o", trace, "--jobs", "40", "--seed", "5")[0] == 0
+    assert cli("compare", trace, "--policies", "static,greedy", "--jobs", "1", "--out",
+               out)[0] == 0
+    code, text, err = cli("explain", out)
+    assert code == 0, err
+    text = " ".join(text.split())
+    assert "greedy (" in text and "static (" in text
+    assert text.count("40/40 jobs done, 0 failed") == 2 and "waited" in text
+    code, text, err = cli("explain", out / "greedy")
+    assert code == 0 and "policy greedy" in " ".join(text.split()) and "static" not in text

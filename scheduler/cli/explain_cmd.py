@@ -1,4 +1,5 @@
-"""``attnsched explain RUN JOB``: every decision that touched a job, and how it ended."""
+"""``attnsched explain RUN [JOB]``: every decision that touched a job, and how it ended;
+without a job, what the run (or each run of a comparison) holds and which jobs to ask about."""
 
 from __future__ import annotations
 
@@ -15,14 +16,21 @@ from scheduler.report_data import require_output
 
 def explain(
     run_dir: Path = typer.Argument(..., help="A run's --out folder, or a comparison's."),
-    job: str = typer.Argument(..., help="The job id to explain."),
+    job: str | None = typer.Argument(None, help="The job id to explain; none: list what the "
+                                     "folder holds."),
 ) -> None:
     """Every decision that touched a job, and why, and how the job ended; for a comparison's
-    folder, in each of its runs.
+    folder, in each of its runs. Without a job: each run's outcome and the jobs worth asking
+    about (failed, or waited longest).
 
     Example: attnsched explain runs/adaptive r42-decode
     """
     runs = _runs_in(run_dir)
+    if job is None:
+        for run in runs or [run_dir]:
+            _overview(run)
+        console.print(escape(f"attnsched explain {run_dir} JOB tells one job's decisions"))
+        return
     if not runs:
         _explain_run(run_dir, job, alone=True)
         return
@@ -40,6 +48,29 @@ def _runs_in(folder: Path) -> list[Path]:
     if not folder.is_dir() or (folder / "decisions.jsonl").exists():
         return []
     return sorted(p for p in folder.iterdir() if (p / "decisions.jsonl").is_file())
+
+
+def _overview(run_dir: Path, shown: int = 3) -> None:
+    """One run's outcome, its failed jobs and those that waited longest."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    summary = json.loads(require_output(run_dir / "summary.json").read_text(encoding="utf-8"))
+    table = pq.read_table(require_output(run_dir / "jobs.parquet"),
+                          columns=["id", "status", "queue_delay", "reason"])
+    decisions = summary.get("decisions") or {}
+    console.print(f"[bold]{escape(run_dir.name)}[/] ({escape(str(run_dir))}): " + escape(
+        f"policy {summary.get('policy')}, {summary.get('jobs_completed')}/"
+        f"{summary.get('jobs_total')} jobs done, {summary.get('jobs_failed')} failed; "
+        f"decisions: " + ", ".join(f"{n:,} {k}" for k, n in decisions.items())))
+    failed = table.filter(pc.equal(table["status"], "failed")).slice(0, shown).to_pylist()
+    for r in failed:
+        console.print(escape(f"  failed: {r['id']}: {r['reason']}"))
+    done = table.filter(pc.is_valid(table["queue_delay"]))
+    if done.num_rows:
+        order = pc.sort_indices(done, [("queue_delay", "descending")])
+        for r in done.take(order.slice(0, shown)).to_pylist():
+            console.print(escape(f"  waited {r['queue_delay']:.6g}s: {r['id']}"))
 
 
 def _explain_run(run_dir: Path, job: str, alone: bool) -> bool:

@@ -60,8 +60,12 @@ def check(
     opts = "".join(f" --policy-opt {o}" for o in policy_opt)
     console.print(f"{name} broke '{found.rule}': {found.detail}", markup=False)
     jobs = len(found.scenario.jobs)
+    run = out.with_suffix("")
+    # A replay does not stop at the violation (the controller refuses a broken action and
+    # the run goes on), so point at where it shows: the run's decisions.
     console.print(f"minimal reproducer: {jobs} job{'s' if jobs != 1 else ''} in {out}; "
-                  "replay with\n"
+                  "replay it and read its decisions (a refused action is 'rejected') with\n"
                   f"  attnsched simulate {out} --policy {policy}{opts} "
-                  f"{' '.join(found.scenario.options())}", markup=False, soft_wrap=True)
+                  f"{' '.join(found.scenario.options())} --out {run}\n"
+                  f"  attnsched explain {run}", markup=False, soft_wrap=True)
     raise typer.Exit(1)

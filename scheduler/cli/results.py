@@ -67,5 +67,6 @@ def print_summary(results: dict[str, RunResult]) -> None:
                       f"{s['jobs_failed']:,} failed; {verb} in "
                       f"{r.run_info['wall_seconds']:.1f}s")
     notes = sorted({line for r in results.values() for line in r.run_info.get("extrapolated", ())})
-    for line in notes:  # a figure not measured: the user should know which
-        console.print(f"note: {line}")
+    for line in notes:  # a figure not measured: the user should know which; run.json says why
+        console.print(f"note: {line.partition(' (')[0]} (why: run.json, extrapolated)",
+                      markup=False)
