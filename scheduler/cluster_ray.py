@@ -13,6 +13,11 @@ from scheduler.errors import InputError
 from scheduler.inputfiles import clip, shown
 
 _ACCEL = "accelerator_type:"
+# A GPU-less node runs one single-threaded CPU worker per core, up to this many: small
+# attention calls scale poorly over torch threads (on 2 cores, two one-thread workers ran
+# the default tiny trace 1.6x faster than one two-thread worker), and the shipped CPU
+# profile is measured at one thread. Past it, each worker gets several threads.
+AUTO_CPU_WORKERS = 16
 _RAY_HEAD_MARKER = "node:__internal_head__"
 
 
@@ -57,13 +62,25 @@ def from_ray_nodes(nodes: Sequence[Mapping[str, Any]]) -> ClusterSpec:
     return ClusterSpec(tuple(out), "ray.nodes()")
 
 
+def cpu_worker_count(node_cpus: float, asked: int) -> int:
+    """How many CPU workers a GPU-less node with ``node_cpus`` cores runs.
+
+    ``asked`` > 0 is the user's ``--cpu-workers`` (one worker where the node has
+    fewer cores); 0 sizes them to the node: one per core, at most
+    :data:`AUTO_CPU_WORKERS`, the cores shared out evenly.
+    """
+    if asked > 0:
+        return asked if node_cpus >= asked else 1
+    return max(1, min(int(node_cpus), AUTO_CPU_WORKERS))
+
+
 def for_live_run(spec: ClusterSpec, emulated_gpus: bool, cpu_workers: int) -> ClusterSpec:
     """Adapt a discovered cluster to how a live run uses it.
 
     Emulated GPUs (``--emulate-gpus``: slots declared to Ray, compute on the
     CPU) are timed with the CPU profile and get an equal share of the node's
-    memory. ``cpu_workers > 0`` splits each GPU-less node's CPUs into that many
-    CPU devices, one worker each.
+    memory. Each GPU-less node's CPUs are split into
+    :func:`cpu_worker_count` CPU devices, one worker each.
     """
     nodes = []
     for node in spec.nodes:
@@ -73,12 +90,13 @@ def for_live_run(spec: ClusterSpec, emulated_gpus: bool, cpu_workers: int) -> Cl
             devices = [DeviceSpec(d.id, d.node, "gpu", "emulated", share, "cpu", d.cpus)
                        if d.kind == "gpu" else d for d in devices]
         cpu = [d for d in devices if d.kind == "cpu"]
-        if cpu_workers > 0 and cpu and node.cpus >= cpu_workers:
-            each = node.cpus / cpu_workers
+        count = cpu_worker_count(node.cpus, cpu_workers)
+        if cpu and count > 1:
+            each = node.cpus / count
             devices = [d for d in devices if d.kind != "cpu"] + [
                 DeviceSpec(f"{node.name}/cpu{i}", node.name, "cpu", "cpu",
-                           node.memory_bytes // cpu_workers, "cpu", each)
-                for i in range(cpu_workers)]
+                           node.memory_bytes // count, "cpu", each)
+                for i in range(count)]
         nodes.append(NodeSpec(node.name, node.node_type, node.cpus, node.memory_bytes, node.gpus,
                               node.gpu_model, tuple(devices), node.address, node.ray_id))
     return ClusterSpec(tuple(nodes), spec.source)

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from scheduler.cluster_ray import cpu_worker_count
 from scheduler.errors import InputError
 from scheduler.inputfiles import clip
 from scheduler.jobs import Job
@@ -58,13 +59,12 @@ def live_config(*, address: str | None, emulate_gpus: int, cpu_workers: int, spe
 def local_devices(emulate_gpus: int, cpu_workers: int) -> list[str]:
     """The devices a local Ray will have, named as ``scheduler.cluster.from_ray_nodes`` and
     ``for_live_run`` name them: one node, ``head``; a device per (declared) GPU, else its
-    CPU, split into ``cpu_workers`` workers when it has that many cores."""
+    CPU, split as ``scheduler.cluster_ray.cpu_worker_count`` says."""
     gpus = emulate_gpus or _cuda_devices()
     if gpus:
         return [f"head/gpu{i}" for i in range(gpus)]
-    if cpu_workers and (os.cpu_count() or 1) >= cpu_workers:
-        return [f"head/cpu{i}" for i in range(cpu_workers)]
-    return ["head/cpu"]
+    count = cpu_worker_count(os.cpu_count() or 1, cpu_workers)
+    return [f"head/cpu{i}" for i in range(count)] if count > 1 else ["head/cpu"]
 
 
 def check_slow_devices(slow: Mapping[str, float], devices: list[str]) -> None:

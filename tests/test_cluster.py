@@ -353,3 +353,20 @@ def test_core_loads_clusters_without_ray_torch_or_pynvml(repo_root: Path) -> Non
             "assert load_cluster('cluster.yaml').gpus == 8\n"
             "assert 'ray' not in sys.modules, 'scheduler.cluster imported ray'\n")
     subprocess.run([sys.executable, "-c", code], cwd=repo_root, check=True, timeout=60)
+
+
+@pytest.mark.parametrize(("cpus", "asked", "workers", "threads"), [
+    (2.0, 0, 2, 1.0),  # by default one single-threaded worker per core
+    (40.0, 0, 16, 2.5),  # at most 16 by default; the cores shared out
+    (1.0, 0, 1, 1.0), (2.0, 1, 1, 2.0),  # one worker owns the node
+    (2.0, 4, 1, 2.0),  # asked for more workers than cores: one
+    (32.0, 4, 4, 8.0)])
+def test_a_gpu_less_node_runs_cpu_workers_sized_to_its_cores(
+        cpus: float, asked: int, workers: int, threads: float) -> None:
+    node = {"NodeID": "ab" * 28, "Alive": True, "Resources": {"CPU": cpus, "memory": 8e9}}
+    spec = cluster.for_live_run(cluster.from_ray_nodes([node]), emulated_gpus=False,
+                                cpu_workers=asked)
+    devices = spec.devices
+    assert len(devices) == workers and {d.cpus for d in devices} == {threads}
+    assert sum(d.memory_bytes for d in devices) <= 8e9
+    assert len({d.id for d in devices}) == workers

@@ -276,7 +276,8 @@ def _local_head(**resources: float) -> list[dict]:
 
 
 @pytest.mark.parametrize(("emulate", "cpu_workers", "resources"), [
-    (2, 0, {"CPU": 2.0, "GPU": 2.0}), (0, 0, {"CPU": 2.0}), (0, 2, {"CPU": 2.0})])
+    (2, 0, {"CPU": 2.0, "GPU": 2.0}), (0, 0, {"CPU": 2.0}), (0, 2, {"CPU": 2.0}),
+    (0, 1, {"CPU": 2.0}), (0, 0, {"CPU": 1.0}), (0, 4, {"CPU": 2.0}), (0, 0, {"CPU": 40.0})])
 def test_the_devices_a_local_run_expects_are_those_ray_will_give_it(
         emulate: int, cpu_workers: int, resources: dict, monkeypatch) -> None:
     """``--slow`` is checked against these names before Ray starts: they must agree."""
@@ -288,7 +289,8 @@ def test_the_devices_a_local_run_expects_are_those_ray_will_give_it(
     spec = live_cluster(_local_head(**resources),
                         LiveConfig(emulate_gpus=emulate, cpu_workers=cpu_workers),
                         local_cuda=False)
-    assert sorted(d.id for d in spec.devices) == live_runs.local_devices(emulate, cpu_workers)
+    assert sorted(d.id for d in spec.devices) == sorted(live_runs.local_devices(emulate,
+                                                                             cpu_workers))
 
 
 @pytest.mark.parametrize("args", [
@@ -341,3 +343,8 @@ def test_telemetry_follows_the_wall_clock_at_any_speed(cli, local_ray, tmp_path)
     assert summary["makespan_wall_s"] == pytest.approx(summary["makespan"] / 1000)
     assert summary["throughput_jobs_per_wall_s"] == pytest.approx(
         40 / summary["makespan_wall_s"])
+    # Compute per real second: the flops the jobs did over the wall clock's span.
+    flops = sum(pq.read_table(out / "jobs.parquet").column("flops").to_pylist())
+    assert summary["achieved_tflops"] == pytest.approx(flops / summary["makespan_wall_s"] / 1e12)
+    assert info["driver_cpu_s"] > 0 and 0 < info["driver_cpu_share"] == pytest.approx(
+        info["driver_cpu_s"] / info["wall_seconds"], abs=1e-3)

@@ -67,7 +67,8 @@ SPEED = typer.Option(1.0, "--speed", help="Replay this many times faster than th
 EMULATE_GPUS = typer.Option(0, "--emulate-gpus", min=0, max=64,
                             help="Declare N GPU slots to a local Ray; compute on CPU.")
 CPU_WORKERS = typer.Option(0, "--cpu-workers", min=0, max=256,
-                           help="Split each GPU-less node into N CPU workers.")
+                           help="Split each GPU-less node into N CPU workers; 0: one "
+                           "single-threaded worker per core, at most 16.")
 MEMORY_FRACTION = typer.Option(0.9, "--memory-fraction",
                                help="Share of each device's memory that policies may plan "
                                     "with and its worker enforces, 0.01 to 1.")
