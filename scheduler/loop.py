@@ -2,10 +2,9 @@
 
 As in SimPy, an environment pops the earliest event, lets the controller
 handle it and, once every event of that instant is handled, asks the
-policy once. :class:`VirtualClock` jumps from event to event;
-:class:`WallClock` (the real-time variant) waits for an event's time on the
-wall clock, scaled by ``speed``, or for the executor to report something,
-and records how late it ran. The loop alone owns arrivals, telemetry ticks,
+policy once. The clock (:mod:`scheduler.clocks`) is simulated time or the
+wall clock; the executor runs batches on simulated devices or on Ray
+workers. The loop alone owns arrivals, telemetry ticks,
 the decision quantum, the idle give-up, the policy fallback, the refusal of
 jobs that never arrived, and the summary and run info.
 """
@@ -16,24 +15,18 @@ import itertools
 import logging
 import resource
 import time
-from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from scheduler.events import (
-    BatchDone,
-    DeviceDown,
-    DeviceUp,
-    Event,
-    NodeDown,
-    RunResult,
-)
+from scheduler.clocks import Clock
+from scheduler.events import BatchDone, DeviceDown, DeviceUp, Event, NodeDown, RunResult
+from scheduler.inbox import Cancel
 from scheduler.jobs import Job
 from scheduler.latencies import Latencies
 from scheduler.policy import PolicyFailure
-from scheduler.sim.engine import ARRIVAL, DECIDE, EVENT, TELEMETRY, EventQueue
-from scheduler.state import Batch
+from scheduler.sim.engine import ARRIVAL, CLIENT, DECIDE, TELEMETRY
+from scheduler.state import Batch, JobState
 
 if TYPE_CHECKING:
     from scheduler.controller import Controller
@@ -41,34 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 IDLE_ROUNDS = 3  # decision rounds on an idle cluster before leftover jobs are failed
-MAX_WAIT = 1.0  # wall seconds a wall clock waits before looking at its timers again
-
-
-class Clock(Protocol):
-    """Time and timers of a run; ``next`` returns ``(time, kind, payload)`` or None at the end."""
-
-    def now(self) -> float: ...
-
-    def schedule(self, at: float, kind: int, payload: Any) -> None: ...
-
-    def every(self, seconds: float) -> float:
-        """The step of a task due every ``seconds`` of the clock's own time (simulated, or wall)."""
-
-    def next(self) -> tuple[float, int, Any] | None: ...
-
-    def more_now(self) -> bool:
-        """Whether another event belongs to the instant just returned."""
-        ...
-
-    def info(self) -> dict[str, Any]: ...
-
-
-class Source(Protocol):
-    """What a wall clock waits on besides its timers: an executor's outstanding work."""
-
-    def poll(self, timeout: float) -> list[Any]: ...
-
-    def outstanding(self) -> bool: ...
 
 
 class Executor(Protocol):
@@ -105,99 +70,6 @@ class Executor(Protocol):
     def run_info(self, controller: Controller) -> dict[str, Any]: ...
 
 
-class VirtualClock:
-    """Simulated time: jumps to the next event at once."""
-
-    def __init__(self, start: float = 0.0) -> None:
-        self.queue = EventQueue()
-        self._now = start
-
-    def now(self) -> float:
-        return self._now
-
-    def schedule(self, at: float, kind: int, payload: Any) -> None:
-        self.queue.push(at, kind, payload)
-
-    def every(self, seconds: float) -> float:
-        return seconds
-
-    def next(self) -> tuple[float, int, Any] | None:
-        if not len(self.queue):
-            return None
-        popped = self.queue.pop()
-        self._now = popped[0]
-        return popped
-
-    def more_now(self) -> bool:
-        return self.queue.peek_time() == self._now
-
-    def drain(self) -> Iterator[tuple[float, int, Any]]:
-        while len(self.queue):
-            yield self.queue.pop()
-
-    def info(self) -> dict[str, Any]:
-        return {}
-
-
-class WallClock:
-    """Real time scaled by ``speed`` (trace seconds per wall second), from ``start``.
-
-    A timer is handled when its time has come on the wall clock, or as soon as
-    the loop gets to it when it is behind; how far behind is the lag reported.
-    """
-
-    def __init__(self, source: Source, speed: float = 1.0, start: float = 0.0) -> None:
-        self.source, self.speed, self.start = source, speed, start
-        self.queue = EventQueue()
-        self.ready: deque[tuple[int, Any]] = deque()
-        self.t0 = time.monotonic()
-        self._last = start
-        self.lag_max = self.lag_sum = 0.0
-        self.timers = 0
-
-    def now(self) -> float:
-        self._last = max(self._last, self.start + (time.monotonic() - self.t0) * self.speed)
-        return self._last
-
-    def schedule(self, at: float, kind: int, payload: Any) -> None:
-        self.queue.push(at, kind, payload)
-
-    def every(self, seconds: float) -> float:
-        return seconds * self.speed  # else at --speed 1000, 1,000 polls of each worker a second
-
-    def _collect(self, timeout: float = 0.0) -> None:
-        """Due timers, then whatever the executor has (waiting ``timeout`` if nothing is due)."""
-        now = self.now()
-        while len(self.queue) and (self.queue.peek_time() or 0.0) <= now:
-            at, kind, payload = self.queue.pop()
-            lag = (now - at) / self.speed
-            self.lag_max, self.lag_sum, self.timers = (
-                max(self.lag_max, lag), self.lag_sum + lag, self.timers + 1)
-            self.ready.append((kind, payload))
-        polled = self.source.poll(0.0 if self.ready else timeout)
-        self.ready.extend((EVENT, item) for item in polled)
-
-    def next(self) -> tuple[float, int, Any] | None:
-        self._collect()
-        while not self.ready:
-            due = self.queue.peek_time()
-            if due is None and not self.source.outstanding():
-                return None
-            wait = MAX_WAIT if due is None else (due - self.now()) / self.speed
-            self._collect(min(MAX_WAIT, max(wait, 0.0)))
-        kind, payload = self.ready.popleft()
-        return self.now(), kind, payload
-
-    def more_now(self) -> bool:
-        if not self.ready:
-            self._collect()
-        return bool(self.ready)
-
-    def info(self) -> dict[str, Any]:
-        return {"lag_max_s": round(self.lag_max, 6),
-                "lag_mean_s": round(self.lag_sum / self.timers, 6) if self.timers else 0.0}
-
-
 @dataclass
 class LoopConfig:
     policy_name: str
@@ -224,12 +96,14 @@ class _Tally:
     exit_code: int = 0
     message: str | None = None
     latencies: Latencies = field(default_factory=Latencies)
+    # Where the run began: wall seconds, and the driver process's CPU seconds (all threads).
+    began: tuple[float, float] = field(default_factory=lambda: (time.perf_counter(),
+                                                                time.process_time()))
 
 
 def run(controller: Controller, arrivals: Iterator[Job], executor: Executor, clock: Clock,
         sink: RunOutputs, config: LoopConfig) -> RunResult:
     """Replay ``arrivals`` through ``controller`` on ``executor``; write ``sink``'s outputs."""
-    wall0 = time.perf_counter()
     tally = _Tally()
     _next_arrival(arrivals, clock, tally)
     if config.telemetry_interval > 0:
@@ -251,7 +125,7 @@ def run(controller: Controller, arrivals: Iterator[Job], executor: Executor, clo
         sink.abort()  # e.g. a malformed row mid-trace: leave readable files, no summary
         raise
     executor.finish(controller)
-    return _result(controller, executor, clock, sink, config, tally, wall0)
+    return _result(controller, executor, clock, sink, config, tally)
 
 
 def _events(controller: Controller, arrivals: Iterator[Job], executor: Executor,
@@ -280,6 +154,8 @@ def _handle(kind: int, payload: Any, now: float, controller: Controller, executo
         tally.submitted += 1
         _next_arrival(arrivals, clock, tally)
         return "arrival"
+    if kind == CLIENT:
+        return _client(payload, now, controller, tally)
     if kind == DECIDE:
         tally.decide_queued = False
         return "tick"
@@ -288,7 +164,8 @@ def _handle(kind: int, payload: Any, now: float, controller: Controller, executo
         if ready is not None:
             _apply(ready, now, controller, executor, sink)
         if config.telemetry_interval > 0 and (controller.busy or controller.queued
-                                              or tally.upcoming or executor.recovering()):
+                                              or tally.upcoming or executor.recovering()
+                                              or clock.open()):
             clock.schedule(now + clock.every(config.telemetry_interval), TELEMETRY, None)
         return "telemetry"
     event = executor.resolve(kind, payload, now)
@@ -314,6 +191,21 @@ def _apply(event: Event, now: float, controller: Controller, executor: Executor,
     controller.observe(samples)
     sink.telemetry(samples)
     return None  # a sample arriving triggers no decision of its own
+
+
+def _client(item: Job | Cancel, now: float, controller: Controller, tally: _Tally
+            ) -> str | None:
+    """A job or a cancellation a client handed an online service."""
+    if not isinstance(item, Cancel):
+        controller.submit(item, now)
+        tally.submitted += 1
+        return "arrival"
+    record = controller.records.get(item.job)
+    state = "unknown" if record is None else record.state.value
+    if record is not None and record.state in (JobState.QUEUED, JobState.BLOCKED):
+        controller.fail(item.job, item.reason)
+    item.outcome.set_result(state)
+    return None  # nothing freed: no decision of its own
 
 
 def _next_arrival(arrivals: Iterator[Job], clock: Clock, tally: _Tally) -> None:
@@ -367,8 +259,11 @@ def _stuck(now: float, controller: Controller, executor: Executor, clock: Clock,
     else:
         tally.idle += 1
         if tally.idle >= IDLE_ROUNDS:
-            tally.message = controller.give_up_idle()
-            tally.exit_code = 0 if tally.message is None else 1
+            message = controller.give_up_idle()
+            if clock.open():  # a service goes on: the next client's jobs may fit
+                tally.idle = 0
+                return False
+            tally.message, tally.exit_code = message, 0 if message is None else 1
             return True
     if config.telemetry_interval <= 0:
         clock.schedule(now + clock.every(1.0), TELEMETRY, None)  # something must wake the policy
@@ -376,15 +271,20 @@ def _stuck(now: float, controller: Controller, executor: Executor, clock: Clock,
 
 
 def _result(controller: Controller, executor: Executor, clock: Clock, sink: RunOutputs,
-            config: LoopConfig, tally: _Tally, wall0: float) -> RunResult:
+            config: LoopConfig, tally: _Tally) -> RunResult:
     makespan = sink.last_end - sink.first_submit if sink.completed else 0.0
     summary = sink.summary(policy=config.policy_name, mode=executor.mode,
                            fallback=tally.fallback_to,
                            **executor.summary_fields(makespan, sink.completed),
                            **dict(config.context))
     p50, p99 = tally.latencies.quantile(0.5), tally.latencies.quantile(0.99)
+    wall = time.perf_counter() - tally.began[0]
+    cpu = time.process_time() - tally.began[1]
     run_info = {
-        "wall_seconds": time.perf_counter() - wall0,
+        "wall_seconds": wall,
+        # The driver's own CPU use: live, it shares the machine's cores with local workers.
+        "driver_cpu_s": round(cpu, 3),
+        "driver_cpu_share": round(cpu / wall, 3) if wall > 0 else None,
         "jobs_submitted": tally.submitted,
         "decide_calls": len(tally.latencies),
         "decide_ms_p50": None if p50 is None else p50 * 1e3,

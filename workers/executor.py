@@ -3,7 +3,7 @@
 ``run_live`` starts (or joins) Ray, discovers the cluster, creates one
 long-lived :class:`~workers.worker.AttentionWorker` per device pinned to its
 node, then replays the trace through :func:`scheduler.loop.run` on a
-:class:`~scheduler.loop.WallClock` scaled by ``speed``, with a
+:class:`~scheduler.clocks.WallClock` scaled by ``speed``, with a
 :class:`~workers.ray_executor.RayExecutor` carrying batches to the workers.
 """
 
@@ -15,13 +15,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from scheduler.clocks import WallClock
 from scheduler.controller import Controller
 from scheduler.errors import InputError
 from scheduler.events import RunResult
+from scheduler.inbox import Inbox
 from scheduler.jobs import Job
 from scheduler.journal import FILE as JOURNAL_FILE
 from scheduler.journal import Journal, RunIdentity, file_digest
-from scheduler.loop import LoopConfig, WallClock, run
+from scheduler.loop import LoopConfig, run
 from scheduler.metrics import RunOutputs, partial
 from scheduler.pricing import ClusterCost, load_profiles
 from scheduler.traces import DEFAULT_MODEL, detect_format
@@ -95,7 +97,7 @@ def _prepare_outputs(out: Path | None, resume: bool) -> int:
 def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | None,
              config: LiveConfig, context: Mapping[str, Any] | None = None,
              session: LiveSession | None = None,
-             identity: RunIdentity | None = None) -> RunResult:
+             identity: RunIdentity | None = None, inbox: Inbox | None = None) -> RunResult:
     """Replay ``jobs`` on real workers; writes the same outputs as the simulator.
 
     Without ``session`` it opens one (starting Ray and the workers) and closes
@@ -103,6 +105,8 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
     ``out``, every job's state changes go to its journal first, and
     ``config.resume`` continues the run that journal describes, if
     ``identity`` (from :func:`run_identity`) matches the one it recorded.
+    With ``inbox`` (an online service) jobs also come from clients, and the run
+    lasts until the inbox is closed and its work is done.
     """
     journal = _journal(out, config, identity, policy_name)
     resumed = journal.resumed if journal is not None else None
@@ -133,9 +137,10 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
                          "jobs_restored": len(done_before)})
     loop = LoopConfig(policy_name, config.telemetry_interval, fallback=config.fallback,
                       context=dict(context or {}))
+    clock = _clock(executor, config.speed, start, inbox)
     try:
         result = run(controller, (j for j in jobs if j.id not in done_before), executor,
-                     WallClock(executor, config.speed, start), outputs, loop)
+                     clock, outputs, loop)
     except BaseException:
         if journal is not None:
             journal.close()
@@ -146,6 +151,17 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
     if session is None:
         close_session(live)
     return result
+
+
+def _clock(executor: RayExecutor, speed: float, start: float, inbox: Inbox | None
+           ) -> WallClock:
+    """The run's wall clock; a service's inbox gets it to stamp jobs, and a resumed
+    service's clock starts no earlier than the jobs it restores."""
+    if inbox is None:
+        return WallClock(executor, speed, start)
+    clock = WallClock(executor, speed, max(start, inbox.latest), inbox)
+    inbox.clock = clock.now
+    return clock
 
 
 def _journal(out: Path | None, config: LiveConfig, identity: RunIdentity | None,

@@ -14,8 +14,9 @@ from typing import Any
 # capacity before faults strike, arrivals are admitted, telemetry samples and
 # a deferred decision (scheduling quantum) runs.
 FINISH, FAULT, ARRIVAL, TELEMETRY, DECIDE = 0, 1, 2, 3, 4
-# Not a timer: what a live executor reported, as a wall clock hands it to the loop.
-EVENT = 5
+# Not timers: what a live executor reported, and what a client handed an online service
+# (a job or a cancellation), as a wall clock hands them to the loop.
+EVENT, CLIENT = 5, 6
 
 
 class EventQueue:

@@ -29,8 +29,8 @@ from scheduler.state import Batch
 from scheduler.view import Telemetry
 
 if TYPE_CHECKING:
+    from scheduler.clocks import Clock
     from scheduler.controller import Controller
-    from scheduler.loop import Clock
 
 PROGRESS_EVERY = 4096  # arrivals between progress reports
 

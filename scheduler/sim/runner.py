@@ -1,7 +1,7 @@
 """Replay a job stream against a simulated cluster with any policy.
 
 The loop is :func:`scheduler.loop.run`, the one live runs use too; here it
-runs on a :class:`~scheduler.loop.VirtualClock` with simulated devices. The
+runs on a :class:`~scheduler.clocks.VirtualClock` with simulated devices. The
 trace is pulled lazily, one arrival ahead, so memory follows the jobs in
 flight, not the trace length.
 """
@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scheduler.clocks import VirtualClock
 from scheduler.cluster import ClusterSpec
 from scheduler.controller import Controller
 from scheduler.errors import InputError
 from scheduler.events import RunResult
 from scheduler.jobs import Job
 from scheduler.latencies import Latencies
-from scheduler.loop import IDLE_ROUNDS, LoopConfig, VirtualClock, run
+from scheduler.loop import IDLE_ROUNDS, LoopConfig, run
 from scheduler.metrics import RunOutputs
 from scheduler.pricing import ClusterCost
 from scheduler.profiles import DeviceProfile
