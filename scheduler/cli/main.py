@@ -35,6 +35,7 @@ from scheduler.cli import (
     profile_cmd,
     report_cmd,
     run_cmd,
+    serve_cmd,
     sim_cmd,
     sweep_cmd,
     trace_cmd,
@@ -81,6 +82,11 @@ app.command("policies")(sim_cmd.policies_cmd)
 app.command()(calibrate_cmd.calibrate)
 app.command("fidelity")(fidelity_cmd.fidelity_cmd)
 app.command()(report_cmd.report)
+app.command()(serve_cmd.serve)
+app.command()(serve_cmd.submit)
+app.command()(serve_cmd.status)
+app.command()(serve_cmd.cancel)
+app.command()(serve_cmd.queue)
 
 
 def _version(value: bool) -> None:

@@ -160,6 +160,29 @@ def convert(
     console.print(f"wrote {n:,} jobs to {output}")
 
 
+@app.command("export")
+def export_cmd(
+    state: Path = typer.Argument(..., help="A service's --state folder (attnsched serve)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output: .jsonl, .csv or .parquet."),
+) -> None:
+    """Write the jobs a service accepted as a canonical trace, with their arrival times:
+    record a served period live, replay it in the simulator with any policy.
+
+    Example: attnsched trace export attnsched-state -o served.parquet
+    """
+    from scheduler.serve.state import ACCEPTED_FILE, Accepted
+
+    if not (state / ACCEPTED_FILE).is_file():
+        raise InputError(f"no {ACCEPTED_FILE} here: not a service's state folder", path=state)
+    _check_output(output)
+    accepted = Accepted(state)
+    try:
+        n = _atomic_write(sorted(accepted.jobs(), key=lambda j: j.submit_time), output)
+    finally:
+        accepted.close()
+    console.print(f"wrote {n:,} jobs to {output}")
+
+
 @app.command("generate")
 def generate_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="Output: .jsonl, .csv or .parquet."),

@@ -1,0 +1,158 @@
+"""``attnsched serve`` and its clients' commands: submit, status, cancel, queue."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from scheduler.cli.options import (
+    ADDRESS,
+    CPU_WORKERS,
+    EMULATE_GPUS,
+    FALLBACK,
+    MEMORY_FRACTION,
+    OPTS,
+    POLICY_HELP,
+    PROFILE,
+    SEED,
+    TICK,
+)
+from scheduler.cli.results import console, exit_for
+from scheduler.client import Client, ServiceError, connect
+from scheduler.errors import InputError
+
+STATE = typer.Option(Path("attnsched-state"), "--state",
+                     help="The service's folder: token, accepted jobs, journal, outputs.")
+
+
+def serve(
+    policy: str = typer.Option("adaptive", "--policy", help=POLICY_HELP),
+    policy_opt: list[str] = OPTS,
+    state: Path = STATE,
+    host: str = typer.Option("127.0.0.1", "--host",
+                             help="Address to listen on; beyond loopback only when named."),
+    port: int = typer.Option(8765, "--port", min=0, max=65535, help="0: any free port."),
+    max_queue: int = typer.Option(10_000, "--max-queue", min=1,
+                                  help="Jobs waiting before submissions are refused (429)."),
+    address: str | None = ADDRESS, seed: int = SEED, emulate_gpus: int = EMULATE_GPUS,
+    cpu_workers: int = CPU_WORKERS, memory_fraction: float = MEMORY_FRACTION,
+    telemetry_interval: float = TICK, profile: list[str] = PROFILE,
+    fallback_policy: str | None = FALLBACK,
+) -> None:
+    """Run the scheduler as a service: clients submit jobs over HTTP (token in --state).
+
+    Example: attnsched serve --emulate-gpus 2   (then: attnsched submit job.json)
+
+    Stop with Ctrl-C (queued jobs finish; twice: at once). Started again with the
+    same --state, it resumes every accepted job that has not ended.
+    """
+    from policies.base import load_policy, parse_options
+    from scheduler.live_runs import live_config
+    from scheduler.policy import run_name
+    from scheduler.run_options import parse_profiles
+    from scheduler.serve.service import ServeOptions
+    from scheduler.serve.service import serve as run_service
+
+    config = live_config(address=address, emulate_gpus=emulate_gpus, cpu_workers=cpu_workers,
+                         speed=1.0, memory_fraction=memory_fraction,
+                         telemetry_interval=telemetry_interval, seed=seed, slow={},
+                         profiles=parse_profiles(profile))
+    built = load_policy(policy, parse_options(policy_opt))
+    if fallback_policy is not None:
+        config.fallback = (load_policy(fallback_policy), fallback_policy)
+    options = ServeOptions(state, host, port, max_queue)
+    name = run_name(policy, built)
+    config.progress = None
+    console.print(f"attnsched serve: policy {name}, state {state}/; starting Ray and the "
+                  "workers ...", markup=False)
+    result = run_service(options, built, name, config, on_ready=_ready_line)
+    console.print(f"served {result.summary['jobs_total']:,} jobs "
+                  f"({result.summary['jobs_failed']:,} failed); outputs in {state}/",
+                  markup=False)
+    exit_for(result)
+
+
+def _ready_line(url: str, state: Path) -> None:
+    console.print(f"listening on {url}; token in {state / 'token'}; submit with: "
+                  f"attnsched submit JOBS.jsonl --state {state}", markup=False)
+
+
+def submit(
+    jobs: Path = typer.Argument(..., help="A JSON Lines file of jobs (canonical trace rows "
+                                "without submit_time), or - for standard input."),
+    state: Path = STATE,
+    wait: bool = typer.Option(False, "--wait", help="Wait for every job to end."),
+) -> None:
+    """Submit jobs to a running service; prints each job's id (and outcome with --wait).
+
+    Example: attnsched submit jobs.jsonl --wait
+    """
+    client = _client(state)
+    handles = []
+    for number, row in _rows(jobs):
+        try:
+            handles.append(client.submit(row))
+        except ServiceError as e:
+            raise InputError(e.detail, path=jobs, line=number) from None
+        console.print(f"accepted {handles[-1].id}", markup=False)
+    for h in handles if wait else ():
+        found = h.result()
+        console.print(f"{h.id}: {found['state']} on {found.get('device')}"
+                      + (f" ({found['reason']})" if found.get("reason") else ""), markup=False)
+
+
+def status(state: Path = STATE) -> None:
+    """The service's state: jobs done, failed and queued, and each device.
+
+    Example: attnsched status --state attnsched-state
+    """
+    console.print(json.dumps(_client(state).status(), indent=2), markup=False)
+
+
+def cancel(job: str = typer.Argument(..., help="The job's id."), state: Path = STATE) -> None:
+    """Cancel a queued job (one already running finishes).
+
+    Example: attnsched cancel job-3f2a9c01d4e5
+    """
+    try:
+        console.print(json.dumps(_client(state).cancel(job)), markup=False)
+    except ServiceError as e:
+        raise InputError(e.detail, field="job") from None
+
+
+def queue(state: Path = STATE,
+          limit: int = typer.Option(100, "--limit", min=1, max=10_000)) -> None:
+    """Accepted jobs that have not ended, oldest first.
+
+    Example: attnsched queue --limit 20
+    """
+    for row in _client(state).queue(limit):
+        console.print(f"{row['id']}  {row['kind']}  tenant {row['tenant']}  "
+                      f"submitted at {row['submit_time']:.3f}s", markup=False)
+
+
+def _client(state: Path) -> Client:
+    try:
+        return connect(state)
+    except OSError as e:
+        raise InputError(f"cannot read the service's token: {e.strerror or e}",
+                         path=state, field="--state") from None
+
+
+def _rows(path: Path) -> Any:
+    import sys
+
+    text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"invalid JSON: {e.msg}", path=path, line=number) from None
+        if not isinstance(row, dict):
+            raise InputError("expected a JSON object per line", path=path, line=number)
+        yield number, row

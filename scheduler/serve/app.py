@@ -1,0 +1,169 @@
+"""The service's HTTP/JSON API (FastAPI): submit, look up, cancel, list, status.
+
+Every route but ``/v1/health`` needs ``Authorization: Bearer TOKEN`` (the
+token in the state folder). A job is a canonical trace row (the fields
+``attnsched trace`` reads, ``submit_time`` left to the service); it is on
+disk before ``202 Accepted`` is sent. The OpenAPI schema is served at
+``/openapi.json`` and browsable at ``/docs``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+
+from scheduler.errors import InputError
+from scheduler.inbox import Cancel
+from scheduler.serve.state import outcome, token_matches
+from scheduler.traces.canonical import job_from_record
+
+if TYPE_CHECKING:
+    from scheduler.serve.service import Service
+
+MAX_BODY = 1 << 20  # bytes of one job's JSON: a spec, not data
+MAX_WAIT_S = 30.0  # longest a GET may wait for a job to end
+CANCEL_WAIT_S = 5.0  # how long a DELETE waits for the run loop to take the cancellation
+FINAL = ("done", "failed")
+
+
+def make_app(service: Service) -> FastAPI:
+    app = FastAPI(title="attnsched", version="1",
+                  description="Submit attention jobs to an attnsched scheduler.")
+
+    def authorized(authorization: str | None = Header(None)) -> None:
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token_matches(given.strip(), service.token):
+            raise HTTPException(401, "missing or wrong token (Authorization: Bearer TOKEN; "
+                                "the token is in the service's state folder)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    auth = [Depends(authorized)]
+
+    @app.exception_handler(InputError)
+    def bad_input(_: Request, e: InputError) -> JSONResponse:
+        return JSONResponse({"detail": e.reason, "field": e.field}, status_code=422)
+
+    @app.get("/v1/health")
+    def health() -> dict[str, str]:
+        return {"status": "ready" if service.ready() else "starting"}
+
+    @app.post("/v1/jobs", status_code=202, dependencies=auth)
+    async def submit(request: Request) -> JSONResponse:
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            raise HTTPException(413, f"a job's JSON is at most {MAX_BODY:,} bytes")
+        return _submitted(service, _record(body))
+
+    @app.get("/v1/jobs/{job_id}", dependencies=auth)
+    def lookup(job_id: str, wait: float = Query(0.0, ge=0.0, le=MAX_WAIT_S)) -> dict[str, Any]:
+        return _lookup(service, job_id, wait)
+
+    @app.delete("/v1/jobs/{job_id}", dependencies=auth)
+    def cancel(job_id: str) -> dict[str, Any]:
+        return _cancel(service, job_id)
+
+    @app.get("/v1/status", dependencies=auth)
+    def status() -> dict[str, Any]:
+        return service.status()
+
+    @app.get("/v1/queue", dependencies=auth)
+    def queue(limit: int = Query(100, ge=1, le=10_000)) -> dict[str, Any]:
+        return {"jobs": service.unfinished(limit)}
+
+    return app
+
+
+def _record(body: bytes) -> dict[str, Any]:
+    import json
+
+    try:
+        record = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise HTTPException(400, f"not JSON: {e}") from None
+    if not isinstance(record, dict):
+        raise HTTPException(422, "expected a JSON object: one job's fields")
+    if "submit_time" in record:
+        raise InputError("set by the service when it accepts the job", field="submit_time")
+    return record
+
+
+def _submitted(service: Service, record: dict[str, Any]) -> JSONResponse:
+    if not service.ready():
+        raise HTTPException(503, "the service is starting or stopping",
+                            headers={"Retry-After": "1"})
+    record.setdefault("id", f"job-{uuid.uuid4().hex[:12]}")
+    job = job_from_record({**record, "submit_time": 0.0})
+    refusal = service.admit(job)
+    if refusal is not None:
+        raise HTTPException(429, refusal, headers={"Retry-After": str(service.retry_after())})
+    accepted = service.accept(job)
+    if accepted is None:
+        raise HTTPException(409, f"a job with id {job.id!r} was submitted before")
+    return JSONResponse({"id": accepted.id, "state": "accepted",
+                         "submit_time": accepted.submit_time}, status_code=202)
+
+
+def _lookup(service: Service, job_id: str, wait: float) -> dict[str, Any]:
+    if job_id not in service.accepted:
+        raise HTTPException(404, f"no job {job_id!r} was accepted here")
+    deadline = time.monotonic() + wait
+    while True:
+        found = outcome(service.state, job_id) or {"state": "accepted"}
+        if found["state"] in FINAL or time.monotonic() >= deadline:
+            return _shown(job_id, found)
+        time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+
+
+def _shown(job_id: str, found: dict[str, Any]) -> dict[str, Any]:
+    keys = ("state", "attempts", "start", "end", "device", "node", "reason")
+    out: dict[str, Any] = {"id": job_id, **{k: found.get(k) for k in keys}}
+    if found.get("job"):
+        out["submit_time"] = found["job"].get("submit_time")
+    return out
+
+
+def _cancel(service: Service, job_id: str) -> dict[str, Any]:
+    if job_id not in service.accepted:
+        raise HTTPException(404, f"no job {job_id!r} was accepted here")
+    found = outcome(service.state, job_id)
+    if found is not None and found["state"] in FINAL:
+        raise HTTPException(409, f"job {job_id!r} is {found['state']} already")
+    request = Cancel(job_id)
+    service.inbox.put(request)
+    try:
+        state = request.outcome.result(timeout=CANCEL_WAIT_S)
+    except TimeoutError:
+        raise HTTPException(503, "the run loop did not take the cancellation in time",
+                            headers={"Retry-After": "1"}) from None
+    if state in ("queued", "blocked"):
+        return {"id": job_id, "state": "cancelled"}
+    raise HTTPException(409, f"job {job_id!r} is {state}: only a queued job can be "
+                        "cancelled")
+
+
+def run_in_thread(app: FastAPI, host: str, port: int,
+                  started: Callable[[int], None]) -> Any:
+    """Serve ``app`` from a daemon thread; ``started(port)`` once it listens."""
+    import threading
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                           access_log=False))
+
+    def serve() -> None:
+        server.run()
+
+    thread = threading.Thread(target=serve, name="attnsched-http", daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise InputError(f"cannot listen on {host}:{port}", field="--port")
+        time.sleep(0.01)
+    started(server.servers[0].sockets[0].getsockname()[1])
+    return server

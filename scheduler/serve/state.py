@@ -1,0 +1,114 @@
+"""A service's state folder: its token, the jobs it accepted, and the run's journal.
+
+``--state DIR`` holds everything a restarted service needs:
+
+- ``token``: the bearer token clients present, created once (0600, owner only);
+- ``accepted.sqlite``: every job the service acknowledged, committed *before*
+  the acknowledgement is sent, so a job a client was told is accepted is on
+  disk even if the service is killed (SIGKILL) the next instant;
+- ``journal.sqlite``: the run journal (:mod:`scheduler.journal`): each job's
+  state changes and its one outcome. A restart replays the accepted jobs that
+  have no outcome; those that do are never run again;
+- the run's outputs (``jobs.parquet``, ``decisions.jsonl``, ...), written when
+  the service stops, so ``attnsched report DIR`` reads a served period.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import secrets
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from scheduler.errors import InputError
+from scheduler.jobs import Job
+from scheduler.journal import FILE as JOURNAL_FILE
+from scheduler.traces.canonical import job_from_record, record_from_job
+
+TOKEN_FILE = "token"
+ACCEPTED_FILE = "accepted.sqlite"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS accepted (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, job TEXT UNIQUE NOT NULL, tenant TEXT NOT NULL,
+    record TEXT NOT NULL, accepted_wall REAL NOT NULL);
+"""
+
+
+def token(state: Path) -> str:
+    """The service's token, created (owner-only) on first use."""
+    path = state / TOKEN_FILE
+    if not path.exists():
+        state.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    if path.stat().st_mode & 0o077:
+        raise InputError("the token file is readable by others; chmod 600 it", path=path)
+    return path.read_text(encoding="utf-8").strip()
+
+
+def token_matches(given: str | None, expected: str) -> bool:
+    """Constant-time comparison: a wrong token's timing says nothing about the right one."""
+    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+class Accepted:
+    """The jobs a service acknowledged, in order; safe to use from several threads."""
+
+    def __init__(self, state: Path) -> None:
+        state.mkdir(parents=True, exist_ok=True)
+        self.path = state / ACCEPTED_FILE
+        self._lock = threading.Lock()
+        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")  # an acknowledged job survives a crash
+        self.db.executescript(_SCHEMA)
+
+    def add(self, job: Job, wall: float) -> bool:
+        """Record ``job`` durably; False when its id was accepted before."""
+        text = json.dumps(record_from_job(job), sort_keys=True)
+        with self._lock:
+            try:
+                self.db.execute("INSERT INTO accepted (job, tenant, record, accepted_wall) "
+                                "VALUES (?, ?, ?, ?)", (job.id, job.tenant, text, wall))
+            except sqlite3.IntegrityError:
+                return False
+        return True
+
+    def __contains__(self, job_id: object) -> bool:
+        with self._lock:
+            row = self.db.execute("SELECT 1 FROM accepted WHERE job = ?", (job_id,)).fetchone()
+        return row is not None
+
+    def jobs(self) -> Iterator[Job]:
+        """Every accepted job, in the order it was accepted."""
+        with self._lock:
+            rows = self.db.execute("SELECT record FROM accepted ORDER BY seq").fetchall()
+        for (text,) in rows:
+            yield job_from_record(json.loads(text))
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
+
+
+def outcome(state: Path, job_id: str) -> dict[str, Any] | None:
+    """What the journal says of a job: its outcome, else its latest state; None if nothing."""
+    path = state / JOURNAL_FILE
+    if not path.exists():
+        return None
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        row = db.execute("SELECT record FROM results WHERE job = ?", (job_id,)).fetchone()
+        if row is not None:
+            return dict(json.loads(row[0]))
+        row = db.execute("SELECT state, device, attempt FROM transitions WHERE job = ? "
+                         "ORDER BY seq DESC LIMIT 1", (job_id,)).fetchone()
+    if row is None:
+        return None
+    return {"state": row[0], "device": row[1], "attempts": row[2]}

@@ -1,0 +1,130 @@
+"""The service's HTTP API on a real server (uvicorn on 127.0.0.1) with a real HTTP client,
+without Ray: what clients are told before anything runs — tokens, bad jobs, full queues."""
+
+from __future__ import annotations
+
+import json
+import stat
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scheduler.client import Client, ServiceError
+from scheduler.inbox import Cancel
+from scheduler.serve.app import make_app, run_in_thread
+from scheduler.serve.service import ServeOptions, Service
+from workers.live_config import LiveProgress
+
+JOB = {"kind": "prefill", "batch": 1, "heads": 2, "kv_heads": 1, "q_len": 64, "kv_len": 64,
+       "head_dim": 16, "dtype": "fp32"}
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Any:
+    """A service's API with no run loop behind it: jobs land in its inbox."""
+    service = Service(ServeOptions(tmp_path / "state", port=0, max_queue=3), "greedy")
+    service.inbox.clock = time.monotonic
+    ports: list[int] = []
+    server = run_in_thread(make_app(service), "127.0.0.1", 0, ports.append)
+    yield service, f"http://127.0.0.1:{ports[0]}"
+    server.should_exit = True
+    service.accepted.close()
+
+
+def test_the_token_is_created_owner_only_and_every_route_needs_it(served) -> None:
+    service, url = served
+    mode = stat.S_IMODE((service.state / "token").stat().st_mode)
+    assert mode == 0o600
+    with pytest.raises(ServiceError) as e:
+        Client(url, "wrong").submit(JOB)
+    assert e.value.status == 401
+    for path in ("/v1/status", "/v1/queue", "/v1/jobs/x"):
+        request = urllib.request.Request(url + path)  # no Authorization header at all
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            urllib.request.urlopen(request, timeout=10)
+        assert raised.value.code == 401
+    assert service.inbox.pending() == 0  # nothing got through
+    with urllib.request.urlopen(url + "/v1/health", timeout=10) as r:  # health is open
+        assert json.loads(r.read()) == {"status": "ready"}
+
+
+def test_an_accepted_job_is_on_disk_and_in_the_inbox(served) -> None:
+    service, url = served
+    client = Client(url, service.token)
+    handle = client.submit({**JOB, "id": "p1", "tenant": "alice"})
+    assert handle.id == "p1" and "p1" in service.accepted
+    (job,) = service.inbox.take()
+    assert job.id == "p1" and job.tenant == "alice" and job.submit_time == handle.submit_time
+    with pytest.raises(ServiceError) as e:  # ids are unique for the service's life
+        client.submit({**JOB, "id": "p1"})
+    assert e.value.status == 409
+    assert client.job("p1") == {"id": "p1", "state": "accepted", "attempts": None,
+                                "start": None, "end": None, "device": None, "node": None,
+                                "reason": None}
+
+
+@pytest.mark.parametrize(("job", "field"), [
+    ({**JOB, "heads": -1}, "heads"), ({**JOB, "dtype": "fp64"}, "dtype"),
+    ({**JOB, "submit_time": 3}, "submit_time"), ({**JOB, "colour": 1}, "colour"),
+    ({k: v for k, v in JOB.items() if k != "kind"}, "kind")])
+def test_a_bad_job_is_refused_naming_its_field(served, job, field) -> None:
+    service, url = served
+    request = urllib.request.Request(url + "/v1/jobs", data=json.dumps(job).encode(),
+                                     method="POST",
+                                     headers={"Authorization": f"Bearer {service.token}"})
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.urlopen(request, timeout=10)
+    assert raised.value.code == 422
+    assert json.loads(raised.value.read())["field"] == field
+    assert service.inbox.pending() == 0 and not list(service.accepted.jobs())
+
+
+def test_a_full_queue_refuses_with_429_and_retry_after(served) -> None:
+    service, url = served
+    client = Client(url, service.token)
+    for i in range(3):
+        client.submit({**JOB, "id": f"q{i}"})
+    with pytest.raises(ServiceError) as e:
+        client.submit({**JOB, "id": "q3"})
+    assert e.value.status == 429 and e.value.retry_after is not None and e.value.retry_after > 0
+    assert "q3" not in service.accepted  # refused at once, never accepted then dropped
+    service.inbox.take()  # the loop took them in; the controller holds two queued
+    service.progress = LiveProgress(done=1, failed=0, clock=1.0, rate=1.0, util=None, queued=2)
+    client.submit({**JOB, "id": "q3"})
+    with pytest.raises(ServiceError):
+        client.submit({**JOB, "id": "q4"})
+
+
+def test_cancel_answers_what_the_run_loop_found(served) -> None:
+    service, url = served
+    client = Client(url, service.token)
+    client.submit({**JOB, "id": "c1"})
+    import threading
+
+    def loop() -> None:  # stands in for the run loop: the job is running
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for item in service.inbox.take():
+                if isinstance(item, Cancel):
+                    item.outcome.set_result("running")
+                    return
+            time.sleep(0.01)
+
+    threading.Thread(target=loop, daemon=True).start()
+    with pytest.raises(ServiceError) as e:
+        client.cancel("c1")
+    assert e.value.status == 409 and "running" in e.value.detail
+    with pytest.raises(ServiceError) as e:
+        client.cancel("nope")
+    assert e.value.status == 404
+
+
+def test_the_openapi_schema_lists_the_routes(served) -> None:
+    _, url = served
+    with urllib.request.urlopen(url + "/openapi.json", timeout=10) as r:
+        schema = json.loads(r.read())
+    assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/status", "/v1/queue"} <= set(schema["paths"])

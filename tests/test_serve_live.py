@@ -1,0 +1,111 @@
+"""``attnsched serve`` end to end: a real service process (its own local Ray, emulated
+GPUs), a real HTTP client, SIGKILL and restart. Nothing accepted is lost or run twice;
+nothing gets in without the token."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from scheduler.client import Client, ServiceError, connect
+from scheduler.journal import read_results
+
+pytestmark = pytest.mark.slow
+ATTNSCHED = str(Path(sys.executable).with_name("attnsched"))
+
+
+def _job(i: int, q_len: int = 256, kind: str = "prefill") -> dict[str, Any]:
+    row = {"id": f"s{i}", "kind": kind, "batch": 2, "heads": 2, "kv_heads": 1,
+           "q_len": 1 if kind == "decode" else q_len, "kv_len": q_len, "head_dim": 16,
+           "dtype": "fp32", "tenant": f"t{i % 2}"}
+    if kind == "decode":
+        row["steps"] = 8
+    return row
+
+
+def _start(state: Path, log: Path) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [ATTNSCHED, "serve", "--policy", "greedy", "--emulate-gpus", "2", "--port", "0",
+         "--state", str(state)], stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()
+        try:
+            if connect(state).status()["ready"]:
+                return process
+        except Exception:  # not listening yet, or Ray still starting
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise AssertionError(log.read_text())
+
+
+def _stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
+    process.send_signal(sig)
+    return process.wait(timeout=120)
+
+
+def test_submit_result_cancel_status_and_the_served_log_replays(tmp_path: Path, cli) -> None:
+    state, log = tmp_path / "state", tmp_path / "serve.log"
+    process = _start(state, log)
+    try:
+        client = connect(state)
+        with pytest.raises(ServiceError, match="401"):
+            Client(client.url, "not-the-token").submit(_job(9))
+        handles = [client.submit(_job(i, kind=k))
+                   for i, k in enumerate(("prefill", "decode", "train", "prefill"))]
+        results = [h.result(timeout=60) for h in handles]
+        assert [r["state"] for r in results] == ["done"] * 4
+        assert {r["device"] for r in results} <= {"head/gpu0", "head/gpu1"}
+        assert all(r["end"] >= r["start"] >= r["submit_time"] for r in results)
+        with pytest.raises(ServiceError, match="409"):
+            handles[0].cancel()  # done already
+        assert client.queue() == []
+        assert _stop(process) == 0  # drains, writes the outputs, exits
+    finally:
+        if process.poll() is None:
+            process.kill()
+    jobs = pq.read_table(state / "jobs.parquet").to_pylist()
+    assert sorted(r["id"] for r in jobs) == ["s0", "s1", "s2", "s3"]
+    assert json.loads((state / "summary.json").read_text())["jobs_completed"] == 4
+    code, text, err = cli("trace", "export", state, "-o", tmp_path / "served.jsonl")
+    assert code == 0, err
+    code, text, err = cli("simulate", tmp_path / "served.jsonl", "--policy", "adaptive")
+    assert code == 0 and "4/4 jobs done" in text, err
+
+
+def test_sigkill_and_restart_lose_and_duplicate_nothing(tmp_path: Path) -> None:
+    state, log = tmp_path / "state", tmp_path / "serve.log"
+    process = _start(state, log)
+    try:
+        client = connect(state)
+        handles = [client.submit(_job(i, q_len=2048)) for i in range(24)]
+        while not read_results(state / "journal.sqlite"):  # some done, most still to run
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        before = read_results(state / "journal.sqlite")
+        assert len(before) < 24, "every job ended before the kill: make them longer"
+        process = _start(state, log)  # the same --state: resumes what has no outcome
+        results = {h.id: h.result(timeout=120) for h in handles}  # the handles outlive it
+        assert {r["state"] for r in results.values()} == {"done"}
+        assert _stop(process) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    outcomes = read_results(state / "journal.sqlite")
+    assert sorted(outcomes) == sorted(h.id for h in handles)  # each job one outcome
+    for job, (_, _, session) in before.items():
+        assert outcomes[job][2] == session  # what ended before the kill was not run again
+    ids = pq.read_table(state / "jobs.parquet").column("id").to_pylist()
+    assert sorted(ids) == sorted(h.id for h in handles)  # the outputs cover both sessions
+
