@@ -86,3 +86,18 @@ class Sink:
 
     def decision(self, record: DecisionRecord) -> None:
         """Called for every action, applied or rejected, and every policy error."""
+
+
+class Fanout(Sink):
+    """Several sinks as one, each told everything in turn."""
+
+    def __init__(self, *sinks: Sink) -> None:
+        self.sinks = sinks
+
+    def job_finished(self, record: JobRecord) -> None:
+        for sink in self.sinks:
+            sink.job_finished(record)
+
+    def decision(self, record: DecisionRecord) -> None:
+        for sink in self.sinks:
+            sink.decision(record)

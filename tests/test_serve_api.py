@@ -15,9 +15,9 @@ import pytest
 
 from scheduler.client import Client, ServiceError
 from scheduler.inbox import Cancel
+from scheduler.serve.admission import Admission
 from scheduler.serve.app import make_app, run_in_thread
 from scheduler.serve.service import ServeOptions, Service
-from workers.live_config import LiveProgress
 
 JOB = {"kind": "prefill", "batch": 1, "heads": 2, "kv_heads": 1, "q_len": 64, "kv_len": 64,
        "head_dim": 16, "dtype": "fp32"}
@@ -26,8 +26,9 @@ JOB = {"kind": "prefill", "batch": 1, "heads": 2, "kv_heads": 1, "q_len": 64, "k
 @pytest.fixture
 def served(tmp_path: Path) -> Any:
     """A service's API with no run loop behind it: jobs land in its inbox."""
-    service = Service(ServeOptions(tmp_path / "state", port=0, max_queue=3), "greedy")
+    service = Service(ServeOptions(tmp_path / "state", port=0), "greedy")
     service.inbox.clock = time.monotonic
+    service.admission = Admission(devices=2, seconds_of=lambda job: 1.0, max_queue=3)
     ports: list[int] = []
     server = run_in_thread(make_app(service), "127.0.0.1", 0, ports.append)
     yield service, f"http://127.0.0.1:{ports[0]}"
@@ -62,6 +63,7 @@ def test_an_accepted_job_is_on_disk_and_in_the_inbox(served) -> None:
     with pytest.raises(ServiceError) as e:  # ids are unique for the service's life
         client.submit({**JOB, "id": "p1"})
     assert e.value.status == 409
+    assert (job.priority, job.deadline) == (0, None)  # the default class: batch, no target
     assert client.job("p1") == {"id": "p1", "state": "accepted", "attempts": None,
                                 "start": None, "end": None, "device": None, "node": None,
                                 "reason": None}
@@ -92,8 +94,8 @@ def test_a_full_queue_refuses_with_429_and_retry_after(served) -> None:
         client.submit({**JOB, "id": "q3"})
     assert e.value.status == 429 and e.value.retry_after is not None and e.value.retry_after > 0
     assert "q3" not in service.accepted  # refused at once, never accepted then dropped
-    service.inbox.take()  # the loop took them in; the controller holds two queued
-    service.progress = LiveProgress(done=1, failed=0, clock=1.0, rate=1.0, util=None, queued=2)
+    assert "queue is full" in e.value.detail
+    service.admission.release("q0")  # one ended: room for one more
     client.submit({**JOB, "id": "q3"})
     with pytest.raises(ServiceError):
         client.submit({**JOB, "id": "q4"})

@@ -32,10 +32,10 @@ def _job(i: int, q_len: int = 256, kind: str = "prefill") -> dict[str, Any]:
     return row
 
 
-def _start(state: Path, log: Path) -> subprocess.Popen[bytes]:
+def _start(state: Path, log: Path, *extra: str) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         [ATTNSCHED, "serve", "--policy", "greedy", "--emulate-gpus", "2", "--port", "0",
-         "--state", str(state)], stdout=log.open("ab"), stderr=subprocess.STDOUT)
+         "--state", str(state), *extra], stdout=log.open("ab"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         assert process.poll() is None, log.read_text()
@@ -109,3 +109,33 @@ def test_sigkill_and_restart_lose_and_duplicate_nothing(tmp_path: Path) -> None:
     ids = pq.read_table(state / "jobs.parquet").column("id").to_pylist()
     assert sorted(ids) == sorted(h.id for h in handles)  # the outputs cover both sessions
 
+
+
+def test_overload_sheds_interactive_jobs_at_once_and_runs_every_admitted_one(
+        tmp_path: Path) -> None:
+    """Past the interactive class's predicted-delay target, its jobs are refused with 429
+    and Retry-After at once (batch work ahead does not count against it, and best-effort
+    batch jobs are still taken); every job admitted runs, and the service counts both."""
+    state, log = tmp_path / "state", tmp_path / "serve.log"
+    process = _start(state, log, "--policy", "adaptive", "--slo", "interactive=0.5")
+    try:
+        client = connect(state)
+        batch = [client.submit({**_job(i, q_len=2048), "slo": "batch"}) for i in range(30)]
+        taken, shed = [], []
+        for i in range(40):
+            try:
+                taken.append(client.submit({**_job(100 + i, q_len=4096), "slo": "interactive"}))
+            except ServiceError as e:
+                shed.append(e)
+        assert taken and shed and all("interactive" in e.detail for e in shed)
+        assert all(e.status == 429 and (e.retry_after or 0) >= 1 for e in shed)
+        assert client.submit({**_job(999), "slo": "batch"})  # best effort is still taken
+        ended = {h.id: h.result(timeout=120) for h in [*batch, *taken]}
+        assert {r["state"] for r in ended.values()} == {"done"}
+        status = client.status()
+        assert status["classes"]["interactive"]["done"] == len(taken)
+        shed_counted = sum(a["jobs"] for a in status["admissions"]
+                           if (a["verdict"], a["class"]) == ("slo", "interactive"))
+        assert shed_counted == len(shed)  # per tenant in the status; summed here
+    finally:
+        _stop(process)

@@ -26,6 +26,7 @@ from scheduler.journal import Journal, RunIdentity, file_digest
 from scheduler.loop import LoopConfig, run
 from scheduler.metrics import RunOutputs, partial
 from scheduler.pricing import ClusterCost, load_profiles
+from scheduler.records import Fanout, Sink
 from scheduler.traces import DEFAULT_MODEL, detect_format
 from workers.fleet import Fleet
 from workers.live_config import PROGRESS_EVERY, LiveConfig, LiveProgress
@@ -97,7 +98,8 @@ def _prepare_outputs(out: Path | None, resume: bool) -> int:
 def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | None,
              config: LiveConfig, context: Mapping[str, Any] | None = None,
              session: LiveSession | None = None,
-             identity: RunIdentity | None = None, inbox: Inbox | None = None) -> RunResult:
+             identity: RunIdentity | None = None, inbox: Inbox | None = None,
+             observer: Sink | None = None) -> RunResult:
     """Replay ``jobs`` on real workers; writes the same outputs as the simulator.
 
     Without ``session`` it opens one (starting Ray and the workers) and closes
@@ -106,7 +108,8 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
     ``config.resume`` continues the run that journal describes, if
     ``identity`` (from :func:`run_identity`) matches the one it recorded.
     With ``inbox`` (an online service) jobs also come from clients, and the run
-    lasts until the inbox is closed and its work is done.
+    lasts until the inbox is closed and its work is done; ``observer`` sees every
+    job's end and every decision besides the Ray metrics.
     """
     journal = _journal(out, config, identity, policy_name)
     resumed = journal.resumed if journal is not None else None
@@ -117,7 +120,8 @@ def run_live(jobs: Iterable[Job], policy: Any, policy_name: str, out: Path | Non
     spec = live.spec
     cost = ClusterCost(spec, load_profiles(spec, config.profiles))
     metrics = RayMetrics(policy_name)
-    outputs = RunOutputs(out, {d.id: d.node for d in spec.devices}, observer=metrics)
+    outputs = RunOutputs(out, {d.id: d.node for d in spec.devices},
+                         observer=metrics if observer is None else Fanout(metrics, observer))
     controller = Controller(spec, cost, policy, policy_name=policy_name, seed=config.seed,
                             sink=outputs, journal=journal, decide_timeout=config.decide_timeout,
                             can_preempt=False)

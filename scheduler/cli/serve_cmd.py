@@ -36,7 +36,17 @@ def serve(
                              help="Address to listen on; beyond loopback only when named."),
     port: int = typer.Option(8765, "--port", min=0, max=65535, help="0: any free port."),
     max_queue: int = typer.Option(10_000, "--max-queue", min=1,
-                                  help="Jobs waiting before submissions are refused (429)."),
+                                  help="Jobs outstanding (queued or running) before "
+                                       "submissions are refused (429)."),
+    slo: list[str] = typer.Option(
+        [], "--slo", metavar="NAME=SECONDS[:PRIORITY]",
+        help="A job class and its queue-delay target (none: best effort); jobs whose "
+             "predicted delay exceeds it are refused (429). Defaults: interactive=2:10, "
+             "batch=none:0."),
+    quota: list[str] = typer.Option(
+        [], "--quota", metavar="TENANT=SECONDS",
+        help="A tenant's nominal quota of outstanding work in predicted device-seconds "
+             "(default=... for tenants not named); idle quota is lent to busy tenants."),
     address: str | None = ADDRESS, seed: int = SEED, emulate_gpus: int = EMULATE_GPUS,
     cpu_workers: int = CPU_WORKERS, memory_fraction: float = MEMORY_FRACTION,
     telemetry_interval: float = TICK, profile: list[str] = PROFILE,
@@ -53,6 +63,7 @@ def serve(
     from scheduler.live_runs import live_config
     from scheduler.policy import run_name
     from scheduler.run_options import parse_profiles
+    from scheduler.serve.admission import parse_classes, parse_quotas
     from scheduler.serve.service import ServeOptions
     from scheduler.serve.service import serve as run_service
 
@@ -63,7 +74,8 @@ def serve(
     built = load_policy(policy, parse_options(policy_opt))
     if fallback_policy is not None:
         config.fallback = (load_policy(fallback_policy), fallback_policy)
-    options = ServeOptions(state, host, port, max_queue)
+    options = ServeOptions(state, host, port, max_queue, parse_classes(slo),
+                           parse_quotas(quota))
     name = run_name(policy, built)
     config.progress = None
     console.print(f"attnsched serve: policy {name}, state {state}/; starting Ray and the "

@@ -177,7 +177,8 @@ def export_cmd(
     _check_output(output)
     accepted = Accepted(state)
     try:
-        n = _atomic_write(sorted(accepted.jobs(), key=lambda j: j.submit_time), output)
+        n = _atomic_write(sorted((j for j, _ in accepted.jobs()), key=lambda j: j.submit_time),
+                          output)
     finally:
         accepted.close()
     console.print(f"wrote {n:,} jobs to {output}")

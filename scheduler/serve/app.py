@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 
 from scheduler.errors import InputError
 from scheduler.inbox import Cancel
+from scheduler.serve.admission import Verdict
 from scheduler.serve.state import outcome, token_matches
 from scheduler.traces.canonical import job_from_record
 
@@ -96,16 +97,19 @@ def _submitted(service: Service, record: dict[str, Any]) -> JSONResponse:
     if not service.ready():
         raise HTTPException(503, "the service is starting or stopping",
                             headers={"Retry-After": "1"})
+    slo = record.pop("slo", None)
+    if slo is not None and not isinstance(slo, str):
+        raise InputError("expected a class name", field="slo")
     record.setdefault("id", f"job-{uuid.uuid4().hex[:12]}")
-    job = job_from_record({**record, "submit_time": 0.0})
-    refusal = service.admit(job)
-    if refusal is not None:
-        raise HTTPException(429, refusal, headers={"Retry-After": str(service.retry_after())})
-    accepted = service.accept(job)
-    if accepted is None:
-        raise HTTPException(409, f"a job with id {job.id!r} was submitted before")
-    return JSONResponse({"id": accepted.id, "state": "accepted",
-                         "submit_time": accepted.submit_time}, status_code=202)
+    answer = service.accept(job_from_record({**record, "submit_time": 0.0}), slo)
+    if answer is None:
+        raise HTTPException(409, f"a job with id {record['id']!r} was submitted before")
+    if isinstance(answer, Verdict):
+        return JSONResponse({"detail": answer.detail, "reason": answer.reason},
+                            status_code=429, headers={"Retry-After": str(answer.retry_after)})
+    return JSONResponse({"id": answer.id, "state": "accepted",
+                         "submit_time": answer.submit_time, "priority": answer.priority,
+                         "deadline": answer.deadline}, status_code=202)
 
 
 def _lookup(service: Service, job_id: str, wait: float) -> dict[str, Any]:

@@ -18,18 +18,23 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from scheduler.cluster_spec import ClusterSpec
 from scheduler.errors import InputError
 from scheduler.inbox import Inbox
 from scheduler.jobs import Job
 from scheduler.journal import FILE as JOURNAL_FILE
 from scheduler.journal import read_results
+from scheduler.pricing import ClusterCost, load_profiles
+from scheduler.records import Sink
+from scheduler.serve.admission import DEFAULT_CLASSES, Admission, SloClass, Verdict
 from scheduler.serve.state import Accepted, token
+from scheduler.state import JobRecord, JobState
 
 if TYPE_CHECKING:
     from scheduler.events import RunResult
@@ -45,11 +50,33 @@ class ServeOptions:
     state: Path
     host: str = "127.0.0.1"
     port: int = 8765
-    max_queue: int = 10_000  # jobs waiting (queued or handed in) before submissions get 429
+    max_queue: int = 10_000  # jobs outstanding (queued or running) before submissions get 429
+    classes: Mapping[str, SloClass] = field(default_factory=lambda: dict(DEFAULT_CLASSES))
+    quotas: Mapping[str, float] = field(default_factory=dict)  # tenant -> device-seconds
 
 
-class Service:
-    """What request handlers share with the run loop (thread-safe parts only)."""
+@dataclass
+class ClassStats:
+    """What one SLO class got: jobs ended, their queue delays, how many met the target."""
+
+    done: int = 0
+    failed: int = 0
+    delay_sum: float = 0.0
+    met: int = 0
+
+    def shown(self, target: float | None) -> dict[str, Any]:
+        return {"done": self.done, "failed": self.failed,
+                "queue_delay_mean": self.delay_sum / self.done if self.done else None,
+                "slo_attainment": None if target is None or not self.done
+                else self.met / self.done}
+
+
+class Service(Sink):
+    """What request handlers share with the run loop (thread-safe parts only).
+
+    As the run's observer it learns of every job's end (on the loop's thread),
+    releasing the job's work from admission and counting its class's figures.
+    """
 
     def __init__(self, options: ServeOptions, policy_name: str) -> None:
         self.options, self.state, self.policy_name = options, options.state, policy_name
@@ -57,63 +84,84 @@ class Service:
         self.accepted = Accepted(options.state)
         self.inbox = Inbox()
         self.progress: LiveProgress | None = None
-        self.waiting = 0  # restored jobs handed to the loop at start
+        self.admission: Admission | None = None  # once the cluster (and its cost) is known
+        self.classes: dict[str, ClassStats] = {}
 
     def ready(self) -> bool:
-        return self.inbox.clock is not None and self.inbox.open
+        return self.inbox.clock is not None and self.admission is not None and self.inbox.open
 
-    def admit(self, job: Job) -> str | None:
-        """Why a job is refused now (the queue is full), or None."""
-        queued = self.progress.queued if self.progress else self.waiting
-        if queued + self.inbox.pending() >= self.options.max_queue:
-            return (f"the queue is full ({queued:,} jobs waiting; at most "
-                    f"{self.options.max_queue:,}); retry later")
-        return None
-
-    def retry_after(self) -> int:
-        return 1
-
-    def accept(self, job: Job) -> Job | None:
-        """Stamp, store durably, then hand to the loop; None if the id was taken."""
-        clock = self.inbox.clock
+    def accept(self, job: Job, slo: str | None) -> Job | Verdict | None:
+        """Stamp, judge, store durably, hand to the loop. Returns the job as the policy sees
+        it, the refusal, or None when the id was taken before."""
+        clock, admission = self.inbox.clock, self.admission
         assert clock is not None
-        job = dataclasses.replace(job, submit_time=clock())
-        if not self.accepted.add(job, time.time()):
+        assert admission is not None
+        if job.id in self.accepted:
+            return None
+        job, verdict = admission.admit(dataclasses.replace(job, submit_time=clock()), slo)
+        if not verdict.admit:
+            return verdict
+        if not self.accepted.add(job, admission.slo_class(slo).name, time.time()):
+            admission.release(job.id)  # another request took the id meanwhile
             return None
         self.inbox.put(job)
         return job
 
+    def job_finished(self, record: JobRecord) -> None:
+        admission = self.admission
+        held = None if admission is None else admission.held.get(record.id)
+        if admission is None or held is None:
+            return
+        stats = self.classes.setdefault(held.slo, ClassStats())
+        if record.state is JobState.DONE and record.start is not None:
+            delay = record.start - record.job.submit_time
+            target = admission.classes[held.slo].max_delay_s
+            stats.done, stats.delay_sum = stats.done + 1, stats.delay_sum + delay
+            stats.met += target is not None and delay <= target
+        else:
+            stats.failed += 1
+        admission.release(record.id)
+
     def status(self) -> dict[str, Any]:
-        p = self.progress
+        p, admission = self.progress, self.admission
         devices = {} if p is None else {
             d: {"util": u, "running": n, "up": up} for d, (u, n, up) in p.devices.items()}
+        targets = {} if admission is None else {
+            n: c.max_delay_s for n, c in admission.classes.items()}
         return {"ready": self.ready(), "policy": self.policy_name,
                 "clock": None if p is None else p.clock, "done": 0 if p is None else p.done,
                 "failed": 0 if p is None else p.failed,
-                "queued": 0 if p is None else p.queued, "devices": devices}
+                "queued": 0 if p is None else p.queued, "devices": devices,
+                "classes": {n: s.shown(targets.get(n)) for n, s in sorted(self.classes.items())},
+                "admissions": [] if admission is None else [
+                    {"verdict": v, "tenant": t, "class": c, "jobs": n}
+                    for (v, t, c), n in sorted(admission.counts.items())]}
 
     def unfinished(self, limit: int) -> list[dict[str, Any]]:
         """Accepted jobs with no outcome yet, oldest first."""
         journal = self.state / JOURNAL_FILE
         done = read_results(journal) if journal.exists() else {}
         out = []
-        for job in self.accepted.jobs():
+        for job, slo in self.accepted.jobs():
             if job.id not in done:
                 out.append({"id": job.id, "tenant": job.tenant, "kind": job.kind.value,
-                            "submit_time": job.submit_time})
+                            "class": slo, "submit_time": job.submit_time})
                 if len(out) >= limit:
                     break
         return out
 
-    def restore(self) -> int:
+    def restore(self, admission: Admission) -> int:
         """Hand the loop every accepted job without an outcome (after a restart)."""
         journal = self.state / JOURNAL_FILE
         done = read_results(journal) if journal.exists() else {}
-        for job in self.accepted.jobs():
+        restored = 0
+        for job, slo in self.accepted.jobs():
             if job.id not in done:
+                admission.hold(job, slo)
                 self.inbox.put(job)
-                self.waiting += 1
-        return self.waiting
+                restored += 1
+        self.admission = admission
+        return restored
 
 
 def serve(options: ServeOptions, policy: Any, policy_name: str, config: LiveConfig,
@@ -131,23 +179,36 @@ def serve(options: ServeOptions, policy: Any, policy_name: str, config: LiveConf
                     options.host)
     service = Service(options, policy_name)
     config.resume = (options.state / JOURNAL_FILE).exists()
-    restored = service.restore()
     config.progress = _published(service, config.progress)
     server = run_in_thread(make_app(service), options.host, options.port,
                            lambda port: _announce(options, port, on_ready))
-    log.info("serving %s on %s:%d (%d accepted jobs restored)", policy_name, options.host,
-             options.port, restored)
     session = open_session(config)  # Ray first: it installs signal handlers of its own
     try:
+        restored = service.restore(_admission(session.spec, config, options))
+        log.info("serving %s on %s:%d (%d accepted jobs restored)", policy_name,
+                 options.host, options.port, restored)
         with _stop_on_signal(service.inbox):
             return run_live((), policy, policy_name, options.state, config, session=session,
                             identity=run_identity(None, config, policy_name),
-                            inbox=service.inbox)
+                            inbox=service.inbox, observer=service)
     finally:
         close_session(session)
         server.should_exit = True
         (options.state / ENDPOINT_FILE).unlink(missing_ok=True)
         service.accepted.close()
+
+
+def _admission(spec: ClusterSpec, config: LiveConfig, options: ServeOptions) -> Admission:
+    """Admission priced by the run's own cost model (a copy: requests run on other threads)."""
+    cost = ClusterCost(spec, load_profiles(spec, config.profiles))
+
+    def seconds_of(job: Job) -> float:
+        seconds = cost.best_seconds(job)
+        cost.forget(job.id)  # priced once: the service keeps no cache per job
+        return seconds
+
+    return Admission(len(spec.devices), seconds_of, options.classes, options.quotas,
+                     options.max_queue)
 
 
 def _published(service: Service, forward: Any) -> Any:

@@ -36,7 +36,7 @@ ACCEPTED_FILE = "accepted.sqlite"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accepted (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, job TEXT UNIQUE NOT NULL, tenant TEXT NOT NULL,
-    record TEXT NOT NULL, accepted_wall REAL NOT NULL);
+    slo TEXT NOT NULL, record TEXT NOT NULL, accepted_wall REAL NOT NULL);
 """
 
 
@@ -70,13 +70,13 @@ class Accepted:
         self.db.execute("PRAGMA synchronous=FULL")  # an acknowledged job survives a crash
         self.db.executescript(_SCHEMA)
 
-    def add(self, job: Job, wall: float) -> bool:
-        """Record ``job`` durably; False when its id was accepted before."""
+    def add(self, job: Job, slo: str, wall: float) -> bool:
+        """Record ``job`` (of class ``slo``) durably; False when its id was accepted before."""
         text = json.dumps(record_from_job(job), sort_keys=True)
         with self._lock:
             try:
-                self.db.execute("INSERT INTO accepted (job, tenant, record, accepted_wall) "
-                                "VALUES (?, ?, ?, ?)", (job.id, job.tenant, text, wall))
+                self.db.execute("INSERT INTO accepted (job, tenant, slo, record, accepted_wall) "
+                                "VALUES (?, ?, ?, ?, ?)", (job.id, job.tenant, slo, text, wall))
             except sqlite3.IntegrityError:
                 return False
         return True
@@ -86,12 +86,12 @@ class Accepted:
             row = self.db.execute("SELECT 1 FROM accepted WHERE job = ?", (job_id,)).fetchone()
         return row is not None
 
-    def jobs(self) -> Iterator[Job]:
-        """Every accepted job, in the order it was accepted."""
+    def jobs(self) -> Iterator[tuple[Job, str]]:
+        """Every accepted job with its class, in the order it was accepted."""
         with self._lock:
-            rows = self.db.execute("SELECT record FROM accepted ORDER BY seq").fetchall()
-        for (text,) in rows:
-            yield job_from_record(json.loads(text))
+            rows = self.db.execute("SELECT record, slo FROM accepted ORDER BY seq").fetchall()
+        for text, slo in rows:
+            yield job_from_record(json.loads(text)), slo
 
     def close(self) -> None:
         with self._lock:

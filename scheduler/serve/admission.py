@@ -1,0 +1,180 @@
+"""Admission control: which submitted jobs a service takes, and which it sheds at once.
+
+Work is counted in predicted device-seconds: the cost model's time for the
+job alone on the fastest device that can run it. A job is refused at
+submission, never accepted and dropped later, when:
+
+1. **queue**: ``max_queue`` jobs are already waiting or running;
+2. **slo**: its class has a queue-delay target and the predicted delay
+   exceeds it. The prediction is the outstanding work of every class at
+   least as urgent (jobs of a more urgent class run first under any policy
+   that honours priority) spread over the devices; ``Retry-After`` is the
+   excess, rounded up;
+3. **quota**: its tenant's outstanding work would pass the tenant's nominal
+   quota and there is no idle quota to borrow. As in Kueue's cohorts, a
+   tenant may go beyond its own quota while the other tenants leave theirs
+   unused: while the outstanding work of all tenants together stays within
+   the sum of their quotas. Borrowed admissions are counted.
+
+A job's class travels to the policy's view as its ``priority`` and, for a
+class with a target, a ``deadline`` (submission + target + predicted run
+time), which the built-in ``adaptive`` and ``edf`` policies read.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+
+from scheduler.errors import InputError
+from scheduler.jobs import Job
+
+
+@dataclass(frozen=True)
+class SloClass:
+    name: str
+    priority: int  # higher runs first
+    max_delay_s: float | None  # queue-delay target; None: best effort, never shed for delay
+
+
+DEFAULT_CLASSES: Mapping[str, SloClass] = {
+    "interactive": SloClass("interactive", 10, 2.0),
+    "batch": SloClass("batch", 0, None),
+}
+DEFAULT_CLASS = "batch"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    admit: bool
+    reason: str = ""  # queue | slo | quota, when refused
+    detail: str = ""
+    retry_after: int = 1  # seconds, when refused
+    borrowed: bool = False
+
+
+@dataclass
+class _Held:
+    tenant: str
+    slo: str
+    seconds: float
+
+
+@dataclass
+class Admission:
+    """The service's accounting of outstanding work; safe to call from any thread."""
+
+    devices: int
+    seconds_of: Callable[[Job], float]  # predicted device-seconds (the cost model)
+    classes: Mapping[str, SloClass] = field(default_factory=lambda: dict(DEFAULT_CLASSES))
+    quotas: Mapping[str, float] = field(default_factory=dict)  # tenant -> device-seconds
+    max_queue: int = 10_000
+    held: dict[str, _Held] = field(default_factory=dict)
+    counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # verdict, tenant, class
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def slo_class(self, name: str | None) -> SloClass:
+        chosen = self.classes.get(name or DEFAULT_CLASS)
+        if chosen is None:
+            raise InputError(f"unknown class {name!r}; this service has "
+                             f"{', '.join(sorted(self.classes))}", field="slo")
+        return chosen
+
+    def admit(self, job: Job, slo: str | None = None) -> tuple[Job, Verdict]:
+        """The job as the policy will see it (class as priority and deadline), and whether
+        it is taken; a taken job counts as outstanding until :meth:`release`."""
+        cls = self.slo_class(slo)
+        seconds = self._seconds(job)
+        with self._lock:
+            verdict = self._judge(job.tenant, cls, seconds)
+            self.counts["borrowed" if verdict.borrowed else verdict.reason or "accepted",
+                        job.tenant, cls.name] += 1
+            if verdict.admit:
+                self.held[job.id] = _Held(job.tenant, cls.name, seconds)
+        deadline = None if cls.max_delay_s is None else (
+            job.submit_time + cls.max_delay_s + seconds)
+        return replace(job, priority=cls.priority, deadline=deadline), verdict
+
+    def hold(self, job: Job, slo: str) -> None:
+        """Count a job accepted before a restart (judged then) as outstanding again."""
+        cls = self.classes.get(slo) or self.slo_class(None)
+        with self._lock:
+            self.held[job.id] = _Held(job.tenant, cls.name, self._seconds(job))
+
+    def _seconds(self, job: Job) -> float:
+        seconds = self.seconds_of(job)
+        return seconds if math.isfinite(seconds) else 0.0  # fits nothing: it fails at once
+
+    def release(self, job_id: str) -> None:
+        """The job ended (or was never run): its work is no longer outstanding."""
+        with self._lock:
+            self.held.pop(job_id, None)
+
+    def _judge(self, tenant: str, cls: SloClass, seconds: float) -> Verdict:
+        if len(self.held) >= self.max_queue:
+            return Verdict(False, "queue", f"the queue is full ({len(self.held):,} jobs "
+                           f"outstanding; at most {self.max_queue:,})")
+        if cls.max_delay_s is not None:
+            ahead = sum(h.seconds for h in self.held.values()
+                        if self.classes[h.slo].priority >= cls.priority)
+            delay = ahead / max(self.devices, 1)
+            if delay > cls.max_delay_s:
+                return Verdict(False, "slo", f"predicted queue delay {delay:.3g} s exceeds "
+                               f"class {cls.name}'s {cls.max_delay_s:g} s",
+                               retry_after=math.ceil(delay - cls.max_delay_s))
+        return self._quota(tenant, seconds)
+
+    def _quota(self, tenant: str, seconds: float) -> Verdict:
+        nominal = self.quotas.get(tenant, self.quotas.get("default"))
+        if nominal is None:
+            return Verdict(True)
+        used = sum(h.seconds for h in self.held.values() if h.tenant == tenant)
+        if used + seconds <= nominal:
+            return Verdict(True)
+        total = sum(h.seconds for h in self.held.values())
+        cohort = sum(self.quotas.get(t, self.quotas.get("default", 0.0))
+                     for t in {tenant, *self.quotas.keys() - {"default"},
+                               *(h.tenant for h in self.held.values())})
+        if total + seconds <= cohort:
+            return Verdict(True, borrowed=True)
+        return Verdict(False, "quota", f"tenant {tenant!r} has {used:.3g} device-seconds "
+                       f"outstanding of its {nominal:g}, and no idle quota to borrow",
+                       retry_after=max(1, math.ceil((used + seconds - nominal)
+                                                    / max(self.devices, 1))))
+
+
+def parse_quotas(items: list[str]) -> dict[str, float]:
+    """``--quota TENANT=SECONDS`` (repeatable; ``default`` for tenants not named)."""
+    out: dict[str, float] = {}
+    for item in items:
+        tenant, sep, value = item.partition("=")
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if not sep or not tenant or not math.isfinite(seconds) or seconds <= 0:
+            raise InputError(f"expected TENANT=SECONDS (a positive number), got {item!r}",
+                             field="--quota")
+        out[tenant] = seconds
+    return out
+
+
+def parse_classes(items: list[str]) -> dict[str, SloClass]:
+    """``--slo NAME=SECONDS[:PRIORITY]`` over the defaults (``none``: no delay target)."""
+    out = dict(DEFAULT_CLASSES)
+    for item in items:
+        name, sep, rest = item.partition("=")
+        target, _, prio = rest.partition(":")
+        try:
+            delay = None if target == "none" else float(target)
+            priority = int(prio) if prio else out.get(name, SloClass(name, 0, None)).priority
+        except ValueError:
+            delay, priority = -1.0, 0
+        if not sep or not name or (delay is not None and not (delay > 0)):
+            raise InputError(f"expected NAME=SECONDS[:PRIORITY] or NAME=none, got {item!r}",
+                             field="--slo")
+        out[name] = SloClass(name, priority, delay)
+    return out

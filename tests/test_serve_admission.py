@@ -1,0 +1,87 @@
+"""Admission control's rules, on its own: SLO shedding, quotas with borrowing, bounds."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scheduler.errors import InputError
+from scheduler.jobs import AttentionJob, DType, JobKind
+from scheduler.serve.admission import Admission, parse_classes, parse_quotas
+
+
+def _job(i: int, tenant: str = "t", q_len: int = 64) -> AttentionJob:
+    return AttentionJob(id=f"j{i}", submit_time=10.0, kind=JobKind.PREFILL, tenant=tenant,
+                        batch=1, heads=2, kv_heads=1, q_len=q_len, kv_len=q_len, head_dim=16,
+                        dtype=DType.FP32)
+
+
+def test_an_interactive_job_is_shed_once_its_predicted_delay_passes_the_target() -> None:
+    admission = Admission(devices=2, seconds_of=lambda job: 1.0)  # interactive: 2 s
+    for i in range(8):  # batch work never counts against the more urgent class
+        assert admission.admit(_job(100 + i), "batch")[1].admit
+    verdicts = [admission.admit(_job(i), "interactive")[1] for i in range(6)]
+    assert [v.admit for v in verdicts] == [True] * 5 + [False]  # 5 s over 2 devices: 2.5 s
+    assert verdicts[-1].reason == "slo" and verdicts[-1].retry_after == 1
+    job, verdict = admission.admit(_job(50), "batch")  # best effort: never shed for delay
+    assert verdict.admit and job.priority == 0 and job.deadline is None
+    job, _ = admission.admit(_job(51), None)
+    assert job.priority == 0  # no class: batch
+    admission.release("j0")
+    job, verdict = admission.admit(_job(5), "interactive")
+    assert verdict.admit and job.priority == 10 and job.deadline == 10.0 + 2.0 + 1.0
+    assert admission.counts[("slo", "t", "interactive")] == 1
+
+
+def test_a_tenant_borrows_idle_quota_and_is_refused_when_none_is_left() -> None:
+    admission = Admission(devices=1, seconds_of=lambda job: 1.0,
+                          quotas={"alice": 2.0, "bob": 2.0})
+    alice = [admission.admit(_job(i, "alice"), "batch")[1] for i in range(5)]
+    assert [v.admit for v in alice] == [True, True, True, True, False]
+    assert [v.borrowed for v in alice[:4]] == [False, False, True, True]  # bob's quota, idle
+    assert alice[4].reason == "quota" and "no idle quota" in alice[4].detail
+    assert admission.admit(_job(9, "bob"), "batch")[1].admit  # bob's own quota still holds
+    assert admission.counts[("borrowed", "alice", "batch")] == 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["alice", "bob", "carol"]),
+                          st.sampled_from(["interactive", "batch"]), st.booleans(),
+                          st.integers(1, 4)), max_size=60))
+def test_admission_never_passes_its_bounds(steps) -> None:
+    """Whatever the order of submissions and ends: the queue bound holds, a tenant past its
+    quota was admitted only from idle quota, and every admitted job is held exactly once."""
+    quotas = {"alice": 4.0, "bob": 3.0, "default": 2.0}
+    admission = Admission(devices=2, seconds_of=lambda job: float(job.q_len) / 64,
+                          quotas=quotas, max_queue=6)
+    held: list[str] = []
+    for i, (tenant, slo, end_one, size) in enumerate(steps):
+        if end_one and held:
+            admission.release(held.pop(0))
+        before = sum(h.seconds for h in admission.held.values() if h.tenant == tenant)
+        total = sum(h.seconds for h in admission.held.values())
+        job, verdict = admission.admit(_job(i, tenant, q_len=64 * size), slo)
+        if verdict.admit:
+            held.append(job.id)
+            assert len(admission.held) <= 6
+            if before + size > quotas.get(tenant, quotas["default"]):
+                assert verdict.borrowed and total + size <= sum(quotas.values())
+        else:
+            assert job.id not in admission.held and verdict.reason in ("queue", "slo", "quota")
+    assert sorted(admission.held) == sorted(held)
+
+
+def test_bad_options_name_the_flag() -> None:
+    assert parse_quotas(["alice=3", "default=1.5"]) == {"alice": 3.0, "default": 1.5}
+    classes = parse_classes(["interactive=0.5", "bulk=none:-1"])
+    assert classes["interactive"].max_delay_s == 0.5 and classes["interactive"].priority == 10
+    assert classes["bulk"].max_delay_s is None and classes["bulk"].priority == -1
+    for bad in (["alice"], ["alice=-1"], ["=3"], ["alice=x"]):
+        with pytest.raises(InputError, match="TENANT=SECONDS"):
+            parse_quotas(bad)
+    for bad in (["x"], ["x=0"], ["x=fast"], ["x=1:high"]):
+        with pytest.raises(InputError, match="NAME=SECONDS"):
+            parse_classes(bad)
+    with pytest.raises(InputError, match="unknown class 'gold'"):
+        Admission(devices=1, seconds_of=lambda job: 1.0).admit(_job(0), "gold")
