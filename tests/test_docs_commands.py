@@ -9,7 +9,8 @@ exist. The exceptions are listed below, each with its reason, for review:
 
 - docs/cluster.md is left to tests/test_docs_cluster.py (every command there
   needs a cluster); its ``resolve``/``_cli`` parse the commands here too.
-- ``PARSE_ONLY``: live runs, calibration and fidelity (Ray, minutes), and any
+- ``PARSE_ONLY``: live runs, calibration and fidelity (Ray, minutes), the
+  service and its clients and ``trace export`` of its state, and any
   command with ``--address`` (a cluster) or ``--mode live``. Where a later command reads their
   output, a stand-in writes it (``stand_in``): a simulation for a live run's
   ``--out``, the shipped cpu profile for calibrate's ``-o``.
@@ -43,6 +44,8 @@ PARSE_ONLY = {
     "run": "a live run on Ray (tests/test_live_cli.py runs one); minutes at the docs' sizes",
     "fidelity": "live runs of every policy, then simulations: minutes",
     "calibrate": "measures this machine for minutes (tests/test_calibrate.py runs a tiny grid)",
+    **dict.fromkeys(("serve", "submit", "status", "cancel", "queue"),
+                    "a service, or a client of one (tests/test_serve_live.py runs them)"),
 }
 LIMIT = ("simulate", "compare")
 RUN_ELSEWHERE = {"README.md": ("## Using it\n", "### More\n")}
@@ -140,6 +143,8 @@ def stand_in(args: list[str]) -> list[str] | None:
         model = option(args, "--model")
         return ["simulate", args[1], "--limit", "200", "--out", out,
                 *(["--model", model] if model else [])]
+    if args[:2] == ["trace", "export"]:  # a served period's jobs: a small generated trace
+        return [*SMALL_TRACE, out]
     return None
 
 
@@ -202,7 +207,8 @@ def test_every_command_in_the_doc_runs(doc: Path, sandbox: Path, cli) -> None:
         if is_synopsis(words):
             continue
         args = prepared(words)
-        if args[0] in PARSE_ONLY or "--address" in args or option(args, "--mode") == "live":
+        if (args[0] in PARSE_ONLY or "--address" in args or option(args, "--mode") == "live"
+                or args[:2] == ["trace", "export"]):  # reads a service's state folder
             stand = stand_in(args)
             if stand is not None:
                 code, _, err = cli(*stand)

@@ -85,3 +85,14 @@ def test_bad_options_name_the_flag() -> None:
             parse_classes(bad)
     with pytest.raises(InputError, match="unknown class 'gold'"):
         Admission(devices=1, seconds_of=lambda job: 1.0).admit(_job(0), "gold")
+
+
+def test_the_delay_prediction_follows_how_long_jobs_really_take() -> None:
+    """Jobs taking 3x their predicted time make the same backlog predict 3x the delay."""
+    admission = Admission(devices=1, seconds_of=lambda job: 1.0)
+    assert admission.admit(_job(0), "interactive")[1].admit  # 1 s ahead: within 2 s
+    for _ in range(200):
+        admission.observe(predicted=1.0, taken=3.0)
+    assert admission.scale == pytest.approx(3.0, rel=0.01)
+    verdict = admission.admit(_job(1), "interactive")[1]
+    assert not verdict.admit and verdict.reason == "slo"  # 1 s of work now predicts 3 s

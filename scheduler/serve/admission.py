@@ -8,8 +8,9 @@ submission, never accepted and dropped later, when:
 2. **slo**: its class has a queue-delay target and the predicted delay
    exceeds it. The prediction is the outstanding work of every class at
    least as urgent (jobs of a more urgent class run first under any policy
-   that honours priority) spread over the devices; ``Retry-After`` is the
-   excess, rounded up;
+   that honours priority) spread over the devices, scaled by how long jobs
+   have really taken per predicted second (a moving average over finished
+   jobs); ``Retry-After`` is the excess, rounded up;
 3. **quota**: its tenant's outstanding work would pass the tenant's nominal
    quota and there is no idle quota to borrow. As in Kueue's cohorts, a
    tenant may go beyond its own quota while the other tenants leave theirs
@@ -45,6 +46,7 @@ DEFAULT_CLASSES: Mapping[str, SloClass] = {
     "batch": SloClass("batch", 0, None),
 }
 DEFAULT_CLASS = "batch"
+SCALE_WEIGHT = 0.05  # each finished job's weight in the predicted-time correction
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,9 @@ class Admission:
     max_queue: int = 10_000
     held: dict[str, _Held] = field(default_factory=dict)
     counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # verdict, tenant, class
+    # Device-seconds jobs really took per predicted one (a moving average): the prediction
+    # is a job alone on a device; a busy machine (the API, the driver, packing) runs slower.
+    scale: float = 1.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def slo_class(self, name: str | None) -> SloClass:
@@ -108,6 +113,13 @@ class Admission:
         seconds = self.seconds_of(job)
         return seconds if math.isfinite(seconds) else 0.0  # fits nothing: it fails at once
 
+    def observe(self, predicted: float, taken: float) -> None:
+        """A job took ``taken`` device-seconds where ``predicted`` were expected."""
+        if predicted > 0 and taken > 0:
+            ratio = min(max(taken / predicted, 0.1), 100.0)
+            with self._lock:
+                self.scale += SCALE_WEIGHT * (ratio - self.scale)
+
     def release(self, job_id: str) -> None:
         """The job ended (or was never run): its work is no longer outstanding."""
         with self._lock:
@@ -120,7 +132,7 @@ class Admission:
         if cls.max_delay_s is not None:
             ahead = sum(h.seconds for h in self.held.values()
                         if self.classes[h.slo].priority >= cls.priority)
-            delay = ahead / max(self.devices, 1)
+            delay = ahead * self.scale / max(self.devices, 1)
             if delay > cls.max_delay_s:
                 return Verdict(False, "slo", f"predicted queue delay {delay:.3g} s exceeds "
                                f"class {cls.name}'s {cls.max_delay_s:g} s",

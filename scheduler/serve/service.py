@@ -114,6 +114,9 @@ class Service(Sink):
             return
         stats = self.classes.setdefault(held.slo, ClassStats())
         if record.state is JobState.DONE and record.start is not None:
+            if record.end is not None:  # a batch's jobs share its time
+                admission.observe(held.seconds, (record.end - record.start)
+                                  / max(record.batch_size, 1))
             delay = record.start - record.job.submit_time
             target = admission.classes[held.slo].max_delay_s
             stats.done, stats.delay_sum = stats.done + 1, stats.delay_sum + delay
