@@ -84,7 +84,8 @@ def serve(
     console.print(f"served {result.summary['jobs_total']:,} jobs "
                   f"({result.summary['jobs_failed']:,} failed); outputs in {state}/",
                   markup=False)
-    exit_for(result)
+    if result.exit_code:  # the service stopped on an error; failed jobs are the clients'
+        exit_for(result)
 
 
 def _ready_line(url: str, state: Path) -> None:
