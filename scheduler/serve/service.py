@@ -185,8 +185,9 @@ def serve(options: ServeOptions, policy: Any, policy_name: str, config: LiveConf
     config.progress = _published(service, config.progress)
     server = run_in_thread(make_app(service), options.host, options.port,
                            lambda port: _announce(options, port, on_ready))
-    session = open_session(config)  # Ray first: it installs signal handlers of its own
+    session = None
     try:
+        session = open_session(config)  # Ray first: it installs signal handlers of its own
         restored = service.restore(_admission(session.spec, config, options))
         log.info("serving %s on %s:%d (%d accepted jobs restored)", policy_name,
                  options.host, options.port, restored)
@@ -195,7 +196,8 @@ def serve(options: ServeOptions, policy: Any, policy_name: str, config: LiveConf
                             identity=run_identity(None, config, policy_name),
                             inbox=service.inbox, observer=service)
     finally:
-        close_session(session)
+        if session is not None:
+            close_session(session)
         server.should_exit = True
         (options.state / ENDPOINT_FILE).unlink(missing_ok=True)
         service.accepted.close()
