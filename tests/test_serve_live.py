@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 
 from scheduler.client import Client, ServiceError, connect
 from scheduler.journal import read_results
+from tests.test_observability import free_port
 
 pytestmark = pytest.mark.slow
 ATTNSCHED = str(Path(sys.executable).with_name("attnsched"))
@@ -49,6 +51,22 @@ def _start(state: Path, log: Path, *extra: str) -> subprocess.Popen[bytes]:
     raise AssertionError(log.read_text())
 
 
+def _scrape(port: int, name: str) -> str:
+    """The lines of one metric on the service's Prometheus endpoint, once it has some."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                          timeout=5).read().decode()
+        except OSError:
+            text = ""
+        lines = [line for line in text.splitlines() if line.startswith(name)]
+        if lines:
+            return "\n".join(lines)
+        time.sleep(1.0)
+    raise AssertionError(f"{name} never exported")
+
+
 def _stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
     process.send_signal(sig)
     return process.wait(timeout=120)
@@ -56,7 +74,8 @@ def _stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
 
 def test_submit_result_cancel_status_and_the_served_log_replays(tmp_path: Path, cli) -> None:
     state, log = tmp_path / "state", tmp_path / "serve.log"
-    process = _start(state, log)
+    port = free_port()
+    process = _start(state, log, "--metrics-port", str(port))
     try:
         client = connect(state)
         with pytest.raises(ServiceError, match="401"):
@@ -70,6 +89,8 @@ def test_submit_result_cancel_status_and_the_served_log_replays(tmp_path: Path, 
         with pytest.raises(ServiceError, match="409"):
             handles[0].cancel()  # done already
         assert client.queue() == []
+        exported = _scrape(port, "ray_attnsched_admissions_total")  # Ray exports every ~10 s
+        assert 'verdict="accepted"' in exported and 'class="batch"' in exported
         assert _stop(process) == 0  # drains, writes the outputs, exits
     finally:
         if process.poll() is None:

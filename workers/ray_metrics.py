@@ -17,6 +17,14 @@ records:
 | ``attnsched_jobs_finished_total`` | counter | status |
 | ``attnsched_job_latency_seconds`` | histogram: JCT of completed jobs | kind |
 
+An online service (``attnsched serve``) adds :class:`AdmissionMetrics`:
+
+| metric | type | tags |
+| --- | --- | --- |
+| ``attnsched_admissions_total`` | counter: submissions by verdict | verdict, tenant, class |
+| ``attnsched_queue_delay_seconds`` | histogram: queue delay of completed jobs | class |
+| ``attnsched_slo_jobs_total`` | counter: completed jobs of a class with a target | class, met |
+
 Rejections are tagged with their :class:`~scheduler.records.RejectCode`: the
 free text names jobs and devices, and a tag per job would flood Prometheus.
 """
@@ -89,3 +97,28 @@ class RayMetrics(Sink):
             if sample is not None:
                 self.util.set(sample.util, tags=tags)
                 self.memory.set(float(sample.mem_used), tags=tags)
+
+
+class AdmissionMetrics:
+    """An online service's admission verdicts and each class's queue delay."""
+
+    def __init__(self) -> None:
+        from ray.util.metrics import Counter, Histogram
+
+        self.admissions = Counter(
+            "attnsched_admissions_total",
+            "submissions by verdict (accepted, borrowed, queue, slo, quota)",
+            tag_keys=("verdict", "tenant", "class"))
+        self.delay = Histogram("attnsched_queue_delay_seconds", "queue delay of completed jobs",
+                               boundaries=LATENCY_BUCKETS, tag_keys=("class",))
+        self.slo = Counter("attnsched_slo_jobs_total",
+                           "completed jobs of classes with a target, by whether it was met",
+                           tag_keys=("class", "met"))
+
+    def verdict(self, verdict: str, tenant: str, slo: str) -> None:
+        self.admissions.inc(1.0, tags={"verdict": verdict, "tenant": tenant, "class": slo})
+
+    def done(self, slo: str, delay: float, met: bool | None) -> None:
+        self.delay.observe(max(0.0, delay), tags={"class": slo})
+        if met is not None:
+            self.slo.inc(1.0, tags={"class": slo, "met": "yes" if met else "no"})

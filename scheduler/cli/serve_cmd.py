@@ -51,6 +51,10 @@ def serve(
     cpu_workers: int = CPU_WORKERS, memory_fraction: float = MEMORY_FRACTION,
     telemetry_interval: float = TICK, profile: list[str] = PROFILE,
     fallback_policy: str | None = FALLBACK,
+    metrics_port: int | None = typer.Option(
+        None, "--metrics-port", min=1, max=65535,
+        help="Serve the local Ray's Prometheus metrics (attnsched's, admissions among them) "
+             "on this port of 127.0.0.1."),
 ) -> None:
     """Run the scheduler as a service: clients submit jobs over HTTP (token in --state).
 
@@ -71,6 +75,10 @@ def serve(
                          speed=1.0, memory_fraction=memory_fraction,
                          telemetry_interval=telemetry_interval, seed=seed, slow={},
                          profiles=parse_profiles(profile))
+    if metrics_port is not None and address:
+        raise InputError("a cluster's nodes serve metrics on their own ports",
+                         field="--metrics-port")
+    config.metrics_port = metrics_port
     built = load_policy(policy, parse_options(policy_opt))
     if fallback_policy is not None:
         config.fallback = (load_policy(fallback_policy), fallback_policy)

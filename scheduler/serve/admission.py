@@ -79,6 +79,7 @@ class Admission:
     # Device-seconds jobs really took per predicted one (a moving average): the prediction
     # is a job alone on a device; a busy machine (the API, the driver, packing) runs slower.
     scale: float = 1.0
+    on_verdict: Callable[[str, str, str], None] | None = None  # (verdict, tenant, class)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def slo_class(self, name: str | None) -> SloClass:
@@ -95,10 +96,12 @@ class Admission:
         seconds = self._seconds(job)
         with self._lock:
             verdict = self._judge(job.tenant, cls, seconds)
-            self.counts["borrowed" if verdict.borrowed else verdict.reason or "accepted",
-                        job.tenant, cls.name] += 1
+            name = "borrowed" if verdict.borrowed else verdict.reason or "accepted"
+            self.counts[name, job.tenant, cls.name] += 1
             if verdict.admit:
                 self.held[job.id] = _Held(job.tenant, cls.name, seconds)
+        if self.on_verdict is not None:
+            self.on_verdict(name, job.tenant, cls.name)
         deadline = None if cls.max_delay_s is None else (
             job.submit_time + cls.max_delay_s + seconds)
         return replace(job, priority=cls.priority, deadline=deadline), verdict

@@ -86,6 +86,7 @@ class Service(Sink):
         self.progress: LiveProgress | None = None
         self.admission: Admission | None = None  # once the cluster (and its cost) is known
         self.classes: dict[str, ClassStats] = {}
+        self.metrics: Any = None  # workers.ray_metrics.AdmissionMetrics, once Ray runs
 
     def ready(self) -> bool:
         return self.inbox.clock is not None and self.admission is not None and self.inbox.open
@@ -119,8 +120,11 @@ class Service(Sink):
                                   / max(record.batch_size, 1))
             delay = record.start - record.job.submit_time
             target = admission.classes[held.slo].max_delay_s
+            met = None if target is None else delay <= target
             stats.done, stats.delay_sum = stats.done + 1, stats.delay_sum + delay
-            stats.met += target is not None and delay <= target
+            stats.met += bool(met)
+            if self.metrics is not None:
+                self.metrics.done(held.slo, delay, met)
         else:
             stats.failed += 1
         admission.release(record.id)
@@ -188,7 +192,12 @@ def serve(options: ServeOptions, policy: Any, policy_name: str, config: LiveConf
     session = None
     try:
         session = open_session(config)  # Ray first: it installs signal handlers of its own
-        restored = service.restore(_admission(session.spec, config, options))
+        from workers.ray_metrics import AdmissionMetrics
+
+        service.metrics = metrics = AdmissionMetrics()
+        admission = _admission(session.spec, config, options)
+        admission.on_verdict = metrics.verdict
+        restored = service.restore(admission)
         log.info("serving %s on %s:%d (%d accepted jobs restored)", policy_name,
                  options.host, options.port, restored)
         with _stop_on_signal(service.inbox):
