@@ -110,7 +110,7 @@ def ray_serve(state: Path, jobs: int) -> dict[str, float]:
 
     app = FastAPI()
 
-    @serve.deployment
+    @serve.deployment(max_ongoing_requests=64)  # the default (5) queues the 32 in flight
     @serve.ingress(app)
     class Ingress:
         def __init__(self, holder: Any) -> None:
