@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -87,6 +88,9 @@ class Service(Sink):
         self.admission: Admission | None = None  # once the cluster (and its cost) is known
         self.classes: dict[str, ClassStats] = {}
         self.metrics: Any = None  # workers.ray_metrics.AdmissionMetrics, once Ray runs
+        # One acceptance at a time: the id check, the admission and the commit are one step,
+        # so two requests with one id cannot both be counted.
+        self._accepting = threading.Lock()
 
     def ready(self) -> bool:
         return self.inbox.clock is not None and self.admission is not None and self.inbox.open
@@ -97,15 +101,14 @@ class Service(Sink):
         clock, admission = self.inbox.clock, self.admission
         assert clock is not None
         assert admission is not None
-        if job.id in self.accepted:
-            return None
-        job, verdict = admission.admit(dataclasses.replace(job, submit_time=clock()), slo)
-        if not verdict.admit:
-            return verdict
-        if not self.accepted.add(job, admission.slo_class(slo).name, time.time()):
-            admission.release(job.id)  # another request took the id meanwhile
-            return None
-        self.inbox.put(job)
+        with self._accepting:
+            if job.id in self.accepted:
+                return None
+            job, verdict = admission.admit(dataclasses.replace(job, submit_time=clock()), slo)
+            if not verdict.admit:
+                return verdict
+            self.accepted.add(job, admission.slo_class(slo).name, time.time())
+            self.inbox.put(job)
         return job
 
     def job_finished(self, record: JobRecord) -> None:
