@@ -20,7 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +35,17 @@ class ServiceError(Exception):
     """The service refused a request: ``status`` is the HTTP code, ``retry_after`` seconds
     when it asked to be retried (429, 503)."""
 
-    def __init__(self, status: int, detail: str, retry_after: float | None = None) -> None:
+    def __init__(self, status: int, detail: str, retry_after: float | None = None,
+                 field: str | None = None) -> None:
         super().__init__(f"{status}: {detail}")
         self.status, self.detail, self.retry_after = status, detail, retry_after
+        self.field = field  # the job's field a 422 names
 
 
 @dataclass
 class Client:
     url: str
-    token: str
+    token: str = field(repr=False)  # a printed client must not show it
     timeout: float = 30.0
     state: Path | None = None  # where the URL came from: read again when the service moved
 
@@ -67,11 +69,15 @@ class Client:
         except urllib.error.HTTPError as e:
             raw = e.read()
             try:
-                detail = json.loads(raw).get("detail", raw.decode(errors="replace"))
+                body = json.loads(raw)
             except ValueError:
-                detail = raw.decode(errors="replace")
+                body = {}
+            if not isinstance(body, dict):
+                body = {}
+            detail = body.get("detail", raw.decode(errors="replace"))
             retry = e.headers.get("Retry-After")
-            raise ServiceError(e.code, str(detail), float(retry) if retry else None) from None
+            raise ServiceError(e.code, str(detail), float(retry) if retry else None,
+                               body.get("field")) from None
 
     def submit(self, job: Mapping[str, Any] | Job) -> Handle:
         """Hand the service one job; returns once it is accepted (on the service's disk)."""

@@ -130,3 +130,18 @@ def test_the_openapi_schema_lists_the_routes(served) -> None:
     with urllib.request.urlopen(url + "/openapi.json", timeout=10) as r:
         schema = json.loads(r.read())
     assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/status", "/v1/queue"} <= set(schema["paths"])
+
+
+def test_the_submit_command_names_the_file_line_and_field(served, cli, tmp_path) -> None:
+    service, url = served
+    (service.state / "endpoint.json").write_text(json.dumps({"url": url}))
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({**JOB, "id": "ok1"}) + "\n" + json.dumps({**JOB, "heads": "two"})
+                    + "\n")
+    code, out, err = cli("submit", jobs, "--state", service.state)
+    assert code == 2 and "accepted ok1" in out
+    assert "jobs.jsonl:2" in err and "heads" in err and "Traceback" not in err
+    code, _, err = cli("submit", tmp_path / "none.jsonl", "--state", service.state)
+    assert code == 2 and "cannot read the jobs" in err and "internal error" not in err
+    assert "token" not in repr(Client(url, service.token))
+    assert service.token not in repr(Client(url, service.token))

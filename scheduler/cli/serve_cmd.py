@@ -64,28 +64,19 @@ def serve(
     same --state, it resumes every accepted job that has not ended.
     """
     from policies.base import load_policy, parse_options
-    from scheduler.live_runs import live_config
     from scheduler.policy import run_name
-    from scheduler.run_options import parse_profiles
     from scheduler.serve.admission import parse_classes, parse_quotas
     from scheduler.serve.service import ServeOptions
     from scheduler.serve.service import serve as run_service
 
-    config = live_config(address=address, emulate_gpus=emulate_gpus, cpu_workers=cpu_workers,
-                         speed=1.0, memory_fraction=memory_fraction,
-                         telemetry_interval=telemetry_interval, seed=seed, slow={},
-                         profiles=parse_profiles(profile))
-    if metrics_port is not None and address:
-        raise InputError("a cluster's nodes serve metrics on their own ports",
-                         field="--metrics-port")
-    config.metrics_port = metrics_port
+    config = _live_config(address, emulate_gpus, cpu_workers, memory_fraction,
+                          telemetry_interval, seed, profile, metrics_port)
     built = load_policy(policy, parse_options(policy_opt))
     if fallback_policy is not None:
         config.fallback = (load_policy(fallback_policy), fallback_policy)
     options = ServeOptions(state, host, port, max_queue, parse_classes(slo),
                            parse_quotas(quota))
     name = run_name(policy, built)
-    config.progress = None
     console.print(f"attnsched serve: policy {name}, state {state}/; starting Ray and the "
                   "workers ...", markup=False)
     result = run_service(options, built, name, config, on_ready=_ready_line)
@@ -94,6 +85,24 @@ def serve(
                   markup=False)
     if result.exit_code:  # the service stopped on an error; failed jobs are the clients'
         exit_for(result)
+
+
+def _live_config(address: str | None, emulate_gpus: int, cpu_workers: int,
+                 memory_fraction: float, telemetry_interval: float, seed: int,
+                 profile: list[str], metrics_port: int | None) -> Any:
+    """The live run's config, checked as ``run`` checks it (a service runs at speed 1)."""
+    from scheduler.live_runs import live_config
+    from scheduler.run_options import parse_profiles
+
+    if metrics_port is not None and address:
+        raise InputError("a cluster's nodes serve metrics on their own ports",
+                         field="--metrics-port")
+    config = live_config(address=address, emulate_gpus=emulate_gpus, cpu_workers=cpu_workers,
+                         speed=1.0, memory_fraction=memory_fraction,
+                         telemetry_interval=telemetry_interval, seed=seed, slow={},
+                         profiles=parse_profiles(profile))
+    config.metrics_port = metrics_port
+    return config
 
 
 def _ready_line(url: str, state: Path) -> None:
@@ -117,7 +126,7 @@ def submit(
         try:
             handles.append(client.submit(row))
         except ServiceError as e:
-            raise InputError(e.detail, path=jobs, line=number) from None
+            raise InputError(e.detail, path=jobs, line=number, field=e.field) from None
         console.print(f"accepted {handles[-1].id}", markup=False)
     for h in handles if wait else ():
         found = h.result()
@@ -166,7 +175,11 @@ def _client(state: Path) -> Client:
 def _rows(path: Path) -> Any:
     import sys
 
-    text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    try:
+        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise InputError(f"cannot read the jobs: {reason}", path=path) from None
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue

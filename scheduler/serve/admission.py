@@ -18,8 +18,9 @@ submission, never accepted and dropped later, when:
    the sum of their quotas. Borrowed admissions are counted.
 
 A job's class travels to the policy's view as its ``priority`` and, for a
-class with a target, a ``deadline`` (submission + target + predicted run
-time), which the built-in ``adaptive`` and ``edf`` policies read.
+class with a target, a ``deadline`` (its SLO in seconds after submission:
+the target plus the predicted run time), which the built-in ``adaptive`` and
+``edf`` policies read and the run's summary scores.
 """
 
 from __future__ import annotations
@@ -102,8 +103,9 @@ class Admission:
                 self.held[job.id] = _Held(job.tenant, cls.name, seconds)
         if self.on_verdict is not None:
             self.on_verdict(name, job.tenant, cls.name)
-        deadline = None if cls.max_delay_s is None else (
-            job.submit_time + cls.max_delay_s + seconds)
+        # A deadline is seconds after submission (the job model's SLO): the delay target
+        # plus the predicted run time.
+        deadline = None if cls.max_delay_s is None else cls.max_delay_s + seconds
         return replace(job, priority=cls.priority, deadline=deadline), verdict
 
     def hold(self, job: Job, slo: str) -> None:

@@ -139,7 +139,8 @@ class Service(Sink):
         targets = {} if admission is None else {
             n: c.max_delay_s for n, c in admission.classes.items()}
         return {"ready": self.ready(), "policy": self.policy_name,
-                "clock": None if p is None else p.clock, "done": 0 if p is None else p.done,
+                "clock": None if p is None else p.clock,
+                "done": 0 if p is None else p.done - p.failed,  # progress counts both
                 "failed": 0 if p is None else p.failed,
                 "queued": 0 if p is None else p.queued, "devices": devices,
                 "classes": {n: s.shown(targets.get(n)) for n, s in sorted(self.classes.items())},
