@@ -145,3 +145,20 @@ def test_the_submit_command_names_the_file_line_and_field(served, cli, tmp_path)
     assert code == 2 and "cannot read the jobs" in err and "internal error" not in err
     assert "token" not in repr(Client(url, service.token))
     assert service.token not in repr(Client(url, service.token))
+
+
+def test_a_state_folder_is_served_only_with_the_options_it_was_served_with(cli, tmp_path
+                                                                           ) -> None:
+    """The journal resumes only the same run: a restart with another policy is refused with
+    one line naming the difference, before Ray starts (nothing is listening after)."""
+    from scheduler.journal import Journal
+    from workers.executor import LiveConfig, run_identity
+
+    state = tmp_path / "state"
+    state.mkdir()
+    Journal(state / "journal.sqlite", run_identity(None, LiveConfig(emulate_gpus=2),
+                                                   "greedy")).close()
+    code, _, err = cli("serve", "--policy", "adaptive", "--emulate-gpus", "2", "--state", state,
+                       "--port", "0")
+    assert code == 2 and "--policy" in err and "greedy" in err and "new --state" in err
+    assert not (state / "endpoint.json").exists()

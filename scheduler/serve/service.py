@@ -17,10 +17,11 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,7 @@ from scheduler.errors import InputError
 from scheduler.inbox import Inbox
 from scheduler.jobs import Job
 from scheduler.journal import FILE as JOURNAL_FILE
-from scheduler.journal import read_results
+from scheduler.journal import RunIdentity, differences, read_results
 from scheduler.pricing import ClusterCost, load_profiles
 from scheduler.records import Sink
 from scheduler.serve.admission import DEFAULT_CLASSES, Admission, SloClass, Verdict
@@ -188,6 +189,8 @@ def serve(options: ServeOptions, policy: Any, policy_name: str, config: LiveConf
     if options.host not in LOOPBACK:
         log.warning("listening on %s: beyond this machine; every request needs the token",
                     options.host)
+    identity = run_identity(None, config, policy_name)
+    _same_service(options.state, identity)
     service = Service(options, policy_name)
     config.resume = (options.state / JOURNAL_FILE).exists()
     config.progress = _published(service, config.progress)
@@ -206,7 +209,7 @@ def serve(options: ServeOptions, policy: Any, policy_name: str, config: LiveConf
                  options.host, options.port, restored)
         with _stop_on_signal(service.inbox):
             return run_live((), policy, policy_name, options.state, config, session=session,
-                            identity=run_identity(None, config, policy_name),
+                            identity=identity,
                             inbox=service.inbox, observer=service)
     finally:
         if session is not None:
@@ -214,6 +217,24 @@ def serve(options: ServeOptions, policy: Any, policy_name: str, config: LiveConf
         server.should_exit = True
         (options.state / ENDPOINT_FILE).unlink(missing_ok=True)
         service.accepted.close()
+
+
+def _same_service(state: Path, identity: RunIdentity) -> None:
+    """A state folder is served with the options it was first served with: its journal
+    resumes only the same run. Checked before anything starts, worded for ``serve``."""
+    path = state / JOURNAL_FILE
+    if not path.is_file():
+        return
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            known = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    except sqlite3.DatabaseError as e:
+        raise InputError(f"not a readable journal: {e}", path=path, field="--state") from None
+    changed = differences(known, identity.meta())
+    if changed:
+        raise InputError(f"this state folder was served with other options "
+                         f"({', '.join(changed)}); serve it with the same ones, or give a "
+                         "new --state", path=state, field="--state")
 
 
 def _admission(spec: ClusterSpec, config: LiveConfig, options: ServeOptions) -> Admission:
