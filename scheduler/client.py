@@ -26,9 +26,9 @@ from typing import Any
 
 from scheduler.errors import InputError
 from scheduler.jobs import Job
+from scheduler.serve.state import FINAL, TOKEN_FILE, endpoint
 
 DEFAULT_STATE = Path("attnsched-state")
-FINAL = ("done", "failed")
 
 
 class ServiceError(Exception):
@@ -52,8 +52,6 @@ class Client:
     def reconnect(self) -> None:
         """Read the service's URL again (a restarted service may listen elsewhere)."""
         if self.state is not None:
-            from scheduler.serve.service import endpoint
-
             with contextlib.suppress(InputError):  # not up yet: the caller retries
                 self.url = endpoint(self.state).rstrip("/")
 
@@ -154,9 +152,6 @@ class Handle:
 def connect(state: str | Path = DEFAULT_STATE, *, url: str | None = None,
             token: str | None = None, timeout: float = 30.0) -> Client:
     """A client for the service on ``state`` (reads its URL and token), or at ``url``."""
-    from scheduler.serve.service import endpoint
-    from scheduler.serve.state import TOKEN_FILE
-
     folder, given = Path(state), url
     if url is None:
         url = endpoint(folder)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 MAX_WAIT = 1.0  # wall seconds a wall clock waits before looking at its timers again
 INBOX_WAIT = 0.01  # ... and while an inbox is open: how long a client's job may wait unseen
 
+
 class Clock(Protocol):
     """Time and timers of a run; ``next`` returns ``(time, kind, payload)`` or None at the end."""
 

@@ -46,11 +46,6 @@ class Inbox:
             if not isinstance(item, Cancel):
                 self.latest = max(self.latest, item.submit_time)
 
-    def pending(self) -> int:
-        """Items handed in and not taken yet."""
-        with self._lock:
-            return len(self._items)
-
     def take(self) -> list[Job | Cancel]:
         """Everything handed in since the last call, in order."""
         with self._lock:

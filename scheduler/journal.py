@@ -307,6 +307,7 @@ class JournalState:
     finished: bool
     work: bool  # any job was dispatched or finished: something a rerun would lose
     outcomes: int  # jobs with a recorded outcome
+    meta: Mapping[str, str] = field(default_factory=dict)  # the run identity, and more
 
 
 def journal_state(path: Path) -> JournalState:
@@ -333,7 +334,7 @@ def journal_state(path: Path) -> JournalState:
         finished = meta["finished"] == "1"
     else:
         finished = (path.parent / "summary.json").is_file() and not wal.exists()
-    return JournalState(finished, bool(outcomes or moves), outcomes)
+    return JournalState(finished, bool(outcomes or moves), outcomes, meta)
 
 
 def read_results(path: Path) -> dict[str, tuple[str, int, int]]:

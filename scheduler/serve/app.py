@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from scheduler.errors import InputError
 from scheduler.inbox import Cancel
 from scheduler.serve.admission import Verdict
-from scheduler.serve.state import outcome, token_matches
+from scheduler.serve.state import FINAL, outcome, token_matches
 from scheduler.traces.canonical import job_from_record
 
 if TYPE_CHECKING:
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 MAX_BODY = 1 << 20  # bytes of one job's JSON: a spec, not data
 MAX_WAIT_S = 30.0  # longest a GET may wait for a job to end
 CANCEL_WAIT_S = 5.0  # how long a DELETE waits for the run loop to take the cancellation
-FINAL = ("done", "failed")
 
 
 def make_app(service: Service) -> FastAPI:
@@ -160,10 +159,7 @@ def run_in_thread(app: FastAPI, host: str, port: int,
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                            access_log=False))
 
-    def serve() -> None:
-        server.run()
-
-    thread = threading.Thread(target=serve, name="attnsched-http", daemon=True)
+    thread = threading.Thread(target=server.run, name="attnsched-http", daemon=True)
     thread.start()
     while not server.started:
         if not thread.is_alive():

@@ -13,15 +13,15 @@ with the same ``--state`` picks up every accepted job that has no outcome.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import os
 import signal
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,11 +31,11 @@ from scheduler.errors import InputError
 from scheduler.inbox import Inbox
 from scheduler.jobs import Job
 from scheduler.journal import FILE as JOURNAL_FILE
-from scheduler.journal import RunIdentity, differences, read_results
+from scheduler.journal import RunIdentity, differences, journal_state, read_results
 from scheduler.pricing import ClusterCost, load_profiles
 from scheduler.records import Sink
 from scheduler.serve.admission import DEFAULT_CLASSES, Admission, SloClass, Verdict
-from scheduler.serve.state import Accepted, token
+from scheduler.serve.state import ENDPOINT_FILE, Accepted, token
 from scheduler.state import JobRecord, JobState
 
 if TYPE_CHECKING:
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
     from workers.live_config import LiveConfig, LiveProgress
 
 log = logging.getLogger(__name__)
-ENDPOINT_FILE = "endpoint.json"  # where a running service listens: clients find it here
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -149,29 +148,25 @@ class Service(Sink):
                     {"verdict": v, "tenant": t, "class": c, "jobs": n}
                     for (v, t, c), n in sorted(admission.counts.items())]}
 
-    def unfinished(self, limit: int) -> list[dict[str, Any]]:
-        """Accepted jobs with no outcome yet, oldest first."""
+    def _open_jobs(self) -> Iterator[tuple[Job, str]]:
+        """Accepted jobs (with their class) that have no outcome in the journal, oldest first."""
         journal = self.state / JOURNAL_FILE
         done = read_results(journal) if journal.exists() else {}
-        out = []
-        for job, slo in self.accepted.jobs():
-            if job.id not in done:
-                out.append({"id": job.id, "tenant": job.tenant, "kind": job.kind.value,
-                            "class": slo, "submit_time": job.submit_time})
-                if len(out) >= limit:
-                    break
-        return out
+        return ((job, slo) for job, slo in self.accepted.jobs() if job.id not in done)
+
+    def unfinished(self, limit: int) -> list[dict[str, Any]]:
+        """Accepted jobs with no outcome yet, oldest first."""
+        return [{"id": job.id, "tenant": job.tenant, "kind": job.kind.value, "class": slo,
+                 "submit_time": job.submit_time}
+                for job, slo in itertools.islice(self._open_jobs(), limit)]
 
     def restore(self, admission: Admission) -> int:
         """Hand the loop every accepted job without an outcome (after a restart)."""
-        journal = self.state / JOURNAL_FILE
-        done = read_results(journal) if journal.exists() else {}
         restored = 0
-        for job, slo in self.accepted.jobs():
-            if job.id not in done:
-                admission.hold(job, slo)
-                self.inbox.put(job)
-                restored += 1
+        for job, slo in self._open_jobs():
+            admission.hold(job, slo)
+            self.inbox.put(job)
+            restored += 1
         self.admission = admission
         return restored
 
@@ -221,16 +216,11 @@ def serve(options: ServeOptions, policy: Any, policy_name: str, config: LiveConf
 
 def _same_service(state: Path, identity: RunIdentity) -> None:
     """A state folder is served with the options it was first served with: its journal
-    resumes only the same run. Checked before anything starts, worded for ``serve``."""
+    resumes only the same run. Checked before anything starts, worded for ``serve``
+    (an unreadable journal is left for the journal itself to refuse)."""
     path = state / JOURNAL_FILE
-    if not path.is_file():
-        return
-    try:
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            known = dict(db.execute("SELECT key, value FROM meta").fetchall())
-    except sqlite3.DatabaseError as e:
-        raise InputError(f"not a readable journal: {e}", path=path, field="--state") from None
-    changed = differences(known, identity.meta())
+    recorded = journal_state(path).meta if path.is_file() else {}
+    changed = differences(recorded, identity.meta()) if recorded else []
     if changed:
         raise InputError(f"this state folder was served with other options "
                          f"({', '.join(changed)}); serve it with the same ones, or give a "
@@ -286,12 +276,3 @@ def _stop_on_signal(inbox: Inbox) -> Iterator[None]:
         for s, handler in old.items():
             signal.signal(s, handler)
 
-
-def endpoint(state: Path) -> str:
-    """The URL of the service running on ``state``; InputError when none is."""
-    path = state / ENDPOINT_FILE
-    try:
-        return str(json.loads(path.read_text(encoding="utf-8"))["url"])
-    except (OSError, ValueError, KeyError):
-        raise InputError("no service is running on this state folder (start one with "
-                         "attnsched serve --state DIR)", path=state, field="--state") from None

@@ -3,6 +3,7 @@
 ``--state DIR`` holds everything a restarted service needs:
 
 - ``token``: the bearer token clients present, created once (0600, owner only);
+- ``endpoint.json``: the URL of the service running on it (gone once it stops);
 - ``accepted.sqlite``: every job the service acknowledged, committed *before*
   the acknowledgement is sent, so a job a client was told is accepted is on
   disk even if the service is killed (SIGKILL) the next instant;
@@ -33,6 +34,8 @@ from scheduler.traces.canonical import job_from_record, record_from_job
 
 TOKEN_FILE = "token"
 ACCEPTED_FILE = "accepted.sqlite"
+ENDPOINT_FILE = "endpoint.json"  # where a running service listens: clients find it here
+FINAL = ("done", "failed")  # the states a job ends in
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accepted (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, job TEXT UNIQUE NOT NULL, tenant TEXT NOT NULL,
@@ -112,3 +115,13 @@ def outcome(state: Path, job_id: str) -> dict[str, Any] | None:
     if row is None:
         return None
     return {"state": row[0], "device": row[1], "attempts": row[2]}
+
+
+def endpoint(state: Path) -> str:
+    """The URL of the service running on ``state``; InputError when none is."""
+    path = state / ENDPOINT_FILE
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8"))["url"])
+    except (OSError, ValueError, KeyError):
+        raise InputError("no service is running on this state folder (start one with "
+                         "attnsched serve --state DIR)", path=state, field="--state") from None
