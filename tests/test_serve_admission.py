@@ -96,3 +96,25 @@ def test_the_delay_prediction_follows_how_long_jobs_really_take() -> None:
     assert admission.scale == pytest.approx(3.0, rel=0.01)
     verdict = admission.admit(_job(1), "interactive")[1]
     assert not verdict.admit and verdict.reason == "slo"  # 1 s of work now predicts 3 s
+
+
+def test_the_running_sums_match_the_jobs_held() -> None:
+    """Admit, re-hold after a restart and release in any order: the per-tenant and per-class
+    sums the verdicts read are those of the jobs held, and vanish with the last of them."""
+    admission = Admission(devices=1, seconds_of=lambda job: job.q_len / 64,
+                          quotas={"default": 100.0})
+    for i in range(6):
+        admission.admit(_job(i, "ab"[i % 2], q_len=64 * (i + 1)), ("batch", "interactive")[i % 2])
+    admission.hold(_job(0, "a", q_len=64), "batch")  # the same job counted once
+    admission.release("j1")
+    admission.release("nope")
+    by_tenant = {t: sum(h.seconds for h in admission.held.values() if h.tenant == t)
+                 for t in "ab"}
+    assert {t: s.seconds for t, s in admission.tenants.items()} == by_tenant
+    by_class = {c: sum(h.slo == c for h in admission.held.values())
+                for c in ("batch", "interactive")}
+    assert {c: s.jobs for c, s in admission.by_class.items()} == by_class
+    assert by_class == {"batch": 3, "interactive": 1}  # j5 shed (6 s ahead > 2 s), j1 ended
+    for job in list(admission.held):
+        admission.release(job)
+    assert admission.tenants == {} and admission.by_class == {}

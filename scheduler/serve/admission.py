@@ -67,6 +67,14 @@ class _Held:
 
 
 @dataclass
+class _Sum:
+    """Outstanding jobs and their predicted device-seconds, of one tenant or one class."""
+
+    jobs: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
 class Admission:
     """The service's accounting of outstanding work; safe to call from any thread."""
 
@@ -76,6 +84,10 @@ class Admission:
     quotas: Mapping[str, float] = field(default_factory=dict)  # tenant -> device-seconds
     max_queue: int = 10_000
     held: dict[str, _Held] = field(default_factory=dict)
+    # Running sums of ``held`` (kept with it), so a verdict costs O(tenants + classes), not
+    # a scan of every outstanding job under the lock.
+    tenants: dict[str, _Sum] = field(default_factory=dict)
+    by_class: dict[str, _Sum] = field(default_factory=dict)
     counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # verdict, tenant, class
     # Device-seconds jobs really took per predicted one (a moving average): the prediction
     # is a job alone on a device; a busy machine (the API, the driver, packing) runs slower.
@@ -100,7 +112,7 @@ class Admission:
             name = "borrowed" if verdict.borrowed else verdict.reason or "accepted"
             self.counts[name, job.tenant, cls.name] += 1
             if verdict.admit:
-                self.held[job.id] = _Held(job.tenant, cls.name, seconds)
+                self._add(job.id, _Held(job.tenant, cls.name, seconds))
         if self.on_verdict is not None:
             self.on_verdict(name, job.tenant, cls.name)
         # A deadline is seconds after submission (the job model's SLO): the delay target
@@ -111,8 +123,26 @@ class Admission:
     def hold(self, job: Job, slo: str) -> None:
         """Count a job accepted before a restart (judged then) as outstanding again."""
         cls = self.classes.get(slo) or self.slo_class(None)
+        held = _Held(job.tenant, cls.name, self._seconds(job))
         with self._lock:
-            self.held[job.id] = _Held(job.tenant, cls.name, self._seconds(job))
+            self._drop(job.id)
+            self._add(job.id, held)
+
+    def _add(self, job_id: str, held: _Held) -> None:
+        self.held[job_id] = held
+        for key, table in ((held.tenant, self.tenants), (held.slo, self.by_class)):
+            total = table.setdefault(key, _Sum())
+            total.jobs, total.seconds = total.jobs + 1, total.seconds + held.seconds
+
+    def _drop(self, job_id: str) -> None:
+        held = self.held.pop(job_id, None)
+        if held is None:
+            return
+        for key, table in ((held.tenant, self.tenants), (held.slo, self.by_class)):
+            total = table[key]
+            total.jobs, total.seconds = total.jobs - 1, total.seconds - held.seconds
+            if not total.jobs:
+                del table[key]  # none left: no float residue stays behind
 
     def _seconds(self, job: Job) -> float:
         seconds = self.seconds_of(job)
@@ -128,15 +158,15 @@ class Admission:
     def release(self, job_id: str) -> None:
         """The job ended (or was never run): its work is no longer outstanding."""
         with self._lock:
-            self.held.pop(job_id, None)
+            self._drop(job_id)
 
     def _judge(self, tenant: str, cls: SloClass, seconds: float) -> Verdict:
         if len(self.held) >= self.max_queue:
             return Verdict(False, "queue", f"the queue is full ({len(self.held):,} jobs "
                            f"outstanding; at most {self.max_queue:,})")
         if cls.max_delay_s is not None:
-            ahead = sum(h.seconds for h in self.held.values()
-                        if self.classes[h.slo].priority >= cls.priority)
+            ahead = sum(total.seconds for name, total in self.by_class.items()
+                        if self.classes[name].priority >= cls.priority)
             delay = ahead * self.scale / max(self.devices, 1)
             if delay > cls.max_delay_s:
                 return Verdict(False, "slo", f"predicted queue delay {delay:.3g} s exceeds "
@@ -148,13 +178,14 @@ class Admission:
         nominal = self.quotas.get(tenant, self.quotas.get("default"))
         if nominal is None:
             return Verdict(True)
-        used = sum(h.seconds for h in self.held.values() if h.tenant == tenant)
+        mine = self.tenants.get(tenant)
+        used = mine.seconds if mine else 0.0
         if used + seconds <= nominal:
             return Verdict(True)
-        total = sum(h.seconds for h in self.held.values())
+        total = sum(t.seconds for t in self.tenants.values())
+        # The cohort: every tenant with a quota of its own, and those holding work now.
         cohort = sum(self.quotas.get(t, self.quotas.get("default", 0.0))
-                     for t in {tenant, *self.quotas.keys() - {"default"},
-                               *(h.tenant for h in self.held.values())})
+                     for t in {tenant, *self.quotas.keys() - {"default"}, *self.tenants})
         if total + seconds <= cohort:
             return Verdict(True, borrowed=True)
         return Verdict(False, "quota", f"tenant {tenant!r} has {used:.3g} device-seconds "
