@@ -6,6 +6,8 @@
                   "kv_len": 128, "head_dim": 16, "dtype": "fp32"})
     h.result()                          # waits; {"state": "done", "device": ..., ...}
     c.status(), c.queue(), h.cancel()
+    h = c.submit({"causal": True}, tensors={"q": q, "k": k, "v": v})   # the job's own data
+    o = h.output()                      # softmax(QKᵀ/√d)V, a torch tensor
 
 A job is a canonical trace row (``docs/traces.md``) without ``submit_time``,
 or an :class:`~scheduler.jobs.AttentionJob`. Errors the service returns are
@@ -22,13 +24,18 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from scheduler.errors import InputError
 from scheduler.jobs import Job
 from scheduler.serve.state import FINAL, TOKEN_FILE, endpoint
 
+if TYPE_CHECKING:
+    import torch
+
 DEFAULT_STATE = Path("attnsched-state")
+# A job's own Q, K and V: name -> tensor, array or object ref; or a safetensors file.
+Tensors: TypeAlias = Mapping[str, Any] | bytes | Path
 
 
 class ServiceError(Exception):
@@ -57,13 +64,16 @@ class Client:
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
+        return json.loads(self._request(method, path, data, "application/json"))
+
+    def _request(self, method: str, path: str, data: bytes | None, content_type: str
+                 ) -> bytes:
         request = urllib.request.Request(
             self.url + path, data=data, method=method,
-            headers={"Authorization": f"Bearer {self.token}",
-                     "Content-Type": "application/json"})
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": content_type})
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.loads(response.read())
+                return bytes(response.read())
         except urllib.error.HTTPError as e:
             raw = e.read()
             try:
@@ -77,16 +87,25 @@ class Client:
             raise ServiceError(e.code, str(detail), float(retry) if retry else None,
                                body.get("field")) from None
 
-    def submit(self, job: Mapping[str, Any] | Job) -> Handle:
-        """Hand the service one job; returns once it is accepted (on the service's disk)."""
+    def submit(self, job: Mapping[str, Any] | Job, tensors: Tensors | None = None) -> Handle:
+        """Hand the service one job; returns once it is accepted (on the service's disk).
+
+        ``tensors``: the job's own Q, K and V (``{"q": ..., "k": ..., "v": ...}``
+        of torch tensors, numpy arrays or Ray object refs to either; or the
+        bytes or path of a safetensors file holding q, k and v); the job is
+        then one attention call whose shape the tensors give, and
+        :meth:`Handle.output` returns O.
+        """
         if not isinstance(job, Mapping):
             from scheduler.traces.canonical import record_from_job
 
             job = {k: v for k, v in record_from_job(job).items() if k != "submit_time"}
+        body, content_type = (json.dumps(dict(job)).encode(), "application/json") \
+            if tensors is None else _multipart(job, tensors)
         deadline = time.monotonic() + self.timeout
         while True:
             try:
-                answer = self._call("POST", "/v1/jobs", dict(job))
+                answer = json.loads(self._request("POST", "/v1/jobs", body, content_type))
                 break
             except ServiceError as e:  # 503: starting (Ray and the workers); nothing accepted
                 if e.status != 503 or time.monotonic() >= deadline:
@@ -102,6 +121,11 @@ class Client:
     def cancel(self, job_id: str) -> dict[str, Any]:
         answer: dict[str, Any] = self._call("DELETE", f"/v1/jobs/{job_id}")
         return answer
+
+    def output(self, job_id: str, format: str = "safetensors") -> bytes:
+        """The O of a job that brought tensors, as safetensors (tensor ``o``) or .npy bytes."""
+        return self._request("GET", f"/v1/jobs/{job_id}/output?format={format}", None,
+                             "application/json")
 
     def status(self) -> dict[str, Any]:
         answer: dict[str, Any] = self._call("GET", "/v1/status")
@@ -146,7 +170,46 @@ class Handle:
                 raise TimeoutError(f"job {self.id} has not ended after {timeout} s")
 
     def cancel(self) -> dict[str, Any]:
+        """Cancel the job: a queued one ends now, a running one when its batch stops."""
         return self.client.cancel(self.id)
+
+    def output(self, timeout: float | None = None) -> torch.Tensor:
+        """Wait for the job to end; its O (for a job submitted with tensors)."""
+        from safetensors.torch import load
+
+        found = self.result(timeout)
+        if found["state"] != "done":
+            raise ServiceError(409, f"job {self.id} failed: {found.get('reason')}")
+        return load(self.client.output(self.id))["o"]
+
+
+def _multipart(job: Mapping[str, Any], tensors: Tensors) -> tuple[bytes, str]:
+    """The job's JSON and its tensors as one multipart/form-data body."""
+    from urllib3 import encode_multipart_formdata
+
+    if isinstance(tensors, bytes | Path):
+        data = tensors if isinstance(tensors, bytes) else tensors.read_bytes()
+    else:
+        from scheduler.serve.tensors import NAMES, encode
+
+        missing = [n for n in NAMES if n not in tensors]
+        if missing:
+            raise InputError("expected q, k and v", field=f"tensors.{missing[0]}")
+        data = encode({n: _torch(tensors[n]) for n in NAMES})
+    return encode_multipart_formdata({
+        "job": json.dumps(dict(job)),
+        "tensors": ("tensors.safetensors", data, "application/octet-stream")})
+
+
+def _torch(value: Any) -> torch.Tensor:
+    """A torch tensor from a tensor, a numpy array or a Ray object ref to either."""
+    import torch
+
+    if type(value).__name__ == "ObjectRef":
+        import ray
+
+        value = ray.get(value)  # fetched here: the service's API takes bytes, not refs
+    return value if isinstance(value, torch.Tensor) else torch.from_numpy(value)
 
 
 def connect(state: str | Path = DEFAULT_STATE, *, url: str | None = None,

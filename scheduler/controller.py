@@ -226,7 +226,7 @@ class Controller:
             self._jobs.requeue_batch(batch, now, failure.detail)
             return list(batch.jobs)
         for job_id in batch.jobs:
-            self._jobs.finish(self._jobs.records[job_id], JobState.DONE, now)
+            self._jobs.end_running(self._jobs.records[job_id], now)
         return list(batch.jobs)
 
     def _shrink(self, batch: Batch) -> None:
@@ -297,6 +297,29 @@ class Controller:
         elif record.state is JobState.SPLIT:
             jobs.drop_queued_parts(job_id)
         jobs.finish(record, JobState.FAILED, self._now, reason)
+
+    def cancel(self, job_id: str, reason: str) -> tuple[str, Batch | None]:
+        """A client's cancellation; returns the state the job was in (``unknown``: not
+        here) and, when no job of its batch wants the result any more, that batch, which
+        the executor may stop early.
+
+        A queued, blocked or split job ends now. A running job ends, failed with
+        ``reason``, when its batch stops: its batch-mates' work is kept, and the
+        device stays busy until the worker lets go of it.
+        """
+        jobs = self._jobs
+        record = jobs.records.get(job_id)
+        if record is None or record.parent is not None:
+            return "unknown", None
+        state = record.state
+        if state is not JobState.RUNNING:
+            self.fail(job_id, reason)
+            return state.value, None
+        jobs.cancelling[job_id] = reason
+        batch = self._cap.batches.get(record.batch or "")
+        if batch is not None and all(j in jobs.cancelling for j in batch.jobs):
+            return state.value, batch
+        return state.value, None
 
     def fail_unfinished(self, reason: str) -> None:
         """End every unfinished job with ``reason``: a stopped run accounts for all."""

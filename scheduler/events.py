@@ -20,6 +20,7 @@ class FailureCode(str, Enum):
     OUT_OF_MEMORY = "out_of_memory"  # the batch did not fit the device's memory
     ERROR = "error"  # the kernel raised (bad shapes, a runtime error)
     WORKER = "worker"  # the worker process failed the call (not the batch's fault)
+    CANCELLED = "cancelled"  # stopped between launches, as asked (ray.cancel)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,9 @@ class JobBook:
         self.tenants: dict[str, dict[str, Job]] = {}
         self.blocked: dict[str, list[str]] = {}
         self.finished = FinishedIds()  # id -> succeeded, for late dependents
+        # Running jobs a client cancelled -> the reason: each ends, failed, when its batch
+        # stops, and is never run again.
+        self.cancelling: dict[str, str] = {}
 
     def known(self, job_id: str) -> bool:
         return job_id in self.records or job_id in self.finished
@@ -58,6 +61,8 @@ class JobBook:
                reason: str | None = None) -> None:
         record.state, record.end = state, now
         record.reason = reason
+        if self.cancelling:
+            self.cancelling.pop(record.id, None)
         if record.parent is not None:
             self._part_finished(record, now)
             return
@@ -112,13 +117,24 @@ class JobBook:
         ``limit`` is off when the policy itself stopped the job (preempt,
         migrate): moving work is not the job failing.
         """
-        if limit and record.attempts >= self.max_attempts:
+        cancelled = self.cancelling.get(record.id) if self.cancelling else None
+        if cancelled is not None:
+            self.finish(record, JobState.FAILED, now, cancelled)
+        elif limit and record.attempts >= self.max_attempts:
             self.finish(record, JobState.FAILED, now,
                         f"gave up after {record.attempts} attempts: {reason}")
         else:
             record.state, record.start, record.device, record.batch = (
                 JobState.QUEUED, None, None, None)
             self.enqueue(record, now, reason)
+
+    def end_running(self, record: JobRecord, now: float) -> None:
+        """A running job's batch finished: done, unless a client cancelled it meanwhile."""
+        cancelled = self.cancelling.get(record.id) if self.cancelling else None
+        if cancelled is None:
+            self.finish(record, JobState.DONE, now)
+        else:
+            self.finish(record, JobState.FAILED, now, cancelled)
 
     def requeue_batch(self, batch: Batch, now: float, reason: str | None,
                       limit: bool = True) -> None:

@@ -344,6 +344,13 @@ def read_results(path: Path) -> dict[str, tuple[str, int, int]]:
                 db.execute("SELECT job, state, attempts, session FROM results")}
 
 
+def outcomes(path: Path) -> dict[str, dict[str, Any]]:
+    """Job id -> its recorded outcome (the job record's fields: state, start, end, ...)."""
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        return {job: json.loads(record)
+                for job, record in db.execute("SELECT job, record FROM results")}
+
+
 def running_transitions(path: Path) -> list[tuple[str, int, int]]:
     """(job, attempt, session) of every dispatch, in order."""
     with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:

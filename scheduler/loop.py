@@ -26,7 +26,7 @@ from scheduler.jobs import Job
 from scheduler.latencies import Latencies
 from scheduler.policy import PolicyFailure
 from scheduler.sim.engine import ARRIVAL, CLIENT, DECIDE, TELEMETRY
-from scheduler.state import Batch, JobState
+from scheduler.state import Batch
 
 if TYPE_CHECKING:
     from scheduler.controller import Controller
@@ -45,6 +45,10 @@ class Executor(Protocol):
 
     def cancel(self, batches: Sequence[Batch], now: float) -> None:
         """Stop (or stop waiting for) batches the controller took back."""
+        ...
+
+    def stop(self, batch: Batch, now: float) -> None:
+        """Ask a running batch to end early; its result (a failure) still comes back."""
         ...
 
     def resolve(self, kind: int, payload: Any, now: float) -> Event | None:
@@ -155,7 +159,7 @@ def _handle(kind: int, payload: Any, now: float, controller: Controller, executo
         _next_arrival(arrivals, clock, tally)
         return "arrival"
     if kind == CLIENT:
-        return _client(payload, now, controller, tally)
+        return _client(payload, now, controller, executor, tally)
     if kind == DECIDE:
         tally.decide_queued = False
         return "tick"
@@ -193,19 +197,18 @@ def _apply(event: Event, now: float, controller: Controller, executor: Executor,
     return None  # a sample arriving triggers no decision of its own
 
 
-def _client(item: Job | Cancel, now: float, controller: Controller, tally: _Tally
-            ) -> str | None:
+def _client(item: Job | Cancel, now: float, controller: Controller, executor: Executor,
+            tally: _Tally) -> str | None:
     """A job or a cancellation a client handed an online service."""
     if not isinstance(item, Cancel):
         controller.submit(item, now)
         tally.submitted += 1
         return "arrival"
-    record = controller.records.get(item.job)
-    state = "unknown" if record is None else record.state.value
-    if record is not None and record.state in (JobState.QUEUED, JobState.BLOCKED):
-        controller.fail(item.job, item.reason)
+    state, stop = controller.cancel(item.job, item.reason)
+    if stop is not None:
+        executor.stop(stop, now)
     item.outcome.set_result(state)
-    return None  # nothing freed: no decision of its own
+    return None  # nothing freed yet: no decision of its own
 
 
 def _next_arrival(arrivals: Iterator[Job], clock: Clock, tally: _Tally) -> None:

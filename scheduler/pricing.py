@@ -90,6 +90,13 @@ class ClusterCost:
         self._best[job.id] = (job, best)
         return best
 
+    def best_memory(self, job: Job) -> int:
+        """Peak bytes on the fastest kind of device that can run ``job`` (0: none can)."""
+        if isinstance(job, ClusterJob):
+            return job.memory_bytes
+        runs = [r for r in (self._single(job, d) for d in self._firsts) if math.isfinite(r[0])]
+        return min(runs)[1] if runs else 0
+
     def extrapolated(self) -> list[str]:
         """What this run priced by extrapolation rather than measurement, one line each."""
         profiles = {p.name: p for p in self._profile_of.values() if p is not None}

@@ -359,3 +359,29 @@ def test_the_view_epoch_moves_with_telemetry_and_device_health_only() -> None:
     ctl.decide(0.4, "device_up")
     assert epochs[0] == epochs[1] > 0
     assert len(set(epochs[1:])) == 4
+
+
+def test_a_client_cancellation_ends_each_job_once_and_keeps_batch_mates_work() -> None:
+    """Queued: ends now. Running beside others: ends, failed, when its batch does while its
+    batch-mates are done. Running alone: its batch is handed back to be stopped, and a
+    batch that fails or is lost ends it instead of requeueing it."""
+    script = iter([[Place(("a", "b"), GPU0), Place(("c",), GPU1)], [], [Place(("d",), GPU0)]])
+    ctl, sink = controller(Scripted(lambda v: next(script, [])))
+    for name in "abcd":
+        ctl.submit(attention_job(id=name, submit_time=0.0), 0.0)
+    first = ctl.decide(0.0, "arrival")
+    assert ctl.cancel("x", "bye") == ("unknown", None)
+    assert ctl.cancel("a", "cancelled by the client") == ("running", None)  # b wants the batch
+    (alone,) = [b for b in first.started if b.device == GPU1]
+    assert ctl.cancel("c", "cancelled by the client") == ("running", alone)
+    ctl.batch_done(alone.id, 0.5, Failure(FailureCode.CANCELLED, "cancelled while running"))
+    ended = {r.id: (r.state, r.reason) for r in sink.finished}
+    assert ended == {"c": (JobState.FAILED, "cancelled by the client")}  # never requeued
+    (shared,) = [b for b in first.started if b.device == GPU0]
+    ctl.batch_done(shared.id, 1.0)
+    ended = {r.id: (r.state, r.reason) for r in sink.finished}
+    assert ended["a"] == (JobState.FAILED, "cancelled by the client")
+    assert ended["b"] == (JobState.DONE, None)
+    assert ctl.cancel("d", "cancelled by the client") == ("queued", None)
+    assert {r.id for r in sink.finished} == set("abcd") and not ctl.pending and not ctl.unfinished
+    assert ctl.decide(2.0, "tick").started == []  # d is gone: nothing to place

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from scheduler.errors import InputError
 from scheduler.jobs import AttentionJob, DType, JobKind
-from scheduler.serve.admission import Admission, parse_classes, parse_quotas
+from scheduler.serve.admission import Admission, Quota, parse_classes, parse_quotas
 
 
 def _job(i: int, tenant: str = "t", q_len: int = 64) -> AttentionJob:
@@ -36,13 +36,33 @@ def test_an_interactive_job_is_shed_once_its_predicted_delay_passes_the_target()
 
 def test_a_tenant_borrows_idle_quota_and_is_refused_when_none_is_left() -> None:
     admission = Admission(devices=1, seconds_of=lambda job: 1.0,
-                          quotas={"alice": 2.0, "bob": 2.0})
+                          quotas={"alice": Quota(2.0), "bob": Quota(2.0)})
     alice = [admission.admit(_job(i, "alice"), "batch")[1] for i in range(5)]
     assert [v.admit for v in alice] == [True, True, True, True, False]
     assert [v.borrowed for v in alice[:4]] == [False, False, True, True]  # bob's quota, idle
     assert alice[4].reason == "quota" and "no idle quota" in alice[4].detail
     assert admission.admit(_job(9, "bob"), "batch")[1].admit  # bob's own quota still holds
     assert admission.counts[("borrowed", "alice", "batch")] == 2
+
+
+def test_a_memory_quota_bounds_what_a_tenants_jobs_plan_to_hold() -> None:
+    """Memory is a quota resource of its own: within it, borrowed from idle quota, then
+    refused naming memory, whatever the device-seconds say; a tenant's own quota holds."""
+    gib = 1 << 30
+    admission = Admission(devices=1, seconds_of=lambda job: 0.1,
+                          memory_of=lambda job: job.q_len * gib // 64,
+                          quotas={"alice": Quota(100.0, 4 * gib), "bob": Quota(None, 2 * gib)})
+    mine = admission.admit(_job(0, "alice", q_len=64 * 4), "batch")[1]
+    assert mine.admit and not mine.borrowed  # 4 GiB: its own
+    borrowed = admission.admit(_job(1, "alice", q_len=128), "batch")[1]
+    assert borrowed.admit and borrowed.borrowed  # bob's 2 GiB lie idle
+    refused = admission.admit(_job(2, "alice", q_len=64), "batch")[1]
+    assert not refused.admit and refused.reason == "quota"
+    assert "6 GiB of device memory outstanding of its 4 GiB" in refused.detail
+    assert admission.admit(_job(3, "bob", q_len=64), "batch")[1].admit  # its own still holds
+    assert admission.tenants["alice"].memory == 6 * gib and admission.tenants["bob"].memory == gib
+    admission.release("j1")
+    assert admission.tenants["alice"].memory == 4 * gib
 
 
 @settings(max_examples=60, deadline=None)
@@ -53,31 +73,40 @@ def test_admission_never_passes_its_bounds(steps) -> None:
     """Whatever the order of submissions and ends: the queue bound holds, a tenant past its
     quota was admitted only from idle quota, and every admitted job is held exactly once."""
     quotas = {"alice": 4.0, "bob": 3.0, "default": 2.0}
+    memory = {"alice": 5, "bob": 3, "default": 4}  # bytes: a job holds its size in bytes
     admission = Admission(devices=2, seconds_of=lambda job: float(job.q_len) / 64,
-                          quotas=quotas, max_queue=6)
+                          memory_of=lambda job: job.q_len // 64,
+                          quotas={t: Quota(q, memory[t]) for t, q in quotas.items()},
+                          max_queue=6)
     held: list[str] = []
     for i, (tenant, slo, end_one, size) in enumerate(steps):
         if end_one and held:
             admission.release(held.pop(0))
         before = sum(h.seconds for h in admission.held.values() if h.tenant == tenant)
         total = sum(h.seconds for h in admission.held.values())
+        before_mem = sum(h.memory for h in admission.held.values() if h.tenant == tenant)
+        total_mem = sum(h.memory for h in admission.held.values())
         job, verdict = admission.admit(_job(i, tenant, q_len=64 * size), slo)
         if verdict.admit:
             held.append(job.id)
             assert len(admission.held) <= 6
             if before + size > quotas.get(tenant, quotas["default"]):
                 assert verdict.borrowed and total + size <= sum(quotas.values())
+            if before_mem + size > memory.get(tenant, memory["default"]):
+                assert verdict.borrowed and total_mem + size <= sum(memory.values())
         else:
             assert job.id not in admission.held and verdict.reason in ("queue", "slo", "quota")
     assert sorted(admission.held) == sorted(held)
 
 
 def test_bad_options_name_the_flag() -> None:
-    assert parse_quotas(["alice=3", "default=1.5"]) == {"alice": 3.0, "default": 1.5}
+    assert parse_quotas(["alice=3", "default=1.5:0.5", "bob=none:2"]) == {
+        "alice": Quota(3.0), "default": Quota(1.5, 1 << 29), "bob": Quota(None, 2 << 30)}
     classes = parse_classes(["interactive=0.5", "bulk=none:-1"])
     assert classes["interactive"].max_delay_s == 0.5 and classes["interactive"].priority == 10
     assert classes["bulk"].max_delay_s is None and classes["bulk"].priority == -1
-    for bad in (["alice"], ["alice=-1"], ["=3"], ["alice=x"]):
+    for bad in (["alice"], ["alice=-1"], ["=3"], ["alice=x"], ["alice=none"], ["alice=1:0"],
+                ["alice=1:lots"]):
         with pytest.raises(InputError, match="TENANT=SECONDS"):
             parse_quotas(bad)
     for bad in (["x"], ["x=0"], ["x=fast"], ["x=1:high"]):
@@ -102,7 +131,7 @@ def test_the_running_sums_match_the_jobs_held() -> None:
     """Admit, re-hold after a restart and release in any order: the per-tenant and per-class
     sums the verdicts read are those of the jobs held, and vanish with the last of them."""
     admission = Admission(devices=1, seconds_of=lambda job: job.q_len / 64,
-                          quotas={"default": 100.0})
+                          quotas={"default": Quota(100.0)})
     for i in range(6):
         admission.admit(_job(i, "ab"[i % 2], q_len=64 * (i + 1)), ("batch", "interactive")[i % 2])
     admission.hold(_job(0, "a", q_len=64), "batch")  # the same job counted once

@@ -102,6 +102,8 @@ def test_a_full_queue_refuses_with_429_and_retry_after(served) -> None:
 
 
 def test_cancel_answers_what_the_run_loop_found(served) -> None:
+    """A running job is cancelled when its batch stops; the request is on disk before the
+    run loop takes it, so a restart still honours it."""
     service, url = served
     client = Client(url, service.token)
     client.submit({**JOB, "id": "c1"})
@@ -117,9 +119,8 @@ def test_cancel_answers_what_the_run_loop_found(served) -> None:
             time.sleep(0.01)
 
     threading.Thread(target=loop, daemon=True).start()
-    with pytest.raises(ServiceError) as e:
-        client.cancel("c1")
-    assert e.value.status == 409 and "running" in e.value.detail
+    assert client.cancel("c1") == {"id": "c1", "state": "cancelling"}  # ends with its batch
+    assert service.accepted.cancels() == {"c1": "cancelled by the client"}  # durable first
     with pytest.raises(ServiceError) as e:
         client.cancel("nope")
     assert e.value.status == 404
@@ -162,3 +163,127 @@ def test_a_state_folder_is_served_only_with_the_options_it_was_served_with(cli, 
                        "--port", "0")
     assert code == 2 and "--policy" in err and "greedy" in err and "new --state" in err
     assert not (state / "endpoint.json").exists()
+
+
+def _qkv(dtype: Any = None, q_heads: int = 4) -> dict[str, Any]:
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    shape_q, shape_kv = (2, q_heads, 32, 16), (2, 2, 48, 16)
+    return {n: torch.randn(s, generator=g).to(dtype or torch.float32)
+            for n, s in (("q", shape_q), ("k", shape_kv), ("v", shape_kv))}
+
+
+def _post(url: str, token: str, fields: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    from urllib3 import encode_multipart_formdata
+
+    body, content_type = encode_multipart_formdata(fields)
+    request = urllib.request.Request(url + "/v1/jobs", data=body, method="POST", headers={
+        "Authorization": f"Bearer {token}", "Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_a_job_with_tensors_is_shaped_by_them_and_kept_on_disk(served) -> None:
+    import torch
+    from safetensors.torch import load
+
+    service, url = served
+    client = Client(url, service.token)
+    qkv = _qkv(torch.bfloat16)
+    handle = client.submit({"id": "t1", "causal": False}, tensors=qkv)
+    (job,) = service.inbox.take()
+    assert (job.kind.value, job.batch, job.heads, job.kv_heads, job.q_len, job.kv_len,
+            job.head_dim, job.dtype.value, job.causal) == (
+        "prefill", 2, 4, 2, 32, 48, 16, "bf16", False)
+    stored = load(service.payloads.inputs(["t1"])["t1"])  # on disk before the 202
+    assert all(torch.equal(stored[n], qkv[n]) for n in "qkv")
+    with pytest.raises(ServiceError) as e:  # no output before the job ends
+        client.output(handle.id)
+    assert e.value.status == 409
+    from scheduler.serve.tensors import encode
+
+    service.payloads.save_outputs({"t1": encode({"o": qkv["q"]})})
+    assert not service.payloads.inputs(["t1"])  # an ended job's inputs go
+    assert torch.equal(load(client.output("t1"))["o"], qkv["q"])
+    with pytest.raises(ServiceError) as e:  # .npy has no bf16
+        client.output("t1", "npy")
+    assert e.value.status == 422 and e.value.field == "format"
+
+
+def test_npy_parts_are_read_without_pickles(served) -> None:
+    import io
+
+    import numpy as np
+
+    service, url = served
+    parts = {}
+    for name, t in _qkv().items():
+        buffer = io.BytesIO()
+        np.save(buffer, t.numpy())
+        parts[name] = (f"{name}.npy", buffer.getvalue())
+    status, answer = _post(url, service.token, {"job": json.dumps({"id": "n1"}), **parts})
+    assert status == 202, answer
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    status, answer = _post(url, service.token, {**parts, "q": ("q.npy", buffer.getvalue())})
+    assert status == 422 and answer["field"] == "tensors.q"  # a pickle is never loaded
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    (lambda t: {**t, "q": t["q"][0]}, "tensors.q"),  # three dimensions
+    (lambda t: {**t, "v": t["v"][:, :1]}, "tensors.v"),  # v's shape is not k's
+    (lambda t: {**t, "k": t["k"].double()}, "tensors.k"),  # fp64
+    (lambda t: {"q": t["q"], "k": t["k"]}, "tensors.v"),  # v missing
+])
+def test_bad_tensors_are_refused_naming_the_tensor(served, change, field) -> None:
+    from scheduler.serve.tensors import encode
+
+    service, url = served
+    tensors = change(_qkv())
+    status, answer = _post(url, service.token, {
+        "job": "{}", "tensors": ("t.safetensors", encode(tensors))})
+    assert status == 422 and answer["field"] == field, answer
+    assert service.inbox.take() == [] and not list(service.accepted.jobs())
+    assert not list((service.state / "inputs").glob("*"))  # nothing staged stays behind
+
+
+def test_a_job_field_must_agree_with_its_tensors_and_size_is_bounded(served) -> None:
+    service, url = served
+    client = Client(url, service.token)
+    with pytest.raises(ServiceError) as e:
+        client.submit({"heads": 8}, tensors=_qkv())
+    assert e.value.status == 422 and e.value.field == "heads"
+    with pytest.raises(ServiceError) as e:
+        client.submit({"kind": "decode"}, tensors=_qkv())
+    assert e.value.status == 422 and e.value.field == "kind"
+    service.options.max_tensor_bytes = 1024
+    with pytest.raises(ServiceError) as e:
+        client.submit({}, tensors=_qkv())
+    assert e.value.status == 413 and "at most" in e.value.detail
+    assert service.inbox.take() == []
+
+
+def test_quotas_are_respected_and_borrowing_is_shown(served) -> None:
+    """Over HTTP: a tenant past its own quota borrows idle quota (counted in the status),
+    then is refused with 429 naming the quota, while another tenant's own quota holds."""
+    from scheduler.serve.admission import Quota
+
+    service, url = served
+    gib = 1 << 30
+    service.admission = Admission(devices=1, seconds_of=lambda job: 1.0,
+                                  memory_of=lambda job: gib,
+                                  quotas={"alice": Quota(None, 2 * gib), "bob": Quota(None, gib)})
+    client = Client(url, service.token)
+    for i in range(3):  # 2 GiB its own, the third borrowed from bob
+        client.submit({**JOB, "id": f"a{i}", "tenant": "alice"})
+    with pytest.raises(ServiceError) as e:
+        client.submit({**JOB, "id": "a3", "tenant": "alice"})
+    assert e.value.status == 429 and "device memory" in e.value.detail and e.value.retry_after
+    client.submit({**JOB, "id": "b0", "tenant": "bob"})
+    counts = {(a["verdict"], a["tenant"]): a["jobs"] for a in client.status()["admissions"]}
+    assert counts == {("accepted", "alice"): 2, ("borrowed", "alice"): 1,
+                      ("quota", "alice"): 1, ("accepted", "bob"): 1}

@@ -119,6 +119,7 @@ def test_sigkill_and_restart_lose_and_duplicate_nothing(tmp_path: Path) -> None:
         process = _start(state, log)  # the same --state: resumes what has no outcome
         results = {h.id: h.result(timeout=120) for h in handles}  # the handles outlive it
         assert {r["state"] for r in results.values()} == {"done"}
+        assert client.status()["classes"]["batch"]["done"] == 24  # both sessions' jobs
         assert _stop(process) == 0
     finally:
         if process.poll() is None:
@@ -160,3 +161,48 @@ def test_overload_sheds_interactive_jobs_at_once_and_runs_every_admitted_one(
         assert shed_counted == len(shed)  # per tenant in the status; summed here
     finally:
         _stop(process)
+
+
+def test_tensors_in_correct_output_out_and_a_running_job_cancelled(tmp_path: Path) -> None:
+    """A job's own Q, K, V run on a worker and O comes back equal to the plain formula
+    (causal fp32, non-causal bf16, grouped heads); a long running job is cancelled: it
+    ends failed as cancelled long before it would have finished, and its device is free.
+    A tenant's memory quota, priced by the service's cost model, refuses its job."""
+    import torch
+
+    from workers.kernels import reference_attention
+
+    state, log = tmp_path / "state", tmp_path / "serve.log"
+    process = _start(state, log, "--quota", "alice=none:1e-9")  # 1 byte of device memory
+    try:
+        client = connect(state)
+        with pytest.raises(ServiceError) as refused:  # priced by the run's own cost model
+            client.submit({**_job(7), "tenant": "alice"})
+        assert refused.value.status == 429 and "device memory" in refused.value.detail
+        g = torch.Generator().manual_seed(3)
+        for dtype, causal, atol in ((torch.float32, True, 1e-5), (torch.bfloat16, False, 2e-2)):
+            q = torch.randn(2, 4, 40, 16, generator=g).to(dtype)
+            k, v = (torch.randn(2, 2, 56, 16, generator=g).to(dtype) for _ in range(2))
+            out = client.submit({"causal": causal}, tensors={"q": q, "k": k, "v": v}).output(60)
+            assert out.dtype == dtype and out.shape == q.shape
+            torch.testing.assert_close(out.float(), reference_attention(q, k, v, causal).float(),
+                                       atol=atol, rtol=atol)
+        long = client.submit({"id": "long", "kind": "decode", "batch": 8, "heads": 8,
+                              "kv_heads": 8, "q_len": 1, "kv_len": 2048, "head_dim": 64,
+                              "dtype": "fp32", "steps": 20_000})
+        while client.job("long")["state"] != "running":
+            time.sleep(0.05)
+        assert client.cancel("long") == {"id": "long", "state": "cancelling"}
+        found = long.result(timeout=60)
+        assert found["state"] == "failed" and found["reason"] == "cancelled by the client"
+        # Run whole, its 20,000 steps over a growing 2-22k cache take over 2 minutes here;
+        # cancelled, it stops within 64 steps of the request (after its cache is drawn).
+        assert found["end"] - found["start"] < 60
+        after = client.submit(_job(1))  # the devices take work again
+        assert after.result(timeout=60)["state"] == "done"
+        assert _stop(process) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert not list((state / "inputs").glob("*"))  # inputs go once their jobs end
+    assert len(list((state / "outputs").glob("*.safetensors"))) == 2

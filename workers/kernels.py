@@ -16,7 +16,7 @@ import itertools
 import logging
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
@@ -38,6 +38,7 @@ BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTEN
             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
 # Fastest first, per device type, from the H100 profile and measurements here.
 PREFERENCE = {"cuda": ("cudnn", "flash", "efficient", "math"), "cpu": ("flash", "math")}
+CHECK_EVERY = 64  # decode steps between calls of decode_many's ``between``
 # Jagged (nested) inputs: torch 2.13 runs them on CPU with the math kernel only.
 NESTED_PREFERENCE = {"cuda": ("cudnn", "flash", "efficient", "math"), "cpu": ("math",)}
 
@@ -351,8 +352,8 @@ def decode(q_steps: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
 
 
 def decode_many(q_steps: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                kv_lens: Sequence[int], steps: Sequence[int], backend: str | None = None
-                ) -> tuple[torch.Tensor, str]:
+                kv_lens: Sequence[int], steps: Sequence[int], backend: str | None = None,
+                between: Callable[[], None] | None = None) -> tuple[torch.Tensor, str]:
     """Decode many requests together: step ``s`` of every request still running is one call.
 
     Row ``r`` (one sequence of one request) decodes ``steps[r]`` tokens; its
@@ -363,7 +364,8 @@ def decode_many(q_steps: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     This is what makes decode pay off on a worker: one launch per step for
     the whole batch instead of one per request, the launch count the cost
     model prices. Returns (rows, heads, max steps, d); positions past a row's
-    steps are zero.
+    steps are zero. ``between`` is called every ``CHECK_EVERY`` steps (a worker
+    stopping a cancelled batch raises from it).
     """
     rows = q_steps.shape[0]
     if len(kv_lens) != rows or len(steps) != rows:
@@ -382,6 +384,8 @@ def decode_many(q_steps: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
         for s in range(max(steps, default=0)):
             while active and steps[active - 1] <= s:
                 active -= 1
+            if between is not None and s % CHECK_EVERY == CHECK_EVERY - 1:
+                between()
             length = longest[active - 1] + s
             mask = None if uniform else offset[:active, :, :, :length] < s
             q = q_steps[:active, :, s:s + 1]

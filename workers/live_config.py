@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from scheduler.state import Batch
+
+
+class Payloads(Protocol):
+    """Where jobs that brought tensors keep them (scheduler.serve.payloads)."""
+
+    def inputs(self, job_ids: Iterable[str]) -> dict[str, bytes]: ...
+
+    def save_outputs(self, outputs: Mapping[str, bytes]) -> None: ...
 
 PROGRESS_EVERY = 0.2  # seconds of wall time between progress reports
 
@@ -66,3 +74,5 @@ class LiveConfig:
     # sees what a live run's workers and round trips really cost
     # (workers/calibrate_live.py).
     on_batch: Callable[[Batch, float, float, float], None] | None = None
+    # Jobs' own tensors (``attnsched serve``): inputs sent with their batch, outputs kept.
+    payloads: Payloads | None = None

@@ -132,9 +132,13 @@ class RayExecutor:
             result = ray.get(ref)
         except ray.exceptions.RayActorError as e:
             return self._worker_died(batch.device, type(e).__name__)
+        except ray.exceptions.TaskCancelledError:
+            return BatchDone(batch.id, Failure(FailureCode.CANCELLED, "cancelled while running"))
         except ray.exceptions.RayError as e:
             return BatchDone(batch.id, Failure(FailureCode.WORKER,
                                                f"worker failed: {type(e).__name__}"))
+        if result.outputs and self.config.payloads is not None:
+            self.config.payloads.save_outputs(result.outputs)  # on disk before the outcome
         on_batch = self.config.on_batch
         if on_batch is not None and result.failure is None and sent_at is not None:
             on_batch(batch, result.seconds, time.perf_counter() - sent_at,
@@ -169,19 +173,36 @@ class RayExecutor:
     def start(self, batches: Sequence[Batch], now: float) -> None:
         if self.journal is not None:
             self.journal.commit()  # what workers are about to run is on disk first
+        payloads = self.config.payloads
         for batch in batches:
+            inputs = payloads.inputs(batch.jobs) if payloads is not None else None
             ref = self.fleet.handles[batch.device].run.remote(
-                batch.id, self.jobs_of(batch), batch.solo_seconds, batch.flops, batch.memory)
+                batch.id, self.jobs_of(batch), batch.solo_seconds, batch.flops, batch.memory,
+                inputs or None)
             self.in_flight[ref] = batch
             if self.config.on_batch is not None:
                 self.sent[ref] = time.perf_counter()
 
+    def stop(self, batch: Batch, now: float) -> None:
+        """Flag the batch's call as cancelled: the worker stops between launches and
+        answers with a failure, which ends the batch as usual."""
+        import ray
+
+        for ref, running in self.in_flight.items():
+            if running.id == batch.id:
+                ray.cancel(ref)
+
     def cancel(self, batches: Sequence[Batch], now: float) -> None:
-        """Stop waiting for these batches (their device is gone): a late result is ignored."""
+        """Stop waiting for these batches (their device is gone, or the policy took them
+        back): a late result is ignored, and a live worker is asked to stop early."""
+        import ray
+
         ids = {b.id for b in batches}
         for ref in [r for r, b in self.in_flight.items() if b.id in ids]:
-            del self.in_flight[ref]
+            batch = self.in_flight.pop(ref)
             self.sent.pop(ref, None)
+            if batch.device not in self.down:
+                ray.cancel(ref)  # its worker frees the device between launches
 
     def tick(self, now: float, queue_len: int) -> Event | None:
         for device, worker in self.fleet.handles.items():

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,7 @@ class BatchResult:
     backend: str
     checksum: float
     failure: Failure | None = None
+    outputs: Mapping[str, bytes] | None = None  # job id -> O (safetensors), for jobs' own tensors
 
     @property
     def error(self) -> str | None:
@@ -94,10 +96,14 @@ class AttentionWorker:
         return self.budget
 
     def run(self, batch_id: str, jobs: list[AttentionJob], predicted_s: float,
-            flops: float, memory: int = 0) -> BatchResult:
+            flops: float, memory: int = 0, inputs: Mapping[str, bytes] | None = None
+            ) -> BatchResult:
         """Run one packed batch; never raises for the job's sake (errors are results).
 
         ``memory`` is the batch's predicted peak; over the budget, nothing runs.
+        ``inputs`` holds the tensors of jobs that brought their own (job id ->
+        safetensors with q, k, v); their outputs come back in the result. A
+        batch cancelled through Ray (``ray.cancel``) stops between launches.
         """
         if self.budget and memory > self.budget - self.reserved:
             return BatchResult(batch_id, 0.0, "", 0.0, Failure(
@@ -108,10 +114,14 @@ class AttentionWorker:
         start = time.perf_counter()
         self.running += 1
         self.reserved += memory
+        outputs: dict[str, bytes] = {}
         try:
-            checksum, backend = self._run(jobs)
+            checksum, backend = self._run(jobs, inputs or {}, outputs)
             if self.torch_device.type == "cuda":
                 torch.cuda.synchronize(self.torch_device)
+        except Cancelled:
+            return BatchResult(batch_id, time.perf_counter() - start, "", 0.0, Failure(
+                FailureCode.CANCELLED, "cancelled while running"))
         except torch.cuda.OutOfMemoryError as e:
             return BatchResult(batch_id, time.perf_counter() - start, "", 0.0, Failure(
                 FailureCode.OUT_OF_MEMORY, f"out of memory: {e}".splitlines()[0]))
@@ -126,7 +136,7 @@ class AttentionWorker:
             time.sleep(elapsed * (self.slowdown - 1.0))
             elapsed = time.perf_counter() - start
         self.sampler.record(flops, predicted_s, elapsed)
-        return BatchResult(batch_id, elapsed, backend, checksum)
+        return BatchResult(batch_id, elapsed, backend, checksum, outputs=outputs or None)
 
     def telemetry(self, now: float, queue_len: int) -> Telemetry:
         return self.sampler.sample(now, queue_len, self.running)
@@ -136,11 +146,19 @@ class AttentionWorker:
     def _rand(self, *shape: int, dtype: torch.dtype) -> torch.Tensor:
         return self.inputs.take(shape, dtype)
 
-    def _run(self, jobs: list[AttentionJob]) -> tuple[float, str]:
-        """Each launch group in turn (``packing.launch_groups``: the rule the cost model
-        prices); the backend is the last group's."""
+    def _run(self, jobs: list[AttentionJob], inputs: Mapping[str, bytes],
+             outputs: dict[str, bytes]) -> tuple[float, str]:
+        """Jobs with tensors of their own, one call each; then each launch group of the
+        rest in turn (``packing.launch_groups``: the rule the cost model prices). The
+        backend is the last call's."""
         checksum, backend = 0.0, ""
-        for group in packing.launch_groups(jobs):
+        for job in jobs:
+            if job.id in inputs:
+                _stop_if_cancelled()
+                outputs[job.id], backend = self._given(job, inputs[job.id])
+        rest = [j for j in jobs if j.id not in inputs]
+        for group in packing.launch_groups(rest) if rest else ():
+            _stop_if_cancelled()
             if group.kind == "model":
                 c, backend = self._model(group.jobs[0]), "matmul"
             elif group.kind == "decode":
@@ -149,6 +167,15 @@ class AttentionWorker:
                 c, backend = self._same_heads(group)
             checksum += c
         return checksum, backend
+
+    def _given(self, job: AttentionJob, data: bytes) -> tuple[bytes, str]:
+        """One attention call on the job's own Q, K, V; O as safetensors."""
+        from safetensors.torch import load, save
+
+        qkv = load(data)
+        q, k, v = (qkv[n].to(self.torch_device) for n in ("q", "k", "v"))
+        out, backend = kernels.attention(q, k, v, job.causal)
+        return bytes(save({"o": out.cpu().contiguous()})), backend
 
     def _same_heads(self, group: packing.CallGroup) -> tuple[float, str]:
         """Prompts and training steps of one head layout, one launch per call of the group.
@@ -163,6 +190,7 @@ class AttentionWorker:
         calls = [packing.forward_calls(j) for j in jobs]
         checksum, backend = torch.zeros((), device=self.torch_device), ""
         for call in range(group.forward):
+            _stop_if_cancelled()
             shapes: dict[tuple[int, int], list[AttentionJob]] = {}
             for j, n in zip(jobs, calls, strict=True):
                 if call < n:
@@ -191,10 +219,12 @@ class AttentionWorker:
         length = max(kv + n - 1 for kv, n in zip(kv_lens, steps, strict=True))
         total, backend = torch.zeros((), device=self.torch_device), ""
         for _ in range(head.layers):
+            _stop_if_cancelled()
             q = self._rand(len(steps), head.heads, steps[0], head.head_dim, dtype=dtype)
             k = self._rand(len(steps), head.kv_heads, length, head.head_dim, dtype=dtype)
             v = self._rand(len(steps), head.kv_heads, length, head.head_dim, dtype=dtype)
-            out, backend = kernels.decode_many(q, k, v, kv_lens, steps)
+            out, backend = kernels.decode_many(q, k, v, kv_lens, steps,
+                                               between=_stop_if_cancelled)
             total += out.float().sum()  # summed on the device: one sync per batch, not per layer
         return float(total), f"{backend}+decode"
 
@@ -205,6 +235,29 @@ class AttentionWorker:
         source, target = synthetic_batch(job.batch, job.q_len, device=str(self.torch_device))
         losses = train_steps(model, source, target, job.steps)
         return sum(losses)
+
+
+class Cancelled(Exception):
+    """The batch was cancelled through Ray while it ran."""
+
+
+def _stop_if_cancelled() -> None:
+    """Raise :class:`Cancelled` when ``ray.cancel`` was called on the running batch.
+
+    An actor's task cannot be interrupted, only flagged; the worker looks
+    between launches. Outside a Ray task (a worker built in-process) nothing
+    can cancel it.
+    """
+    import ray
+
+    if not ray.is_initialized():  # asking the runtime context would start Ray
+        return
+    try:
+        cancelled = ray.get_runtime_context().is_canceled()
+    except RuntimeError:  # not inside a Ray task (the driver)
+        return
+    if cancelled:
+        raise Cancelled
 
 
 class Inputs:

@@ -87,6 +87,7 @@ app.command()(serve_cmd.submit)
 app.command()(serve_cmd.status)
 app.command()(serve_cmd.cancel)
 app.command()(serve_cmd.queue)
+app.command()(serve_cmd.output)
 
 
 def _version(value: bool) -> None:

@@ -1,4 +1,4 @@
-"""``attnsched serve`` and its clients' commands: submit, status, cancel, queue."""
+"""``attnsched serve`` and its clients' commands: submit, status, cancel, queue, output."""
 
 from __future__ import annotations
 
@@ -44,9 +44,12 @@ def serve(
              "predicted delay exceeds it are refused (429). Defaults: interactive=2:10, "
              "batch=none:0."),
     quota: list[str] = typer.Option(
-        [], "--quota", metavar="TENANT=SECONDS",
-        help="A tenant's nominal quota of outstanding work in predicted device-seconds "
-             "(default=... for tenants not named); idle quota is lent to busy tenants."),
+        [], "--quota", metavar="TENANT=SECONDS[:GIB]",
+        help="A tenant's nominal quota of outstanding work: predicted device-seconds, and "
+             "GiB of device memory its jobs plan to hold (none: no limit; default=... for "
+             "tenants not named); idle quota is lent to busy tenants."),
+    max_tensor_mib: int = typer.Option(256, "--max-tensor-mib", min=1,
+                                       help="Largest Q, K and V one submission may carry."),
     address: str | None = ADDRESS, seed: int = SEED, emulate_gpus: int = EMULATE_GPUS,
     cpu_workers: int = CPU_WORKERS, memory_fraction: float = MEMORY_FRACTION,
     telemetry_interval: float = TICK, profile: list[str] = PROFILE,
@@ -75,7 +78,7 @@ def serve(
     if fallback_policy is not None:
         config.fallback = (load_policy(fallback_policy), fallback_policy)
     options = ServeOptions(state, host, port, max_queue, parse_classes(slo),
-                           parse_quotas(quota))
+                           parse_quotas(quota), max_tensor_mib << 20)
     name = run_name(policy, built)
     console.print(f"attnsched serve: policy {name}, state {state}/; starting Ray and the "
                   "workers ...", markup=False)
@@ -112,9 +115,12 @@ def _ready_line(url: str, state: Path) -> None:
 
 def submit(
     jobs: Path = typer.Argument(..., help="A JSON Lines file of jobs (canonical trace rows "
-                                "without submit_time), or - for standard input."),
+                                "without submit_time; \"tensors\": a safetensors file with "
+                                "q, k and v, beside the jobs file), or - for standard input."),
     state: Path = STATE,
     wait: bool = typer.Option(False, "--wait", help="Wait for every job to end."),
+    outputs: Path | None = typer.Option(None, "--outputs", help="With --wait: write each "
+                                        "job's O here, as ID.safetensors."),
 ) -> None:
     """Submit jobs to a running service; prints each job's id (and outcome with --wait).
 
@@ -123,15 +129,49 @@ def submit(
     client = _client(state)
     handles = []
     for number, row in _rows(jobs):
+        tensors = _tensors_of(row, jobs, number)
         try:
-            handles.append(client.submit(row))
+            handles.append((client.submit(row, tensors), tensors is not None))
         except ServiceError as e:
             raise InputError(e.detail, path=jobs, line=number, field=e.field) from None
-        console.print(f"accepted {handles[-1].id}", markup=False)
-    for h in handles if wait else ():
+        console.print(f"accepted {handles[-1][0].id}", markup=False)
+    for h, has_tensors in handles if wait else ():
         found = h.result()
         console.print(f"{h.id}: {found['state']} on {found.get('device')}"
                       + (f" ({found['reason']})" if found.get("reason") else ""), markup=False)
+        if outputs is not None and has_tensors and found["state"] == "done":
+            outputs.mkdir(parents=True, exist_ok=True)
+            (outputs / f"{h.id}.safetensors").write_bytes(client.output(h.id))
+
+
+def _tensors_of(row: dict[str, Any], jobs: Path, line: int) -> Path | None:
+    """The safetensors file a row names (relative to the jobs file), checked to exist."""
+    name = row.pop("tensors", None)
+    if name is None:
+        return None
+    path = (Path(".") if str(jobs) == "-" else jobs.parent) / str(name)
+    if not path.is_file():
+        raise InputError(f"no such file: {path}", path=jobs, line=line, field="tensors")
+    return path
+
+
+def output(job: str = typer.Argument(..., help="The job's id."),
+           out: Path = typer.Option(..., "-o", "--out", help="Where to write O."),
+           format: str = typer.Option("safetensors", "--format",
+                                      help="safetensors (tensor o) or npy (not for bf16)."),
+           state: Path = STATE) -> None:
+    """Fetch the output O of a job submitted with tensors.
+
+    Example: attnsched output job-3f2a9c01d4e5 -o o.npy --format npy
+    """
+    if format not in ("safetensors", "npy"):
+        raise InputError(f"expected safetensors or npy, got {format!r}", field="--format")
+    try:
+        data = _client(state).output(job, format)
+    except ServiceError as e:
+        raise InputError(e.detail, field=e.field or "job") from None
+    out.write_bytes(data)
+    console.print(f"wrote {out} ({len(data):,} bytes)", markup=False)
 
 
 def status(state: Path = STATE) -> None:
@@ -143,7 +183,7 @@ def status(state: Path = STATE) -> None:
 
 
 def cancel(job: str = typer.Argument(..., help="The job's id."), state: Path = STATE) -> None:
-    """Cancel a queued job (one already running finishes).
+    """Cancel a job: a queued one ends now, a running one when its batch stops.
 
     Example: attnsched cancel job-3f2a9c01d4e5
     """

@@ -166,10 +166,13 @@ def export_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="Output: .jsonl, .csv or .parquet."),
 ) -> None:
     """Write the jobs a service accepted as a canonical trace, with their arrival times:
-    record a served period live, replay it in the simulator with any policy.
+    record a served period live, replay it in the simulator with any policy. Jobs a
+    client cancelled before they started are left out (they used no device).
 
     Example: attnsched trace export attnsched-state -o served.parquet
     """
+    from scheduler.journal import FILE as JOURNAL_FILE
+    from scheduler.journal import outcomes
     from scheduler.serve.state import ACCEPTED_FILE, Accepted
 
     if not (state / ACCEPTED_FILE).is_file():
@@ -177,11 +180,16 @@ def export_cmd(
     _check_output(output)
     accepted = Accepted(state)
     try:
-        n = _atomic_write(sorted((j for j, _ in accepted.jobs()), key=lambda j: j.submit_time),
-                          output)
+        ended = outcomes(state / JOURNAL_FILE) if (state / JOURNAL_FILE).is_file() else {}
+        unrun = {j for j in accepted.cancels() if j in ended and ended[j].get("start") is None}
+        jobs = sorted((j for j, _ in accepted.jobs() if j.id not in unrun),
+                      key=lambda j: j.submit_time)
+        n = _atomic_write(jobs, output)
     finally:
         accepted.close()
-    console.print(f"wrote {n:,} jobs to {output}")
+    console.print(f"wrote {n:,} jobs to {output}"
+                  + (f" ({len(unrun):,} cancelled before they started left out)"
+                     if unrun else ""))
 
 
 @app.command("generate")

@@ -11,11 +11,15 @@ submission, never accepted and dropped later, when:
    that honours priority) spread over the devices, scaled by how long jobs
    have really taken per predicted second (a moving average over finished
    jobs); ``Retry-After`` is the excess, rounded up;
-3. **quota**: its tenant's outstanding work would pass the tenant's nominal
-   quota and there is no idle quota to borrow. As in Kueue's cohorts, a
-   tenant may go beyond its own quota while the other tenants leave theirs
-   unused: while the outstanding work of all tenants together stays within
-   the sum of their quotas. Borrowed admissions are counted.
+3. **quota**: its tenant's outstanding jobs would pass the tenant's nominal
+   quota of a resource and there is no idle quota of it to borrow. A quota
+   has two resources: device-seconds (the predicted work) and device memory
+   (the cost model's peak bytes of each job on the device that runs it
+   fastest, summed over the tenant's outstanding jobs: what its work may
+   claim at once). As in Kueue's cohorts, a tenant may go beyond its own
+   quota while the other tenants leave theirs unused: while the outstanding
+   use of all tenants together stays within the sum of their quotas.
+   Borrowed admissions are counted.
 
 A job's class travels to the policy's view as its ``priority`` and, for a
 class with a target, a ``deadline`` (its SLO in seconds after submission:
@@ -33,6 +37,7 @@ from dataclasses import dataclass, field, replace
 
 from scheduler.errors import InputError
 from scheduler.jobs import Job
+from scheduler.units import size
 
 
 @dataclass(frozen=True)
@@ -59,11 +64,23 @@ class Verdict:
     borrowed: bool = False
 
 
+@dataclass(frozen=True)
+class Quota:
+    """A tenant's nominal share of outstanding work; None: that resource is not limited."""
+
+    seconds: float | None = None  # predicted device-seconds
+    memory: int | None = None  # bytes of device memory
+
+
+RESOURCES = ("seconds", "memory")
+
+
 @dataclass
 class _Held:
     tenant: str
     slo: str
     seconds: float
+    memory: int = 0
 
 
 @dataclass
@@ -72,6 +89,7 @@ class _Sum:
 
     jobs: int = 0
     seconds: float = 0.0
+    memory: int = 0
 
 
 @dataclass
@@ -81,7 +99,8 @@ class Admission:
     devices: int
     seconds_of: Callable[[Job], float]  # predicted device-seconds (the cost model)
     classes: Mapping[str, SloClass] = field(default_factory=lambda: dict(DEFAULT_CLASSES))
-    quotas: Mapping[str, float] = field(default_factory=dict)  # tenant -> device-seconds
+    quotas: Mapping[str, Quota] = field(default_factory=dict)  # tenant ("default": others)
+    memory_of: Callable[[Job], int] = lambda job: 0  # predicted peak bytes (the cost model)
     max_queue: int = 10_000
     held: dict[str, _Held] = field(default_factory=dict)
     # Running sums of ``held`` (kept with it), so a verdict costs O(tenants + classes), not
@@ -106,13 +125,14 @@ class Admission:
         """The job as the policy will see it (class as priority and deadline), and whether
         it is taken; a taken job counts as outstanding until :meth:`release`."""
         cls = self.slo_class(slo)
-        seconds = self._seconds(job)
+        held = _Held(job.tenant, cls.name, self._seconds(job), self.memory_of(job))
+        seconds = held.seconds
         with self._lock:
-            verdict = self._judge(job.tenant, cls, seconds)
+            verdict = self._judge(held, cls)
             name = "borrowed" if verdict.borrowed else verdict.reason or "accepted"
             self.counts[name, job.tenant, cls.name] += 1
             if verdict.admit:
-                self._add(job.id, _Held(job.tenant, cls.name, seconds))
+                self._add(job.id, held)
         if self.on_verdict is not None:
             self.on_verdict(name, job.tenant, cls.name)
         # A deadline is seconds after submission (the job model's SLO): the delay target
@@ -123,7 +143,7 @@ class Admission:
     def hold(self, job: Job, slo: str) -> None:
         """Count a job accepted before a restart (judged then) as outstanding again."""
         cls = self.classes.get(slo) or self.slo_class(None)
-        held = _Held(job.tenant, cls.name, self._seconds(job))
+        held = _Held(job.tenant, cls.name, self._seconds(job), self.memory_of(job))
         with self._lock:
             self._drop(job.id)
             self._add(job.id, held)
@@ -133,6 +153,7 @@ class Admission:
         for key, table in ((held.tenant, self.tenants), (held.slo, self.by_class)):
             total = table.setdefault(key, _Sum())
             total.jobs, total.seconds = total.jobs + 1, total.seconds + held.seconds
+            total.memory += held.memory
 
     def _drop(self, job_id: str) -> None:
         held = self.held.pop(job_id, None)
@@ -141,6 +162,7 @@ class Admission:
         for key, table in ((held.tenant, self.tenants), (held.slo, self.by_class)):
             total = table[key]
             total.jobs, total.seconds = total.jobs - 1, total.seconds - held.seconds
+            total.memory -= held.memory
             if not total.jobs:
                 del table[key]  # none left: no float residue stays behind
 
@@ -160,7 +182,7 @@ class Admission:
         with self._lock:
             self._drop(job_id)
 
-    def _judge(self, tenant: str, cls: SloClass, seconds: float) -> Verdict:
+    def _judge(self, held: _Held, cls: SloClass) -> Verdict:
         if len(self.held) >= self.max_queue:
             return Verdict(False, "queue", f"the queue is full ({len(self.held):,} jobs "
                            f"outstanding; at most {self.max_queue:,})")
@@ -172,41 +194,60 @@ class Admission:
                 return Verdict(False, "slo", f"predicted queue delay {delay:.3g} s exceeds "
                                f"class {cls.name}'s {cls.max_delay_s:g} s",
                                retry_after=math.ceil(delay - cls.max_delay_s))
-        return self._quota(tenant, seconds)
+        return self._quota(held)
 
-    def _quota(self, tenant: str, seconds: float) -> Verdict:
-        nominal = self.quotas.get(tenant, self.quotas.get("default"))
+    def _nominal(self, tenant: str) -> Quota | None:
+        return self.quotas.get(tenant, self.quotas.get("default"))
+
+    def _quota(self, held: _Held) -> Verdict:
+        """Within the tenant's own quota of every resource; else borrowed from the idle
+        quota of its cohort; else refused, naming the resource."""
+        nominal = self._nominal(held.tenant)
         if nominal is None:
             return Verdict(True)
-        mine = self.tenants.get(tenant)
-        used = mine.seconds if mine else 0.0
-        if used + seconds <= nominal:
+        mine = self.tenants.get(held.tenant, _Sum())
+        over = [r for r in RESOURCES if getattr(nominal, r) is not None
+                and getattr(mine, r) + getattr(held, r) > getattr(nominal, r)]
+        if not over:
             return Verdict(True)
-        total = sum(t.seconds for t in self.tenants.values())
         # The cohort: every tenant with a quota of its own, and those holding work now.
-        cohort = sum(self.quotas.get(t, self.quotas.get("default", 0.0))
-                     for t in {tenant, *self.quotas.keys() - {"default"}, *self.tenants})
-        if total + seconds <= cohort:
-            return Verdict(True, borrowed=True)
-        return Verdict(False, "quota", f"tenant {tenant!r} has {used:.3g} device-seconds "
-                       f"outstanding of its {nominal:g}, and no idle quota to borrow",
-                       retry_after=max(1, math.ceil((used + seconds - nominal)
-                                                    / max(self.devices, 1))))
+        cohort = {held.tenant, *self.quotas.keys() - {"default"}, *self.tenants}
+        for resource in over:
+            total = sum(getattr(t, resource) for t in self.tenants.values())
+            pool = sum(getattr(q, resource) or 0 for q in map(self._nominal, cohort)
+                       if q is not None)
+            if total + getattr(held, resource) > pool:
+                return self._refused(held, nominal, mine, resource)
+        return Verdict(True, borrowed=True)
+
+    def _refused(self, held: _Held, nominal: Quota, mine: _Sum, resource: str) -> Verdict:
+        used, cap = getattr(mine, resource), getattr(nominal, resource)
+        shown = (f"{used:.3g} device-seconds outstanding of its {cap:g}" if resource == "seconds"
+                 else f"{size(used)} of device memory outstanding of its {size(cap)}")
+        # Retry once the tenant's own backlog has had time to drain to make room.
+        drain = (used + held.seconds - cap if resource == "seconds" else mine.seconds)
+        return Verdict(False, "quota", f"tenant {held.tenant!r} has {shown}, and no idle "
+                       "quota to borrow", retry_after=max(1, math.ceil(
+                           drain * self.scale / max(self.devices, 1))))
 
 
-def parse_quotas(items: list[str]) -> dict[str, float]:
-    """``--quota TENANT=SECONDS`` (repeatable; ``default`` for tenants not named)."""
-    out: dict[str, float] = {}
+def parse_quotas(items: list[str]) -> dict[str, Quota]:
+    """``--quota TENANT=SECONDS[:GIB]`` (repeatable; ``default`` for tenants not named;
+    ``none`` for a resource without a limit): device-seconds, and GiB of device memory."""
+    out: dict[str, Quota] = {}
     for item in items:
         tenant, sep, value = item.partition("=")
+        seconds_text, _, gib_text = value.partition(":")
         try:
-            seconds = float(value)
+            seconds = None if seconds_text == "none" else float(seconds_text)
+            gib = None if gib_text in ("", "none") else float(gib_text)
         except ValueError:
-            seconds = -1.0
-        if not sep or not tenant or not math.isfinite(seconds) or seconds <= 0:
-            raise InputError(f"expected TENANT=SECONDS (a positive number), got {item!r}",
-                             field="--quota")
-        out[tenant] = seconds
+            seconds, gib = -1.0, None
+        ok = [x is None or (math.isfinite(x) and x > 0) for x in (seconds, gib)]
+        if not sep or not tenant or not all(ok) or (seconds is None and gib is None):
+            raise InputError(f"expected TENANT=SECONDS[:GIB] (positive numbers, or none), "
+                             f"got {item!r}", field="--quota")
+        out[tenant] = Quota(seconds, None if gib is None else int(gib * (1 << 30)))
     return out
 
 

@@ -15,10 +15,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from scheduler.errors import InputError
-from scheduler.inbox import Cancel
 from scheduler.serve.admission import Verdict
 from scheduler.serve.state import FINAL, outcome, token_matches
 from scheduler.traces.canonical import job_from_record
@@ -29,6 +28,17 @@ if TYPE_CHECKING:
 MAX_BODY = 1 << 20  # bytes of one job's JSON: a spec, not data
 MAX_WAIT_S = 30.0  # longest a GET may wait for a job to end
 CANCEL_WAIT_S = 5.0  # how long a DELETE waits for the run loop to take the cancellation
+_SUBMIT_BODY = {"required": True, "content": {
+    "application/json": {"schema": {"type": "object", "description": "one job: a canonical "
+                                    "trace row without submit_time, plus slo (a class)"}},
+    "multipart/form-data": {"schema": {"type": "object", "properties": {
+        "job": {"type": "string", "description": "the job's JSON (its shape comes from the "
+                "tensors)"},
+        "tensors": {"type": "string", "format": "binary",
+                    "description": "safetensors with q, k and v"},
+        "q": {"type": "string", "format": "binary", "description": ".npy or safetensors"},
+        "k": {"type": "string", "format": "binary"},
+        "v": {"type": "string", "format": "binary"}}}}}}
 
 
 def make_app(service: Service) -> FastAPI:
@@ -52,8 +62,12 @@ def make_app(service: Service) -> FastAPI:
     def health() -> dict[str, str]:
         return {"status": "ready" if service.ready() else "starting"}
 
-    @app.post("/v1/jobs", status_code=202, dependencies=auth)
+    @app.post("/v1/jobs", status_code=202, dependencies=auth,
+              openapi_extra={"requestBody": _SUBMIT_BODY})
     async def submit(request: Request) -> JSONResponse:
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            record, tensors = await _with_tensors(request, service.options.max_tensor_bytes)
+            return _submitted(service, record, tensors)
         body = await request.body()
         if len(body) > MAX_BODY:
             raise HTTPException(413, f"a job's JSON is at most {MAX_BODY:,} bytes")
@@ -62,6 +76,13 @@ def make_app(service: Service) -> FastAPI:
     @app.get("/v1/jobs/{job_id}", dependencies=auth)
     def lookup(job_id: str, wait: float = Query(0.0, ge=0.0, le=MAX_WAIT_S)) -> dict[str, Any]:
         return _lookup(service, job_id, wait)
+
+    @app.get("/v1/jobs/{job_id}/output", dependencies=auth,
+             responses={200: {"content": {"application/octet-stream": {}},
+                              "description": "O as safetensors (tensor o) or .npy"}})
+    def output(job_id: str, format: str = Query("safetensors", pattern="^(safetensors|npy)$")
+               ) -> Response:
+        return _output(service, job_id, format)
 
     @app.delete("/v1/jobs/{job_id}", dependencies=auth)
     def cancel(job_id: str) -> dict[str, Any]:
@@ -92,7 +113,33 @@ def _record(body: bytes) -> dict[str, Any]:
     return record
 
 
-def _submitted(service: Service, record: dict[str, Any]) -> JSONResponse:
+async def _with_tensors(request: Request, limit: int) -> tuple[dict[str, Any], bytes]:
+    """A multipart submission: the job's JSON in part ``job``, its tensors in ``tensors``
+    (one safetensors file) or ``q``, ``k``, ``v``; returns the job's fields (shape read
+    off the tensors) and the tensors as one safetensors file."""
+    from scheduler.serve import tensors
+
+    length = request.headers.get("content-length")
+    if length is None or not length.isdigit():
+        raise HTTPException(411, "a submission with tensors needs a Content-Length")
+    if int(length) > limit + MAX_BODY:
+        raise HTTPException(413, f"the tensors are at most {limit:,} bytes (--max-tensor-mib)")
+    form = await request.form(max_files=4, max_fields=4, max_part_size=MAX_BODY)
+    parts = {}
+    for name in (tensors.BUNDLE, *tensors.NAMES):
+        upload = form.get(name)
+        if upload is not None and not isinstance(upload, str):
+            parts[name] = await upload.read()
+    if sum(map(len, parts.values())) > limit:  # the exact bound; Content-Length's is coarse
+        raise HTTPException(413, f"the tensors are at most {limit:,} bytes (--max-tensor-mib)")
+    job = form.get("job")
+    record = _record(job.encode() if isinstance(job, str) else b"{}")
+    qkv = tensors.read(parts)
+    return tensors.job_record(record, qkv), tensors.encode(qkv)
+
+
+def _submitted(service: Service, record: dict[str, Any], tensors: bytes | None = None
+               ) -> JSONResponse:
     if not service.ready():
         raise HTTPException(503, "the service is starting or stopping",
                             headers={"Retry-After": "1"})
@@ -100,7 +147,7 @@ def _submitted(service: Service, record: dict[str, Any]) -> JSONResponse:
     if slo is not None and not isinstance(slo, str):
         raise InputError("expected a class name", field="slo")
     record.setdefault("id", f"job-{uuid.uuid4().hex[:12]}")
-    answer = service.accept(job_from_record({**record, "submit_time": 0.0}), slo)
+    answer = service.accept(job_from_record({**record, "submit_time": 0.0}), slo, tensors)
     if answer is None:
         raise HTTPException(409, f"a job with id {record['id']!r} was submitted before")
     if isinstance(answer, Verdict):
@@ -130,23 +177,41 @@ def _shown(job_id: str, found: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _output(service: Service, job_id: str, format: str) -> Response:
+    from scheduler.serve import tensors
+
+    if job_id not in service.accepted:
+        raise HTTPException(404, f"no job {job_id!r} was accepted here")
+    data = service.payloads.output(job_id)
+    if data is None:
+        found = outcome(service.state, job_id) or {"state": "accepted"}
+        if found["state"] not in FINAL:
+            raise HTTPException(409, f"job {job_id!r} is {found['state']}: no output yet")
+        if found["state"] == "failed":
+            raise HTTPException(409, f"job {job_id!r} failed: {found.get('reason')}")
+        raise HTTPException(404, f"job {job_id!r} brought no tensors: it has no output")
+    if format == "npy":
+        data = tensors.as_npy(data)
+    return Response(data, media_type="application/octet-stream")
+
+
 def _cancel(service: Service, job_id: str) -> dict[str, Any]:
     if job_id not in service.accepted:
         raise HTTPException(404, f"no job {job_id!r} was accepted here")
     found = outcome(service.state, job_id)
     if found is not None and found["state"] in FINAL:
         raise HTTPException(409, f"job {job_id!r} is {found['state']} already")
-    request = Cancel(job_id)
-    service.inbox.put(request)
+    request = service.cancel(job_id)
     try:
         state = request.outcome.result(timeout=CANCEL_WAIT_S)
     except TimeoutError:
         raise HTTPException(503, "the run loop did not take the cancellation in time",
                             headers={"Retry-After": "1"}) from None
-    if state in ("queued", "blocked"):
+    if state in ("queued", "blocked", "split"):
         return {"id": job_id, "state": "cancelled"}
-    raise HTTPException(409, f"job {job_id!r} is {state}: only a queued job can be "
-                        "cancelled")
+    if state == "running":  # it ends, failed, when its batch stops (between launches)
+        return {"id": job_id, "state": "cancelling"}
+    raise HTTPException(409, f"job {job_id!r} is {state}: it cannot be cancelled")
 
 
 def run_in_thread(app: FastAPI, host: str, port: int,

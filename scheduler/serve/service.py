@@ -28,13 +28,14 @@ from typing import TYPE_CHECKING, Any
 
 from scheduler.cluster_spec import ClusterSpec
 from scheduler.errors import InputError
-from scheduler.inbox import Inbox
+from scheduler.inbox import Cancel, Inbox
 from scheduler.jobs import Job
 from scheduler.journal import FILE as JOURNAL_FILE
-from scheduler.journal import RunIdentity, differences, journal_state, read_results
+from scheduler.journal import RunIdentity, differences, journal_state, outcomes, read_results
 from scheduler.pricing import ClusterCost, load_profiles
 from scheduler.records import Sink
-from scheduler.serve.admission import DEFAULT_CLASSES, Admission, SloClass, Verdict
+from scheduler.serve.admission import DEFAULT_CLASSES, Admission, Quota, SloClass, Verdict
+from scheduler.serve.payloads import Payloads
 from scheduler.serve.state import ENDPOINT_FILE, Accepted, token
 from scheduler.state import JobRecord, JobState
 
@@ -53,7 +54,8 @@ class ServeOptions:
     port: int = 8765
     max_queue: int = 10_000  # jobs outstanding (queued or running) before submissions get 429
     classes: Mapping[str, SloClass] = field(default_factory=lambda: dict(DEFAULT_CLASSES))
-    quotas: Mapping[str, float] = field(default_factory=dict)  # tenant -> device-seconds
+    quotas: Mapping[str, Quota] = field(default_factory=dict)  # tenant ("default": others)
+    max_tensor_bytes: int = 256 << 20  # one submission's Q, K and V together
 
 
 @dataclass
@@ -83,6 +85,7 @@ class Service(Sink):
         self.options, self.state, self.policy_name = options, options.state, policy_name
         self.token = token(options.state)
         self.accepted = Accepted(options.state)
+        self.payloads = Payloads(options.state)
         self.inbox = Inbox()
         self.progress: LiveProgress | None = None
         self.admission: Admission | None = None  # once the cluster (and its cost) is known
@@ -95,42 +98,72 @@ class Service(Sink):
     def ready(self) -> bool:
         return self.inbox.clock is not None and self.admission is not None and self.inbox.open
 
-    def accept(self, job: Job, slo: str | None) -> Job | Verdict | None:
-        """Stamp, judge, store durably, hand to the loop. Returns the job as the policy sees
-        it, the refusal, or None when the id was taken before."""
+    def accept(self, job: Job, slo: str | None, tensors: bytes | None = None
+               ) -> Job | Verdict | None:
+        """Stamp, judge, store durably (with its tensors), hand to the loop. Returns the
+        job as the policy sees it, the refusal, or None when the id was taken before."""
         clock, admission = self.inbox.clock, self.admission
         assert clock is not None
         assert admission is not None
-        with self._accepting:
-            if job.id in self.accepted:
-                return None
-            job, verdict = admission.admit(dataclasses.replace(job, submit_time=clock()), slo)
-            if not verdict.admit:
-                return verdict
-            self.accepted.add(job, admission.slo_class(slo).name, time.time())
-            self.inbox.put(job)
-        return job
+        staged = None if tensors is None else self.payloads.stage(job.id, tensors)
+        try:
+            with self._accepting:
+                if job.id in self.accepted:
+                    return None
+                job, verdict = admission.admit(dataclasses.replace(job, submit_time=clock()),
+                                               slo)
+                if not verdict.admit:
+                    return verdict
+                if staged is not None:
+                    self.payloads.commit(job.id, staged)
+                    staged = None
+                self.accepted.add(job, admission.slo_class(slo).name, time.time())
+                self.inbox.put(job)
+            return job
+        finally:
+            if staged is not None:  # refused: its tensors go
+                staged.unlink(missing_ok=True)
+
+    def cancel(self, job_id: str) -> Cancel:
+        """Ask the run loop to cancel a job; the request is on disk first, so a restart
+        before the loop takes it still cancels the job instead of running it."""
+        request = Cancel(job_id)
+        self.accepted.cancel(job_id, request.reason)
+        self.inbox.put(request)
+        return request
 
     def job_finished(self, record: JobRecord) -> None:
         admission = self.admission
         held = None if admission is None else admission.held.get(record.id)
         if admission is None or held is None:
             return
-        stats = self.classes.setdefault(held.slo, ClassStats())
-        if record.state is JobState.DONE and record.start is not None:
-            if record.end is not None:  # a batch's jobs share its time
-                admission.observe(held.seconds, (record.end - record.start)
-                                  / max(record.batch_size, 1))
-            delay = record.start - record.job.submit_time
-            target = admission.classes[held.slo].max_delay_s
-            met = None if target is None else delay <= target
-            stats.done, stats.delay_sum = stats.done + 1, stats.delay_sum + delay
-            stats.met += bool(met)
-            if self.metrics is not None:
-                self.metrics.done(held.slo, delay, met)
-        else:
-            stats.failed += 1
+        if record.state is JobState.DONE and record.start is not None \
+                and record.end is not None:  # a batch's jobs share its time
+            admission.observe(held.seconds, (record.end - record.start)
+                              / max(record.batch_size, 1))
+        counted = self._count(held.slo, record.state is JobState.DONE, record.start,
+                              record.job.submit_time)
+        if counted is not None and self.metrics is not None:
+            self.metrics.done(held.slo, *counted)
+        if record.state is not JobState.DONE:
+            self.payloads.drop(record.id)
         admission.release(record.id)
+
+    def _count(self, slo: str, done: bool, start: float | None, submitted: float
+               ) -> tuple[float, bool | None] | None:
+        """Count one ended job in its class's figures; when it ran, its queue delay and
+        whether that met the class's target (None: the class has none)."""
+        stats = self.classes.setdefault(slo, ClassStats())
+        if not done or start is None:
+            stats.failed += 1
+            return None
+        delay = start - submitted
+        cls = self.admission.classes.get(slo) if self.admission is not None else None
+        target = None if cls is None else cls.max_delay_s
+        met = None if target is None else delay <= target
+        stats.done, stats.delay_sum = stats.done + 1, stats.delay_sum + delay
+        stats.met += bool(met)
+        return delay, met
 
     def status(self) -> dict[str, Any]:
         p, admission = self.progress, self.admission
@@ -161,14 +194,26 @@ class Service(Sink):
                 for job, slo in itertools.islice(self._open_jobs(), limit)]
 
     def restore(self, admission: Admission) -> int:
-        """Hand the loop every accepted job without an outcome (after a restart)."""
-        restored = 0
-        for job, slo in self._open_jobs():
-            admission.hold(job, slo)
-            self.inbox.put(job)
-            restored += 1
+        """After a restart: count the ended jobs in their classes' figures, and hand the
+        loop every accepted job without an outcome (with the cancellations not taken)."""
         self.admission = admission
-        return restored
+        journal = self.state / JOURNAL_FILE
+        ended = outcomes(journal) if journal.exists() else {}
+        cancels = self.accepted.cancels()
+        open_ids: list[str] = []
+        for job, slo in self.accepted.jobs():
+            found = ended.get(job.id)
+            if found is not None:
+                self._count(slo, found.get("state") == "done", found.get("start"),
+                            job.submit_time)
+                continue
+            admission.hold(job, slo)
+            open_ids.append(job.id)
+            self.inbox.put(job)
+            if job.id in cancels:
+                self.inbox.put(Cancel(job.id, cancels[job.id]))
+        self.payloads.restore(open_ids)
+        return len(open_ids)
 
 
 def serve(options: ServeOptions, policy: Any, policy_name: str, config: LiveConfig,
@@ -188,6 +233,7 @@ def serve(options: ServeOptions, policy: Any, policy_name: str, config: LiveConf
     _same_service(options.state, identity)
     service = Service(options, policy_name)
     config.resume = (options.state / JOURNAL_FILE).exists()
+    config.payloads = service.payloads
     config.progress = _published(service, config.progress)
     server = run_in_thread(make_app(service), options.host, options.port,
                            lambda port: _announce(options, port, on_ready))
@@ -236,8 +282,13 @@ def _admission(spec: ClusterSpec, config: LiveConfig, options: ServeOptions) -> 
         cost.forget(job.id)  # priced once: the service keeps no cache per job
         return seconds
 
+    def memory_of(job: Job) -> int:
+        memory = cost.best_memory(job)
+        cost.forget(job.id)
+        return memory
+
     return Admission(len(spec.devices), seconds_of, options.classes, options.quotas,
-                     options.max_queue)
+                     memory_of, options.max_queue)
 
 
 def _published(service: Service, forward: Any) -> Any:

@@ -6,7 +6,10 @@
 - ``endpoint.json``: the URL of the service running on it (gone once it stops);
 - ``accepted.sqlite``: every job the service acknowledged, committed *before*
   the acknowledgement is sent, so a job a client was told is accepted is on
-  disk even if the service is killed (SIGKILL) the next instant;
+  disk even if the service is killed (SIGKILL) the next instant; and every
+  cancellation asked for, likewise;
+- ``inputs/`` and ``outputs/``: the tensors of jobs that brought their own
+  (:mod:`scheduler.serve.payloads`);
 - ``journal.sqlite``: the run journal (:mod:`scheduler.journal`): each job's
   state changes and its one outcome. A restart replays the accepted jobs that
   have no outcome; those that do are never run again;
@@ -40,6 +43,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accepted (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, job TEXT UNIQUE NOT NULL, tenant TEXT NOT NULL,
     slo TEXT NOT NULL, record TEXT NOT NULL, accepted_wall REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS cancels (job TEXT PRIMARY KEY, reason TEXT NOT NULL);
 """
 
 
@@ -95,6 +99,17 @@ class Accepted:
             rows = self.db.execute("SELECT record, slo FROM accepted ORDER BY seq").fetchall()
         for text, slo in rows:
             yield job_from_record(json.loads(text)), slo
+
+    def cancel(self, job_id: str, reason: str) -> None:
+        """Record a client's cancellation durably, before the run loop takes it."""
+        with self._lock:
+            self.db.execute("INSERT OR IGNORE INTO cancels (job, reason) VALUES (?, ?)",
+                            (job_id, reason))
+
+    def cancels(self) -> dict[str, str]:
+        """Job id -> reason of every cancellation asked for."""
+        with self._lock:
+            return dict(self.db.execute("SELECT job, reason FROM cancels").fetchall())
 
     def close(self) -> None:
         with self._lock:

@@ -175,6 +175,9 @@ class SimExecutor:
         for batch in batches:
             self._finish(batch, now, completed=False)
 
+    def stop(self, batch: Batch, now: float) -> None:
+        """Simulated runs take no clients' cancellations: a batch runs to its end."""
+
     def _start(self, batch: Batch, now: float) -> None:
         dev = self.devices[batch.device]
         self._advance(dev, now)
