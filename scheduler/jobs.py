@@ -15,8 +15,9 @@ that can be costed; every error names the field at fault.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from enum import Enum
+from operator import attrgetter
 from typing import TypeAlias
 
 from scheduler.errors import InputError
@@ -187,6 +188,32 @@ class AttentionJob:
     def final_kv_len(self) -> int:
         """KV length at the last step: decode grows the cache one token per step."""
         return self.kv_len + self.steps - 1 if self.kind is JobKind.DECODE else self.kv_len
+
+
+# Slot setters in field order: how a job already checked (a column at a time, or an
+# existing job retimed) is built without running every per-field check again.
+_ATTENTION_FIELDS = tuple(f.name for f in fields(AttentionJob))
+_ATTENTION_SETTERS = tuple(getattr(AttentionJob, name).__set__ for name in _ATTENTION_FIELDS)
+_ATTENTION_VALUES = attrgetter(*_ATTENTION_FIELDS)
+_SUBMIT_TIME = _ATTENTION_FIELDS.index("submit_time")
+
+
+def attention_unchecked(*values: object) -> AttentionJob:
+    """An AttentionJob from field values, in field order, that the caller has checked."""
+    job = object.__new__(AttentionJob)
+    for set_field, value in zip(_ATTENTION_SETTERS, values, strict=True):
+        set_field(job, value)
+    return job
+
+
+def retimed(job: Job, submit_time: float) -> Job:
+    """``job`` submitted at ``submit_time`` (checked; every other field is the job's)."""
+    t = check_float("submit_time", submit_time, 0.0, MAX_TIME_S)
+    if not isinstance(job, AttentionJob):
+        return replace(job, submit_time=t)
+    values = list(_ATTENTION_VALUES(job))
+    values[_SUBMIT_TIME] = t
+    return attention_unchecked(*values)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,14 +12,14 @@ import os
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from scheduler.cluster import ClusterSpec, load_cluster
 from scheduler.errors import InputError
 from scheduler.inputfiles import MAX_ECHO, clip
-from scheduler.jobs import MAX_TIME_S, AttentionJob, ClusterJob, Job
+from scheduler.jobs import MAX_TIME_S, AttentionJob, ClusterJob, Job, retimed
 from scheduler.policy import run_name
 from scheduler.pricing import ClusterCost, load_profiles
 from scheduler.profiles import DeviceProfile
@@ -258,7 +258,7 @@ def check_samples(spec: RunSpec, last_arrival: float) -> None:
 
 def _scaled(jobs: Iterator[Job], factor: float) -> Iterator[Job]:
     for job in jobs:
-        yield replace(job, submit_time=job.submit_time * factor)
+        yield retimed(job, job.submit_time * factor)
 
 
 def check_options(spec: RunSpec) -> None:

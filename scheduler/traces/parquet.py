@@ -19,6 +19,7 @@ from scheduler.traces.canonical import (
     job_from_record,
     record_from_job,
 )
+from scheduler.traces.columns import attention_batch
 
 BATCH_ROWS = 65_536
 
@@ -54,6 +55,12 @@ def read_parquet(path: Path) -> Iterator[tuple[int, Job]]:
     row = 0
     try:
         for batch in handle.iter_batches(batch_size=BATCH_ROWS):
+            checked = attention_batch(batch)  # a clean batch, checked a column at a time
+            if checked is not None:
+                for job in checked:
+                    row += 1
+                    yield row, job
+                continue
             for record in batch.to_pylist():
                 row += 1
                 clean = {k: v for k, v in record.items() if v is not None}
