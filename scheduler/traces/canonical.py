@@ -33,6 +33,17 @@ REQUIRED = {"attention": ("batch", "heads", "q_len", "kv_len", "head_dim"),
             "cluster": ("duration",)}
 
 
+def column_type(name: str) -> Any:
+    """The Arrow type of a canonical column (Parquet traces are written with it)."""
+    import pyarrow as pa
+
+    if name in INT_FIELDS:
+        return pa.int64()
+    if name in FLOAT_FIELDS:
+        return pa.float64()
+    return pa.bool_() if name == "causal" else pa.string()
+
+
 def _coerce(name: str, value: Any, from_text: bool) -> Any:
     """Turn a cell into the field's type; CSV cells arrive as text."""
     if value is None or (from_text and value == ""):

@@ -5,10 +5,10 @@ row of a batch is a well-formed attention job in the canonical column types,
 pyarrow's compute kernels check each rule of :class:`~scheduler.jobs.AttentionJob`
 once per column, and the jobs are built without checking each again
 (:func:`scheduler.jobs.attention_unchecked`). Any batch that breaks a rule,
-or that this path does not cover (cluster jobs, other column types, text
-outside printable ASCII), returns None and is read row by row, which names
-the row and field at fault: the fast path decides only *whether* a batch is
-clean, never what an error says.
+or that this path does not cover (cluster jobs, other column types, an empty
+tenant, text outside printable ASCII), returns None and is read row by row,
+which names the row and field at fault: the fast path decides only *whether*
+a batch is clean, never what an error says.
 """
 
 from __future__ import annotations
@@ -28,20 +28,13 @@ from scheduler.jobs import (
     DType,
     attention_unchecked,
 )
-from scheduler.traces.canonical import FLOAT_FIELDS, INT_FIELDS, RESOURCES
+from scheduler.traces.canonical import RESOURCES, column_type
 
 _KINDS = {k.value: k for k in ATTENTION_KINDS}
 _DTYPES = {d.value: d for d in DType}
 _SHAPE_INTS = ("batch", "heads", "kv_heads", "q_len", "kv_len", "head_dim", "layers", "steps")
 _REQUIRED = ("id", "submit_time", "kind", "batch", "heads", "q_len", "kv_len", "head_dim")
 
-
-def _type(name: str) -> pa.DataType:
-    if name in INT_FIELDS:
-        return pa.int64()
-    if name in FLOAT_FIELDS:
-        return pa.float64()
-    return pa.bool_() if name == "causal" else pa.string()
 
 
 def _all(mask: Any) -> bool:
@@ -77,7 +70,7 @@ def _times_ok(column: pa.Array, open_low: bool) -> bool:
 
 def _checks(cols: dict[str, pa.Array]) -> bool:
     """Every rule of the row path, a column at a time."""
-    if any(c.type != _type(n) for n, c in cols.items()):
+    if any(c.type != column_type(n) for n, c in cols.items()):
         return False
     if any(n not in cols or cols[n].null_count for n in _REQUIRED):
         return False

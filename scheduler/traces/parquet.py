@@ -12,27 +12,14 @@ import pyarrow.parquet as pq
 from scheduler.errors import InputError
 from scheduler.inputfiles import regular_file, shown
 from scheduler.jobs import Job
-from scheduler.traces.canonical import (
-    FIELDS,
-    FLOAT_FIELDS,
-    INT_FIELDS,
-    job_from_record,
-    record_from_job,
-)
+from scheduler.traces.canonical import FIELDS, column_type, job_from_record, record_from_job
 from scheduler.traces.columns import attention_batch
 
 BATCH_ROWS = 65_536
 
 
-def _type(name: str) -> pa.DataType:
-    if name in INT_FIELDS:
-        return pa.int64()
-    if name in FLOAT_FIELDS:
-        return pa.float64()
-    return pa.bool_() if name == "causal" else pa.string()
 
-
-SCHEMA = pa.schema([pa.field(name, _type(name), nullable=True) for name in FIELDS])
+SCHEMA = pa.schema([pa.field(name, column_type(name), nullable=True) for name in FIELDS])
 
 
 def read_parquet(path: Path) -> Iterator[tuple[int, Job]]:
