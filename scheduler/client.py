@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 DEFAULT_STATE = Path("attnsched-state")
 # A job's own Q, K and V: name -> tensor, array or object ref; or a safetensors file.
-Tensors: TypeAlias = Mapping[str, Any] | bytes | Path
+Tensors: TypeAlias = Mapping[str, Any] | bytes | str | Path
 
 
 class ServiceError(Exception):
@@ -92,7 +92,7 @@ class Client:
 
         ``tensors``: the job's own Q, K and V (``{"q": ..., "k": ..., "v": ...}``
         of torch tensors, numpy arrays or Ray object refs to either; or the
-        bytes or path of a safetensors file holding q, k and v); the job is
+        bytes or path (str or Path) of a safetensors file holding q, k and v); the job is
         then one attention call whose shape the tensors give, and
         :meth:`Handle.output` returns O.
         """
@@ -187,8 +187,14 @@ def _multipart(job: Mapping[str, Any], tensors: Tensors) -> tuple[bytes, str]:
     """The job's JSON and its tensors as one multipart/form-data body."""
     from urllib3 import encode_multipart_formdata
 
-    if isinstance(tensors, bytes | Path):
-        data = tensors if isinstance(tensors, bytes) else tensors.read_bytes()
+    if isinstance(tensors, bytes):
+        data = tensors
+    elif isinstance(tensors, str | Path):
+        try:
+            data = Path(tensors).read_bytes()
+        except OSError as e:
+            raise InputError(f"cannot read the tensors: {e.strerror or e}", path=Path(tensors),
+                             field="tensors") from None
     else:
         from scheduler.serve.tensors import NAMES, encode
 
@@ -209,7 +215,11 @@ def _torch(value: Any) -> torch.Tensor:
         import ray
 
         value = ray.get(value)  # fetched here: the service's API takes bytes, not refs
-    return value if isinstance(value, torch.Tensor) else torch.from_numpy(value)
+    if isinstance(value, torch.Tensor):
+        return value
+    import numpy as np
+
+    return torch.from_numpy(np.array(value))  # a copy: arrays from Ray are read-only
 
 
 def connect(state: str | Path = DEFAULT_STATE, *, url: str | None = None,

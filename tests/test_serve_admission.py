@@ -63,6 +63,8 @@ def test_a_memory_quota_bounds_what_a_tenants_jobs_plan_to_hold() -> None:
     assert admission.tenants["alice"].memory == 6 * gib and admission.tenants["bob"].memory == gib
     admission.release("j1")
     assert admission.tenants["alice"].memory == 4 * gib
+    never = admission.admit(_job(9, "alice", q_len=64 * 7), "batch")[1]  # 7 GiB > 4 + 2
+    assert not never.admit and never.retry_after == 0 and "can ever hold" in never.detail
 
 
 @settings(max_examples=60, deadline=None)

@@ -140,8 +140,9 @@ def test_the_submit_command_names_the_file_line_and_field(served, cli, tmp_path)
     jobs.write_text(json.dumps({**JOB, "id": "ok1"}) + "\n" + json.dumps({**JOB, "heads": "two"})
                     + "\n")
     code, out, err = cli("submit", jobs, "--state", service.state)
-    assert code == 2 and "accepted ok1" in out
+    assert code == 2 and "accepted" not in out  # every row is checked before any is sent
     assert "jobs.jsonl:2" in err and "heads" in err and "Traceback" not in err
+    assert service.inbox.take() == []
     code, _, err = cli("submit", tmp_path / "none.jsonl", "--state", service.state)
     assert code == 2 and "cannot read the jobs" in err and "internal error" not in err
     assert "token" not in repr(Client(url, service.token))
@@ -284,6 +285,46 @@ def test_quotas_are_respected_and_borrowing_is_shown(served) -> None:
         client.submit({**JOB, "id": "a3", "tenant": "alice"})
     assert e.value.status == 429 and "device memory" in e.value.detail and e.value.retry_after
     client.submit({**JOB, "id": "b0", "tenant": "bob"})
+    service.admission.memory_of = lambda job: 4 * gib  # more than alice and bob have
+    with pytest.raises(ServiceError) as e:
+        client.submit({**JOB, "id": "a4", "tenant": "alice"})
+    assert (e.value.status, e.value.field, e.value.retry_after) == (422, "tenant", None)
     counts = {(a["verdict"], a["tenant"]): a["jobs"] for a in client.status()["admissions"]}
     assert counts == {("accepted", "alice"): 2, ("borrowed", "alice"): 1,
-                      ("quota", "alice"): 1, ("accepted", "bob"): 1}
+                      ("quota", "alice"): 2, ("accepted", "bob"): 1}
+
+
+def test_the_shell_path_for_tensors_checks_first_and_writes_o_where_asked(
+        served, cli, tmp_path) -> None:
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    from scheduler.serve.tensors import encode
+
+    service, url = served
+    (service.state / "endpoint.json").write_text(json.dumps({"url": url}))
+    qkv = _qkv()
+    save_file(qkv, tmp_path / "qkv.safetensors")
+    save_file({"q": qkv["q"], "k": qkv["k"]}, tmp_path / "no-v.safetensors")
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"id": "t1", "tensors": "qkv.safetensors"}) + "\n"
+                    + json.dumps({"id": "t2", "tensors": "no-v.safetensors"}) + "\n")
+    code, out, err = cli("submit", jobs, "--state", service.state)
+    assert code == 2 and "jobs.jsonl:2" in err and "tensors.v" in err and not out
+    code, _, err = cli("submit", jobs, "--state", service.state, "--outputs", tmp_path / "o")
+    assert code == 2 and "--wait" in err
+    jobs.write_text(json.dumps({"id": "t1", "tensors": "qkv.safetensors"}) + "\n")
+    code, out, err = cli("submit", jobs, "--state", service.state)
+    assert code == 0 and "accepted t1" in out, err
+    client = Client(url, service.token)
+    client.submit({"id": "t2"}, tensors=str(tmp_path / "qkv.safetensors"))  # a path as text
+    client.submit({"id": "t3"}, tensors={**qkv, "v": qkv["k"]})  # k and v one tensor
+    assert [j.id for j in service.inbox.take()] == ["t1", "t2", "t3"]
+    service.payloads.save_outputs({"t1": encode({"o": qkv["q"]})})
+    code, out, err = cli("output", "t1", "-o", tmp_path / "o.npy", "--state", service.state)
+    assert code == 0, err  # the format follows the file's suffix
+    assert torch.equal(torch.from_numpy(np.load(tmp_path / "o.npy")), qkv["q"])
+    code, _, err = cli("output", "t1", "-o", tmp_path / "no" / "o.npy", "--state",
+                       service.state)
+    assert code == 2 and "no such folder" in err and "internal error" not in err

@@ -126,10 +126,15 @@ def submit(
 
     Example: attnsched submit jobs.jsonl --wait
     """
+    if outputs is not None and not wait:
+        raise InputError("outputs are written once the jobs end: add --wait",
+                         field="--outputs")
+    rows = [(n, row, _tensors_of(row, jobs, n)) for n, row in _rows(jobs)]
+    for number, row, tensors in rows:  # every row checked before any is sent
+        _check(row, tensors, jobs, number)
     client = _client(state)
     handles = []
-    for number, row in _rows(jobs):
-        tensors = _tensors_of(row, jobs, number)
+    for number, row, tensors in rows:
         try:
             handles.append((client.submit(row, tensors), tensors is not None))
         except ServiceError as e:
@@ -144,12 +149,31 @@ def submit(
             (outputs / f"{h.id}.safetensors").write_bytes(client.output(h.id))
 
 
+def _check(row: dict[str, Any], tensors: Path | None, jobs: Path, line: int) -> None:
+    """The service's own rules for a job (and its tensors), applied here first."""
+    from scheduler.serve import tensors as qkv
+    from scheduler.traces.canonical import job_from_record
+
+    record = {k: v for k, v in row.items() if k != "slo"}
+    try:
+        if "submit_time" in record:
+            raise InputError("set by the service when it accepts the job", field="submit_time")
+        if tensors is not None:
+            record = qkv.job_record(record, qkv.read({qkv.BUNDLE: tensors.read_bytes()}))
+        job_from_record({**record, "id": record.get("id", "-"), "submit_time": 0.0})
+    except InputError as e:
+        raise e.located(path=jobs, line=line) from None
+
+
 def _tensors_of(row: dict[str, Any], jobs: Path, line: int) -> Path | None:
     """The safetensors file a row names (relative to the jobs file), checked to exist."""
     name = row.pop("tensors", None)
     if name is None:
         return None
-    path = (Path(".") if str(jobs) == "-" else jobs.parent) / str(name)
+    if not isinstance(name, str) or not name:
+        raise InputError(f"expected a file name, got {name!r}", path=jobs, line=line,
+                         field="tensors")
+    path = (Path(".") if str(jobs) == "-" else jobs.parent) / name
     if not path.is_file():
         raise InputError(f"no such file: {path}", path=jobs, line=line, field="tensors")
     return path
@@ -157,20 +181,27 @@ def _tensors_of(row: dict[str, Any], jobs: Path, line: int) -> Path | None:
 
 def output(job: str = typer.Argument(..., help="The job's id."),
            out: Path = typer.Option(..., "-o", "--out", help="Where to write O."),
-           format: str = typer.Option("safetensors", "--format",
-                                      help="safetensors (tensor o) or npy (not for bf16)."),
+           format: str | None = typer.Option(
+               None, "--format", help="safetensors (tensor o) or npy (not for bf16); "
+               "default: npy for a .npy file, else safetensors."),
            state: Path = STATE) -> None:
     """Fetch the output O of a job submitted with tensors.
 
-    Example: attnsched output job-3f2a9c01d4e5 -o o.npy --format npy
+    Example: attnsched output job-3f2a9c01d4e5 -o o.npy
     """
+    format = format or ("npy" if out.suffix == ".npy" else "safetensors")
     if format not in ("safetensors", "npy"):
         raise InputError(f"expected safetensors or npy, got {format!r}", field="--format")
+    if not out.parent.is_dir():
+        raise InputError("no such folder", path=out.parent, field="--out")
     try:
         data = _client(state).output(job, format)
     except ServiceError as e:
         raise InputError(e.detail, field=e.field or "job") from None
-    out.write_bytes(data)
+    try:
+        out.write_bytes(data)
+    except OSError as e:
+        raise InputError(f"cannot write: {e.strerror or e}", path=out, field="--out") from None
     console.print(f"wrote {out} ({len(data):,} bytes)", markup=False)
 
 
@@ -200,7 +231,7 @@ def queue(state: Path = STATE,
     Example: attnsched queue --limit 20
     """
     for row in _client(state).queue(limit):
-        console.print(f"{row['id']}  {row['kind']}  tenant {row['tenant']}  "
+        console.print(f"{row['id']}  {row['state']}  {row['kind']}  tenant {row['tenant']}  "
                       f"submitted at {row['submit_time']:.3f}s", markup=False)
 
 

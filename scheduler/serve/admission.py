@@ -60,7 +60,7 @@ class Verdict:
     admit: bool
     reason: str = ""  # queue | slo | quota, when refused
     detail: str = ""
-    retry_after: int = 1  # seconds, when refused
+    retry_after: int = 1  # seconds, when refused (0: retrying cannot help)
     borrowed: bool = False
 
 
@@ -214,20 +214,31 @@ class Admission:
         cohort = {held.tenant, *self.quotas.keys() - {"default"}, *self.tenants}
         for resource in over:
             total = sum(getattr(t, resource) for t in self.tenants.values())
+            # A resource left unlimited (None) lends nothing: only numbers are pooled.
             pool = sum(getattr(q, resource) or 0 for q in map(self._nominal, cohort)
                        if q is not None)
             if total + getattr(held, resource) > pool:
-                return self._refused(held, nominal, mine, resource)
+                return self._refused(held, nominal, mine, resource, pool)
         return Verdict(True, borrowed=True)
 
-    def _refused(self, held: _Held, nominal: Quota, mine: _Sum, resource: str) -> Verdict:
-        used, cap = getattr(mine, resource), getattr(nominal, resource)
-        shown = (f"{used:.3g} device-seconds outstanding of its {cap:g}" if resource == "seconds"
-                 else f"{size(used)} of device memory outstanding of its {size(cap)}")
+    def _refused(self, held: _Held, nominal: Quota, mine: _Sum, resource: str, pool: float
+                 ) -> Verdict:
+        used, cap, need = getattr(mine, resource), getattr(nominal, resource), \
+            getattr(held, resource)
+
+        def shown(x: float) -> str:
+            return f"{x:.3g} device-seconds" if resource == "seconds" else \
+                f"{size(x)} of device memory"
+
+        if need > pool:  # more than all the quota there is: retrying cannot help
+            return Verdict(False, "quota", f"the job needs {shown(need)}, more than tenant "
+                           f"{held.tenant!r} can ever hold ({shown(pool)} with all idle "
+                           "quota borrowed)", retry_after=0)
         # Retry once the tenant's own backlog has had time to drain to make room.
-        drain = (used + held.seconds - cap if resource == "seconds" else mine.seconds)
-        return Verdict(False, "quota", f"tenant {held.tenant!r} has {shown}, and no idle "
-                       "quota to borrow", retry_after=max(1, math.ceil(
+        drain = (used + need - cap if resource == "seconds" else mine.seconds)
+        return Verdict(False, "quota", f"tenant {held.tenant!r} has {shown(used)} outstanding "
+                       f"of its {shown(cap)} and the job needs {shown(need)}; no idle quota "
+                       "to borrow", retry_after=max(1, math.ceil(
                            drain * self.scale / max(self.devices, 1))))
 
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from scheduler.errors import InputError
 from scheduler.serve.admission import Verdict
@@ -39,15 +40,23 @@ _SUBMIT_BODY = {"required": True, "content": {
         "q": {"type": "string", "format": "binary", "description": ".npy or safetensors"},
         "k": {"type": "string", "format": "binary"},
         "v": {"type": "string", "format": "binary"}}}}}}
+_SUBMIT_ANSWERS: dict[int | str, dict[str, Any]] = {
+    409: {"description": "a job with this id was submitted before"},
+    411: {"description": "tensors without a Content-Length"},
+    413: {"description": "the job's JSON or its tensors are too large"},
+    422: {"description": "a field (or tensor) at fault, named in `field`"},
+    429: {"description": "refused by admission (queue, slo, quota); see Retry-After"},
+    503: {"description": "starting or stopping; see Retry-After"}}
+BEARER = HTTPBearer(auto_error=False, description="the token in the service's state folder")
 
 
 def make_app(service: Service) -> FastAPI:
     app = FastAPI(title="attnsched", version="1",
                   description="Submit attention jobs to an attnsched scheduler.")
 
-    def authorized(authorization: str | None = Header(None)) -> None:
-        scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not token_matches(given.strip(), service.token):
+    def authorized(given: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+                   ) -> None:
+        if given is None or not token_matches(given.credentials.strip(), service.token):
             raise HTTPException(401, "missing or wrong token (Authorization: Bearer TOKEN; "
                                 "the token is in the service's state folder)",
                                 headers={"WWW-Authenticate": "Bearer"})
@@ -62,7 +71,7 @@ def make_app(service: Service) -> FastAPI:
     def health() -> dict[str, str]:
         return {"status": "ready" if service.ready() else "starting"}
 
-    @app.post("/v1/jobs", status_code=202, dependencies=auth,
+    @app.post("/v1/jobs", status_code=202, dependencies=auth, responses=_SUBMIT_ANSWERS,
               openapi_extra={"requestBody": _SUBMIT_BODY})
     async def submit(request: Request) -> JSONResponse:
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -77,9 +86,11 @@ def make_app(service: Service) -> FastAPI:
     def lookup(job_id: str, wait: float = Query(0.0, ge=0.0, le=MAX_WAIT_S)) -> dict[str, Any]:
         return _lookup(service, job_id, wait)
 
-    @app.get("/v1/jobs/{job_id}/output", dependencies=auth,
+    @app.get("/v1/jobs/{job_id}/output", dependencies=auth, response_class=Response,
              responses={200: {"content": {"application/octet-stream": {}},
-                              "description": "O as safetensors (tensor o) or .npy"}})
+                              "description": "O as safetensors (tensor o) or .npy"},
+                        404: {"description": "no such job, or it brought no tensors"},
+                        409: {"description": "not done yet, or failed"}})
     def output(job_id: str, format: str = Query("safetensors", pattern="^(safetensors|npy)$")
                ) -> Response:
         return _output(service, job_id, format)
@@ -151,6 +162,9 @@ def _submitted(service: Service, record: dict[str, Any], tensors: bytes | None =
     if answer is None:
         raise HTTPException(409, f"a job with id {record['id']!r} was submitted before")
     if isinstance(answer, Verdict):
+        if not answer.retry_after:  # never admissible as it is: not a matter of load
+            return JSONResponse({"detail": answer.detail, "reason": answer.reason,
+                                 "field": "tenant"}, status_code=422)
         return JSONResponse({"detail": answer.detail, "reason": answer.reason},
                             status_code=429, headers={"Retry-After": str(answer.retry_after)})
     return JSONResponse({"id": answer.id, "state": "accepted",

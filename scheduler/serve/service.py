@@ -36,7 +36,7 @@ from scheduler.pricing import ClusterCost, load_profiles
 from scheduler.records import Sink
 from scheduler.serve.admission import DEFAULT_CLASSES, Admission, Quota, SloClass, Verdict
 from scheduler.serve.payloads import Payloads
-from scheduler.serve.state import ENDPOINT_FILE, Accepted, token
+from scheduler.serve.state import ENDPOINT_FILE, Accepted, outcome, token
 from scheduler.state import JobRecord, JobState
 
 if TYPE_CHECKING:
@@ -171,10 +171,10 @@ class Service(Sink):
             d: {"util": u, "running": n, "up": up} for d, (u, n, up) in p.devices.items()}
         targets = {} if admission is None else {
             n: c.max_delay_s for n, c in admission.classes.items()}
+        ended = list(self.classes.values())  # counted as each job ends, unlike the progress
         return {"ready": self.ready(), "policy": self.policy_name,
                 "clock": None if p is None else p.clock,
-                "done": 0 if p is None else p.done - p.failed,  # progress counts both
-                "failed": 0 if p is None else p.failed,
+                "done": sum(c.done for c in ended), "failed": sum(c.failed for c in ended),
                 "queued": 0 if p is None else p.queued, "devices": devices,
                 "classes": {n: s.shown(targets.get(n)) for n, s in sorted(self.classes.items())},
                 "admissions": [] if admission is None else [
@@ -190,7 +190,8 @@ class Service(Sink):
     def unfinished(self, limit: int) -> list[dict[str, Any]]:
         """Accepted jobs with no outcome yet, oldest first."""
         return [{"id": job.id, "tenant": job.tenant, "kind": job.kind.value, "class": slo,
-                 "submit_time": job.submit_time}
+                 "submit_time": job.submit_time,
+                 "state": (outcome(self.state, job.id) or {"state": "accepted"})["state"]}
                 for job, slo in itertools.islice(self._open_jobs(), limit)]
 
     def restore(self, admission: Admission) -> int:

@@ -125,11 +125,13 @@ def outcome(state: Path, job_id: str) -> dict[str, Any] | None:
         row = db.execute("SELECT record FROM results WHERE job = ?", (job_id,)).fetchone()
         if row is not None:
             return dict(json.loads(row[0]))
-        row = db.execute("SELECT state, device, attempt FROM transitions WHERE job = ? "
+        row = db.execute("SELECT state, device, attempt, t FROM transitions WHERE job = ? "
                          "ORDER BY seq DESC LIMIT 1", (job_id,)).fetchone()
     if row is None:
         return None
-    return {"state": row[0], "device": row[1], "attempts": row[2]}
+    latest, device, attempts, t = row
+    return {"state": latest, "device": device, "attempts": attempts,
+            "start": t if latest == "running" else None}
 
 
 def endpoint(state: Path) -> str:

@@ -57,6 +57,10 @@ def read(parts: Mapping[str, bytes]) -> dict[str, torch.Tensor]:
     """Q, K and V from uploaded parts: ``tensors`` (one safetensors file with q, k, v) or
     ``q``, ``k`` and ``v`` (each .npy or safetensors)."""
     if BUNDLE in parts:
+        both = [n for n in NAMES if n in parts]
+        if both:
+            raise InputError("send either one file with q, k and v, or q, k and v apart, "
+                             "not both", field=f"{BUNDLE}.{both[0]}")
         found = _decode(parts[BUNDLE], BUNDLE)
         missing = [n for n in NAMES if n not in found]
         if missing:
@@ -120,7 +124,14 @@ def encode(tensors: Mapping[str, torch.Tensor]) -> bytes:
     """Tensors as safetensors bytes (contiguous, on the CPU)."""
     from safetensors.torch import save
 
-    return bytes(save({n: t.detach().cpu().contiguous() for n, t in tensors.items()}))
+    out, seen = {}, set()
+    for name, given in tensors.items():
+        t = given.detach().cpu().contiguous()
+        where = t.untyped_storage().data_ptr()
+        # safetensors refuses tensors sharing memory (``k = v`` in a client's code): copy
+        out[name] = t.clone() if where in seen else t
+        seen.add(where)
+    return bytes(save(out))
 
 
 def as_npy(data: bytes, name: str = OUTPUT) -> bytes:
