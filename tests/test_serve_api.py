@@ -328,3 +328,22 @@ def test_the_shell_path_for_tensors_checks_first_and_writes_o_where_asked(
     code, _, err = cli("output", "t1", "-o", tmp_path / "no" / "o.npy", "--state",
                        service.state)
     assert code == 2 and "no such folder" in err and "internal error" not in err
+
+
+def test_a_restart_finds_accepted_tensors_and_cancellations(served) -> None:
+    """What a killed service had acknowledged is on disk: a restarted one hands the loop
+    each open job again (its tensors with it) and the cancellations it had not taken."""
+    service, url = served
+    client = Client(url, service.token)
+    client.submit({"id": "keep"}, tensors=_qkv())
+    client.submit({**JOB, "id": "drop"})
+    service.accepted.cancel("drop", "cancelled by the client")  # asked, then killed
+    again = Service(ServeOptions(service.state, port=0), "greedy")
+    try:
+        assert again.restore(Admission(devices=2, seconds_of=lambda job: 1.0)) == 2
+        items = again.inbox.take()
+        assert [getattr(i, "id", None) or i.job for i in items] == ["keep", "drop", "drop"]
+        assert isinstance(items[-1], Cancel)
+        assert set(again.payloads.inputs(["keep", "drop"])) == {"keep"}
+    finally:
+        again.accepted.close()
