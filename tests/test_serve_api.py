@@ -64,6 +64,7 @@ def test_an_accepted_job_is_on_disk_and_in_the_inbox(served) -> None:
         client.submit({**JOB, "id": "p1"})
     assert e.value.status == 409
     assert (job.priority, job.deadline) == (0, None)  # the default class: batch, no target
+    assert [(r["id"], r["state"]) for r in client.queue()] == [("p1", "accepted")]
     assert client.job("p1") == {"id": "p1", "state": "accepted", "attempts": None,
                                 "start": None, "end": None, "device": None, "node": None,
                                 "reason": None}

@@ -151,16 +151,11 @@ def submit(
 
 def _check(row: dict[str, Any], tensors: Path | None, jobs: Path, line: int) -> None:
     """The service's own rules for a job (and its tensors), applied here first."""
-    from scheduler.serve import tensors as qkv
-    from scheduler.traces.canonical import job_from_record
+    from scheduler.serve.submission import submitted_job
+    from scheduler.serve.tensors import BUNDLE, read
 
-    record = {k: v for k, v in row.items() if k != "slo"}
     try:
-        if "submit_time" in record:
-            raise InputError("set by the service when it accepts the job", field="submit_time")
-        if tensors is not None:
-            record = qkv.job_record(record, qkv.read({qkv.BUNDLE: tensors.read_bytes()}))
-        job_from_record({**record, "id": record.get("id", "-"), "submit_time": 0.0})
+        submitted_job(row, None if tensors is None else read({BUNDLE: tensors.read_bytes()}))
     except InputError as e:
         raise e.located(path=jobs, line=line) from None
 

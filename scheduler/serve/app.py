@@ -21,7 +21,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from scheduler.errors import InputError
 from scheduler.serve.admission import Verdict
 from scheduler.serve.state import FINAL, outcome, token_matches
-from scheduler.traces.canonical import job_from_record
+from scheduler.serve.submission import submitted_job
 
 if TYPE_CHECKING:
     from scheduler.serve.service import Service
@@ -75,8 +75,9 @@ def make_app(service: Service) -> FastAPI:
               openapi_extra={"requestBody": _SUBMIT_BODY})
     async def submit(request: Request) -> JSONResponse:
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            record, tensors = await _with_tensors(request, service.options.max_tensor_bytes)
-            return _submitted(service, record, tensors)
+            record, qkv, data = await _with_tensors(request,
+                                                    service.options.max_tensor_bytes)
+            return _submitted(service, record, qkv, data)
         body = await request.body()
         if len(body) > MAX_BODY:
             raise HTTPException(413, f"a job's JSON is at most {MAX_BODY:,} bytes")
@@ -119,15 +120,14 @@ def _record(body: bytes) -> dict[str, Any]:
         raise HTTPException(400, f"not JSON: {e}") from None
     if not isinstance(record, dict):
         raise HTTPException(422, "expected a JSON object: one job's fields")
-    if "submit_time" in record:
-        raise InputError("set by the service when it accepts the job", field="submit_time")
     return record
 
 
-async def _with_tensors(request: Request, limit: int) -> tuple[dict[str, Any], bytes]:
+async def _with_tensors(request: Request, limit: int
+                        ) -> tuple[dict[str, Any], dict[str, Any], bytes]:
     """A multipart submission: the job's JSON in part ``job``, its tensors in ``tensors``
-    (one safetensors file) or ``q``, ``k``, ``v``; returns the job's fields (shape read
-    off the tensors) and the tensors as one safetensors file."""
+    (one safetensors file) or ``q``, ``k``, ``v``; returns the job's fields, Q, K and V,
+    and the tensors as one safetensors file (a bundle as sent: it was read whole)."""
     from scheduler.serve import tensors
 
     length = request.headers.get("content-length")
@@ -146,19 +146,17 @@ async def _with_tensors(request: Request, limit: int) -> tuple[dict[str, Any], b
     job = form.get("job")
     record = _record(job.encode() if isinstance(job, str) else b"{}")
     qkv = tensors.read(parts)
-    return tensors.job_record(record, qkv), tensors.encode(qkv)
+    return record, qkv, parts.get(tensors.BUNDLE) or tensors.encode(qkv)
 
 
-def _submitted(service: Service, record: dict[str, Any], tensors: bytes | None = None
-               ) -> JSONResponse:
+def _submitted(service: Service, record: dict[str, Any], qkv: dict[str, Any] | None = None,
+               tensors: bytes | None = None) -> JSONResponse:
     if not service.ready():
         raise HTTPException(503, "the service is starting or stopping",
                             headers={"Retry-After": "1"})
-    slo = record.pop("slo", None)
-    if slo is not None and not isinstance(slo, str):
-        raise InputError("expected a class name", field="slo")
     record.setdefault("id", f"job-{uuid.uuid4().hex[:12]}")
-    answer = service.accept(job_from_record({**record, "submit_time": 0.0}), slo, tensors)
+    job = submitted_job(record, qkv)
+    answer = service.accept(job, record.get("slo"), tensors)
     if answer is None:
         raise HTTPException(409, f"a job with id {record['id']!r} was submitted before")
     if isinstance(answer, Verdict):

@@ -68,10 +68,6 @@ class Payloads:
             mine = [j for j in job_ids if j in self._held]
         return {j: (self.inputs_dir / _name(j)).read_bytes() for j in mine}
 
-    def has_inputs(self, job_id: str) -> bool:
-        with self._lock:
-            return job_id in self._held
-
     def save_outputs(self, outputs: Mapping[str, bytes]) -> None:
         """Jobs' outputs, on disk before their outcome is journalled; their inputs go."""
         for job_id, data in outputs.items():

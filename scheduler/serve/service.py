@@ -36,7 +36,7 @@ from scheduler.pricing import ClusterCost, load_profiles
 from scheduler.records import Sink
 from scheduler.serve.admission import DEFAULT_CLASSES, Admission, Quota, SloClass, Verdict
 from scheduler.serve.payloads import Payloads
-from scheduler.serve.state import ENDPOINT_FILE, Accepted, outcome, token
+from scheduler.serve.state import ENDPOINT_FILE, Accepted, latest_states, token
 from scheduler.state import JobRecord, JobState
 
 if TYPE_CHECKING:
@@ -189,10 +189,11 @@ class Service(Sink):
 
     def unfinished(self, limit: int) -> list[dict[str, Any]]:
         """Accepted jobs with no outcome yet, oldest first."""
+        jobs = list(itertools.islice(self._open_jobs(), limit))
+        states = latest_states(self.state, [job.id for job, _ in jobs])
         return [{"id": job.id, "tenant": job.tenant, "kind": job.kind.value, "class": slo,
-                 "submit_time": job.submit_time,
-                 "state": (outcome(self.state, job.id) or {"state": "accepted"})["state"]}
-                for job, slo in itertools.islice(self._open_jobs(), limit)]
+                 "submit_time": job.submit_time, "state": states.get(job.id, "accepted")}
+                for job, slo in jobs]
 
     def restore(self, admission: Admission) -> int:
         """After a restart: count the ended jobs in their classes' figures, and hand the
