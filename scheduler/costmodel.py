@@ -13,13 +13,13 @@ compute at the measured SDPA rate and memory traffic at the device bandwidth.
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from scheduler import packing
+from scheduler.decodes import DecodeRow, DecodeRows, padded_positions
 from scheduler.flops import (
     MEMORY_BACKENDS,
     SEQ2SEQ_EMBED,
@@ -79,8 +79,8 @@ def _job_terms(job: AttentionJob, profile: DeviceProfile, backend: str | None) -
     """One job's share of a packed batch: compute, bytes, calls, flops and backend."""
     launches = packing.forward_calls(job)
     if job.kind is JobKind.DECODE:
-        compute, nbytes, _, used = _decode_terms(job, ((job.steps, job.kv_len, job.batch),),
-                                                 profile, backend)  # one request: no mask
+        compute, nbytes, _, used = _decode_terms(
+            job, DecodeRows.of((job.steps, job.kv_len, job.batch)), profile, backend)
         # A timed decode step is a whole step, host included: no separate floor.
         calls = 0 if profile.decode_step_s > 0 else launches
         return Terms(compute, nbytes, calls, total_flops(job, profile.backward_factor), used, 0,
@@ -96,41 +96,17 @@ def _job_terms(job: AttentionJob, profile: DeviceProfile, backend: str | None) -
                  packing.call_key(job, profile.kind), scale_kind(job))
 
 
-DecodeRow = tuple[int, int, int]  # (steps, kv_len, rows) of one decode request
-
-
-def padded_positions(rows: Sequence[DecodeRow]) -> tuple[float, float]:
-    """Key positions a packed decode attends to, padding included, and its query rows × steps.
-
-    This is the worker's loop (``kernels.decode_many``): ``rows`` ordered by
-    steps, longest first; at step ``s`` the requests still running form a
-    prefix, and each of them attends to the longest cache among that prefix
-    plus ``s``. A shorter request's cache is padded to that length, and the
-    padding costs as much as real keys.
-    """
-    total = 0.0
-    active = longest = work = 0
-    for i, (steps, kv, n) in enumerate(rows):
-        active += n
-        longest = max(longest, kv)
-        work += n * steps
-        after = rows[i + 1][0] if i + 1 < len(rows) else 0
-        if steps > after:  # steps after..steps-1 run the first i+1 requests
-            total += active * (steps - after) * (longest + (after + steps - 1) / 2)
-    return total, float(work)
-
-
-def _decode_terms(job: AttentionJob, rows: Sequence[DecodeRow], profile: DeviceProfile,
+def _decode_terms(job: AttentionJob, rows: DecodeRows, profile: DeviceProfile,
                   backend: str | None) -> tuple[float, float, float, str]:
     """(compute s, bytes, mask s, backend) of one decode call group: ``job``'s head layout
-    over ``rows`` (see :func:`padded_positions`), by the profile's timing of the worker's
+    over ``rows`` (see :mod:`scheduler.decodes`), by the profile's timing of the worker's
     decode step where it has one (else at the grid's rate of the mean padded cache), and
     the profile's measured cost of the mask when the caches differ in length.
 
     The mask is measured on the worker's own decode loop, not derived from the
     grid, so ``worker_scale`` (the grid's error) does not apply to it.
     """
-    positions, work = padded_positions(rows)
+    positions, work = rows.positions, float(rows.work)
     mean = positions / work
     keys = max(1, round(mean))
     rate, used = profile.sdpa_tflops(job.q_len, keys, job.head_dim, job.dtype, job.causal,
@@ -143,7 +119,7 @@ def _decode_terms(job: AttentionJob, rows: Sequence[DecodeRow], profile: DeviceP
             measured, _ = profile.sdpa_tflops(job.q_len, keys, job.head_dim,
                                               profile.decode_dtype, job.causal, used)
             element *= measured / rate
-        compute = job.layers * (rows[0][0] * profile.decode_step_s + positions * job.q_len
+        compute = job.layers * (rows.rows[0][0] * profile.decode_step_s + positions * job.q_len
                                 * job.heads * job.head_dim * element)
     else:
         per = 4.0 * job.heads * job.q_len * job.head_dim * job.layers
@@ -151,8 +127,8 @@ def _decode_terms(job: AttentionJob, rows: Sequence[DecodeRow], profile: DeviceP
             per *= causal_fraction(job.q_len, keys)
         compute = per * positions / (rate * 1e12)
     mask = 0.0
-    if len({kv for _, kv, _ in rows}) > 1:  # the worker masks only then (decode_many)
-        mask = rows[0][0] * job.layers * profile.decode_mask_call_s \
+    if rows.mixed:  # the worker masks only when caches differ (decode_many)
+        mask = rows.rows[0][0] * job.layers * profile.decode_mask_call_s \
             + positions * job.heads * job.layers * profile.decode_mask_score_s
     s = job.dtype.itemsize
     nbytes = (2.0 * job.heads * job.q_len * work + 2.0 * job.kv_heads * positions) \
@@ -164,7 +140,7 @@ def _decode_terms(job: AttentionJob, rows: Sequence[DecodeRow], profile: DeviceP
 class _DecodeGroup:
     """One decode call group of a pack: its requests, longest first, and what they cost."""
 
-    rows: tuple[DecodeRow, ...]
+    rows: DecodeRows
     compute_s: float
     nbytes: float
     mask_s: float
@@ -227,10 +203,9 @@ class Pack:
         row = (job.steps, job.kv_len, job.batch)
         old = self.decodes.get(group)
         if old is None:
-            return _DecodeGroup((row,), compute, nbytes, 0.0), compute, nbytes, 0.0
-        rows = list(old.rows)
-        bisect.insort(rows, row, key=lambda r: -r[0])  # the worker's order (decode_many)
-        new = _DecodeGroup(tuple(rows), *_decode_terms(job, rows, self.profile, self.want)[:3])
+            return _DecodeGroup(DecodeRows.of(row), compute, nbytes, 0.0), compute, nbytes, 0.0
+        rows = old.rows.join(row)
+        new = _DecodeGroup(rows, *_decode_terms(job, rows, self.profile, self.want)[:3])
         return (new, new.compute_s - old.compute_s, new.nbytes - old.nbytes,
                 new.mask_s - old.mask_s)
 
