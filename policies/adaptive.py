@@ -94,11 +94,6 @@ class AdaptivePolicy:
         # (view epoch, job id -> whether it has a use for CPUs alone): kept across the
         # rounds of an epoch, as a deep queue offers the same jobs round after round
         self._cpu_memo: tuple[int, dict[str, bool]] = (0, {})
-        # job id -> (job, priority, aging divisor, shortness) of :meth:`urgency`: the parts
-        # that do not move with the clock, kept across decisions, as a deep queue offers
-        # the same jobs to every one; for the cost model in ``_urgent_cost``
-        self._urgent: dict[str, tuple[Job, float, float, float]] = {}
-        self._urgent_cost: object = None
 
     # -- urgency ---------------------------------------------------------------------------
 
@@ -114,24 +109,6 @@ class AdaptivePolicy:
             slack = job.submit_time + job.deadline - view.now - seconds
             score += 2.0 / (1.0 + math.exp(slack))  # near or past its deadline: up to +2
         return score - math.log1p(seconds / 0.01)  # shortest first, on a log scale
-
-    def _urgency_now(self, view: View, job: Job) -> float:
-        """:meth:`urgency` at the job's reference time, the same sums in the same order,
-        with what does not move with the clock computed once per job."""
-        if type(self).urgency is not AdaptivePolicy.urgency:  # a subclass's own rule
-            return self.urgency(view, job, reference_seconds(view, job))
-        if self._urgent_cost is not view.cost or len(self._urgent) >= CPU_MEMO_SIZE:
-            self._urgent, self._urgent_cost = {}, view.cost
-        known = self._urgent.get(job.id)
-        if known is None or known[0] is not job:
-            seconds = reference_seconds(view, job)
-            known = self._urgent[job.id] = (job, float(job.priority), self.aging_s +
-                                            self.aging_rel * seconds, math.log1p(seconds / 0.01))
-        score = known[1] + (view.now - view.ready_time(job.id)) / known[2]
-        if job.deadline is not None:
-            slack = job.submit_time + job.deadline - view.now - reference_seconds(view, job)
-            score += 2.0 / (1.0 + math.exp(slack))
-        return score - known[3]
 
     def _pick_tenant(self, view: View, heads: Mapping[str, tuple[float, Job]]) -> str:
         if len(heads) == 1:
@@ -272,7 +249,8 @@ class AdaptivePolicy:
             if not r.cpus_only or self._cpu_work(view, job):
                 score = r.scores.get(job.id)
                 if score is None:
-                    score = r.scores[job.id] = self._urgency_now(view, job)
+                    score = r.scores[job.id] = self.urgency(view, job,
+                                                            reference_seconds(view, job))
                 if best is None or score > best[0]:
                     best = (score, job)
             if seen >= self.head:

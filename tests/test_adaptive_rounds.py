@@ -60,17 +60,3 @@ def test_a_small_job_deep_in_a_tenants_window_still_goes_to_the_cpu() -> None:
     offloads = [(a.jobs, a.device) for a in actions if isinstance(a, Offload)]
     assert offloads == [(("small",), CPU)]
     assert [a.device for a in actions if isinstance(a, Place)] == [GPU]
-
-
-def test_urgency_kept_across_decisions_is_the_rule_computed_afresh() -> None:
-    """The parts of urgency that do not move with the clock are kept per job; the score
-    is still exactly ``urgency`` at the job's reference time, deadline or not, at any now."""
-    queue = [attention_job(id=f"j{i}", submit_time=i, priority=i % 3,
-                           deadline=(None if i % 2 else 5.0 + i), q_len=128 * (1 + i % 5))
-             for i in range(12)]
-    policy = AdaptivePolicy()
-    for now in (20.0, 21.5, 400.0):
-        snapshot = view(queue, cluster=ONE_GPU_AND_A_CPU, now=now)
-        for job in queue:
-            expected = policy.urgency(snapshot, job, snapshot.cost.best_seconds(job))
-            assert policy._urgency_now(snapshot, job) == expected
