@@ -203,13 +203,22 @@ class Journal:
                              "--out this folder?)", path=path.parent, field="--resume")
         try:
             self.db = sqlite3.connect(path, isolation_level="DEFERRED")
+        except sqlite3.DatabaseError as e:
+            raise InputError(f"not a readable journal: {e}", path=path,
+                             field="--resume") from None
+        try:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(_SCHEMA)
             self.resumed = self._load(meta) if resume else Resumed()
-        except sqlite3.DatabaseError as e:
-            raise InputError(f"not a readable journal: {e}", path=path,
-                             field="--resume") from None
+        except BaseException as e:
+            # A refused resume must not leave the journal open: its -wal would stay until
+            # the garbage collector closed it, and the run would read as unclosed.
+            self.db.close()
+            if isinstance(e, sqlite3.DatabaseError):
+                raise InputError(f"not a readable journal: {e}", path=path,
+                                 field="--resume") from None
+            raise
         self.session = self.resumed.session + 1
         with self.db:
             self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",

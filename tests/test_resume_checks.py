@@ -138,6 +138,7 @@ def test_a_schema_1_journal_is_not_resumed_unchecked(cli, trace, tmp_path) -> No
         db.execute("INSERT INTO meta VALUES ('schema', '1')")
     code, _, err = cli("run", trace, *RUN, "--resume", out)
     assert code == 2 and "schema 1" in err and "--overwrite" in err, err
+    assert not (out / (FILE + "-wal")).exists()  # the refusal closed the journal it opened
     assert not journal_state(out / FILE).finished  # and a rerun would not delete it
     assert cli("run", trace, *RUN, "--out", out)[0] == 2
     (out / "summary.json").write_text("{}")  # an old run that got to its end
