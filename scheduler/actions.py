@@ -7,6 +7,7 @@ it; one that does not fit what the actions before it left raises
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -104,14 +105,18 @@ class Actions:
         why = packing.refusal(jobs) if len(jobs) > 1 else None
         if why is not None:
             raise Rejected(RejectCode.BAD_BATCH, why)
-        return self._launch(jobs, dev, (), placement.attention_need(self.cost, jobs, dev))
+        cached = {j.id: t for j in jobs if (t := self.cap.caches.hit(j, dev.spec.id))}
+        return self._launch(jobs, dev, (), placement.attention_need(self.cost, jobs, dev, cached),
+                            cached)
 
     def _launch(self, jobs: list[Job], dev: DeviceState, gang: tuple[str, ...],
-                need: placement.Need) -> Batch:
+                need: placement.Need, cached: Mapping[str, int] | None = None) -> Batch:
         self.batch_seq += 1
         batch = Batch(f"b{self.batch_seq}", dev.spec.id, tuple(j.id for j in jobs), self.now,
                       need.seconds, need.share, need.memory, need.flops, gang, need.cpus,
                       need.host_memory, need.elastic)
+        for job_id, tokens in (cached or {}).items():  # recent before the booking evicts
+            self.cap.caches.use(self.jobs.records[job_id].job, dev.spec.id, tokens)
         self.cap.book(batch)
         for job in jobs:
             self.jobs.dequeue(job)
@@ -119,11 +124,17 @@ class Actions:
             record.state, record.start, record.batch = JobState.RUNNING, self.now, batch.id
             record.device, record.node, record.batch_size = dev.spec.id, dev.spec.node, len(jobs)
             record.attempts += 1
-            record.solo_seconds = self.cost.seconds([job], dev.spec.id) if len(jobs) > 1 \
+            record.solo_seconds = self._solo(job, dev, cached) if len(jobs) > 1 \
                 else need.seconds
+            record.cached_tokens = cached.get(job.id, 0) if cached else 0
             if self.journal is not None:
                 self.journal.transition(self.now, record)
         return batch
+
+    def _solo(self, job: Job, dev: DeviceState, cached: Mapping[str, int] | None) -> float:
+        if cached and job.id in cached:
+            return self.cost.cached([job], dev.spec.id, cached)[0]
+        return self.cost.seconds([job], dev.spec.id)
 
     def _preempt(self, job_id: str) -> Batch:
         """Stop the batch running ``job_id``; all its jobs go back to the queue."""

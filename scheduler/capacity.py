@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from scheduler.cluster import ClusterSpec
+from scheduler.kvcache import CacheIndex
 from scheduler.pricing import ClusterCost
 from scheduler.state import Batch, DeviceState, NodeState
 from scheduler.view import DeviceView, NodeView
@@ -26,6 +27,9 @@ class Capacity:
         self.views = {k: DeviceView(s) for k, s in self.devices.items()}
         self.free: dict[str, DeviceView] = dict(self.views)
         self.batches: dict[str, Batch] = {}
+        self.caches = CacheIndex({k: d.cache for k, d in self.devices.items()})
+        for dev in self.devices.values():
+            dev.cache.budget = dev.memory_free
         self.node_views: Mapping[str, NodeView] = MappingProxyType(
             {k: NodeView(n) for k, n in self.nodes.items()})
         groups: dict[str, list[str]] = {}
@@ -42,6 +46,7 @@ class Capacity:
         for member in (dev, *(self.devices[g] for g in batch.gang)):
             member.share_free -= batch.share
             member.memory_free -= batch.memory if member is dev else 0
+            self._fit_cache(member)
             member.running[batch.id] = batch
             member.elastic += batch.elastic and member is dev
             self.update_free(member)
@@ -59,6 +64,7 @@ class Capacity:
             member.share_free = min(1.0, member.share_free + batch.share)
             if member_id == batch.device:
                 member.memory_free += batch.memory
+                member.cache.budget = max(0, member.memory_free)
             self.update_free(member)
         node = self.nodes[self.devices[batch.device].spec.node]
         node.cpus_free += batch.cpus
@@ -73,6 +79,8 @@ class Capacity:
     def set_up(self, device_id: str, up: bool) -> None:
         dev = self.devices[device_id]
         dev.up = up
+        if not up:
+            self.caches.forget(device_id, dev.cache.clear())
         self.update_free(dev)
 
     def shrink(self, device_id: str, batch: Batch) -> int:
@@ -82,4 +90,9 @@ class Capacity:
         limit = min(dev.memory_limit, max(0, others + batch.memory - 1))
         dev.memory_free -= dev.memory_limit - limit
         dev.memory_limit = limit
+        self._fit_cache(dev)
         return limit
+
+    def _fit_cache(self, dev: DeviceState) -> None:
+        """The cache lives in the memory batches leave: a batch's start evicts what it needs."""
+        self.caches.forget(dev.spec.id, dev.cache.shrink(dev.memory_free))

@@ -211,9 +211,12 @@ class Controller:
 
     # -- events from the executor ---------------------------------------------------------
 
-    def batch_done(self, batch_id: str, now: float, failure: Failure | None = None
-                   ) -> list[str]:
-        """A batch finished (or failed with ``failure``); returns its job ids. Idempotent."""
+    def batch_done(self, batch_id: str, now: float, failure: Failure | None = None,
+                   cached: Mapping[str, int] | None = None) -> list[str]:
+        """A batch finished (or failed with ``failure``); returns its job ids. Idempotent.
+
+        ``cached``: the prompt tokens each job's worker took from its KV cache, measured;
+        they replace the tokens the placement planned."""
         self._tick(now)
         batch = self._cap.batches.get(batch_id)
         if batch is None:
@@ -226,7 +229,12 @@ class Controller:
             self._jobs.requeue_batch(batch, now, failure.detail)
             return list(batch.jobs)
         for job_id in batch.jobs:
-            self._jobs.end_running(self._jobs.records[job_id], now)
+            record = self._jobs.records[job_id]
+            if cached is not None:
+                record.cached_tokens = cached.get(job_id, 0)
+            # its blocks are kept before end_running, which may forget the record
+            self._cap.caches.keep(record.job, batch.device, record.cached_tokens)
+            self._jobs.end_running(record, now)
         return list(batch.jobs)
 
     def _shrink(self, batch: Batch) -> None:
@@ -352,17 +360,24 @@ class Controller:
         self.fail_unfinished(message)
         return message
 
-    def observe(self, samples: Iterable[Telemetry]) -> None:
-        """Fold telemetry into the latest-sample view with moving averages."""
+    def observe(self, samples: Iterable[Telemetry]) -> list[Telemetry]:
+        """Fold telemetry into the latest-sample view with moving averages and the prefix
+        caches' figures; returns the samples as folded."""
         self._views.changed()
+        folded = []
         for s in samples:
             old = self._telemetry.get(s.device)
             ema_util = s.util if old is None else (1 - EMA) * old.ema_util + EMA * s.util
             ema_speed = s.speed if old is None else (1 - EMA) * old.ema_speed + EMA * s.speed
-            self._telemetry[s.device] = Telemetry(s.time, s.device, s.util, s.mem_used,
-                                                  s.mem_total, s.queue_len, s.running,
-                                                  s.achieved_flops, s.speed, ema_util,
-                                                  ema_speed)
+            caches = self._cap.caches
+            known = s.device in self._cap.devices
+            sample = self._telemetry[s.device] = Telemetry(
+                s.time, s.device, s.util, s.mem_used, s.mem_total, s.queue_len, s.running,
+                s.achieved_flops, s.speed, ema_util, ema_speed,
+                caches.resident_bytes(s.device) if known else 0,
+                caches.hit_rate(s.device) if known else None)
+            folded.append(sample)
+        return folded
 
     def _tick(self, now: float) -> None:
         if now < self._now:

@@ -9,6 +9,7 @@ so no component parses another's error text.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -34,10 +35,15 @@ class Failure:
 
 @dataclass(frozen=True, slots=True)
 class BatchDone:
-    """A batch ended: ran to completion (``failure`` None) or failed on its device."""
+    """A batch ended: ran to completion (``failure`` None) or failed on its device.
+
+    ``cached``: tokens of each prefill's prompt its worker took from its KV cache,
+    when the executor measured them (live); None where the controller's plan stands.
+    """
 
     batch: str
     failure: Failure | None = None
+    cached: Mapping[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

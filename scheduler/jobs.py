@@ -64,6 +64,8 @@ LIMITS: dict[str, int] = {
 }
 _SHAPE_LIMITS = tuple((n, LIMITS[n]) for n in ("batch", "heads", "kv_heads", "q_len", "kv_len",
                                                 "head_dim", "layers", "steps"))
+MAX_BLOCKS = 1 << 20  # prefix blocks of one prompt
+MAX_BLOCK_ID = (1 << 63) - 1
 MAX_CPUS = 1 << 16
 MAX_MEMORY_BYTES = 1 << 50  # 1 PiB
 
@@ -115,6 +117,27 @@ def _check_identity(job: AttentionJob | ClusterJob) -> None:
                                                         MAX_TIME_S, lo_open=True))
 
 
+def _check_prefix(job: AttentionJob) -> None:
+    """A prompt's prefix blocks: ids of ``block_tokens`` tokens each, every block starting
+    within the prompt (scheduler/kvcache.py says what they stand for)."""
+    blocks = job.prefix_blocks
+    if not isinstance(blocks, tuple | list) or not blocks:
+        raise InputError(f"expected a non-empty list of block ids, got {clip(blocks)}",
+                         field="prefix_blocks")
+    if job.kind is not JobKind.PREFILL:
+        raise InputError("only a prefill's prompt has prefix blocks", field="prefix_blocks")
+    if len(blocks) > MAX_BLOCKS:
+        raise InputError(f"{len(blocks)} blocks, more than {MAX_BLOCKS}", field="prefix_blocks")
+    for block in blocks:
+        if type(block) is not int or not 0 <= block <= MAX_BLOCK_ID:
+            check_int("prefix_blocks", block, 0, MAX_BLOCK_ID)
+    object.__setattr__(job, "prefix_blocks", tuple(blocks))
+    check_int("block_tokens", job.block_tokens, 1, LIMITS["q_len"])
+    if (len(blocks) - 1) * job.block_tokens >= job.q_len:
+        raise InputError(f"{len(blocks)} blocks of {job.block_tokens} tokens start past the "
+                         f"prompt's {job.q_len}", field="prefix_blocks")
+
+
 @dataclass(frozen=True, slots=True)
 class AttentionJob:
     """One request for attention work, as DESIGN.md defines it.
@@ -124,6 +147,8 @@ class AttentionJob:
     while ``q_len`` new query tokens are processed each step. ``deadline`` is
     an SLO in seconds after ``submit_time``. ``depends_on`` names a job that
     must finish first (a request's decode waits for its prefill).
+    ``prefix_blocks`` names a prefill's prompt in blocks of ``block_tokens``
+    tokens, for prefix caching (:mod:`scheduler.kvcache`).
     """
 
     id: str
@@ -143,6 +168,8 @@ class AttentionJob:
     priority: int = 0
     deadline: float | None = None
     depends_on: str | None = None
+    prefix_blocks: tuple[int, ...] = ()
+    block_tokens: int = 0
 
     def __post_init__(self) -> None:
         _check_identity(self)
@@ -173,16 +200,22 @@ class AttentionJob:
                              field="kv_heads")
         if not isinstance(self.causal, bool):
             raise InputError(f"expected true or false, got {clip(self.causal)}", field="causal")
+        if self.prefix_blocks or self.block_tokens:
+            _check_prefix(self)
+        elif self.prefix_blocks != ():  # an empty list, as JSON gives it
+            if self.prefix_blocks != []:  # type: ignore[comparison-overlap]
+                _check_prefix(self)  # raises, naming the field
+            object.__setattr__(self, "prefix_blocks", ())
 
     def split_part(self, axis: str, parts: int, index: int) -> AttentionJob:
         """Part ``index`` of ``parts`` along ``batch`` or ``heads`` (whole GQA groups)."""
         if axis == "batch":
             return replace(self, id=f"{self.id}/{index}", batch=self.batch // parts,
-                           depends_on=None)
+                           depends_on=None, prefix_blocks=(), block_tokens=0)
         group = self.heads // self.kv_heads
         kv = self.kv_heads // parts
         return replace(self, id=f"{self.id}/{index}", heads=kv * group, kv_heads=kv,
-                       depends_on=None)
+                       depends_on=None, prefix_blocks=(), block_tokens=0)
 
     @property
     def final_kv_len(self) -> int:

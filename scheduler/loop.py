@@ -180,7 +180,7 @@ def _apply(event: Event, now: float, controller: Controller, executor: Executor,
            sink: RunOutputs) -> str | None:
     """Hand one executor event to the controller; returns what to tell the policy."""
     if isinstance(event, BatchDone):
-        controller.batch_done(event.batch, now, event.failure)
+        controller.batch_done(event.batch, now, event.failure, event.cached)
         return "completion"
     if isinstance(event, DeviceDown):
         executor.cancel(controller.device_down(event.device, now, event.reason), now)
@@ -191,9 +191,7 @@ def _apply(event: Event, now: float, controller: Controller, executor: Executor,
     if isinstance(event, DeviceUp):
         controller.device_up(event.device, now)
         return "device_up"
-    samples = list(event.samples)
-    controller.observe(samples)
-    sink.telemetry(samples)
+    sink.telemetry(controller.observe(event.samples))
     return None  # a sample arriving triggers no decision of its own
 
 

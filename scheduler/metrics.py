@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from scheduler.costmodel import total_flops
 from scheduler.inputfiles import MAX_ECHO
+from scheduler.jobs import AttentionJob
 from scheduler.records import DecisionRecord, Sink
 from scheduler.state import JobRecord, JobState
 from scheduler.view import Telemetry
@@ -42,11 +43,13 @@ JOB_SCHEMA = pa.schema([
     ("node", pa.string()), ("batch_size", pa.int64()), ("attempts", pa.int64()),
     ("status", pa.string()), ("flops", pa.float64()), ("reason", pa.string()),
     ("deadline", pa.float64()), ("slowdown", pa.float64()),
+    ("cached_tokens", pa.int64()),  # of its prompt, resident where it ran (kvcache.py)
 ])
 TELEMETRY_SCHEMA = pa.schema([
     ("time", pa.float64()), ("device", pa.string()), ("node", pa.string()),
     ("util", pa.float64()), ("mem_used", pa.int64()), ("mem_total", pa.int64()),
     ("queue_len", pa.int64()), ("running", pa.int64()), ("achieved_flops", pa.float64()),
+    ("cache_bytes", pa.int64()), ("cache_hit_rate", pa.float64()),
 ])
 
 
@@ -147,6 +150,7 @@ class RunOutputs(Sink):
         self.completed = self.failed = 0
         self.flops = 0.0
         self.slo_total = self.slo_met = 0
+        self.prompt_tokens = self.cached_tokens = 0  # of prefills with prefix blocks
         self.tenant_slowdown: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
         self.decisions = {"applied": 0, "rejected": 0, "error": 0}
         self.placed_by: dict[str, int] = {}  # policy -> jobs it placed (a fallback's too)
@@ -185,6 +189,9 @@ class RunOutputs(Sink):
         else:
             self.failed += 1
             self._count_reason(record.reason)
+        if done and isinstance(job, AttentionJob) and job.block_tokens:
+            self.prompt_tokens += job.q_len
+            self.cached_tokens += record.cached_tokens
         if job.deadline is not None:
             self.slo_total += 1
             self.slo_met += bool(done and jct is not None and jct <= job.deadline)
@@ -193,7 +200,7 @@ class RunOutputs(Sink):
                                record.start if done else None, record.end, jct, queue,
                                record.device, record.node, record.batch_size, record.attempts,
                                "done" if done else "failed", flops, record.reason,
-                               job.deadline, slowdown))
+                               job.deadline, slowdown, record.cached_tokens))
 
     def _count_reason(self, reason: str | None) -> None:
         text = reason or NO_REASON
@@ -224,7 +231,7 @@ class RunOutputs(Sink):
         for s in samples:
             self._telemetry.append((s.time, s.device, self.node_of.get(s.device), s.util,
                                     s.mem_used, s.mem_total, s.queue_len, s.running,
-                                    s.achieved_flops))
+                                    s.achieved_flops, s.cache_bytes, s.cache_hit_rate))
 
     def summary(self, **extra: Any) -> dict[str, Any]:
         """The run's figures; ``extra`` adds policy, mode, device_util_mean and context."""
@@ -256,6 +263,8 @@ class RunOutputs(Sink):
             "decisions": dict(self.decisions),
             "placed_by": dict(self.placed_by),
         }
+        if self.prompt_tokens:  # a trace with prefix blocks: share of their prompts cached
+            summary["cache_hit_rate"] = self.cached_tokens / self.prompt_tokens
         summary.update(extra)
         return summary
 

@@ -7,7 +7,7 @@ or raises :class:`~scheduler.records.Rejected` with a code and the reason.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from scheduler.capacity import Capacity
@@ -40,15 +40,19 @@ def device(capacity: Capacity, device_id: str) -> DeviceState:
     return state
 
 
-def attention_need(cost: ClusterCost, jobs: Sequence[Job], dev: DeviceState) -> Need:
-    """What attention ``jobs`` packed on ``dev`` take; Rejected unless it has room."""
+def attention_need(cost: ClusterCost, jobs: Sequence[Job], dev: DeviceState,
+                   cached: Mapping[str, int] | None = None) -> Need:
+    """What attention ``jobs`` packed on ``dev`` take, ``cached[id]`` tokens of a prompt
+    resident there; Rejected unless it has room."""
     device_id = dev.spec.id
     if dev.slots_free < 1:
         raise Rejected(RejectCode.DEVICE_BUSY, f"device {device_id!r} has no free slot")
     if dev.share_free + 1e-9 < 1.0 / dev.slots:
         raise Rejected(RejectCode.DEVICE_BUSY,
                        f"device {device_id!r} has {dev.share_free:.2f} of its compute free")
-    if len(jobs) == 1:  # the common case: one memoized lookup answers all three
+    if cached:
+        seconds, memory, flops = cost.cached(jobs, device_id, cached)
+    elif len(jobs) == 1:  # the common case: one memoized lookup answers all three
         seconds, memory, flops = cost.solo(jobs[0], device_id)
     else:
         seconds, memory, flops = cost.seconds(jobs, device_id), 0, 0.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from scheduler import costmodel, packing
+from scheduler import costmodel, kvcache, packing
 from scheduler.cluster import ClusterSpec
 from scheduler.errors import InputError
 from scheduler.jobs import AttentionJob, ClusterJob, Job
@@ -148,6 +148,30 @@ class ClusterCost:
         except InputError:
             return math.inf
         return pack.seconds
+
+    def cached(self, jobs: Sequence[Job], device: str, tokens: Mapping[str, int]
+               ) -> tuple[float, int, float]:
+        """(seconds, memory, flops) of ``jobs`` on ``device`` when ``tokens[id]`` leading
+        tokens of a prefill's prompt are resident there (:mod:`scheduler.kvcache`): it
+        computes only the rest. Memory stays the whole prompt's, since the cached blocks
+        may be evicted while it runs."""
+        profile = self._profile_of[device]
+        if profile is None or not packing.can_pack(jobs):
+            return math.inf, 0, 0.0
+        parts = [kvcache.uncached_part(j, tokens.get(j.id, 0)) if isinstance(j, AttentionJob)
+                 else j for j in jobs]
+        memory = sum(self.memory(j, device) for j in jobs)
+        flops = sum(self._by_shape(p, profile)[2] for p in parts if isinstance(p, AttentionJob))
+        if len(parts) == 1 and isinstance(parts[0], AttentionJob):
+            return self._by_shape(parts[0], profile)[0], memory, flops
+        pack = costmodel.Pack(profile)  # no per-id memo: a part is not the job it stands for
+        try:
+            for part in parts:
+                assert isinstance(part, AttentionJob)  # can_pack admits nothing else
+                pack.add(part)
+        except InputError:
+            return math.inf, 0, 0.0
+        return pack.seconds, memory, flops
 
     def memory(self, job: Job, device: str) -> int:
         if isinstance(job, ClusterJob):

@@ -44,7 +44,7 @@ class ViewBuilder:
         pending, tenants, devices, free, telemetry, records = self._shared
         return View(now, pending, tenants, devices, free, telemetry, self.cost, seed, state,
                     event, self.capacity.groups, records, self.capacity.node_views,
-                    epoch=self.epoch)
+                    epoch=self.epoch, cache=self.capacity.caches)
 
     def changed(self) -> None:
         """Telemetry or a device's health changed: views built from now on carry a new
@@ -63,4 +63,4 @@ class ViewBuilder:
                     MappingProxyType(devices), MappingProxyType(free),
                     MappingProxyType(dict(self.telemetry)), self.cost, seed, state, event,
                     capacity.groups, MappingProxyType(records), MappingProxyType(nodes),
-                    epoch=self.epoch)
+                    epoch=self.epoch, cache=capacity.caches.snapshot())

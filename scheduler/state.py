@@ -13,6 +13,7 @@ from enum import Enum
 from scheduler.cluster import DeviceSpec, NodeSpec
 from scheduler.idset import DigestSet, digest_of
 from scheduler.jobs import Job
+from scheduler.kvcache import BlockKey, BlockLRU
 from scheduler.profiles import DeviceProfile
 
 
@@ -40,6 +41,7 @@ class JobRecord:
     batch: str | None = None
     batch_size: int = 0
     solo_seconds: float = 0.0  # predicted time alone on the device it ran on
+    cached_tokens: int = 0  # of its prompt, resident where it ran (scheduler/kvcache.py)
     reason: str | None = None
     parent: str | None = None  # set on the parts of a split job
     parts_left: int = 0
@@ -99,6 +101,8 @@ class DeviceState:
     # Memory the controller plans with: the spec's, until the device runs out of
     # memory below it (then what it really held is the better figure).
     memory_limit: int = 0
+    # Prefix blocks kept here, in the memory no running batch holds (Capacity sizes it).
+    cache: BlockLRU[BlockKey] = field(default_factory=lambda: BlockLRU(0))
 
     @property
     def slots_free(self) -> int:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from scheduler.cluster import DeviceSpec
 from scheduler.costmodel import Pack
 from scheduler.jobs import Job
+from scheduler.kvcache import NO_CACHE
 from scheduler.state import DeviceState, JobRecord, NodeState
 
 
@@ -25,7 +26,10 @@ class Telemetry:
 
     ``speed`` is predicted over observed run time of recent batches (1.0 on
     profile, 0.5 twice as slow); ``ema_*`` are exponential moving averages the
-    controller keeps so policies need no memory of their own.
+    controller keeps so policies need no memory of their own. ``cache_bytes`` is
+    the prefix cache resident on the device, ``cache_hit_rate`` the share of
+    prompt tokens taken from it by the prefills with prefix blocks that ended there
+    since the last sample (None: none did); the controller fills both in.
     """
 
     time: float
@@ -39,6 +43,8 @@ class Telemetry:
     speed: float = 1.0
     ema_util: float = 0.0
     ema_speed: float = 1.0
+    cache_bytes: int = 0
+    cache_hit_rate: float | None = None
 
 
 class DeviceView:
@@ -160,6 +166,12 @@ class CostOracle(Protocol):
         """Predicted run time on the fastest kind of device that can run it (inf: none)."""
         ...
 
+    def cached(self, jobs: Sequence[Job], device: str, tokens: Mapping[str, int]
+               ) -> tuple[float, int, float]:
+        """(seconds, memory, flops) of ``jobs`` on ``device`` when ``tokens[id]`` leading
+        tokens of a prefill's prompt are resident there (``view.cache.hit``)."""
+        ...
+
     def memory(self, job: Job, device: str) -> int:
         """Peak device memory of ``job`` on ``device`` with the backend it would use."""
         ...
@@ -170,6 +182,18 @@ class CostOracle(Protocol):
 
     def packer(self, device: str) -> Pack | None:
         """An empty batch on ``device`` that prices jobs as they are added."""
+        ...
+
+
+class CacheView(Protocol):
+    """The devices' prefix caches as policies read them (:mod:`scheduler.kvcache`)."""
+
+    def hit(self, job: Job, device: str) -> int:
+        """Tokens of ``job``'s prompt resident on ``device`` that it would skip (0: none)."""
+        ...
+
+    def holders(self, job: Job) -> frozenset[str]:
+        """Devices holding ``job``'s first prefix block: the only ones where it can hit."""
         ...
 
 
@@ -201,6 +225,9 @@ class View:
         groups: device ids grouped by profile, in cluster order (fixed for a run).
         nodes: every node by name: its free CPUs and host memory, which cluster
             jobs (pods) need on the node that holds their GPUs.
+        cache: each device's resident prefix blocks: ``cache.hit(job, device)`` is the
+            prompt tokens a prefill would skip there, ``cache.holders(job)`` the
+            devices where it can hit at all (cheap: a walk of the job's block ids).
         epoch: changes whenever the telemetry, a device's health (``up``) or its
             memory limit (after running out of memory) does, and only then
             (unique within the process): a policy may memoize what it derives
@@ -223,6 +250,7 @@ class View:
     nodes: Mapping[str, NodeView] = field(default_factory=dict)
     _rng: list[random.Random] = field(default_factory=list)
     epoch: int = 0
+    cache: CacheView = NO_CACHE
 
     @property
     def rng(self) -> random.Random:

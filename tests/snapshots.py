@@ -25,9 +25,11 @@ from scheduler.view import Telemetry, View
 def view(pending: Sequence[Job] = (), *, cluster: ClusterSpec | None = None,
          running: Mapping[str, Sequence[Job]] | None = None,
          telemetry: Sequence[Telemetry] = (), now: float = 0.0, event: str = "arrival",
-         state: Any = None, seed: int = 0, slots: int = 1) -> View:
+         state: Any = None, seed: int = 0, slots: int = 1,
+         cached: Mapping[str, Sequence[Job]] | None = None, detached: bool = False) -> View:
     """``pending`` queued in order; ``running``: device -> jobs running there as one
-    batch started at 0; ``telemetry``: the latest sample per device, as given."""
+    batch started at 0; ``telemetry``: the latest sample per device, as given;
+    ``cached``: device -> prefills that ran there, their prompt blocks kept."""
     spec = cluster or make_cluster(1, 2, cpu_nodes=1)
     cost = ClusterCost(spec, load_profiles(spec))
     jobs, capacity = JobBook(cost, Sink(), None, max_attempts=5), Capacity(spec, cost, slots)
@@ -44,5 +46,8 @@ def view(pending: Sequence[Job] = (), *, cluster: ClusterSpec | None = None,
         for job in batch_jobs:
             jobs.records[job.id] = JobRecord(job, JobState.RUNNING, start=0.0, device=device,
                                              batch=batch.id, attempts=1)
+    for device, done in (cached or {}).items():
+        for job in done:
+            capacity.caches.keep(job, device)
     builder = ViewBuilder(jobs, capacity, {s.device: s for s in telemetry}, cost)
-    return builder.build(now, event, seed, state)
+    return builder.build(now, event, seed, state, detached)

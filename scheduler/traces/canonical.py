@@ -24,9 +24,10 @@ IDENTITY = ("id", "submit_time", "kind", "tenant", "priority", "deadline", "depe
 SHAPE = ("batch", "heads", "kv_heads", "q_len", "kv_len", "head_dim", "layers", "dtype",
          "causal", "steps")
 RESOURCES = ("duration", "gpus", "gpu_fraction", "cpus", "memory_mib")
-FIELDS = IDENTITY + SHAPE + RESOURCES
+CACHE = ("prefix_blocks", "block_tokens")  # a prefill's prompt blocks (scheduler/kvcache.py)
+FIELDS = IDENTITY + SHAPE + RESOURCES + CACHE
 INT_FIELDS = frozenset({"priority", "batch", "heads", "kv_heads", "q_len", "kv_len", "head_dim",
-                        "layers", "steps", "gpus"})
+                        "layers", "steps", "gpus", "block_tokens"})
 FLOAT_FIELDS = frozenset({"submit_time", "deadline", "duration", "gpu_fraction", "cpus",
                           "memory_mib"})
 REQUIRED = {"attention": ("batch", "heads", "q_len", "kv_len", "head_dim"),
@@ -41,6 +42,8 @@ def column_type(name: str) -> Any:
         return pa.int64()
     if name in FLOAT_FIELDS:
         return pa.float64()
+    if name == "prefix_blocks":
+        return pa.list_(pa.int64())
     return pa.bool_() if name == "causal" else pa.string()
 
 
@@ -64,6 +67,8 @@ def _coerce(name: str, value: Any, from_text: bool) -> Any:
                 raise InputError(f"an integer of {len(str(abs(value)))} digits is out of range",
                                  field=name) from None
         return value
+    if name == "prefix_blocks" and from_text:  # a CSV cell: ids separated by spaces
+        return tuple(parse_int(cell, name) for cell in value.split())
     if name == "causal" and from_text:
         lowered = value.strip().lower()
         if lowered in ("true", "1"):
@@ -89,7 +94,7 @@ def job_from_record(record: Mapping[str, Any], *, from_text: bool = False) -> Jo
     for name in REQUIRED[family]:
         if values.get(name) is None:
             raise InputError(f"missing value (required for kind {clip(kind)})", field=name)
-    foreign = RESOURCES if family == "attention" else SHAPE
+    foreign = RESOURCES if family == "attention" else SHAPE + CACHE
     stray = [k for k in foreign if values.get(k) is not None]
     if stray:
         raise InputError(f"not a field of {clip(kind)} jobs; leave it empty", field=stray[0])
@@ -105,7 +110,7 @@ def job_from_record(record: Mapping[str, Any], *, from_text: bool = False) -> Jo
                     if values.get(k) is not None}
         return ClusterJob(duration=values["duration"], memory_bytes=round((mib or 0) * MIB),
                           **common, **optional)
-    shape: dict[str, Any] = {k: values[k] for k in SHAPE if values.get(k) is not None}
+    shape: dict[str, Any] = {k: values[k] for k in SHAPE + CACHE if values.get(k) is not None}
     shape.setdefault("kv_heads", shape["heads"])
     return AttentionJob(kind=kind, **common, **shape)
 
@@ -125,6 +130,8 @@ def record_from_job(job: Job) -> dict[str, Any]:
         row.update(batch=job.batch, heads=job.heads, kv_heads=job.kv_heads, q_len=job.q_len,
                    kv_len=job.kv_len, head_dim=job.head_dim, layers=job.layers,
                    dtype=job.dtype.value, causal=job.causal, steps=job.steps)
+        if job.prefix_blocks:
+            row.update(prefix_blocks=list(job.prefix_blocks), block_tokens=job.block_tokens)
     return row
 
 
@@ -211,4 +218,6 @@ def _cell(value: Any) -> str:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, list):
+        return " ".join(map(str, value))
     return repr(value) if isinstance(value, float) else str(value)

@@ -13,6 +13,7 @@ a batch is clean, never what an error says.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pyarrow as pa
@@ -28,7 +29,7 @@ from scheduler.jobs import (
     DType,
     attention_unchecked,
 )
-from scheduler.traces.canonical import RESOURCES, column_type
+from scheduler.traces.canonical import CACHE, RESOURCES, column_type
 
 _KINDS = {k.value: k for k in ATTENTION_KINDS}
 _DTYPES = {d.value: d for d in DType}
@@ -103,6 +104,9 @@ def attention_batch(batch: pa.RecordBatch) -> list[AttentionJob] | None:
     """The batch's jobs, or None when the row-by-row path must read it."""
     if batch.num_rows == 0 or "kind" not in batch.schema.names:
         return None
+    if any(batch.column(n).null_count < batch.num_rows for n in CACHE
+           if n in batch.schema.names):
+        return None  # prefix blocks are checked a row at a time
 
     cols = dict(zip(batch.schema.names, batch.columns, strict=True))
     if not _checks(cols):
@@ -128,6 +132,6 @@ def attention_batch(batch: pa.RecordBatch) -> list[AttentionJob] | None:
                values("kv_len", None), values("head_dim", None), values("layers", 1), dtypes,
                values("causal", True), values("steps", 1), values("tenant", "default"),
                values("priority", 0), values("deadline", None), values("depends_on", None),
-               strict=True)
+               itertools.repeat((), n), itertools.repeat(0, n), strict=True)
     return [attention_unchecked(*row) for row in rows]
 

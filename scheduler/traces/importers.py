@@ -15,7 +15,8 @@ from pathlib import Path
 
 from scheduler.errors import InputError
 from scheduler.inputfiles import clip
-from scheduler.jobs import MAX_TIME_S, AttentionJob, ClusterJob, Job, JobKind
+from scheduler.jobs import MAX_BLOCK_ID, MAX_TIME_S, AttentionJob, ClusterJob, Job, JobKind
+from scheduler.kvcache import prompt_blocks
 from scheduler.presets import ModelPreset
 from scheduler.traces.textio import iter_lines, json_line, parse_float, parse_int
 
@@ -28,20 +29,29 @@ QOS_PRIORITY = {"Guaranteed": 3, "LS": 2, "Burstable": 1, "BE": 0}
 MIN_POD_SECONDS = 1.0
 # No request has 2^32 tokens; a bound keeps token_scale arithmetic in float range.
 MAX_TOKENS = 1 << 32
+BLOCK_TOKENS = 512  # Mooncake's prefix block (hash_ids), in trace tokens
 
 
 def request_jobs(rid: str, submit: float, prompt: int, output: int, preset: ModelPreset,
-                 tenant: str) -> tuple[AttentionJob, AttentionJob]:
+                 tenant: str, blocks: Sequence[int] = ()) -> tuple[AttentionJob, AttentionJob]:
     """A served request: a causal prefill over the prompt, then ``output`` decode steps.
 
     The decode is non-causal: its single query attends to the whole cache.
+    ``blocks`` are the prompt's prefix block ids, ``BLOCK_TOKENS`` trace tokens
+    each, scaled as the prompt is; those that start past the scaled prompt go.
     """
     prompt_t, output_t = preset.tokens(prompt), preset.tokens(output)
+    prefix: tuple[int, ...] = ()
+    block_t = 0
+    if blocks:
+        block_t = preset.tokens(BLOCK_TOKENS)
+        prefix = tuple(blocks[:prompt_blocks(prompt_t, block_t)])
     common = {"submit_time": submit, "batch": 1, "heads": preset.heads,
               "kv_heads": preset.kv_heads, "head_dim": preset.head_dim, "layers": preset.layers,
               "dtype": preset.dtype, "tenant": tenant}
     prefill = AttentionJob(id=f"{rid}-prefill", kind=JobKind.PREFILL, q_len=prompt_t,
-                           kv_len=prompt_t, causal=True, steps=1, **common)  # type: ignore[arg-type]
+                           kv_len=prompt_t, causal=True, steps=1, prefix_blocks=prefix,
+                           block_tokens=block_t, **common)  # type: ignore[arg-type]
     decode = AttentionJob(id=f"{rid}-decode", kind=JobKind.DECODE, q_len=1, kv_len=prompt_t,
                           causal=False, steps=output_t, depends_on=prefill.id,
                           **common)  # type: ignore[arg-type]
@@ -134,14 +144,17 @@ def read_mooncake(path: Path, preset: ModelPreset) -> Iterator[tuple[int, Job]]:
                 value = row.get(key)
                 if isinstance(value, bool) or not isinstance(value, int):
                     raise InputError(f"expected an integer, got {clip(value)}", field=key)
-            if not isinstance(row.get("hash_ids", []), list):
-                raise InputError("expected a list of block ids", field="hash_ids")
+            blocks = row.get("hash_ids", [])
+            if not isinstance(blocks, list) or not all(
+                    type(b) is int and 0 <= b <= MAX_BLOCK_ID for b in blocks):
+                raise InputError("expected a list of block ids (integers >= 0)",
+                                 field="hash_ids")
             for key, lo, hi in (("timestamp", 0, MAX_TIME_S * 1000),
                                 ("input_length", 1, MAX_TOKENS), ("output_length", 1, MAX_TOKENS)):
                 if not lo <= row[key] <= hi:
                     raise InputError(f"{clip(row[key])} is outside [{lo}, {hi:.4g}]", field=key)
             jobs = request_jobs(f"r{index}", row["timestamp"] / 1000.0, row["input_length"],
-                                row["output_length"], preset, "mooncake")
+                                row["output_length"], preset, "mooncake", blocks)
         except InputError as e:
             raise e.located(path=path, line=line) from None
         for job in jobs:
