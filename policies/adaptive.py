@@ -18,7 +18,10 @@ tenants waiting, and a newer tenant moves up as older ones are served.
 It then packs compatible jobs with it while the batch fits the device's
 memory and a latency budget, and routes the batch to the free device with the
 earliest predicted finish, *discounted by measured speed* from telemetry: a
-device that runs slower than its profile gets less work. It declines a
+device that runs slower than its profile gets less work. A prefill whose
+prompt's leading blocks a device holds is priced there for the rest alone, and
+may wait for a busy holder that still finishes it first
+(:mod:`policies.affinity`). It declines a
 straggler (a device below ``slow_speed`` × its peers' median measured speed)
 when waiting for a healthy one would finish sooner. Slow is relative to the
 peers, not to the profile: a host slowed as a whole, or two workers sharing
@@ -41,6 +44,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from policies.affinity import earliest_with_cache
 from policies.common import BestFit, fits, pack, reference_seconds, window
 from scheduler.decisions import Action, Decisions, Offload, Place, Split
 from scheduler.jobs import AttentionJob, ClusterJob, Job
@@ -65,6 +69,8 @@ class _Round:
     scores: dict[str, float] = field(default_factory=dict)
     starts: dict[str, int] = field(default_factory=dict)
     cpus_only: bool = False
+    # device -> predicted seconds of the work this round gave it or left waiting for it
+    queued: dict[str, float] = field(default_factory=dict)
 
 
 class AdaptivePolicy:
@@ -152,7 +158,7 @@ class AdaptivePolicy:
         self._memo = (view.epoch, peer, top)
         return peer, top
 
-    def _route(self, view: View, job: Job, taken: dict[str, int], peer: float
+    def _route(self, view: View, job: Job, r: _Round, peer: float
                ) -> tuple[DeviceView, float] | None:
         """The free GPU where ``job`` finishes first at measured speed, or None to wait.
 
@@ -162,6 +168,7 @@ class AdaptivePolicy:
         healthy cluster, not O(free devices), even when every device's
         measured speed sits a little below its profile's.
         """
+        taken = r.taken
         fastest = reference_seconds(view, job)
         top = self._speeds(view)[1]
         # CPU workers take GPU work only as an offload, unless no GPU can run the job
@@ -180,6 +187,8 @@ class AdaptivePolicy:
                 if seconds <= fastest and speed >= top.get(device.profile, 1.0) * (
                         1 - SPEED_TOLERANCE):
                     break
+        if isinstance(job, AttentionJob) and job.block_tokens:
+            best = earliest_with_cache(view, job, r.taken, r.queued, self.speed, best)
         if best is None:
             return None
         finish, device, seconds = best
@@ -308,7 +317,7 @@ class AdaptivePolicy:
             job = heads[tenant][1]
             if fit is None and isinstance(job, ClusterJob):
                 fit = BestFit(view)  # built once a round, only when a gang job comes up
-            action = self._place_one(view, job, r.taken, r.placed, fit, peer)
+            action = self._place_one(view, job, r, fit, peer)
             if action is not None:
                 actions.append(action)
             else:
@@ -337,8 +346,9 @@ class AdaptivePolicy:
                 heads[tenant] = best
         return heads
 
-    def _place_one(self, view: View, job: Job, taken: dict[str, int],
-                   placed: set[str], fit: BestFit | None, peer: float) -> Action | None:
+    def _place_one(self, view: View, job: Job, r: _Round, fit: BestFit | None, peer: float
+                   ) -> Action | None:
+        taken, placed = r.taken, r.placed
         if isinstance(job, ClusterJob):
             assert fit is not None
             used = set(taken)
@@ -347,7 +357,7 @@ class AdaptivePolicy:
                 placed.add(job.id)
                 taken.update(dict.fromkeys(used, 1))
             return place
-        routed = self._route(view, job, taken, peer)
+        routed = self._route(view, job, r, peer)
         if routed is None:
             split = self._split(view, job)  # it fits nowhere whole, or only waits
             if split is not None:
@@ -366,6 +376,7 @@ class AdaptivePolicy:
         batch = pack(view, job, candidates, device, self.max_batch, budget, same_shape=False)
         placed.update(j.id for j in batch)
         taken[device.id] = 1
+        r.queued[device.id] = r.queued.get(device.id, 0.0) + seconds
         speed = self.speed(view, device.id)
         return Place(tuple(j.id for j in batch), device.id,
                      f"urgent job of {job.tenant}; {len(batch)} packed; predicted "

@@ -72,7 +72,9 @@ _BUILTINS: dict[str, str] = {
     "drf": "policies.drf:DrfPolicy",
     "edf": "policies.edf:EdfPolicy",
     "srtf": "policies.srtf:SrtfPolicy",
+    "prefix-affinity": "policies.prefix_affinity:PrefixAffinityPolicy",
 }
+BUILT_IN: tuple[str, ...] = tuple(_BUILTINS)  # the names shipped with attnsched
 
 
 def _load_target(spec: str) -> Any:

@@ -30,6 +30,15 @@ def reference_seconds(view: View, job: Job) -> float:
     return view.cost.best_seconds(job)
 
 
+def cached_seconds(view: View, job: Job, device: str) -> tuple[float, int]:
+    """Predicted run time of ``job`` alone on ``device`` counting the prefix blocks
+    resident there, and the prompt tokens they save (0: none)."""
+    hit = view.cache.hit(job, device)
+    if hit:
+        return view.cost.cached([job], device, {job.id: hit})[0], hit
+    return view.cost.seconds([job], device), 0
+
+
 def window(jobs: Mapping[str, Job], limit: int) -> Iterator[Job]:
     """The first ``limit`` jobs: policies look this far, never the whole queue."""
     for i, job in enumerate(jobs.values()):

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from policies.base import load_policy
+from policies.base import BUILT_IN, load_policy
 from policies.common import BestFit, place_cluster_job
 from scheduler.cluster import make_cluster
 from scheduler.decisions import Decisions
@@ -31,8 +31,7 @@ def starts_and_rejections(jobs: list[Job], policy: Any, cluster: Any) -> tuple[d
     return {r.id: r.start for r in recorder.finished if r.start is not None}, rejected
 
 
-@pytest.mark.parametrize("name", ["static", "greedy", "adaptive", "fifo", "sjf", "las", "drf",
-                                  "edf", "srtf"])
+@pytest.mark.parametrize("name", BUILT_IN)
 def test_a_pod_skips_the_node_whose_cpus_are_taken(name: str) -> None:
     # hog takes all 8 CPUs of the first node but one of its GPUs; the pod needs 4 CPUs.
     # Blind to the host, a policy offers the first node's free GPU and is rejected there

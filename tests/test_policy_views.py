@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policies.base import available, load_policy
+from policies.base import BUILT_IN, available, load_policy
 from scheduler.cluster import make_cluster
 from scheduler.decisions import Decisions, Place
 from scheduler.jobs import Job
@@ -18,7 +18,6 @@ from scheduler.view import View
 from tests.builders import attention_job
 from tests.snapshots import view
 
-BUILT_IN = ("static", "greedy", "adaptive", "fifo", "sjf", "las", "drf", "edf", "srtf")
 ONE_GPU, TWO_GPUS = make_cluster(1, 1), make_cluster(1, 2)
 GPU0, GPU1 = "gpu-0/gpu0", "gpu-0/gpu1"
 

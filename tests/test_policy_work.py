@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from policies.base import load_policy
+from policies.base import BUILT_IN, load_policy
 from scheduler.cluster import make_cluster
 from scheduler.decisions import Decisions
 from scheduler.jobs import Job
@@ -24,7 +24,6 @@ from scheduler.view import View
 from tests.builders import attention_job
 from tests.snapshots import view
 
-BUILT_IN = ("static", "greedy", "adaptive", "fifo", "sjf", "las", "drf", "edf", "srtf")
 CLUSTER = make_cluster(2, 4, cpu_nodes=1)
 ONE_FREE_GPU = {f"gpu-{n}/gpu{g}": [attention_job(id=f"r{n}{g}")]
                 for n in range(2) for g in range(4) if (n, g) != (0, 0)}

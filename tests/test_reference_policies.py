@@ -22,7 +22,7 @@ from tests.builders import attention_job, cluster_job
 from tests.simkit import Recorder, run
 from tests.test_policy_contract import check_contract, clusters, traces
 
-REFERENCE = ("fifo", "sjf", "las", "drf", "edf", "srtf")
+REFERENCE = ("fifo", "sjf", "las", "drf", "edf", "srtf", "prefix-affinity")
 ONE_GPU = make_cluster(1, 1)
 TWO_GPUS = make_cluster(1, 2)
 

@@ -1,0 +1,54 @@
+"""Cache affinity weighed against load: the rule ``adaptive`` routes prefills by.
+
+A device holding a prefill's leading prompt blocks runs it for less (the
+cost model prices only the queries after them). The rule compares predicted
+finish times: a free holder, priced with the blocks it saves, against the
+earliest finish without the cache; a busy holder, priced the same plus its
+wait (its predicted end, and the work this decision already gave it or left
+waiting for it). Whichever finishes first wins, so affinity pulls a job only
+as far as it pays: a hot prefix spreads to a second device once the queue
+behind its holder costs more than computing the prefix again.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+from policies.common import cached_seconds, fits
+from scheduler.jobs import AttentionJob
+from scheduler.view import DeviceView, View
+
+Route = tuple[float, DeviceView, float]  # (predicted finish, device, predicted run time)
+
+
+def earliest_with_cache(view: View, job: AttentionJob, taken: Mapping[str, int],
+                        queued: dict[str, float], speed: Callable[[View, str], float],
+                        best: Route | None) -> Route | None:
+    """``best`` or a holder of ``job``'s prefix that finishes sooner; None when that is a
+    busy holder (the job waits for it, and its run time joins ``queued[holder]``).
+
+    ``speed(view, device)`` is the device's measured speed (1.0 on profile); holders
+    are visited in a fixed order, so equal finishes resolve the same way every run.
+    """
+    wait_for: tuple[float, str, float] | None = None
+    for device_id in sorted(view.cache.holders(job)):
+        device = view.devices[device_id]
+        if not device.up:
+            continue
+        seconds = cached_seconds(view, job, device_id)[0]
+        finish = seconds / speed(view, device_id)
+        if not math.isfinite(finish):
+            continue
+        if device_id in view.free and fits(view, job, device, taken):
+            if best is None or finish < best[0]:
+                best = (finish, device, seconds)
+            continue
+        finish += max(0.0, device.busy_until - view.now) + queued.get(device_id, 0.0)
+        if wait_for is None or finish < wait_for[0]:
+            wait_for = (finish, device_id, seconds)
+    if wait_for is not None and (best is None or wait_for[0] < best[0]):
+        _, device_id, seconds = wait_for
+        queued[device_id] = queued.get(device_id, 0.0) + seconds
+        return None
+    return best
