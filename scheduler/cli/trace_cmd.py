@@ -17,8 +17,9 @@ from scheduler.jobs import MAX_TIME_S
 from scheduler.presets import PRESETS, get_preset
 from scheduler.runs import MAX_LIMIT, bounded, check_out_file
 from scheduler.traces import FORMATS, open_trace, write_trace
+from scheduler.traces.importers import BLOCK_TOKENS
 from scheduler.traces.stats import trace_stats
-from scheduler.traces.synth import SynthSpec, generate, parse_mix
+from scheduler.traces.synth import MAX_TOKENS, SharedPrefix, SynthSpec, generate, parse_mix
 
 # Plain help text: rich's panels cut option names to fit 80 columns.
 app = typer.Typer(rich_markup_mode=None, help="Inspect, convert and generate job traces.",
@@ -132,6 +133,7 @@ def _check_output(out: Path, *inputs: Path) -> None:
 # The longest a generated trace may span on average (jobs / rate): a tenth of the longest
 # submit time a trace may hold, so the random gaps cannot reach it.
 MAX_MEAN_SPAN_S = MAX_TIME_S / 10
+PREFIX = SharedPrefix()  # --shared-prefix's defaults
 
 
 @app.command()
@@ -207,17 +209,53 @@ def generate_cmd(
     tenants: int = typer.Option(4, "--tenants", help="Number of tenants (Zipf-weighted)."),
     deadline_fraction: float = typer.Option(0.3, "--deadline-fraction",
                                             help="Share of jobs with a deadline."),
+    shared_prefix: bool = typer.Option(
+        False, "--shared-prefix", help=f"Give prefills prefix blocks ({BLOCK_TOKENS}-token "
+        "blocks, scaled as prompts are) shared by system prompts and multi-turn "
+        "conversations, for prefix caching."),
+    system_prompts: int | None = typer.Option(
+        None, "--system-prompts", show_default=False,
+        help="With --shared-prefix: how many system prompts new conversations open with, "
+             f"Zipf-weighted (0: none).  [default: {PREFIX.system_prompts}]"),
+    system_prompt_tokens: int | None = typer.Option(
+        None, "--system-prompt-tokens", show_default=False,
+        help=f"With --shared-prefix: a system prompt's length, {BLOCK_TOKENS}.."
+             f"{MAX_TOKENS // 2} tokens.  [default: {PREFIX.system_prompt_tokens}]"),
+    followup_fraction: float | None = typer.Option(
+        None, "--followup-fraction", show_default=False,
+        help="With --shared-prefix: share of prefills that are a later turn of an open "
+             "conversation, extending its last prompt.  "
+             f"[default: {PREFIX.followup_fraction}]"),
 ) -> None:
     """Generate a seeded synthetic trace in the canonical format.
 
     Example: attnsched trace generate -o demo.jsonl --jobs 2000 --seed 1 --rate 20 --model tiny
     """
     _check_output(output)
+    prefix = _shared_prefix(shared_prefix, system_prompts, system_prompt_tokens,
+                            followup_fraction)
     spec = SynthSpec(jobs=jobs, seed=seed, rate=rate, arrivals=arrivals, mix=parse_mix(mix),
-                     tenants=tenants, deadline_fraction=deadline_fraction)
+                     tenants=tenants, deadline_fraction=deadline_fraction, prefix=prefix)
     if jobs / rate > MAX_MEAN_SPAN_S:  # a tiny rate: refuse it here, not as a submit_time
         raise InputError(f"{jobs:,} jobs at {rate:g}/s would span {jobs / rate:.3g} s; expected "
                          f"a rate of at least {jobs / MAX_MEAN_SPAN_S:.3g}", field="--rate")
     preset = get_preset(model, token_scale)
     n = _atomic_write(generate(spec, preset), output)
     console.print(f"wrote {n:,} jobs to {output} (seed {seed}, model {preset.name})")
+
+
+def _shared_prefix(on: bool, prompts: int | None, tokens: int | None,
+                   followup: float | None) -> SharedPrefix | None:
+    """The --shared-prefix knobs as a SharedPrefix; a knob without the switch is an error,
+    not silently ignored."""
+    given = {"--system-prompts": prompts, "--system-prompt-tokens": tokens,
+             "--followup-fraction": followup}
+    if not on:
+        for name, value in given.items():
+            if value is not None:
+                raise InputError("takes effect only with --shared-prefix", field=name)
+        return None
+    return SharedPrefix(
+        system_prompts=PREFIX.system_prompts if prompts is None else prompts,
+        system_prompt_tokens=PREFIX.system_prompt_tokens if tokens is None else tokens,
+        followup_fraction=PREFIX.followup_fraction if followup is None else followup)

@@ -5,11 +5,17 @@ Lengths follow lognormal fits of the Azure LLM 2023 conversation trace
 Poisson or bursty (a gamma renewal process with inter-arrival CV 3). The same
 seed and options always give the same jobs, so generated traces need no
 storage: the command line is the trace.
+
+With :class:`SharedPrefix`, prefills carry prefix blocks (scheduler/kvcache.py):
+new conversations open with one of a few system prompts, and later turns
+extend an earlier turn's prompt, so a prefix cache has something to hit.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -17,14 +23,46 @@ from types import MappingProxyType
 import numpy as np
 
 from scheduler.errors import InputError
-from scheduler.jobs import AttentionJob, DType, JobKind
+from scheduler.jobs import MAX_BLOCK_ID, AttentionJob, DType, JobKind
+from scheduler.kvcache import prompt_blocks
 from scheduler.presets import ModelPreset
+from scheduler.traces.importers import BLOCK_TOKENS
 
 # ln-space fits of the Azure conv trace: sigma = ln(p99 / p50) / z(0.99).
 PROMPT_MEDIAN, PROMPT_SIGMA = 1020.0, math.log(4142 / 1020) / 2.326
 OUTPUT_MEDIAN, OUTPUT_SIGMA = 129.0, math.log(601 / 129) / 2.326
 MAX_TOKENS = 32_768
 CHUNK = 4096  # jobs drawn per RNG call: fixed so output never depends on memory
+# A follow-up continues one of the OPEN_CONVERSATIONS opened most recently: close enough in
+# time that a device's cache may still hold the earlier turn.
+OPEN_CONVERSATIONS = 64
+PREFIX_STREAM = 0x5052454649580001  # the shared-prefix draws' own stream, so the rest stay put
+
+
+@dataclass(frozen=True)
+class SharedPrefix:
+    """Prompts that share leading blocks: system prompts and multi-turn conversations.
+
+    A new conversation opens with one of ``system_prompts`` system prompts
+    (Zipf-weighted; 0: none) of ``system_prompt_tokens`` trace tokens; a
+    ``followup_fraction`` of prefills are a later turn of an open conversation.
+    """
+
+    system_prompts: int = 8
+    system_prompt_tokens: int = 2048
+    followup_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.system_prompts <= 10_000:
+            raise InputError(f"expected 0..10000 system prompts, got {self.system_prompts}",
+                             field="--system-prompts")
+        if not BLOCK_TOKENS <= self.system_prompt_tokens <= MAX_TOKENS // 2:
+            raise InputError(f"expected {BLOCK_TOKENS}..{MAX_TOKENS // 2} tokens (at least one "
+                             f"{BLOCK_TOKENS}-token block), got {self.system_prompt_tokens}",
+                             field="--system-prompt-tokens")
+        if not 0 <= self.followup_fraction <= 1:
+            raise InputError(f"expected a fraction in [0, 1], got {self.followup_fraction}",
+                             field="--followup-fraction")
 
 
 @dataclass(frozen=True)
@@ -40,6 +78,7 @@ class SynthSpec:
     tenants: int = 4
     deadline_fraction: float = 0.3
     burst_cv: float = 3.0
+    prefix: SharedPrefix | None = None  # None: prefills carry no prefix blocks
 
     def __post_init__(self) -> None:
         if not 1 <= self.jobs <= 100_000_000:
@@ -77,6 +116,81 @@ def parse_mix(text: str) -> dict[str, float]:
     return mix
 
 
+def block_id(seed: int, owner: int, block: int) -> int:
+    """Id of block ``block`` of the prompt that ``owner`` wrote first: a job's index, or
+    ``-1 - k`` for system prompt ``k``.
+
+    Hashed rather than counted, so an id depends on nothing drawn before it, and over the
+    seed, so two seeds' traces never name each other's blocks.
+    """
+    key = struct.pack("<QqQ", seed, owner, block)
+    digest = hashlib.blake2b(key, digest_size=8, person=b"attnsched-prefix").digest()
+    return int.from_bytes(digest, "little") & MAX_BLOCK_ID
+
+
+@dataclass(frozen=True, slots=True)
+class _Turn:
+    tokens: int  # the prompt's length, in the preset's tokens
+    whole: tuple[int, ...]  # ids of its whole blocks: what a later turn shares
+
+
+class _Conversations:
+    """Shared-prefix state across chunks: the system prompts' blocks, open conversations.
+
+    Blocks are ``preset.tokens(BLOCK_TOKENS)`` tokens, as the Mooncake importer's. A
+    system prompt of S trace tokens spans ``S // BLOCK_TOKENS`` whole blocks at every
+    token scale (its scaled length is raised to them if rounding fell short).
+    """
+
+    def __init__(self, shape: SharedPrefix, seed: int, preset: ModelPreset) -> None:
+        self.shape, self.seed = shape, seed
+        self.block = preset.tokens(BLOCK_TOKENS)
+        self.system_whole = shape.system_prompt_tokens // BLOCK_TOKENS
+        self.system_tokens = max(preset.tokens(shape.system_prompt_tokens),
+                                 self.system_whole * self.block)
+        self.window = preset.tokens(MAX_TOKENS)  # a conversation longer than this ends
+        self.rng = np.random.Generator(np.random.PCG64(
+            np.random.SeedSequence((seed, PREFIX_STREAM))))
+        zipf = 1.0 / np.arange(1, shape.system_prompts + 1)  # a few popular prompts
+        self.weights = zipf / zipf.sum() if shape.system_prompts else None
+        self.open: list[_Turn | None] = [None] * OPEN_CONVERSATIONS
+        self.next_slot = 0  # new conversations replace the oldest, round robin
+        self.systems: dict[int, tuple[int, ...]] = {}
+
+    def draw(self, n: int) -> list[tuple[bool, int, int]]:
+        """Per job of a chunk: a follow-up or not, which open conversation, which system
+        prompt (drawn for every job, used by prefills, so positions never shift)."""
+        follow = self.rng.random(n) < self.shape.followup_fraction
+        slots = self.rng.integers(0, OPEN_CONVERSATIONS, n)
+        systems = (self.rng.choice(self.shape.system_prompts, n, p=self.weights)
+                   if self.shape.system_prompts else np.zeros(n, dtype=np.int64))
+        return list(zip(follow.tolist(), slots.tolist(), systems.tolist(), strict=True))
+
+    def prompt(self, job: int, user: int, draw: tuple[bool, int, int]
+               ) -> tuple[int, tuple[int, ...]]:
+        """Job ``job``'s prompt of ``user`` new tokens: its length and block ids."""
+        follow, slot, system = draw
+        parent = self.open[slot] if follow else None
+        if parent is not None and parent.tokens + user <= self.window:
+            tokens, shared = parent.tokens + user, parent.whole
+        else:  # a new conversation: after a system prompt, so q_len > its length
+            slot, self.next_slot = self.next_slot, (self.next_slot + 1) % OPEN_CONVERSATIONS
+            tokens, shared = user, ()
+            if self.shape.system_prompts:
+                tokens, shared = self.system_tokens + user, self._system(system)
+        fresh = range(len(shared), prompt_blocks(tokens, self.block))
+        ids = shared + tuple(block_id(self.seed, job, b) for b in fresh)
+        self.open[slot] = _Turn(tokens, ids[:tokens // self.block])
+        return tokens, ids
+
+    def _system(self, k: int) -> tuple[int, ...]:
+        ids = self.systems.get(k)
+        if ids is None:
+            ids = self.systems[k] = tuple(block_id(self.seed, -1 - k, b)
+                                          for b in range(self.system_whole))
+        return ids
+
+
 def generate(spec: SynthSpec, preset: ModelPreset) -> Iterator[AttentionJob]:
     """Jobs in submit order, every one a complete, valid AttentionJob."""
     rng = np.random.Generator(np.random.PCG64(spec.seed))
@@ -88,6 +202,7 @@ def generate(spec: SynthSpec, preset: ModelPreset) -> Iterator[AttentionJob]:
     kind_enums = [JobKind(k) for k in kinds]
     tenant_names = [f"t{i}" for i in range(spec.tenants)]
     dtype = DType(preset.dtype)
+    talk = _Conversations(spec.prefix, spec.seed, preset) if spec.prefix else None
     clock = 0.0
     made = 0
     while made < spec.jobs:
@@ -107,15 +222,19 @@ def generate(spec: SynthSpec, preset: ModelPreset) -> Iterator[AttentionJob]:
         has_deadline = rng.random(n) < spec.deadline_fraction
         slack = rng.uniform(2.0, 20.0, n)
         train_batch = rng.choice([1, 2, 4, 8], n)
+        draws = talk.draw(n) if talk else [None] * n
         # Plain lists: indexing numpy arrays element by element costs more than the job.
         rows = zip(times.tolist(), kind_idx.tolist(), prompts.tolist(), outputs.tolist(),
                    tenants.tolist(), priorities.tolist(), has_deadline.tolist(),
-                   slack.tolist(), train_batch.tolist(), strict=True)
-        for i, (t, k, p, o, tenant, priority, late, sl, tb) in enumerate(rows):
+                   slack.tolist(), train_batch.tolist(), draws, strict=True)
+        for i, (t, k, p, o, tenant, priority, late, sl, tb, draw) in enumerate(rows):
             kind = kind_enums[k]
             prompt = preset.tokens(int(p))
             output = preset.tokens(int(o))
+            blocks: tuple[int, ...] = ()
             if kind is JobKind.PREFILL:
+                if talk is not None and draw is not None:
+                    prompt, blocks = talk.prompt(made + i, prompt, draw)
                 batch, q, kv, causal, steps = 1, prompt, prompt, True, 1
             elif kind is JobKind.DECODE:
                 batch, q, kv, causal, steps = 1, 1, prompt, False, output
@@ -127,5 +246,6 @@ def generate(spec: SynthSpec, preset: ModelPreset) -> Iterator[AttentionJob]:
                 heads=preset.heads, kv_heads=preset.kv_heads, q_len=q, kv_len=kv,
                 head_dim=preset.head_dim, layers=preset.layers, dtype=dtype, causal=causal,
                 steps=steps, tenant=tenant_names[tenant], priority=priority,
-                deadline=round(sl, 3) if late else None)
+                deadline=round(sl, 3) if late else None, prefix_blocks=blocks,
+                block_tokens=talk.block if blocks and talk else 0)
         made += n
