@@ -4,7 +4,9 @@ A simulator is only worth its speed if its answers hold live, so each policy
 is run both ways on one trace and cluster and the figures that users compare
 policies by are set side by side. The error is relative to the live figure:
 ``|sim − live| / live``. A figure missing on either side (no job completed)
-has no error (``None``), never a made-up zero.
+has no error (``None``), never a made-up zero. An optional figure (one only
+some runs have, such as the KV cache's hit rate) is compared only when a
+summary has it, so runs without it carry no empty error for it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ FIGURES = {
     "makespan": "makespan",
     "throughput": "throughput_jobs_per_s",
 }
+# Figures only some runs have, compared when a summary has them: the share of the prompt
+# tokens of prefills with prefix blocks that came from a KV cache (scheduler/metrics.py).
+OPTIONAL_FIGURES = {"cache_hit_rate": "cache_hit_rate"}
 RANK_BY = "jct_mean"  # what "the policies rank the same" compares: lower is better
 
 
@@ -34,9 +39,17 @@ def relative_error(sim: float | None, live: float | None) -> float | None:
     return abs(sim - live) / abs(live)
 
 
+def compared(*summaries: Mapping[str, Any]) -> dict[str, str]:
+    """The figures to compare (error key → summary key): :data:`FIGURES`, and each of
+    :data:`OPTIONAL_FIGURES` that one of ``summaries`` has."""
+    return {**FIGURES, **{k: src for k, src in OPTIONAL_FIGURES.items()
+                          if any(src in s for s in summaries)}}
+
+
 def errors(sim: Mapping[str, Any], live: Mapping[str, Any]) -> dict[str, float | None]:
     """Each compared figure's :func:`relative_error`, by fidelity.json's error keys."""
-    return {k: relative_error(sim.get(src), live.get(src)) for k, src in FIGURES.items()}
+    return {k: relative_error(sim.get(src), live.get(src))
+            for k, src in compared(sim, live).items()}
 
 
 def ranking(summaries: Mapping[str, Mapping[str, Any]], key: str = RANK_BY) -> list[str]:
@@ -60,7 +73,7 @@ def median_summary(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     if not summaries:
         raise ValueError("no summaries")
     out = dict(summaries[0])
-    for src in FIGURES.values():
+    for src in compared(*summaries).values():
         values = [s[src] for s in summaries if s.get(src) is not None]
         out[src] = statistics.median(values) if values else None
     out["repeats"] = len(summaries)
@@ -76,7 +89,7 @@ def live_spread(summaries: Sequence[Mapping[str, Any]]) -> dict[str, float | Non
     machine; one above it is the model's. None with fewer than two rounds.
     """
     spread: dict[str, float | None] = {}
-    for key, src in FIGURES.items():
+    for key, src in compared(*summaries).items():
         values = [s[src] for s in summaries if s.get(src) is not None]
         if len(values) < 2:
             spread[key] = None

@@ -124,3 +124,28 @@ def test_assess_reports_each_policys_spread_when_given_its_rounds() -> None:
     assert result["policies"]["a"]["error"]["jct_mean"] == pytest.approx(0.1 / 1.1)
     assert result["policies"]["b"]["live_spread"]["jct_mean"] is None
     assert "live_spread" not in fidelity.assess(runs)["policies"]["a"]
+
+
+def test_the_cache_hit_rate_is_compared_only_where_a_run_has_one() -> None:
+    hits = {"static": (summary(1.0) | {"cache_hit_rate": 0.5},
+                       summary(1.0) | {"cache_hit_rate": 0.45}),
+            "greedy": (summary(1.0) | {"cache_hit_rate": 0.0},
+                       summary(1.0) | {"cache_hit_rate": 0.1})}
+    result = fidelity.assess(hits)
+    assert result["policies"]["static"]["error"]["cache_hit_rate"] == pytest.approx(0.1)
+    assert result["policies"]["greedy"]["error"]["cache_hit_rate"] is None  # live 0: no ratio
+    assert fidelity.worst_errors(result)["cache_hit_rate"] == pytest.approx(0.1)
+    one_side = fidelity.errors(summary(1.0), summary(1.0) | {"cache_hit_rate": 0.3})
+    assert "cache_hit_rate" in one_side and one_side["cache_hit_rate"] is None
+
+    # A trace without prefix blocks has no hit rate: no empty error for it anywhere.
+    plain = fidelity.assess({"static": (summary(1.0), summary(1.1))}, {"static": [summary(1.0)]})
+    assert "cache_hit_rate" not in plain["policies"]["static"]["error"]
+    assert "cache_hit_rate" not in plain["policies"]["static"]["live_spread"]
+    assert "cache_hit_rate" not in fidelity.median_summary([summary(1.0), summary(2.0)])
+
+
+def test_repeated_live_hit_rates_are_held_to_their_median() -> None:
+    rounds = [summary(1.0) | {"cache_hit_rate": r} for r in (0.4, 0.5, 0.6)]
+    assert fidelity.median_summary(rounds)["cache_hit_rate"] == 0.5
+    assert fidelity.live_spread(rounds)["cache_hit_rate"] == pytest.approx(0.2)

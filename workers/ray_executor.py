@@ -143,7 +143,8 @@ class RayExecutor:
         if on_batch is not None and result.failure is None and sent_at is not None:
             on_batch(batch, result.seconds, time.perf_counter() - sent_at,
                      (now - batch.start) / self.config.speed)
-        return BatchDone(batch.id, result.failure)
+        # cached: the prompt tokens each prefill's worker really took from its KV cache.
+        return BatchDone(batch.id, result.failure, result.cached)
 
     def _forget(self, device: str) -> None:
         for ref in [r for r, b in self.in_flight.items() if b.device == device]:

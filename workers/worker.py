@@ -11,12 +11,21 @@ Each worker enforces a memory budget: a batch whose predicted peak memory
 tensor is allocated and comes back as an out-of-memory result, exactly as a
 real OOM would. Refusing up front matters on a GPU: a real OOM mid-batch can
 leave the allocator fragmented for every batch after it.
+
+Each worker also keeps a KV cache by prefix block (:class:`~workers.kvstore.KVBlockStore`)
+in the memory its running batches leave, by the rule the controller plans with
+(``scheduler/capacity.py``): a prefill with prefix blocks takes its resident
+leading blocks when its batch starts, the batch's start then evicts what it
+needs, and once the batch ran each prompt's whole blocks are kept. Doing the
+same steps in the same order on the same bytes is what makes the hits it
+measures the hits the controller planned.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,10 +35,18 @@ import torch
 from scheduler import packing
 from scheduler.events import Failure, FailureCode
 from scheduler.jobs import AttentionJob, JobKind
+from scheduler.kvcache import block_bytes, block_keys, reusable_blocks
 from scheduler.units import size
 from scheduler.view import Telemetry
 from workers import kernels
+from workers.kvstore import KVBlockStore, Prefix, cache_served, cached_prefill, hits
 from workers.telemetry import Sampler, nvml_source
+
+# The KV cache's bound for a worker made without a memory budget (a test, a notebook):
+# live runs always pass one (the device's planned memory), and an unbounded cache
+# would keep every prompt's blocks in host memory.
+DEFAULT_CACHE_BYTES = 1 << 30
+Prompts = dict[str, tuple[torch.Tensor, torch.Tensor]]  # job id -> its whole prompt's K, V
 
 
 @dataclass(frozen=True)
@@ -40,6 +57,8 @@ class BatchResult:
     checksum: float
     failure: Failure | None = None
     outputs: Mapping[str, bytes] | None = None  # job id -> O (safetensors), for jobs' own tensors
+    # job id -> prompt tokens taken from the KV cache, for jobs with prefix blocks (None: none)
+    cached: Mapping[str, int] | None = None
 
     @property
     def error(self) -> str | None:
@@ -74,6 +93,8 @@ class AttentionWorker:
             own = int(torch.cuda.get_device_properties(gpu_index).total_memory * memory_fraction)
             self.budget = min(self.budget, own) if self.budget else own
         self.reserved = 0  # predicted bytes of the batches running now
+        self.cache = KVBlockStore(self._cache_budget())
+        self.cache_lock = threading.Lock()  # a cancelled batch may still run beside the next
 
     def ping(self) -> str:
         return self.device_id
@@ -90,6 +111,8 @@ class AttentionWorker:
         """
         self.sampler = Sampler(self.device_id, self.cpus, self.nvml)
         self.inputs = Inputs(self.torch_device, self.seed)
+        with self.cache_lock:  # the controller's plan starts cold too
+            self.cache.clear()
         return self.device_id
 
     def memory_budget(self) -> int:
@@ -104,6 +127,8 @@ class AttentionWorker:
         ``inputs`` holds the tensors of jobs that brought their own (job id ->
         safetensors with q, k, v); their outputs come back in the result. A
         batch cancelled through Ray (``ray.cancel``) stops between launches.
+        The result's ``cached`` says how many prompt tokens each job with prefix
+        blocks took from the KV cache.
         """
         if self.budget and memory > self.budget - self.reserved:
             return BatchResult(batch_id, 0.0, "", 0.0, Failure(
@@ -115,8 +140,11 @@ class AttentionWorker:
         self.running += 1
         self.reserved += memory
         outputs: dict[str, bytes] = {}
+        prefixes = self._take(jobs, inputs or {})  # before the batch's start evicts them
+        self._fit_cache()
+        prompts: Prompts = {}
         try:
-            checksum, backend = self._run(jobs, inputs or {}, outputs)
+            checksum, backend = self._run(jobs, inputs or {}, outputs, prefixes, prompts)
             if self.torch_device.type == "cuda":
                 torch.cuda.synchronize(self.torch_device)
         except Cancelled:
@@ -131,15 +159,69 @@ class AttentionWorker:
         finally:
             self.running -= 1
             self.reserved -= memory
+            self._fit_cache()
+        self._keep(jobs, prompts)
         elapsed = time.perf_counter() - start
         if self.slowdown > 1.0:
             time.sleep(elapsed * (self.slowdown - 1.0))
             elapsed = time.perf_counter() - start
         self.sampler.record(flops, predicted_s, elapsed)
-        return BatchResult(batch_id, elapsed, backend, checksum, outputs=outputs or None)
+        return BatchResult(batch_id, elapsed, backend, checksum, outputs=outputs or None,
+                           cached=hits(jobs, prefixes))
+
+    def prefill(self, job: AttentionJob) -> tuple[torch.Tensor, int]:
+        """One prefill with prefix blocks through the KV cache, as ``run`` computes it: its
+        output rows ``(layers, batch, heads, new tokens, head_dim)`` and the prompt tokens
+        it took from the cache. For checking the cache path against the whole prompt;
+        work goes through ``run``."""
+        prefixes = self._take([job], {})
+        if job.id not in prefixes:
+            raise ValueError(f"job {job.id!r} is not a prefill the KV cache serves")
+        prompts: Prompts = {}
+        out, _ = self._prefill(job, prefixes[job.id], prompts)
+        self._keep([job], prompts)
+        return out, prefixes[job.id].blocks * job.block_tokens
 
     def telemetry(self, now: float, queue_len: int) -> Telemetry:
         return self.sampler.sample(now, queue_len, self.running)
+
+    # -- the KV cache ---------------------------------------------------------------------
+
+    def _cache_budget(self) -> int:
+        """The memory the running batches leave: the controller's cache budget for a
+        device (``scheduler/capacity.py``: its memory free)."""
+        return max(0, (self.budget or DEFAULT_CACHE_BYTES) - self.reserved)
+
+    def _fit_cache(self) -> None:
+        """Shrink the cache as a batch starts, let it grow back as one ends."""
+        with self.cache_lock:
+            self.cache.resize(self._cache_budget())
+
+    def _take(self, jobs: list[AttentionJob], inputs: Mapping[str, bytes]
+              ) -> dict[str, Prefix]:
+        """Each cache-served prefill's resident leading blocks, in the batch's order; taking
+        them makes them the most recent, as the controller's placement does."""
+        prefixes: dict[str, Prefix] = {}
+        with self.cache_lock:
+            for job in jobs:
+                if cache_served(job, inputs):
+                    usable = reusable_blocks(job.q_len, job.block_tokens)
+                    prefixes[job.id] = Prefix(*self.cache.take_prefix(block_keys(job)[:usable]))
+        return prefixes
+
+    def _keep(self, jobs: list[AttentionJob], prompts: Prompts) -> None:
+        """Keep each computed prompt's whole blocks, in the batch's order (the controller's).
+
+        Each block is charged :func:`scheduler.kvcache.block_bytes`, the bytes the
+        controller charges, so both evict the same blocks. The tensors kept are that
+        size too: K and V of every layer the worker computes (one SDPA call a layer).
+        """
+        with self.cache_lock:
+            for job in jobs:
+                if job.id in prompts:
+                    k, v = prompts[job.id]
+                    self.cache.put(block_keys(job), k, v, job.block_tokens,
+                                   nbytes=block_bytes(job))
 
     # -- computing ------------------------------------------------------------------------
 
@@ -147,16 +229,26 @@ class AttentionWorker:
         return self.inputs.take(shape, dtype)
 
     def _run(self, jobs: list[AttentionJob], inputs: Mapping[str, bytes],
-             outputs: dict[str, bytes]) -> tuple[float, str]:
-        """Jobs with tensors of their own, one call each; then each launch group of the
-        rest in turn (``packing.launch_groups``: the rule the cost model prices). The
-        backend is the last call's."""
+             outputs: dict[str, bytes], prefixes: Mapping[str, Prefix], prompts: Prompts
+             ) -> tuple[float, str]:
+        """Jobs with tensors of their own, one call each; then the prefills the KV cache
+        serves (``prefixes``), one at a time, their prompts left in ``prompts``; then each
+        launch group of the rest in turn (``packing.launch_groups``: the rule the cost
+        model prices). The backend is the last call's."""
         checksum, backend = 0.0, ""
         for job in jobs:
             if job.id in inputs:
                 _stop_if_cancelled()
                 outputs[job.id], backend = self._given(job, inputs[job.id])
         rest = [j for j in jobs if j.id not in inputs]
+        if prefixes:
+            why = packing.refusal(rest)  # the batch as a whole, as launch_groups checks it
+            if why is not None:
+                raise ValueError(why)
+            for job in (j for j in rest if j.id in prefixes):
+                out, backend = self._prefill(job, prefixes[job.id], prompts)
+                checksum += float(out.float().sum())
+            rest = [j for j in rest if j.id not in prefixes]
         for group in packing.launch_groups(rest) if rest else ():
             _stop_if_cancelled()
             if group.kind == "model":
@@ -176,6 +268,13 @@ class AttentionWorker:
         q, k, v = (qkv[n].to(self.torch_device) for n in ("q", "k", "v"))
         out, backend = kernels.attention(q, k, v, job.causal)
         return bytes(save({"o": out.cpu().contiguous()})), backend
+
+    def _prefill(self, job: AttentionJob, prefix: Prefix, prompts: Prompts
+                 ) -> tuple[torch.Tensor, str]:
+        """One prompt computed after its cached prefix; its K and V go to ``prompts``."""
+        out, k, v, backend = cached_prefill(job, prefix, self.torch_device, _stop_if_cancelled)
+        prompts[job.id] = (k, v)
+        return out, f"{backend}+prefix"
 
     def _same_heads(self, group: packing.CallGroup) -> tuple[float, str]:
         """Prompts and training steps of one head layout, one launch per call of the group.

@@ -238,9 +238,11 @@ def print_fidelity(result: dict[str, Any]) -> None:
     if spread:
         caption += "; round spread = the farthest live round from the live median"
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, caption=caption)
+    # Only a trace with prefix blocks has a cache hit rate: no empty column for the rest.
+    hits = any("cache_hit_rate" in e["error"] for e in result["policies"].values())
     columns = ["policy", "JCT mean live/sim", "err", *(["round spread"] if spread else []),
                "p99 live/sim", "err", *(["round spread"] if spread else []), "makespan err",
-               "throughput err"]
+               "throughput err", *(["cache hits live/sim", "err"] if hits else [])]
     for col in columns:
         table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True)
     for name, entry in result["policies"].items():
@@ -252,7 +254,10 @@ def print_fidelity(result: dict[str, Any]) -> None:
                       f"{_s(live['jct_p99'])} / {_s(sim['jct_p99'])}",
                       _err(err["jct_p99"], TARGETS["jct_p99"]),
                       *([_err(noise.get("jct_p99"))] if spread else []),
-                      _err(err["makespan"]), _err(err["throughput"]))
+                      _err(err["makespan"]), _err(err["throughput"]),
+                      *([f"{_pct(live.get('cache_hit_rate'))} / "
+                         f"{_pct(sim.get('cache_hit_rate'))}",
+                         _err(err.get("cache_hit_rate"))] if hits else []))
     console.print(table)
     rank = result["ranking"]
     verdict = "[green]same[/]" if result["same_ranking"] else "[red]different[/]"
@@ -277,6 +282,10 @@ def _s(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     return f"{seconds * 1e3:,.1f} ms" if seconds < 1 else f"{seconds:,.2f} s"
+
+
+def _pct(share: float | None) -> str:
+    return "-" if share is None else f"{share:.1%}"
 
 
 def _err(value: float | None, target: float | None = None) -> str:
