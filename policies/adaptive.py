@@ -4,7 +4,8 @@ Each round it repeatedly picks a tenant by a softmax over the tenants'
 urgency, so capacity is shared the way attention shares weight: every tenant
 gets some, the most urgent gets most, and waiting raises urgency (aging) so
 nothing starves. Within the tenant it runs the most urgent of the first few
-jobs: priority, deadline slack and predicted run time (short jobs first).
+jobs: priority, deadline slack and predicted run time (short jobs first; a
+prefill's run time where its prefix is cached, when that is less).
 Aging is measured against a job's own size as well as the clock (one unit of
 urgency per ``aging_s + aging_rel × run time`` seconds waited), so one default
 serves millisecond decodes and day-long pods: with the clock alone, a pod's
@@ -44,7 +45,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from policies.affinity import earliest_with_cache
+from policies.affinity import cheapest_seconds, earliest_with_cache
 from policies.common import BestFit, fits, pack, reference_seconds, window
 from scheduler.decisions import Action, Decisions, Offload, Place, Split
 from scheduler.jobs import AttentionJob, ClusterJob, Job
@@ -259,7 +260,7 @@ class AdaptivePolicy:
                 score = r.scores.get(job.id)
                 if score is None:
                     score = r.scores[job.id] = self.urgency(view, job,
-                                                            reference_seconds(view, job))
+                                                            cheapest_seconds(view, job))
                 if best is None or score > best[0]:
                     best = (score, job)
             if seen >= self.head:

@@ -7,7 +7,9 @@ earliest finish without the cache; a busy holder, priced the same plus its
 wait (its predicted end, and the work this decision already gave it or left
 waiting for it). Whichever finishes first wins, so affinity pulls a job only
 as far as it pays: a hot prefix spreads to a second device once the queue
-behind its holder costs more than computing the prefix again.
+behind its holder costs more than computing the prefix again. The same price
+ranks a prefill among its tenant's jobs (:func:`cheapest_seconds`): a prompt
+mostly cached is a short job, and goes before a long one.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import math
 from collections.abc import Callable, Mapping
 
 from policies.common import cached_seconds, fits
-from scheduler.jobs import AttentionJob
+from scheduler.jobs import AttentionJob, Job
 from scheduler.view import DeviceView, View
 
 Route = tuple[float, DeviceView, float]  # (predicted finish, device, predicted run time)
@@ -52,3 +54,14 @@ def earliest_with_cache(view: View, job: AttentionJob, taken: Mapping[str, int],
         queued[device_id] = queued.get(device_id, 0.0) + seconds
         return None
     return best
+
+
+def cheapest_seconds(view: View, job: Job) -> float:
+    """Predicted run time on the fastest kind of device, or on a device holding the
+    job's prefix if that is less: what the job would cost where it is cheapest."""
+    seconds = view.cost.best_seconds(job)
+    if isinstance(job, AttentionJob) and job.block_tokens:
+        for device_id in view.cache.holders(job):
+            if view.devices[device_id].up:
+                seconds = min(seconds, cached_seconds(view, job, device_id)[0])
+    return seconds

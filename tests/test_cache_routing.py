@@ -85,6 +85,15 @@ def test_adaptive_waits_for_a_busy_holder_only_while_that_finishes_sooner() -> N
     assert placed("adaptive", moves) == [(("p1",), GPU0)]
 
 
+def test_adaptive_ranks_a_prefill_by_what_it_costs_where_its_prefix_is() -> None:
+    # Same size, p1 first in line; only p2 would read 7 of its 8 blocks from gpu1's cache,
+    # so it is the shorter job and goes first to the one free device.
+    plain, hit = prompt("p1", (70, 71, 72, 73, 74, 75, 76, 77)), prompt("p2", (*BASE, 60))
+    busy = prompt("busy", (99,), q_len=32_768)
+    snap = view([plain, hit], running={GPU0: [busy]}, cached={GPU1: [SEEN]})
+    assert [jobs[0] for jobs, _ in placed("adaptive", snap)] == ["p2"]
+
+
 def shared_prefix_trace(groups: int = 4, each: int = 10) -> list[Job]:
     """Prompts in ``groups`` families, each family's 7 leading blocks shared, arriving
     far enough apart that the queue never backs up: only routing decides the hits."""
