@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from scheduler import fidelity
+from tests import rayenv
 from tests.test_live_cli import write_trace
 
 SHIPPED_CPU = Path(__file__).resolve().parents[1] / "scheduler" / "profile_data" / "cpu.json"
@@ -16,13 +17,8 @@ SHIPPED_CPU = Path(__file__).resolve().parents[1] / "scheduler" / "profile_data"
 
 @pytest.fixture(scope="module")
 def local_ray():
-    import ray
-
-    ray.init(address="local", num_cpus=2, num_gpus=2,
-             include_dashboard=False, log_to_driver=False, configure_logging=False,
-             _node_ip_address="127.0.0.1")
-    yield ray
-    ray.shutdown()
+    with rayenv.local_ray(gpus=2) as ray:
+        yield ray
 
 
 def test_fidelity_runs_each_policy_both_ways(cli, local_ray, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from tests import rayenv
 from tests.test_sim import DESIGN_SUMMARY_KEYS
 from tests.test_sim_cli import OUTPUTS
 
@@ -21,13 +22,8 @@ GPUS = 2
 
 @pytest.fixture(scope="module")
 def local_ray():
-    import ray
-
-    ray.init(address="local", num_cpus=2, num_gpus=GPUS,
-             include_dashboard=False, log_to_driver=False, configure_logging=False,
-             _node_ip_address="127.0.0.1")
-    yield ray
-    ray.shutdown()
+    with rayenv.local_ray(gpus=GPUS) as ray:
+        yield ray
 
 
 def tiny_jobs(n: int, seed: int = 3, rate: float = 40.0) -> list:

@@ -17,6 +17,7 @@ import torch
 
 from scheduler.jobs import AttentionJob
 from scheduler.kvcache import BlockLRU, CacheIndex, block_bytes, reusable_blocks
+from tests import rayenv
 from workers import kernels
 from workers.kvstore import prompt_rows
 from workers.worker import AttentionWorker
@@ -158,13 +159,8 @@ def test_a_worker_without_a_budget_still_bounds_its_cache() -> None:
 
 @pytest.fixture(scope="module")
 def local_ray():
-    import ray
-
-    ray.init(address="local", num_cpus=2, num_gpus=1,
-             include_dashboard=False, log_to_driver=False, configure_logging=False,
-             _node_ip_address="127.0.0.1")
-    yield ray
-    ray.shutdown()
+    with rayenv.local_ray(gpus=1) as ray:
+        yield ray
 
 
 def shared_prefix_jobs(n: int = 30, groups: int = 3) -> list[AttentionJob]:
