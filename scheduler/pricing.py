@@ -43,6 +43,7 @@ class ClusterCost:
         self._profile_of = {d.id: (profiles.get(d.profile) if d.profile else None)
                             for d in spec.devices}
         self._memo: dict[tuple[Shape, str], tuple[float, int, float]] = {}
+        self._cached_memo: dict[tuple[Shape, int, str], tuple[float, int, float]] = {}
         # Per-job answers, so asking again about a job costs one dict lookup;
         # the controller forgets a job when it finishes.
         self._by_job: dict[str, tuple[Job, dict[str, tuple[float, int, float]]]] = {}
@@ -158,12 +159,12 @@ class ClusterCost:
         profile = self._profile_of[device]
         if profile is None or not packing.can_pack(jobs):
             return math.inf, 0, 0.0
+        if len(jobs) == 1 and isinstance(jobs[0], AttentionJob):
+            return self._cached_one(jobs[0], tokens.get(jobs[0].id, 0), device, profile)
         parts = [kvcache.uncached_part(j, tokens.get(j.id, 0)) if isinstance(j, AttentionJob)
                  else j for j in jobs]
         memory = sum(self.memory(j, device) for j in jobs)
         flops = sum(self._by_shape(p, profile)[2] for p in parts if isinstance(p, AttentionJob))
-        if len(parts) == 1 and isinstance(parts[0], AttentionJob):
-            return self._by_shape(parts[0], profile)[0], memory, flops
         pack = costmodel.Pack(profile)  # no per-id memo: a part is not the job it stands for
         try:
             for part in parts:
@@ -172,6 +173,20 @@ class ClusterCost:
         except InputError:
             return math.inf, 0, 0.0
         return pack.seconds, memory, flops
+
+    def _cached_one(self, job: AttentionJob, tokens: int, device: str, profile: DeviceProfile
+                    ) -> tuple[float, int, float]:
+        """:meth:`cached` of one job, by shape: a policy prices each holder of each prefill
+        it weighs, and building the uncached part (a validated job) costs more than that."""
+        key = (shape_key(job), tokens, profile.name)
+        known = self._cached_memo.get(key)
+        if known is None:
+            part = kvcache.uncached_part(job, tokens)
+            seconds, _, flops = self._by_shape(part, profile)
+            if len(self._cached_memo) >= 65_536:  # lengths vary per job: bound it
+                self._cached_memo.clear()
+            known = self._cached_memo[key] = (seconds, self.memory(job, device), flops)
+        return known
 
     def memory(self, job: Job, device: str) -> int:
         if isinstance(job, ClusterJob):
