@@ -261,4 +261,20 @@ class FrozenCache:
         return self._holders.get(self._keys(job)[0], frozenset())
 
 
+class CacheReader:
+    """What ``view.cache`` is in a synchronous decision: :class:`CacheIndex`'s two
+    questions and nothing else, so a policy reads the caches and cannot change them."""
+
+    __slots__ = ("_index",)
+
+    def __init__(self, index: CacheIndex) -> None:
+        self._index = index
+
+    def hit(self, job: Job, device: str) -> int:
+        return self._index.hit(job, device)
+
+    def holders(self, job: Job) -> frozenset[str]:
+        return self._index.holders(job)
+
+
 NO_CACHE = FrozenCache({})  # a view made by hand: nothing resident anywhere

@@ -20,6 +20,7 @@ from typing import Any
 
 from scheduler.capacity import Capacity
 from scheduler.jobbook import JobBook
+from scheduler.kvcache import CacheReader
 from scheduler.pricing import ClusterCost
 from scheduler.view import DeviceView, NodeView, Telemetry, View
 
@@ -33,6 +34,7 @@ class ViewBuilder:
                  cost: ClusterCost) -> None:
         self.jobs, self.capacity, self.telemetry, self.cost = jobs, capacity, telemetry, cost
         self.epoch = next(_EPOCHS)
+        self._cache = CacheReader(capacity.caches)
         self._shared = (MappingProxyType(jobs.pending), MappingProxyType(jobs.tenants),
                         MappingProxyType(capacity.views), MappingProxyType(capacity.free),
                         MappingProxyType(telemetry), MappingProxyType(jobs.records))
@@ -44,7 +46,7 @@ class ViewBuilder:
         pending, tenants, devices, free, telemetry, records = self._shared
         return View(now, pending, tenants, devices, free, telemetry, self.cost, seed, state,
                     event, self.capacity.groups, records, self.capacity.node_views,
-                    epoch=self.epoch, cache=self.capacity.caches)
+                    epoch=self.epoch, cache=self._cache)
 
     def changed(self) -> None:
         """Telemetry or a device's health changed: views built from now on carry a new

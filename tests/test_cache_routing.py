@@ -41,6 +41,7 @@ def test_the_view_answers_hits_and_holders(detached: bool) -> None:
     assert snap.cache.holders(later) == {GPU1}
     assert snap.cache.holders(prompt("p2", (9,))) == frozenset()
     assert snap.cache.hit(attention_job(id="plain"), GPU1) == 0
+    assert not any(hasattr(snap.cache, name) for name in ("keep", "use", "forget"))  # reads
 
 
 def test_telemetry_carries_each_devices_cache_and_hit_rate() -> None:
