@@ -30,6 +30,7 @@ from typing import Any
 
 from scheduler.cluster import load_cluster
 from scheduler.jobs import AttentionJob, ClusterJob, DType, Job, JobKind
+from scheduler.kvcache import prompt_blocks
 from scheduler.pricing import load_profiles
 from scheduler.records import DecisionRecord, Sink
 from scheduler.sim.executor import LiveCosts
@@ -103,14 +104,27 @@ def _jobs(rng: random.Random, n: int, pods: bool) -> list[Job]:
         kind = rng.choice(KINDS)
         heads, group = rng.choice(((8, 1), (8, 4), (32, 4)))
         parent = jobs[-1].id if jobs and rng.randrange(3) == 0 else None
+        q_len = 1 if kind is JobKind.DECODE else rng.randint(1, 2048)
         jobs.append(AttentionJob(
             id=f"j{i}", kind=kind, batch=rng.choice((1, 2, 4, 64)), heads=heads,
-            kv_heads=heads // group, q_len=1 if kind is JobKind.DECODE else rng.randint(1, 2048),
+            kv_heads=heads // group, q_len=q_len,
             kv_len=rng.randint(1, 1 << 14), head_dim=rng.choice((64, 128)),
             layers=rng.choice((1, 4)), dtype=rng.choice((DType.BF16, DType.FP32)),
             causal=rng.choice((True, False)), steps=rng.randint(1, 20), depends_on=parent,
-            **common))
+            **_prefix(i, kind, q_len), **common))
     return jobs
+
+
+def _prefix(i: int, kind: JobKind, q_len: int) -> dict[str, Any]:
+    """Prompt blocks shared by every third prefill, so a policy's cache-reading code runs
+    (and hits happen) in the check; drawn from the job's index, not the RNG, so the rest
+    of each generated run is what it was without them."""
+    if kind is not JobKind.PREFILL:
+        return {}
+    family, tokens = i % 3, 64
+    count = min(4, prompt_blocks(q_len, tokens))
+    return {"prefix_blocks": tuple(1000 * family + b for b in range(count)),
+            "block_tokens": tokens}
 
 
 class _Recorder(Sink):

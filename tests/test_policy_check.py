@@ -32,6 +32,19 @@ class Boom:
         return load_policy("fifo").decide(view)
 '''
 
+CACHED = '''
+from policies.base import load_policy
+
+
+class Cached:
+    name = "cached"
+
+    def decide(self, view):
+        if any(view.cache.hit(j, d) for j in view.pending.values() for d in view.devices):
+            raise RuntimeError("a bug only a cache hit reaches")
+        return load_policy("fifo").decide(view)
+'''
+
 FLIP = '''
 import os
 
@@ -63,7 +76,7 @@ def test_every_built_in_policy_keeps_the_contract(cli, policy) -> None:
 
 
 @pytest.mark.parametrize(("source", "rule", "most_jobs"), [
-    (LAZY, "work-conserving", 1), (BOOM, "no error", 4)])
+    (LAZY, "work-conserving", 1), (BOOM, "no error", 4), (CACHED, "no error", 4)])
 def test_a_broken_plugin_is_caught_with_a_minimal_reproducer(cli, tmp_path, monkeypatch,
                                                             source, rule, most_jobs) -> None:
     monkeypatch.chdir(tmp_path)
