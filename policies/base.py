@@ -201,6 +201,13 @@ def _instantiate(spec: str, factory: Any, options: Mapping[str, str]) -> Policy:
         policy = factory(**kwargs)
     except InputError:
         raise
+    except ValueError as e:
+        if not options:
+            raise InputError(f"{clip(spec)} could not be built: {_said(e)}",
+                             field="--policy") from None
+        # A constructor refusing a value is the options' fault: say so, in its words.
+        raise InputError(f"{clip(spec)} refused its options: {e}", field="--policy-opt") \
+            from None
     except (Exception, SystemExit) as e:
         raise InputError(f"{clip(spec)} could not be built: {_said(e)}",
                          field="--policy") from None
@@ -224,8 +231,10 @@ def _convert(spec: str, key: str, raw: str, default: Any) -> Any:
             pass
     else:
         return raw
-    raise InputError(f"{clip(spec)} option {clip(key)}={clip(raw)}: expected a "
-                     f"{type(default).__name__}", field="--policy-opt")
+    wanted = {"bool": "true or false", "int": "an integer", "float": "a number"}
+    raise InputError(f"{clip(spec)} option {clip(key)}={clip(raw)}: expected "
+                     f"{wanted.get(type(default).__name__, type(default).__name__)}",
+                     field="--policy-opt")
 
 
 def parse_options(items: Sequence[str]) -> dict[str, str]:

@@ -18,6 +18,7 @@ equal overlaps. It does not pack, look at telemetry or price devices beyond
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import ClassVar
 
 from policies.common import fastest_group, fits, place_cluster_job, window
@@ -33,35 +34,46 @@ class PrefixAffinityPolicy:
 
     def __init__(self, threshold: float = 0.5, max_wait: int = 4, lookahead: int = 256
                  ) -> None:
-        if not 0 <= threshold <= 1:
-            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-        if max_wait < 0 or lookahead < 1:
-            raise ValueError("max_wait must be >= 0 and lookahead at least 1")
+        if not 0 <= threshold < 1:  # a hit leaves at least the prompt's last token
+            raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+        if max_wait < 0:
+            raise ValueError(f"max_wait must be >= 0, got {max_wait}")
+        if lookahead < 1:
+            raise ValueError(f"lookahead must be at least 1, got {lookahead}")
         self.threshold, self.max_wait, self.lookahead = threshold, max_wait, lookahead
 
     def decide(self, view: View) -> Decisions:
         actions: list[Action] = []
         taken: dict[str, int] = {}
         waiting: dict[str, int] = {}  # busy device -> jobs this round left to wait for it
+        # Free slots left per profile: a job whose kind has none left is passed over
+        # without pricing, and the round ends when no kind has any (an idle CPU worker
+        # that no job here would take must not keep it scanning the whole window).
+        left: Counter[str | None] = Counter()
+        for device in view.free.values():
+            left[device.profile] += device.slots_free
         for job in window(view.pending, self.lookahead):
-            if len(taken) >= len(view.free):
+            if not any(n > 0 for n in left.values()):
                 break
             if isinstance(job, ClusterJob):
                 used = set(taken)
                 place = place_cluster_job(view, job, used, "prefix-affinity first fit")
                 actions.extend([place] if place else [])
+                for d in used.difference(taken):  # a pod's devices are spoken for
+                    left[view.devices[d].profile] -= view.devices[d].slots_free
                 taken.update(dict.fromkeys(used, 1))
                 continue
-            action = self._route(view, job, taken, waiting)
+            action = self._route(view, job, taken, waiting, left)
             if action is not None:
                 taken[action.device] = 1
+                left[view.devices[action.device].profile] -= 1
                 actions.append(action)
         return Decisions(tuple(actions))
 
-    def _route(self, view: View, job: Job, taken: dict[str, int], waiting: dict[str, int]
-               ) -> Place | None:
+    def _route(self, view: View, job: Job, taken: dict[str, int], waiting: dict[str, int],
+               left: Counter[str | None]) -> Place | None:
         group = fastest_group(view, job)
-        if group is None:
+        if group is None or left[group] <= 0:
             return None
         members = view.groups[group]
         holder, hit = self._best_holder(view, job, members)

@@ -76,7 +76,9 @@ def test_plugin_by_module_with_options(cli, small_trace, tmp_path) -> None:
         ("os:system", ["command=true"], "nothing was called"),
         ("no.such.module:X", [], "cannot import module"),
         ("greedy", ["colour=red"], "takes no option 'colour'"),
-        ("greedy", ["max_batch=many"], "expected a int"),
+        ("greedy", ["max_batch=many"], "expected an integer"),
+        ("greedy", ["max_batch=0"], "--policy-opt: 'greedy' refused its options: max_batch"),
+        ("prefix-affinity", ["threshold=1"], "threshold must be in [0, 1)"),
         ("greedy", ["max_batch"], "expected key=value"),
     ],
 )
