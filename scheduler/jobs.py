@@ -118,12 +118,14 @@ def _check_identity(job: AttentionJob | ClusterJob) -> None:
 
 
 def _check_prefix(job: AttentionJob) -> None:
-    """A prompt's prefix blocks: ids of ``block_tokens`` tokens each, every block starting
-    within the prompt (scheduler/kvcache.py says what they stand for)."""
+    """A prompt's prefix blocks: distinct ids of ``block_tokens`` tokens each, every block
+    starting within the prompt (scheduler/kvcache.py says what they stand for). A prompt
+    may name only its leading blocks."""
     blocks = job.prefix_blocks
     if not isinstance(blocks, tuple | list) or not blocks:
-        raise InputError(f"expected a non-empty list of block ids, got {clip(blocks)}",
-                         field="prefix_blocks")
+        given = "" if blocks in ((), [], None) else f", got {clip(blocks)}"
+        raise InputError(f"block_tokens needs prefix_blocks, a non-empty list of block "
+                         f"ids{given}", field="prefix_blocks")
     if job.kind is not JobKind.PREFILL:
         raise InputError("only a prefill's prompt has prefix blocks", field="prefix_blocks")
     if len(blocks) > MAX_BLOCKS:
@@ -132,10 +134,17 @@ def _check_prefix(job: AttentionJob) -> None:
         if type(block) is not int or not 0 <= block <= MAX_BLOCK_ID:
             check_int("prefix_blocks", block, 0, MAX_BLOCK_ID)
     object.__setattr__(job, "prefix_blocks", tuple(blocks))
+    if len(set(blocks)) < len(blocks):  # an id stands for its block and all before it
+        twice = next(b for i, b in enumerate(blocks) if b in blocks[:i])
+        raise InputError(f"block id {twice} appears twice in one prompt", field="prefix_blocks")
+    if not job.block_tokens:
+        raise InputError("prefix_blocks needs block_tokens, the tokens in a block (>= 1)",
+                         field="block_tokens")
     check_int("block_tokens", job.block_tokens, 1, LIMITS["q_len"])
-    if (len(blocks) - 1) * job.block_tokens >= job.q_len:
-        raise InputError(f"{len(blocks)} blocks of {job.block_tokens} tokens start past the "
-                         f"prompt's {job.q_len}", field="prefix_blocks")
+    last = (len(blocks) - 1) * job.block_tokens
+    if last >= job.q_len:
+        raise InputError(f"block {len(blocks)} of {job.block_tokens} tokens would start at token "
+                         f"{last}, past the prompt's {job.q_len}", field="prefix_blocks")
 
 
 @dataclass(frozen=True, slots=True)

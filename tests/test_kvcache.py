@@ -97,18 +97,21 @@ def test_the_cache_lives_in_memory_no_batch_holds() -> None:
     assert dev.memory_free + sum(b.memory for b in dev.running.values()) == dev.memory_limit
 
 
-@pytest.mark.parametrize(("bad", "field"), [
-    ({"kind": "decode", "q_len": 1}, "prefix_blocks"),
-    ({"prefix_blocks": (1, -2)}, "prefix_blocks"),
-    ({"block_tokens": 0}, "block_tokens"),
-    ({"prefix_blocks": tuple(range(9))}, "prefix_blocks"),  # 9 blocks of 512 past 4096
+@pytest.mark.parametrize(("bad", "field", "said"), [
+    ({"kind": "decode", "q_len": 1}, "prefix_blocks", "only a prefill"),
+    ({"prefix_blocks": (1, -2)}, "prefix_blocks", "-2"),
+    ({"block_tokens": 0}, "block_tokens", "needs block_tokens"),
+    ({"prefix_blocks": ()}, "prefix_blocks", "block_tokens needs prefix_blocks"),
+    ({"prefix_blocks": (1, 2, 1)}, "prefix_blocks", "block id 1 appears twice"),
+    ({"prefix_blocks": tuple(range(9))}, "prefix_blocks",
+     "block 9 of 512 tokens would start at token 4096, past the prompt's 4096"),
 ])
-def test_bad_prefix_blocks_name_the_field(bad, field) -> None:
+def test_bad_prefix_blocks_name_the_field(bad, field, said) -> None:
     fields = {"q_len": 4096, "kv_len": 4096, "prefix_blocks": (1, 2), "block_tokens": 512,
               **bad}
     with pytest.raises(InputError) as e:
         attention_job(**fields)
-    assert e.value.field == field
+    assert e.value.field == field and said in str(e.value), str(e.value)
 
 
 def test_canonical_formats_carry_prefix_blocks(tmp_path) -> None:

@@ -177,6 +177,9 @@ def test_a_generated_trace_hits_the_cache_in_a_simulation(cli, tmp_path, repo) -
     (["--shared-prefix", "--system-prompt-tokens", "16385"], "--system-prompt-tokens"),
     (["--shared-prefix", "--followup-fraction", "1.5"], "--followup-fraction"),
     (["--shared-prefix", "--followup-fraction", "nan"], "--followup-fraction"),
+    (["--shared-prefix", "--system-prompts", "0", "--system-prompt-tokens", "1024"],
+     "--system-prompt-tokens"),  # a length for system prompts it was told not to make
+    (["--shared-prefix", "--mix", "decode=1"], "--mix"),  # no prefill to give blocks to
 ])
 def test_bad_prefix_options_exit_2_naming_the_option(cli, tmp_path, extra, option) -> None:
     out = tmp_path / "x.jsonl"

@@ -236,6 +236,9 @@ def generate_cmd(
                             followup_fraction)
     spec = SynthSpec(jobs=jobs, seed=seed, rate=rate, arrivals=arrivals, mix=parse_mix(mix),
                      tenants=tenants, deadline_fraction=deadline_fraction, prefix=prefix)
+    if prefix is not None and not spec.mix.get("prefill"):
+        raise InputError("--shared-prefix gives prefills prefix blocks, and this --mix has "
+                         "none", field="--mix")
     if jobs / rate > MAX_MEAN_SPAN_S:  # a tiny rate: refuse it here, not as a submit_time
         raise InputError(f"{jobs:,} jobs at {rate:g}/s would span {jobs / rate:.3g} s; expected "
                          f"a rate of at least {jobs / MAX_MEAN_SPAN_S:.3g}", field="--rate")
@@ -255,6 +258,9 @@ def _shared_prefix(on: bool, prompts: int | None, tokens: int | None,
             if value is not None:
                 raise InputError("takes effect only with --shared-prefix", field=name)
         return None
+    if prompts == 0 and tokens is not None:
+        raise InputError("takes effect only with system prompts (--system-prompts is 0)",
+                         field="--system-prompt-tokens")
     return SharedPrefix(
         system_prompts=PREFIX.system_prompts if prompts is None else prompts,
         system_prompt_tokens=PREFIX.system_prompt_tokens if tokens is None else tokens,
