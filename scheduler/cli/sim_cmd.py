@@ -97,5 +97,7 @@ def policies_cmd() -> None:
     """
     from policies.base import available
 
-    for name, description in available().items():
-        console.print(f"[bold]{name:10}[/] {description}")
+    listed = available()
+    width = max(map(len, listed), default=0)
+    for name, description in listed.items():
+        console.print(f"[bold]{name:{width}}[/] {description}", highlight=False)
