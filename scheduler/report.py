@@ -59,6 +59,7 @@ from scheduler.report_text import (
     BEST,
     BEST_MEANS,
     COMPARED,
+    OPTIONAL,
     PERCENT,
     SECONDS,
     SUMMARY_ORDER,
@@ -66,6 +67,8 @@ from scheduler.report_text import (
     WORDED,
     _compared_rows,
     _md_table,
+    best_means,
+    compared_columns,
     fmt_seconds,
     fmt_value,
     md_text,
@@ -75,13 +78,14 @@ from scheduler.report_text import (
 )
 
 __all__ = [
-    "BATCH_ROWS", "BEST", "COMPARED", "DPI", "JOB_COLUMNS", "MAX_CDF_POINTS", "MAX_DEVICE_LINES",
-    "MAX_REASONS", "MAX_TENANT_AREAS", "PERCENT", "PLOTS", "REPORT_COLUMNS", "SECONDS",
-    "SHARE_BINS", "SUMMARY_ORDER", "TELEMETRY_COLUMNS", "UNITS", "F", "Floats", "JobStats",
-    "TenantShares", "area_under", "cdf_points", "fmt_seconds", "fmt_value", "job_batches",
-    "md_text", "plain_text", "plot_jct_cdf", "plot_queue", "plot_shares", "plot_tenant_share",
-    "plot_text", "plot_utilization", "read_jobs", "summary_table_rows", "tenant_shares",
-    "write_comparison", "write_report"]
+    "BATCH_ROWS", "BEST", "BEST_MEANS", "COMPARED", "DPI", "JOB_COLUMNS", "MAX_CDF_POINTS",
+    "MAX_DEVICE_LINES", "MAX_REASONS", "MAX_TENANT_AREAS", "OPTIONAL", "PERCENT", "PLOTS",
+    "REPORT_COLUMNS", "SECONDS", "SHARE_BINS", "SUMMARY_ORDER", "TELEMETRY_COLUMNS", "UNITS", "F",
+    "Floats", "JobStats", "TenantShares", "area_under", "best_means", "cdf_points",
+    "compared_columns", "fmt_seconds", "fmt_value", "job_batches", "md_text", "plain_text",
+    "plot_jct_cdf", "plot_queue", "plot_shares", "plot_tenant_share", "plot_text",
+    "plot_utilization", "read_jobs", "summary_table_rows", "tenant_shares", "write_comparison",
+    "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +218,7 @@ def write_comparison(run_dirs: Mapping[str, Path], out_dir: Path) -> Path:
     if len(traces) > 1:
         log.warning("comparing runs of different traces: %s", sorted(traces))
         lines += ["Warning: these runs used different traces.", ""]
-    lines += [*_md_table(header, rows), "", BEST_MEANS, "",
+    lines += [*_md_table(header, rows), "", best_means(summaries), "",
               "![JCT CDF by policy](plots/jct_cdf.png)"]
     path = out_dir / "comparison.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -43,9 +43,9 @@ from scheduler.report_plots import (
 )
 from scheduler.report_text import (
     BEST,
-    BEST_MEANS,
     _compared_rows,
     _md_table,
+    best_means,
     fmt_value,
     md_text,
     policy_label,
@@ -298,6 +298,10 @@ def _compared(group: Sequence[Run]) -> list[list[str]]:
     return rows
 
 
+def _best_means(group: Sequence[Run]) -> str:
+    return best_means({r.label: r.summary for r in group})
+
+
 def _markdown(title: str, runs: Sequence[Run], groups: dict[str, list[Run]],
               shared: dict[str, list[Plot]], per_run: dict[str, list[Plot]]) -> list[str]:
     md = [f"# {md_text(title)}", "", "## Runs", "", *_md_table(*_split(_run_rows(runs))), ""]
@@ -307,7 +311,8 @@ def _markdown(title: str, runs: Sequence[Run], groups: dict[str, list[Run]],
         head = "##" if len(groups) == 1 else "###"
         if len(groups) > 1:
             md += [f"## Trace {md_text(trace)}", ""]
-        md += [f"{head} Summary", "", *_md_table(*_split(_compared(group))), "", BEST_MEANS, ""]
+        md += [f"{head} Summary", "", *_md_table(*_split(_compared(group))), "",
+               _best_means(group), ""]
         slo = _slo_rows(group)
         if slo:
             md += [f"{head} SLO attainment per tenant", "", *_md_table(*_split(slo)), ""]
@@ -329,7 +334,7 @@ def _page(title: str, runs: Sequence[Run], groups: dict[str, list[Run]], plots: 
         if len(groups) > 1:
             body.append(f"<h2>Trace {html.escape(trace)}</h2>")
         body += ["<h3>Summary</h3>", _html_table(_compared(group)),
-                 f"<p>{html.escape(BEST_MEANS)}</p>"]
+                 f"<p>{html.escape(_best_means(group))}</p>"]
         slo = _slo_rows(group)
         if slo:
             body += ["<h3>SLO attainment per tenant</h3>", _html_table(slo)]

@@ -21,12 +21,20 @@ COMPARED: tuple[tuple[str, str, Callable[[list[float]], float] | None], ...] = (
     ("jct_mean", "JCT mean", min), ("jct_p50", "JCT p50", min), ("jct_p99", "JCT p99", min),
     ("makespan", "makespan", min), ("device_util_mean", "device util", None),
     ("jain_fairness", "Jain fairness", max), ("slo_attainment", "SLO attainment", max))
+# Columns shown only where some run has the figure: a trace without prefix blocks has
+# no cache hit rate, and its tables keep the columns above and nothing more. The hit rate
+# is not ranked either: a policy can raise it by crowding prompts onto the devices that
+# hold their prefix, at the cost of its JCT.
+OPTIONAL: tuple[tuple[str, str, Callable[[list[float]], float] | None], ...] = (
+    ("cache_hit_rate", "cache hit rate", None),)
 BEST_MEANS = ("Bold: the best in its column (lowest JCT and makespan, highest Jain fairness "
               "and SLO attainment); device utilization is not ranked, as busy devices can "
               "mean worse packing as well as more work done.")
+HITS_UNRANKED = (" The cache hit rate is not ranked either: a policy can raise it by crowding "
+                 "prompts onto the devices that hold their prefix.")
 SECONDS = ("jct_mean", "jct_p50", "jct_p99", "queue_delay_mean", "makespan", "wall_seconds",
            "makespan_trace_s", "makespan_wall_s")
-PERCENT = ("device_util_mean", "jain_fairness", "slo_attainment")
+PERCENT = ("device_util_mean", "jain_fairness", "slo_attainment", "cache_hit_rate")
 UNITS = {"slowdown_mean": "×", "throughput_jobs_per_s": " jobs/s", "achieved_tflops": " TFLOP/s",
          "throughput_jobs_per_wall_s": " jobs per wall second"}
 SUMMARY_ORDER = ("policy", "mode", "jobs_total", "jobs_completed", "jobs_failed", "jct_mean",
@@ -117,14 +125,30 @@ def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]
     return lines
 
 
-def _best_flags(summaries: Mapping[str, Mapping[str, Any]]) -> list[list[bool]]:
+def compared_columns(summaries: Mapping[str, Mapping[str, Any]]) -> tuple[
+        tuple[str, str, Callable[[list[float]], float] | None], ...]:
+    """``COMPARED``, then each ``OPTIONAL`` column some run of ``summaries`` has a value for."""
+    return COMPARED + tuple(c for c in OPTIONAL
+                            if any(s.get(c[0]) is not None for s in summaries.values()))
+
+
+def best_means(summaries: Mapping[str, Mapping[str, Any]]) -> str:
+    """The note under a comparison table: ``BEST_MEANS``, and why the hit rate has no best
+    when the table shows one."""
+    shown = {key for key, _, _ in compared_columns(summaries)}
+    return BEST_MEANS + (HITS_UNRANKED if "cache_hit_rate" in shown else "")
+
+
+def _best_flags(summaries: Mapping[str, Mapping[str, Any]],
+                columns: Sequence[tuple[str, str, Callable[[list[float]], float] | None]]
+                ) -> list[list[bool]]:
     """Which cells hold the best value of their column.
 
     Ties all count as best; a column with fewer than two numbers, or where all
     numbers are equal, marks nothing, since nobody did better there.
     """
-    flags = [[False] * len(COMPARED) for _ in summaries]
-    for col, (key, _, better) in enumerate(COMPARED):
+    flags = [[False] * len(columns) for _ in summaries]
+    for col, (key, _, better) in enumerate(columns):
         if better is None:
             continue
         values = [_number(s.get(key)) for s in summaries.values()]
@@ -139,11 +163,13 @@ def _best_flags(summaries: Mapping[str, Mapping[str, Any]]) -> list[list[bool]]:
 
 def _compared_rows(summaries: Mapping[str, Mapping[str, Any]],
                    mark: Callable[[str], str]) -> list[list[str]]:
-    rows = [["policy", *(header for _, header, _ in COMPARED)]]
-    for (name, summary), marks in zip(summaries.items(), _best_flags(summaries), strict=True):
+    columns = compared_columns(summaries)
+    rows = [["policy", *(header for _, header, _ in columns)]]
+    for (name, summary), marks in zip(summaries.items(), _best_flags(summaries, columns),
+                                      strict=True):
         rows.append([policy_label(name, summary), *(mark(fmt_value(key, summary.get(key))) if best
                              else fmt_value(key, summary.get(key))
-                             for (key, _, _), best in zip(COMPARED, marks, strict=True))])
+                             for (key, _, _), best in zip(columns, marks, strict=True))])
     return rows
 
 

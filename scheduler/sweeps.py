@@ -138,19 +138,29 @@ def run_grid(specs: Mapping[K, RunSpec], address: str | None = None,
 
 COLUMNS = ("policy", "load", "seed", "jobs_completed", "jobs_failed", "jct_mean", "jct_p50",
            "jct_p99", "makespan", "device_util_mean", "jain_fairness", "slo_attainment")
+# Last, and only when some run has it: a trace without prefix blocks has no cache hit rate,
+# and its table keeps the columns above and nothing more.
+HIT_RATE = "cache_hit_rate"
+
+
+def has_hit_rate(results: Mapping[Any, RunResult]) -> bool:
+    """Whether some run has a cache hit rate (its trace's prefills had prefix blocks)."""
+    return any(r.summary.get(HIT_RATE) is not None for r in results.values())
 
 
 def write_table(results: Mapping[Cell, RunResult], out: Path) -> Path:
-    """``sweep.csv``: one row per cell, the summary's headline figures."""
+    """``sweep.csv``: one row per cell, the summary's headline figures (``COLUMNS``, then
+    ``cache_hit_rate`` where some run has one: a share, 0 to 1)."""
     path = out / "sweep.csv"
     out.mkdir(parents=True, exist_ok=True)
+    columns = (*COLUMNS, HIT_RATE) if has_hit_rate(results) else COLUMNS
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(COLUMNS)
+        writer.writerow(columns)
         for cell, result in results.items():
             s: dict[str, Any] = result.summary
             writer.writerow([cell.policy, "" if cell.load is None else cell.load, cell.seed,
-                             *(_cell(s.get(k)) for k in COLUMNS[3:])])
+                             *(_cell(s.get(k)) for k in columns[3:])])
     return path
 
 
@@ -158,4 +168,4 @@ def _cell(value: Any) -> Any:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
-__all__ = ["Cell", "grid", "plan", "run_grid", "write_table"]
+__all__ = ["Cell", "grid", "has_hit_rate", "plan", "run_grid", "write_table"]

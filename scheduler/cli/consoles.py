@@ -12,7 +12,7 @@ import sys
 
 from rich.console import Console
 
-FILE_WIDTH = 160  # columns when writing to a file or pipe
+FILE_WIDTH = 240  # columns when writing to a file or pipe (fidelity's widest table fits)
 
 
 def make_console(stderr: bool = False) -> Console:

@@ -100,10 +100,13 @@ def _explain_run(run_dir: Path, job: str, alone: bool) -> bool:
     for r in rows:
         start = "-" if r["start"] is None else f"{r['start']:.6g}s"
         end = "-" if r["end"] is None else f"{r['end']:.6g}s"
+        # Only runs of a trace with prefix blocks have the column, most jobs there 0.
+        cached = r.get("cached_tokens") or 0
         console.print(escape(f"{job}: {r['status']} after {r['attempts']} attempt(s); submit "
                              f"{r['submit']:.6g}s, start {start}, end {end}, device "
-                             f"{r['device']}" + (f"; reason: {r['reason']}" if r["reason"]
-                                                 else "")))
+                             f"{r['device']}" + (f"; cached tokens: {cached:,}" if cached > 0
+                                                 else "")
+                             + (f"; reason: {r['reason']}" if r["reason"] else "")))
     return True
 
 

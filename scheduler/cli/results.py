@@ -47,8 +47,10 @@ def print_summary(results: dict[str, RunResult]) -> None:
 
     rows = summary_table_rows({name: r.summary for name, r in results.items()})
     short = {"JCT mean": "JCT mean", "JCT p50": "p50", "JCT p99": "p99", "device util": "util",
-             "Jain fairness": "Jain", "SLO attainment": "SLO"}
-    table = Table(caption="* best in column (utilization not ranked)", box=box.SIMPLE_HEAD,
+             "Jain fairness": "Jain", "SLO attainment": "SLO", "cache hit rate": "hit rate"}
+    # The hit rate is a column only where some run has one (a trace with prefix blocks).
+    unranked = "utilization and hit rate" if "cache hit rate" in rows[0] else "utilization"
+    table = Table(caption=f"* best in column ({unranked} not ranked)", box=box.SIMPLE_HEAD,
                   pad_edge=False)
     for i, col in enumerate(rows[0]):
         label = short.get(col, col)

@@ -30,7 +30,7 @@ from scheduler.errors import InputError
 from scheduler.runs import MAX_LOAD, MIN_LOAD, bounded, check_seed
 from scheduler.sim.runner import RunResult
 from scheduler.sims import sim_spec
-from scheduler.sweeps import Cell, grid, run_grid, write_table
+from scheduler.sweeps import Cell, grid, has_hit_rate, run_grid, write_table
 
 
 def parse_loads(text: str) -> list[float | None]:
@@ -102,14 +102,19 @@ def _label(cell: Cell) -> str:
 
 def _table(results: Mapping[Cell, RunResult]) -> Table:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    for name in ("policy", "load", "seed", "JCT mean", "p99", "util", "done", "failed"):
+    # Only a trace with prefix blocks has a cache hit rate: no empty column for the rest.
+    hits = has_hit_rate(results)
+    for name in ("policy", "load", "seed", "JCT mean", "p99", "util",
+                 *(["hit rate"] if hits else []), "done", "failed"):
         table.add_column(name, justify="left" if name == "policy" else "right")
     for cell, result in results.items():
         s = result.summary
+        hit = s.get("cache_hit_rate")
         table.add_row(cell.policy, "trace" if cell.load is None else f"{cell.load:g}",
                       str(cell.seed), _seconds(s.get("jct_mean")), _seconds(s.get("jct_p99")),
-                      f"{s.get('device_util_mean') or 0:.1%}", f"{s['jobs_completed']:,}",
-                      f"{s['jobs_failed']:,}")
+                      f"{s.get('device_util_mean') or 0:.1%}",
+                      *(["-" if hit is None else f"{hit:.1%}"] if hits else []),
+                      f"{s['jobs_completed']:,}", f"{s['jobs_failed']:,}")
     return table
 
 
