@@ -60,8 +60,17 @@ def cheapest_seconds(view: View, job: Job) -> float:
     """Predicted run time on the fastest kind of device, or on a device holding the
     job's prefix if that is less: what the job would cost where it is cheapest."""
     seconds = view.cost.best_seconds(job)
-    if isinstance(job, AttentionJob) and job.block_tokens:
-        for device_id in view.cache.holders(job):
-            if view.devices[device_id].up:
-                seconds = min(seconds, cached_seconds(view, job, device_id)[0])
+    if not isinstance(job, AttentionJob) or not job.block_tokens:
+        return seconds
+    # Devices of one profile price alike, and more cached tokens cost less: price only
+    # each profile's longest hit (a common first block makes most devices holders).
+    longest: dict[str | None, tuple[int, str]] = {}
+    for device_id in view.cache.holders(job):
+        device = view.devices[device_id]
+        if device.up:
+            hit = view.cache.hit(job, device_id)
+            if hit > longest.get(device.profile, (0, ""))[0]:
+                longest[device.profile] = (hit, device_id)
+    for hit, device_id in longest.values():
+        seconds = min(seconds, view.cost.cached([job], device_id, {job.id: hit})[0])
     return seconds
