@@ -5,7 +5,8 @@
 
 Runs ``attnsched sweep`` (the command a user runs: each simulation a Ray task
 on an embedded local Ray) on Mooncake FAST'25 with ``llama3-70b``, for each
-cluster size (nodes of 8 H100s from cluster.yaml, ``--nodes gpu_h100=N``),
+cluster size (nodes of 8 H100s from cluster.yaml, ``--nodes gpu_h100=N``; its
+CPU node only with ``--cpu``, where a policy may run a 70B prefill on a CPU),
 then reads each run's summary.json and jobs.parquet. Per policy and load it
 prints the cache hit rate (cached over prompt tokens), mean and p99 JCT, and
 the prefills' mean run time and mean time to first token (a prefill's JCT);
@@ -47,10 +48,12 @@ COLUMNS = ("hit", "hit/static", "jct_mean", "vs best of static,greedy", "jct_p99
            "p99/prefix-affinity", "prefill_s", "ttft_mean")
 
 
-def sweep(out: Path, nodes: int, loads: str, policies: str, limit: int | None) -> None:
+def sweep(out: Path, nodes: int, loads: str, policies: str, limit: int | None,
+          cpu: bool) -> None:
     cmd = [sys.executable, "-m", "scheduler.cli", "sweep", str(TRACE), "--model", MODEL,
            "--policies", policies, "--loads", loads, "--nodes", f"gpu_h100={nodes}",
            "--out", str(out)]
+    cmd += [] if cpu else ["--nodes", "cpu=0"]
     cmd += ["--limit", str(limit)] if limit else []
     subprocess.run(cmd, check=True, cwd=ROOT)
 
@@ -122,6 +125,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--gpus", default="8,32", help="cluster sizes, multiples of 8")
     parser.add_argument("--policies", default="static,greedy,prefix-affinity,adaptive")
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--cpu", action="store_true",
+                        help="keep cluster.yaml's CPU node (default: GPU nodes only, as "
+                             "bench/policy_matrix.py)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "prefix_cache")
     args = parser.parse_args(argv)
     started = datetime.now(UTC)
@@ -130,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     results: dict[str, Any] = {}
     for gpus in (int(g) for g in args.gpus.split(",")):
         out = args.out / f"gpus-{gpus}"
-        sweep(out, gpus // 8, args.loads, args.policies, args.limit)
+        sweep(out, gpus // 8, args.loads, args.policies, args.limit, args.cpu)
         ceiling = lru_ceiling(gpus, args.limit)
         for load in args.loads.split(","):
             rows = {p: figures(out / p / f"load-{load}" / "seed-0")
