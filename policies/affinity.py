@@ -34,10 +34,11 @@ def earliest_with_cache(view: View, job: AttentionJob, taken: Mapping[str, int],
     are visited in a fixed order, so equal finishes resolve the same way every run.
     """
     wait_for: tuple[float, str, float] | None = None
+    gpu_job = best is not None and best[1].kind != "cpu"
     for device_id in sorted(view.cache.holders(job)):
         device = view.devices[device_id]
-        if not device.up:
-            continue
+        if not device.up or (gpu_job and device.kind == "cpu"):
+            continue  # a CPU worker takes GPU work only as an offload, cache or not
         seconds = cached_seconds(view, job, device_id)[0]
         finish = seconds / speed(view, device_id)
         if not math.isfinite(finish):
