@@ -21,7 +21,8 @@ memory and a latency budget, and routes the batch to the free device with the
 earliest predicted finish, *discounted by measured speed* from telemetry: a
 device that runs slower than its profile gets less work. A prefill whose
 prompt's leading blocks a device holds is priced there for the rest alone, and
-may wait for a busy holder that still finishes it first
+may wait for a busy holder that still finishes it first; a batch does not
+take in a prefill whose prefix another device holds more of
 (:mod:`policies.affinity`). It declines a
 straggler (a device below ``slow_speed`` × its peers' median measured speed)
 when waiting for a healthy one would finish sooner. Slow is relative to the
@@ -45,7 +46,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from policies.affinity import cheapest_seconds, earliest_with_cache
+from policies.affinity import cached_elsewhere, cheapest_seconds, earliest_with_cache
 from policies.common import BestFit, fits, pack, reference_seconds, window
 from scheduler.decisions import Action, Decisions, Offload, Place, Split
 from scheduler.jobs import AttentionJob, ClusterJob, Job
@@ -373,7 +374,7 @@ class AdaptivePolicy:
         device, seconds = routed
         budget = max(self.min_budget_s, self.budget_factor * seconds)
         candidates = (j for j in window(view.tenants[job.tenant], self.head * 4)
-                      if j.id not in placed)
+                      if j.id not in placed and not cached_elsewhere(view, j, device.id))
         batch = pack(view, job, candidates, device, self.max_batch, budget, same_shape=False)
         placed.update(j.id for j in batch)
         taken[device.id] = 1

@@ -9,7 +9,9 @@ waiting for it). Whichever finishes first wins, so affinity pulls a job only
 as far as it pays: a hot prefix spreads to a second device once the queue
 behind its holder costs more than computing the prefix again. The same price
 ranks a prefill among its tenant's jobs (:func:`cheapest_seconds`): a prompt
-mostly cached is a short job, and goes before a long one.
+mostly cached is a short job, and goes before a long one. And a batch leaves
+out a prefill that another device holds more of (:func:`cached_elsewhere`):
+packed here, it would compute there-cached tokens again.
 """
 
 from __future__ import annotations
@@ -75,3 +77,11 @@ def cheapest_seconds(view: View, job: Job) -> float:
     for hit, device_id in longest.values():
         seconds = min(seconds, view.cost.cached([job], device_id, {job.id: hit})[0])
     return seconds
+
+
+def cached_elsewhere(view: View, job: Job, device: str) -> bool:
+    """Whether another device holds more of ``job``'s prompt than ``device`` does."""
+    if not isinstance(job, AttentionJob) or not job.block_tokens:
+        return False
+    here = view.cache.hit(job, device)
+    return any(view.cache.hit(job, d) > here for d in view.cache.holders(job) if d != device)

@@ -95,6 +95,17 @@ def test_adaptive_ranks_a_prefill_by_what_it_costs_where_its_prefix_is() -> None
     assert [jobs[0] for jobs, _ in placed("adaptive", snap)] == ["p2"]
 
 
+def test_adaptive_leaves_a_prefill_out_of_a_batch_where_its_prefix_is_not() -> None:
+    # p2's prefix is on gpu1, which frees almost at once: p2 waits for it; h, cached
+    # nowhere, takes gpu0, and p2 would have fitted in its batch there, uncached.
+    head = prompt("h", (80, 81, 82, 83, 84, 85, 86, 87, 88, 89, 90, 91, 92, 93, 94, 95),
+                  q_len=8192)
+    quick = attention_job(id="quick", kind="decode", q_len=1, kv_len=512, steps=1)
+    snap = view([prompt("p2", (*BASE, 60)), head], running={GPU1: [quick]},
+                cached={GPU1: [SEEN]})
+    assert placed("adaptive", snap) == [(("h",), GPU0)]
+
+
 def shared_prefix_trace(groups: int = 4, each: int = 10) -> list[Job]:
     """Prompts in ``groups`` families, each family's 7 leading blocks shared, arriving
     far enough apart that the queue never backs up: only routing decides the hits."""
