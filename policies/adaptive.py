@@ -16,25 +16,25 @@ have waited longest (those whose queue is oldest), as the reference policies
 look ``lookahead`` jobs deep: a round's work does not grow with the number of
 tenants waiting, and a newer tenant moves up as older ones are served.
 
-It then packs compatible jobs with it while the batch fits the device's
+Unless every waiting job has a free GPU of its own (packing would only slow
+them), it packs compatible jobs with it while the batch fits the device's
 memory and a latency budget, and routes the batch to the free device with the
 earliest predicted finish, *discounted by measured speed* from telemetry: a
 device that runs slower than its profile gets less work. A prefill whose
 prompt's leading blocks a device holds is priced there for the rest alone, and
 may wait for a busy holder that still finishes it first; a batch does not
 take in a prefill whose prefix another device holds more of
-(:mod:`policies.affinity`). It declines a
-straggler (a device below ``slow_speed`` × its peers' median measured speed)
-when waiting for a healthy one would finish sooner. Slow is relative to the
-peers, not to the profile: a host slowed as a whole, or two workers sharing
-a node's cores, slows every device alike, and declining any of them then only
-leaves capacity idle. Jobs that fit no
-device whole are split along batch or heads; small jobs go to CPU workers
-when no GPU is free. Once a round has taken every free GPU it tries only jobs
-a CPU can take (an offload, a job no GPU runs, a pod), so a deep queue of GPU
-work costs no fruitless tries for an idle CPU. Cluster jobs (pods) are placed best fit, on the node
-whose GPUs are fullest and whose host still has their CPUs and memory
-(:class:`policies.common.BestFit`).
+(:mod:`policies.affinity`). It declines a straggler (a device below
+``slow_speed`` × its peers' median measured speed) when waiting for a healthy
+one would finish sooner. Slow is relative to the peers, not to the profile: a
+host slowed as a whole, or two workers sharing a node's cores, slows every
+device alike, and declining any of them then only leaves capacity idle. Jobs
+that fit no device whole are split along batch or heads; small jobs go to CPU
+workers when no GPU is free. Once a round has taken every free GPU it tries
+only jobs a CPU can take (an offload, a job no GPU runs, a pod), so a deep
+queue of GPU work costs no fruitless tries for an idle CPU. Cluster jobs
+(pods) are placed best fit, on the node whose GPUs are fullest and whose host
+still has their CPUs and memory (:class:`policies.common.BestFit`).
 """
 
 from __future__ import annotations
@@ -97,8 +97,8 @@ class AdaptivePolicy:
         self.aging_s, self.budget_factor, self.min_budget_s = aging_s, budget_factor, min_budget_s
         self.offload_max_s, self.slow_speed = offload_max_s, slow_speed
         self.aging_rel, self.tenants = aging_rel, tenants
-        # (view epoch, peers' median speed, top speed per profile)
-        self._memo: tuple[int, float, Mapping[str | None, float]] | None = None
+        # (view epoch, peers' median speed, top speed per profile, CPU devices up)
+        self._memo: tuple[int, float, Mapping[str | None, float], int] | None = None
         # (view epoch, job id -> whether it has a use for CPUs alone): kept across the
         # rounds of an epoch, as a deep queue offers the same jobs round after round
         self._cpu_memo: tuple[int, dict[str, bool]] = (0, {})
@@ -141,24 +141,34 @@ class AdaptivePolicy:
         """The median measured speed of the GPUs that are up: what a straggler lags."""
         return self._speeds(view)[0]
 
-    def _speeds(self, view: View) -> tuple[float, Mapping[str | None, float]]:
-        """The peers' median speed, and the top speed of each profile's devices that are
-        up. O(devices), so kept for the view's ``epoch``: it changes with the telemetry
-        and the devices' health, far less often than decisions come."""
+    def _speeds(self, view: View) -> tuple[float, Mapping[str | None, float], int]:
+        """The peers' median speed, the top speed of each profile's devices that are up,
+        and how many CPU devices are up. O(devices), so kept for the view's ``epoch``: it
+        changes with the telemetry and the devices' health, far less often than
+        decisions come."""
         memo = self._memo
         if memo is not None and memo[0] == view.epoch and view.epoch:
-            return memo[1], memo[2]
+            return memo[1], memo[2], memo[3]
         speeds: list[float] = []
         top: dict[str | None, float] = {}
+        cpus = 0
         for d in view.devices.values():
             if d.up:
                 speed = self.speed(view, d.id)
                 top[d.profile] = max(top.get(d.profile, 0.0), speed)
                 if d.kind != "cpu":
                     speeds.append(speed)
+                else:
+                    cpus += 1
         peer = statistics.median(speeds) if speeds else 1.0
-        self._memo = (view.epoch, peer, top)
-        return peer, top
+        self._memo = (view.epoch, peer, top, cpus)
+        return peer, top, cpus
+
+    def _room_for_all(self, view: View, r: _Round) -> bool:
+        """Whether every job still waiting, this one too, has a free GPU of its own this
+        round (CPUs counted out as if all were free: GPU work does not go to them)."""
+        waiting = len(view.pending) - len(r.placed)
+        return waiting <= len(view.free) - len(r.taken) - self._speeds(view)[2]
 
     def _route(self, view: View, job: Job, r: _Round, peer: float
                ) -> tuple[DeviceView, float] | None:
@@ -372,10 +382,14 @@ class AdaptivePolicy:
             taken[cpu.id] = 1
             return Offload((job.id,), cpu.id, "GPUs busy; small enough for a CPU worker")
         device, seconds = routed
-        budget = max(self.min_budget_s, self.budget_factor * seconds)
-        candidates = (j for j in window(view.tenants[job.tenant], self.head * 4)
-                      if j.id not in placed and not cached_elsewhere(view, j, device.id))
-        batch = pack(view, job, candidates, device, self.max_batch, budget, same_shape=False)
+        if self._room_for_all(view, r):
+            batch: list[Job] = [job]
+        else:
+            budget = max(self.min_budget_s, self.budget_factor * seconds)
+            candidates = (j for j in window(view.tenants[job.tenant], self.head * 4)
+                          if j.id not in placed and not cached_elsewhere(view, j, device.id))
+            batch = pack(view, job, candidates, device, self.max_batch, budget,
+                         same_shape=False)
         placed.update(j.id for j in batch)
         taken[device.id] = 1
         r.queued[device.id] = r.queued.get(device.id, 0.0) + seconds

@@ -113,3 +113,17 @@ def test_adaptive_packs_compatible_jobs_into_one_batch() -> None:
              for i in range(4)]
     got = placed("adaptive", view(queue, cluster=ONE_GPU))
     assert len(got) == 1 and sorted(got[0][0]) == ["p0", "p1", "p2", "p3"]
+
+
+def test_adaptive_packs_only_when_some_waiting_job_has_no_free_gpu_of_its_own() -> None:
+    two = [attention_job(id=f"p{i}", q_len=64 * (i + 1), kv_len=64 * (i + 1))
+           for i in range(2)]
+    assert sorted(placed("adaptive", view(two, cluster=TWO_GPUS))) == [
+        (("p0",), GPU0), (("p1",), GPU1)]
+    three = [*two, attention_job(id="p2", q_len=192, kv_len=192)]
+    got = placed("adaptive", view(three, cluster=TWO_GPUS))
+    assert sorted(j for batch, _ in got for j in batch) == ["p0", "p1", "p2"]
+    assert max(len(batch) for batch, _ in got) >= 2
+    # a free CPU is no GPU of its own: two jobs, one GPU and a CPU free, still pack
+    with_cpu = make_cluster(1, 1, cpu_nodes=1)
+    assert [len(batch) for batch, _ in placed("adaptive", view(two, cluster=with_cpu))] == [2]
