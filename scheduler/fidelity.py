@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from scheduler.report_text import optional_figures
+
 # fidelity.json's error keys → the summary.json keys they compare.
 FIGURES = {
     "jct_mean": "jct_mean",
@@ -26,9 +28,6 @@ FIGURES = {
     "makespan": "makespan",
     "throughput": "throughput_jobs_per_s",
 }
-# Figures only some runs have, compared when a summary has them: the share of the prompt
-# tokens of prefills with prefix blocks that came from a KV cache (scheduler/metrics.py).
-OPTIONAL_FIGURES = {"cache_hit_rate": "cache_hit_rate"}
 RANK_BY = "jct_mean"  # what "the policies rank the same" compares: lower is better
 
 
@@ -40,10 +39,10 @@ def relative_error(sim: float | None, live: float | None) -> float | None:
 
 
 def compared(*summaries: Mapping[str, Any]) -> dict[str, str]:
-    """The figures to compare (error key → summary key): :data:`FIGURES`, and each of
-    :data:`OPTIONAL_FIGURES` that one of ``summaries`` has."""
-    return {**FIGURES, **{k: src for k, src in OPTIONAL_FIGURES.items()
-                          if any(src in s for s in summaries)}}
+    """The figures to compare (error key → summary key): :data:`FIGURES`, and each
+    optional figure (``report_text.OPTIONAL``, such as the cache hit rate) that one of
+    ``summaries`` has, under its own name."""
+    return {**FIGURES, **{k: k for k in optional_figures(summaries)}}
 
 
 def errors(sim: Mapping[str, Any], live: Mapping[str, Any]) -> dict[str, float | None]:

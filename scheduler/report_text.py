@@ -125,11 +125,19 @@ def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]
     return lines
 
 
+def optional_figures(summaries: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
+    """The ``OPTIONAL`` summary keys that some of ``summaries`` has a value for, in order:
+    every table, CSV and error list shows such a figure only then."""
+    summaries = list(summaries)
+    return tuple(key for key, _, _ in OPTIONAL
+                 if any(s.get(key) is not None for s in summaries))
+
+
 def compared_columns(summaries: Mapping[str, Mapping[str, Any]]) -> tuple[
         tuple[str, str, Callable[[list[float]], float] | None], ...]:
     """``COMPARED``, then each ``OPTIONAL`` column some run of ``summaries`` has a value for."""
-    return COMPARED + tuple(c for c in OPTIONAL
-                            if any(s.get(c[0]) is not None for s in summaries.values()))
+    shown = optional_figures(summaries.values())
+    return COMPARED + tuple(c for c in OPTIONAL if c[0] in shown)
 
 
 def best_means(summaries: Mapping[str, Mapping[str, Any]]) -> str:

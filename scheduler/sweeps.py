@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from scheduler.errors import InputError
 from scheduler.jobs import Job
 from scheduler.ray_start import join_or_start
+from scheduler.report_text import optional_figures
 from scheduler.run_options import policy_folder
 from scheduler.runs import (
     KEEP_JOBS,
@@ -138,22 +139,20 @@ def run_grid(specs: Mapping[K, RunSpec], address: str | None = None,
 
 COLUMNS = ("policy", "load", "seed", "jobs_completed", "jobs_failed", "jct_mean", "jct_p50",
            "jct_p99", "makespan", "device_util_mean", "jain_fairness", "slo_attainment")
-# Last, and only when some run has it: a trace without prefix blocks has no cache hit rate,
-# and its table keeps the columns above and nothing more.
-HIT_RATE = "cache_hit_rate"
 
 
-def has_hit_rate(results: Mapping[Any, RunResult]) -> bool:
-    """Whether some run has a cache hit rate (its trace's prefills had prefix blocks)."""
-    return any(r.summary.get(HIT_RATE) is not None for r in results.values())
+def optional_columns(results: Mapping[Any, RunResult]) -> tuple[str, ...]:
+    """The optional figures some run has (``report_text.optional_figures``): a trace
+    without prefix blocks has no cache hit rate, and no empty column for it."""
+    return optional_figures(r.summary for r in results.values())
 
 
 def write_table(results: Mapping[Cell, RunResult], out: Path) -> Path:
     """``sweep.csv``: one row per cell, the summary's headline figures (``COLUMNS``, then
-    ``cache_hit_rate`` where some run has one: a share, 0 to 1)."""
+    the optional figures some run has, such as ``cache_hit_rate``: a share, 0 to 1)."""
     path = out / "sweep.csv"
     out.mkdir(parents=True, exist_ok=True)
-    columns = (*COLUMNS, HIT_RATE) if has_hit_rate(results) else COLUMNS
+    columns = (*COLUMNS, *optional_columns(results))
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
@@ -168,4 +167,4 @@ def _cell(value: Any) -> Any:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
-__all__ = ["Cell", "grid", "has_hit_rate", "plan", "run_grid", "write_table"]
+__all__ = ["Cell", "grid", "optional_columns", "plan", "run_grid", "write_table"]

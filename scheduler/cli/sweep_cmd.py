@@ -27,10 +27,11 @@ from scheduler.cli.options import (
 from scheduler.cli.progress import Bars
 from scheduler.cli.results import console, exit_all
 from scheduler.errors import InputError
+from scheduler.report_text import OPTIONAL
 from scheduler.runs import MAX_LOAD, MIN_LOAD, bounded, check_seed
 from scheduler.sim.runner import RunResult
 from scheduler.sims import sim_spec
-from scheduler.sweeps import Cell, grid, has_hit_rate, run_grid, write_table
+from scheduler.sweeps import Cell, grid, optional_columns, run_grid, write_table
 
 
 def parse_loads(text: str) -> list[float | None]:
@@ -103,19 +104,23 @@ def _label(cell: Cell) -> str:
 def _table(results: Mapping[Cell, RunResult]) -> Table:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     # Only a trace with prefix blocks has a cache hit rate: no empty column for the rest.
-    hits = has_hit_rate(results)
-    for name in ("policy", "load", "seed", "JCT mean", "p99", "util",
-                 *(["hit rate"] if hits else []), "done", "failed"):
+    shown = optional_columns(results)
+    headers = [header for key, header, _ in OPTIONAL if key in shown]
+    for name in ("policy", "load", "seed", "JCT mean", "p99", "util", *headers, "done",
+                 "failed"):
         table.add_column(name, justify="left" if name == "policy" else "right")
     for cell, result in results.items():
         s = result.summary
-        hit = s.get("cache_hit_rate")
         table.add_row(cell.policy, "trace" if cell.load is None else f"{cell.load:g}",
                       str(cell.seed), _seconds(s.get("jct_mean")), _seconds(s.get("jct_p99")),
                       f"{s.get('device_util_mean') or 0:.1%}",
-                      *(["-" if hit is None else f"{hit:.1%}"] if hits else []),
+                      *(_share(s.get(key)) for key in shown),
                       f"{s['jobs_completed']:,}", f"{s['jobs_failed']:,}")
     return table
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
 
 def _seconds(value: float | None) -> str:
