@@ -9,17 +9,21 @@ figures themselves are bench/memory_scale.py's (docs/benchmarks.md).
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from policies.base import load_policy
 from scheduler import metrics, report
 from scheduler.admission import FIT_MEMO_SIZE
 from scheduler.controller import Controller
+from scheduler.idset import DigestSet
 from scheduler.presets import get_preset
 from scheduler.sim import runner
 from scheduler.state import FinishedIds
@@ -64,9 +68,9 @@ def test_the_controller_holds_nothing_of_a_finished_job_but_8_bytes(finished_run
     assert not cost._by_job and not cost._best and not any(cost._terms.values())
     assert len(controller._fit.memo) <= FIT_MEMO_SIZE
     # Every finished job is still known (for dependents arriving later), at 8 bytes
-    # once folded; a dict of id strings held ~100 bytes a job.
+    # once folded and up to 4 of bitmap; a dict of id strings held ~100 bytes a job.
     assert len(controller.finished) == JOBS
-    assert controller.finished.nbytes <= 8 * JOBS + 64 * 4_096 + 10_000
+    assert controller.finished.nbytes <= 12 * JOBS + 64 * 4_096 + 10_000
 
 
 def test_finished_ids_answer_like_a_dict_across_folds() -> None:
@@ -118,3 +122,19 @@ def test_a_cdf_of_a_million_points_is_drawn_through_a_bounded_few() -> None:
     x, y = report.cdf_points(np.arange(1_000_000, dtype=np.float64)[::-1].copy())
     assert x.size <= report.MAX_CDF_POINTS and x[0] == 0 and x[-1] == 999_999
     assert y[-1] == 1.0 and np.all(np.diff(x) > 0) and np.all(np.diff(y) > 0)
+
+
+@settings(max_examples=15, deadline=None, derandomize=True)
+@given(n=st.integers(0, 3 * 4_096 + 50), seed=st.integers(0, 2**32 - 1),
+       edges=st.lists(st.sampled_from([0, 1, 7, 8, 2**63, 2**64 - 1]), max_size=4))
+def test_a_digest_set_answers_like_a_set_as_its_bitmap_grows(n: int, seed: int,
+                                                             edges: list[int]) -> None:
+    rng = random.Random(seed)
+    kept = {rng.getrandbits(64) for _ in range(n)} | set(edges)
+    digests = DigestSet()
+    for d in kept:
+        digests.add(d)
+    assert len(digests) == len(kept)
+    assert all(d in digests for d in kept)  # the bitmap never answers a false "no"
+    asked = [rng.getrandbits(64) for _ in range(500)] + [0, 2**64 - 1]
+    assert all((d in digests) is (d in kept) for d in asked)
