@@ -81,7 +81,7 @@ def pack(view: View, head: Job, candidates: Iterable[Job], device: DeviceView,
             if packer is None:
                 return batch
             packer.add(head)
-        if math.isfinite(budget_s) and packer.seconds_with(job) > budget_s:
+        if math.isfinite(budget_s) and not packer.within(job, budget_s):
             continue
         packer.add(job)
         batch.append(job)

@@ -237,11 +237,31 @@ class Pack:
         joined = self._joining(job, group, terms.compute_s, terms.nbytes)
         self.last = (job, joined)
         _, compute, nbytes, mask = joined
-        forward, backward = self.groups.get(group, (0, 0))
-        more = max(0, terms.calls - forward) + max(0, terms.backward - backward)
-        kind = terms.kind if not self.kind or self.kind == terms.kind else "prefill"
+        more, kind = self._more(terms)
         return self._seconds(self.calls + more, self.compute_s + compute,
                              self.nbytes + nbytes, self.mask_s + mask, kind)
+
+    def within(self, job: AttentionJob, budget_s: float) -> bool:
+        """Whether the batch with ``job`` added takes at most ``budget_s``.
+
+        A decode is first priced as if its group paid for its own cache alone
+        (no padding, no mask), which costs no repricing of the group: packing
+        asks this of every candidate, and in a deep queue most decodes asked
+        are refused on that price already.
+        """
+        terms = self._terms(job)
+        if job.kind is JobKind.DECODE and terms.group in self.decodes:
+            more, kind = self._more(terms)
+            if self._seconds(self.calls + more, self.compute_s + terms.compute_s,
+                             self.nbytes + terms.nbytes, self.mask_s, kind) > budget_s:
+                return False
+        return self.seconds_with(job) <= budget_s
+
+    def _more(self, terms: Terms) -> tuple[int, str]:
+        """(the calls ``terms``' job adds to the batch, the batch's kind with it)."""
+        forward, backward = self.groups.get(terms.group, (0, 0))
+        more = max(0, terms.calls - forward) + max(0, terms.backward - backward)
+        return more, terms.kind if not self.kind or self.kind == terms.kind else "prefill"
 
     def _seconds(self, calls: int, compute: float, nbytes: float, mask: float,
                  kind: str) -> float:

@@ -412,3 +412,26 @@ def test_decode_mask_costs_are_validated(key) -> None:
     with pytest.raises(InputError) as e:
         profile_from_dict({**base, key: -1})
     assert e.value.field == key
+
+
+DECODE_ROWS = st.lists(st.tuples(st.integers(1, 256), st.integers(1, 16_384)), min_size=2,
+                       max_size=12)
+
+
+@pytest.mark.parametrize("name", ["h100", "cpu"])
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(rows=DECODE_ROWS, budget=st.floats(1e-6, 10.0))
+def test_pack_within_answers_as_pricing_the_whole_group(name: str, rows, budget) -> None:
+    """``within`` refuses a decode on its unpadded price before repricing its group; on
+    the packaged profiles that never refuses one the group's price would take."""
+    profile = load_profile(name)
+    dtype = "bf16" if name == "h100" else "fp32"
+    jobs = [attention_job(id=f"d{i}", kind="decode", q_len=1, kv_len=kv, steps=steps,
+                          heads=8, kv_heads=8, head_dim=64, layers=4, dtype=dtype)
+            for i, (steps, kv) in enumerate(rows)]
+    pack = cm.Pack(profile)
+    pack.add(jobs[0])
+    for job in jobs[1:]:
+        whole = pack.seconds_with(job)
+        assert pack.within(job, budget) is (whole <= budget)
+        pack.add(job)
